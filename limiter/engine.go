@@ -1,0 +1,646 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// Front names the enforcement point asking for a decision (a metric label).
+type Front uint8
+
+// Fronts.
+const (
+	FrontWebhook Front = iota
+	FrontProxy
+	FrontExplain
+	numFronts
+)
+
+func (f Front) String() string {
+	switch f {
+	case FrontProxy:
+		return "proxy"
+	case FrontExplain:
+		return "explain"
+	}
+	return "webhook"
+}
+
+// Checks selects what a decision evaluates.
+type Checks uint8
+
+// Checks. The zero value means CheckBudgets|CheckRateLimits.
+const (
+	// CheckBudgets charges the budgets the request matches.
+	CheckBudgets Checks = 1 << iota
+	// CheckRateLimits charges the rate limits the request matches.
+	CheckRateLimits
+	// CheckBreakers denies a request whose budget key has an open breaker,
+	// charging nothing: the proxy's early reject when the webhook charges budgets.
+	CheckBreakers
+)
+
+// Attributes are a request as the engine judges it.
+type Attributes struct {
+	policy.Attributes
+	Front  Front
+	Checks Checks
+}
+
+// RuleKind says which kind of rule decided.
+type RuleKind uint8
+
+// Rule kinds.
+const (
+	KindNone RuleKind = iota
+	KindBudget
+	KindRateLimit
+)
+
+func (k RuleKind) String() string {
+	switch k {
+	case KindBudget:
+		return "budget"
+	case KindRateLimit:
+		return "rateLimit"
+	}
+	return ""
+}
+
+// Decision is the engine's answer for one request.
+type Decision struct {
+	Allowed bool
+	// Code is the HTTP status of a denial: 429 (window exhausted, Auto
+	// breaker, rate limit), 403 (Manual breaker) or 503 (store down, Deny).
+	Code int
+	// Reason is the Kubernetes StatusReason matching Code.
+	Reason string
+	// Err is ErrBudgetExhausted, ErrBreakerOpen, ErrRateLimited or ErrStoreUnavailable.
+	Err  error
+	Kind RuleKind
+	Rule string
+	// Key is the budget or rate-limit key ("" cluster-wide).
+	Key string
+	// Window, Used and Limit describe the window that denied (budgets).
+	Window      time.Duration
+	Used, Limit int64
+	RetryAfter  time.Duration
+	State       BreakerState
+	// Message says what happened and what to do, break-glass command included.
+	Message string
+	// Warnings report shadow-mode rules that would have denied.
+	Warnings []string
+	// Override names the override that let the request bypass a rule, if any.
+	Override string
+	// Fallback is set when the store was unreachable and onStoreFailure decided.
+	Fallback bool
+}
+
+// EngineConfig configures an Engine.
+type EngineConfig struct {
+	// Policy is the initial policy; required.
+	Policy *policy.Compiled
+	// Store holds the shared counters; nil is a new MemoryStore.
+	Store Store
+	// Fallback counts rules with onStoreFailure Local while Store is
+	// unreachable; nil is a new MemoryStore on Clock.
+	Fallback Store
+	// Replicas returns how many replicas share Store; a replica's Local share
+	// of each limit is limit/Replicas(). nil means 1.
+	Replicas func() int
+	// Clock judges override expiry (and drives default stores); nil is real time.
+	Clock clock.PassiveClock
+	// Logger receives denials and breaker transitions; nil discards.
+	Logger *slog.Logger
+	// Registerer takes the limiter metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Engine judges requests against a policy. It is safe for concurrent use;
+// SetPolicy and SetOverrides swap atomically.
+type Engine struct {
+	store     Store
+	fallback  Store
+	replicas  func() int
+	clock     clock.PassiveClock
+	log       *slog.Logger
+	metrics   *metrics
+	state     atomic.Pointer[engineState]
+	overrides atomic.Pointer[[]Override]
+	pool      sync.Pool
+	// storeDown avoids one log line per request during an outage.
+	storeDown atomic.Bool
+}
+
+type engineState struct {
+	policy  *policy.Compiled
+	budgets []*budgetRule
+	rates   []*rateRule
+}
+
+type budgetRule struct {
+	cb      *policy.CompiledBudget
+	spec    *BudgetSpec
+	per     []string
+	shadow  bool
+	onFail  policy.StoreFailurePolicy
+	counter ruleCounters
+	near    []prometheus.Counter
+	ratio   []prometheus.Gauge
+}
+
+type rateRule struct {
+	cr      *policy.CompiledRateLimit
+	spec    *RateSpec
+	per     []string
+	shadow  bool
+	onFail  policy.StoreFailurePolicy
+	counter ruleCounters
+}
+
+// Results counted per rule.
+const (
+	resultAllowed = iota
+	resultDenied
+	resultShadowDenied
+	resultOverridden
+	numResults
+)
+
+var resultNames = [numResults]string{"allowed", "denied", "shadow-denied", "overridden"}
+
+type ruleCounters [numFronts][numResults]prometheus.Counter
+
+type scratch struct {
+	arena  []byte
+	budget BudgetBatch
+	rules  []*budgetRule
+	rate   RateBatch
+	rrules []*rateRule
+	local  BudgetBatch
+}
+
+// NewEngine builds an engine for cfg.Policy.
+func NewEngine(cfg EngineConfig) (*Engine, error) {
+	if cfg.Policy == nil {
+		return nil, errors.New("failed to build engine: no policy")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Store == nil {
+		cfg.Store = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
+	}
+	if cfg.Fallback == nil {
+		cfg.Fallback = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
+	}
+	if cfg.Replicas == nil {
+		cfg.Replicas = func() int { return 1 }
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{
+		store:    cfg.Store,
+		fallback: cfg.Fallback,
+		replicas: cfg.Replicas,
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		metrics:  newMetrics(),
+	}
+	e.pool.New = func() any { return &scratch{arena: make([]byte, 0, 512)} }
+	if cfg.Registerer != nil {
+		if err := e.metrics.register(cfg.Registerer); err != nil {
+			return nil, err
+		}
+	}
+	e.overrides.Store(&[]Override{})
+	e.SetPolicy(cfg.Policy)
+	return e, nil
+}
+
+// Store returns the engine's shared store.
+func (e *Engine) Store() Store { return e.store }
+
+// Policy returns the policy the engine judges with.
+func (e *Engine) Policy() *policy.Compiled { return e.state.Load().policy }
+
+// SetPolicy swaps in a new policy. Counters of rules whose name and windows are
+// unchanged carry over (their store IDs are the same).
+func (e *Engine) SetPolicy(p *policy.Compiled) {
+	st := &engineState{policy: p}
+	keep := map[string]bool{}
+	for i := range p.Budgets {
+		cb := &p.Budgets[i]
+		r := &budgetRule{cb: cb, spec: NewBudgetSpec(cb.Budget), per: cb.Per, shadow: cb.Mode == policy.ModeShadow, onFail: cb.OnStoreFailure}
+		r.counter = e.metrics.ruleCounters(KindBudget, cb.Name)
+		for _, w := range cb.Windows {
+			win := policy.FormatDuration(w.Window.Duration)
+			r.near = append(r.near, e.metrics.nearLimit.WithLabelValues(cb.Name, win))
+			r.ratio = append(r.ratio, e.metrics.remaining.WithLabelValues(cb.Name, win))
+		}
+		st.budgets = append(st.budgets, r)
+		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
+	}
+	for i := range p.RateLimits {
+		cr := &p.RateLimits[i]
+		r := &rateRule{cr: cr, spec: NewRateSpec(cr.RateLimit), per: cr.Per, shadow: cr.Mode == policy.ModeShadow, onFail: cr.OnStoreFailure}
+		r.counter = e.metrics.ruleCounters(KindRateLimit, cr.Name)
+		st.rates = append(st.rates, r)
+		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
+	}
+	old := e.state.Swap(st)
+	if old != nil {
+		e.metrics.forgetRemoved(old.policy, p)
+	}
+	type retainer interface{ Retain(map[string]bool) }
+	for _, s := range []Store{e.store, e.fallback} {
+		if r, ok := s.(retainer); ok {
+			r.Retain(keep)
+		}
+	}
+}
+
+// Decide judges one request. It never blocks longer than the store's own
+// timeout, and allocates nothing on the allow path.
+func (e *Engine) Decide(ctx context.Context, a *Attributes) Decision {
+	st := e.state.Load()
+	checks := a.Checks
+	if checks == 0 {
+		checks = CheckBudgets | CheckRateLimits
+	}
+	sc := e.pool.Get().(*scratch)
+	defer e.pool.Put(sc)
+	sc.arena = sc.arena[:0]
+	d := Decision{Allowed: true}
+	ovs := *e.overrides.Load()
+	if checks&CheckRateLimits != 0 && len(st.rates) > 0 {
+		e.decideRates(ctx, st, a, sc, ovs, &d)
+		if !d.Allowed {
+			return d
+		}
+	}
+	if checks&(CheckBudgets|CheckBreakers) != 0 && len(st.budgets) > 0 {
+		commit := checks&CheckBudgets != 0 && !a.DryRun
+		e.decideBudgets(ctx, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
+	}
+	return d
+}
+
+// key writes the rule key for a request into the arena and returns it as a
+// string that is valid until the scratch is reused.
+func (sc *scratch) key(per []string, a *policy.Attributes) string {
+	if len(per) == 0 {
+		return ""
+	}
+	start := len(sc.arena)
+	for i, dim := range per {
+		if i > 0 {
+			sc.arena = append(sc.arena, ',')
+		}
+		sc.arena = append(sc.arena, dim...)
+		sc.arena = append(sc.arena, '=')
+		switch dim {
+		case policy.PerNamespace:
+			sc.arena = append(sc.arena, a.Namespace...)
+		case policy.PerUser:
+			sc.arena = append(sc.arena, a.User...)
+		case policy.PerUserAgent:
+			ua := a.UserAgent
+			if len(ua) > maxUserAgentKey {
+				ua = ua[:maxUserAgentKey]
+			}
+			sc.arena = append(sc.arena, ua...)
+		}
+	}
+	b := sc.arena[start:]
+	return unsafe.String(&b[0], len(b))
+}
+
+// maxUserAgentKey bounds the part of a User-Agent that goes into a key.
+const maxUserAgentKey = 256
+
+func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes, sc *scratch, ovs []Override, d *Decision) {
+	sc.rate.Reset()
+	sc.rrules = sc.rrules[:0]
+	var now time.Time
+	for _, r := range st.rates {
+		if !r.cr.Applies(&a.Attributes) {
+			continue
+		}
+		if len(ovs) > 0 {
+			if now.IsZero() {
+				now = e.clock.Now()
+			}
+			if o := coveringOverride(ovs, r.cr.Name, &a.Attributes, now); o != nil {
+				r.counter[a.Front][resultOverridden].Inc()
+				e.metrics.overridesUsed.WithLabelValues(r.cr.Name).Inc()
+				d.Override = o.Name
+				continue
+			}
+		}
+		sc.rate.Checks = append(sc.rate.Checks, RateCheck{Spec: r.spec, Key: sc.key(r.per, &a.Attributes), Shadow: r.shadow})
+		sc.rrules = append(sc.rrules, r)
+	}
+	if len(sc.rate.Checks) == 0 {
+		return
+	}
+	err := e.timedRates(ctx, e.store, &sc.rate)
+	if err != nil {
+		e.rateStoreFailure(ctx, sc, err, d)
+		if !d.Allowed {
+			return
+		}
+	}
+	for i, res := range sc.rate.Results {
+		r := sc.rrules[i]
+		switch {
+		case res.Skipped:
+		case res.Allowed:
+			r.counter[a.Front][resultAllowed].Inc()
+		case r.shadow:
+			r.counter[a.Front][resultShadowDenied].Inc()
+			d.Warnings = append(d.Warnings, rateMessage(r, sc.rate.Checks[i].Key, res, &a.Attributes, true))
+		default:
+			r.counter[a.Front][resultDenied].Inc()
+			key := sc.rate.Checks[i].Key
+			*d = Decision{
+				Allowed: false, Code: http.StatusTooManyRequests, Reason: "TooManyRequests", Err: ErrRateLimited,
+				Kind: KindRateLimit, Rule: r.cr.Name, Key: clone(key), RetryAfter: res.RetryAfter,
+				Message: rateMessage(r, key, res, &a.Attributes, false), Warnings: d.Warnings, Fallback: d.Fallback,
+			}
+			e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", key,
+				"verb", a.Verb, "resource", a.Resource, "user", a.User, "retryAfter", res.RetryAfter)
+		}
+	}
+}
+
+// rateStoreFailure re-decides a rate batch the shared store could not answer,
+// rule by rule as onStoreFailure says.
+func (e *Engine) rateStoreFailure(ctx context.Context, sc *scratch, err error, d *Decision) {
+	e.noteStoreFailure("rates", err)
+	d.Fallback = true
+	n := e.replicas()
+	checks := sc.rate.Checks
+	sc.rate.Results = sc.rate.Results[:0]
+	for i, c := range checks {
+		r := sc.rrules[i]
+		e.metrics.storeFallback.WithLabelValues(KindRateLimit.String(), string(r.onFail)).Inc()
+		switch r.onFail {
+		case policy.StoreFailureDeny:
+			if !r.shadow {
+				*d = storeDownDecision(KindRateLimit, r.cr.Name, c.Key)
+				return
+			}
+			sc.rate.Results = append(sc.rate.Results, RateResult{Allowed: true})
+		case policy.StoreFailureLocal:
+			one := RateBatch{Checks: []RateCheck{{Spec: r.spec.Share(n), Key: c.Key, Shadow: c.Shadow}}}
+			if ferr := e.fallback.Rates(ctx, &one); ferr != nil || len(one.Results) == 0 {
+				sc.rate.Results = append(sc.rate.Results, RateResult{Allowed: true})
+				continue
+			}
+			sc.rate.Results = append(sc.rate.Results, one.Results[0])
+		default:
+			sc.rate.Results = append(sc.rate.Results, RateResult{Allowed: true})
+		}
+	}
+}
+
+func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attributes, sc *scratch, ovs []Override, commit, breakersOnly bool, d *Decision) {
+	sc.budget.Reset()
+	sc.rules = sc.rules[:0]
+	var now time.Time
+	for _, r := range st.budgets {
+		if !r.cb.Applies(&a.Attributes) {
+			continue
+		}
+		if len(ovs) > 0 {
+			if now.IsZero() {
+				now = e.clock.Now()
+			}
+			if o := coveringOverride(ovs, r.cb.Name, &a.Attributes, now); o != nil {
+				if !breakersOnly {
+					r.counter[a.Front][resultOverridden].Inc()
+					e.metrics.overridesUsed.WithLabelValues(r.cb.Name).Inc()
+				}
+				d.Override = o.Name
+				continue
+			}
+		}
+		sc.budget.Checks = append(sc.budget.Checks, BudgetCheck{Spec: r.spec, Key: sc.key(r.per, &a.Attributes), Shadow: r.shadow})
+		sc.rules = append(sc.rules, r)
+	}
+	if len(sc.budget.Checks) == 0 {
+		return
+	}
+	sc.budget.Commit = commit
+	if err := e.timedBudgets(ctx, e.store, &sc.budget); err != nil {
+		e.budgetStoreFailure(ctx, sc, err, d)
+		if !d.Allowed {
+			return
+		}
+	} else if e.storeDown.Swap(false) {
+		e.log.Info("shared store reachable again; decisions use it")
+	}
+	b := &sc.budget
+	deny := -1
+	for i := range b.Results {
+		res := &b.Results[i]
+		r := sc.rules[i]
+		if commit && res.Prev != res.State {
+			e.metrics.transitions.WithLabelValues(r.cb.Name, res.State.String()).Inc()
+			e.log.Warn("breaker "+res.State.String(), "rule", r.cb.Name, "key", b.Checks[i].Key, "from", res.Prev.String())
+		}
+		if breakersOnly && res.Reason != BreakerIsOpen && res.Reason != HalfOpenFull {
+			continue
+		}
+		if res.Allowed {
+			if !breakersOnly {
+				e.countAllowed(a.Front, r, b.Checks[i].Key, res, commit && b.Admitted)
+			}
+			continue
+		}
+		if r.shadow {
+			if !breakersOnly {
+				r.counter[a.Front][resultShadowDenied].Inc()
+			}
+			d.Warnings = append(d.Warnings, budgetMessage(r, b.Checks[i].Key, res, b.Now, &a.Attributes, true))
+			continue
+		}
+		if !breakersOnly {
+			r.counter[a.Front][resultDenied].Inc()
+		}
+		if deny < 0 || stronger(res, &b.Results[deny]) {
+			deny = i
+		}
+	}
+	if deny < 0 {
+		return
+	}
+	res := &b.Results[deny]
+	r := sc.rules[deny]
+	key := b.Checks[deny].Key
+	nd := Decision{
+		Allowed: false, Kind: KindBudget, Rule: r.cb.Name, Key: clone(key), RetryAfter: res.RetryAfter,
+		State: res.State, Warnings: d.Warnings, Override: d.Override, Fallback: d.Fallback,
+		Message: budgetMessage(r, key, res, b.Now, &a.Attributes, false),
+	}
+	w := res.Window
+	if w < 0 {
+		w = tightest(r.spec, res)
+	}
+	nd.Window, nd.Used, nd.Limit = r.spec.Windows[w].Length, res.Used[w], r.spec.Windows[w].Limit
+	if res.State != Closed || res.Reason != WindowExhausted {
+		nd.Err = ErrBreakerOpen
+	} else {
+		nd.Err = ErrBudgetExhausted
+	}
+	if r.spec.Breaker.Manual && res.State == Open {
+		nd.Code, nd.Reason = http.StatusForbidden, "Forbidden"
+	} else {
+		nd.Code, nd.Reason = http.StatusTooManyRequests, "TooManyRequests"
+	}
+	*d = nd
+	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", key, "verb", a.Verb,
+		"resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User,
+		"window", policy.FormatDuration(nd.Window), "used", nd.Used, "limit", nd.Limit, "breaker", res.State.String(),
+		"dryRun", a.DryRun)
+}
+
+// stronger reports whether denial x tells the client more than y: a Manual
+// breaker (no retry helps) first, then the longest wait.
+func stronger(x, y *BudgetResult) bool {
+	xm, ym := x.RetryAfter == 0, y.RetryAfter == 0
+	if xm != ym {
+		return xm
+	}
+	return x.RetryAfter > y.RetryAfter
+}
+
+// tightest returns the window with the least room left.
+func tightest(spec *BudgetSpec, res *BudgetResult) int {
+	best, bestRoom := 0, int64(1<<62)
+	for j, w := range spec.Windows {
+		if room := w.Limit - res.Used[j]; room < bestRoom {
+			best, bestRoom = j, room
+		}
+	}
+	return best
+}
+
+func (e *Engine) countAllowed(f Front, r *budgetRule, key string, res *BudgetResult, charged bool) {
+	r.counter[f][resultAllowed].Inc()
+	if !charged {
+		return
+	}
+	for j, w := range r.spec.Windows {
+		used := res.Used[j]
+		if used*5 >= w.Limit*4 {
+			r.near[j].Inc()
+		}
+		if key == "" {
+			r.ratio[j].Set(float64(w.Limit-used) / float64(w.Limit))
+		}
+	}
+}
+
+// budgetStoreFailure re-decides a budget batch the shared store could not
+// answer, as each rule's onStoreFailure says. Rules with Deny deny the request
+// (and then nothing is charged anywhere); Local rules are judged all-or-nothing
+// on the fallback store with this replica's share; Allow rules admit.
+func (e *Engine) budgetStoreFailure(ctx context.Context, sc *scratch, err error, d *Decision) {
+	e.noteStoreFailure("budgets", err)
+	d.Fallback = true
+	b := &sc.budget
+	for i, c := range b.Checks {
+		r := sc.rules[i]
+		e.metrics.storeFallback.WithLabelValues(KindBudget.String(), string(r.onFail)).Inc()
+		if r.onFail == policy.StoreFailureDeny && !c.Shadow {
+			*d = storeDownDecision(KindBudget, r.cb.Name, c.Key)
+			return
+		}
+	}
+	n := e.replicas()
+	sc.local.Reset()
+	sc.local.Commit = b.Commit
+	var localIdx [16]int
+	idx := localIdx[:0]
+	for i, c := range b.Checks {
+		r := sc.rules[i]
+		if r.onFail != policy.StoreFailureLocal {
+			continue
+		}
+		sc.local.Checks = append(sc.local.Checks, BudgetCheck{Spec: r.spec.Share(n), Key: c.Key, Shadow: c.Shadow})
+		idx = append(idx, i)
+	}
+	b.Results = b.Results[:0]
+	for range b.Checks {
+		b.Results = append(b.Results, BudgetResult{Allowed: true, Window: -1})
+	}
+	b.Admitted, b.Now = true, e.clock.Now()
+	if len(idx) == 0 {
+		return
+	}
+	if ferr := e.fallback.Budgets(ctx, &sc.local); ferr != nil {
+		return
+	}
+	for j, i := range idx {
+		b.Results[i] = sc.local.Results[j]
+	}
+	b.Admitted, b.Now = sc.local.Admitted, sc.local.Now
+}
+
+func (e *Engine) noteStoreFailure(op string, err error) {
+	e.metrics.storeErrors.WithLabelValues(op).Inc()
+	if !e.storeDown.Swap(true) {
+		e.log.Error("shared store unreachable; rules follow onStoreFailure", "op", op, "err", err)
+	}
+}
+
+func storeDownDecision(kind RuleKind, rule, key string) Decision {
+	return Decision{
+		Allowed: false, Code: http.StatusServiceUnavailable, Reason: "ServiceUnavailable", Err: ErrStoreUnavailable,
+		Kind: kind, Rule: rule, Key: clone(key), RetryAfter: time.Second, Fallback: true,
+		Message: fmt.Sprintf("kubedefender: %s %q (key %s) cannot be checked: the shared store is unreachable and the rule says onStoreFailure: Deny; retry shortly",
+			kind, rule, displayKey(key)),
+	}
+}
+
+func (e *Engine) timedBudgets(ctx context.Context, s Store, b *BudgetBatch) error {
+	start := time.Now()
+	err := s.Budgets(ctx, b)
+	e.metrics.storeLatency[0].Observe(time.Since(start).Seconds())
+	if err == nil && len(b.Results) != len(b.Checks) {
+		err = fmt.Errorf("failed to judge budgets: store returned %d results for %d checks", len(b.Results), len(b.Checks))
+	}
+	return err
+}
+
+func (e *Engine) timedRates(ctx context.Context, s Store, b *RateBatch) error {
+	start := time.Now()
+	err := s.Rates(ctx, b)
+	e.metrics.storeLatency[1].Observe(time.Since(start).Seconds())
+	if err == nil && len(b.Results) != len(b.Checks) {
+		err = fmt.Errorf("failed to judge rate limits: store returned %d results for %d checks", len(b.Results), len(b.Checks))
+	}
+	return err
+}
+
+func clone(s string) string {
+	if s == "" {
+		return ""
+	}
+	return string([]byte(s))
+}

@@ -1,0 +1,353 @@
+package limiter
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// MemoryConfig configures a MemoryStore.
+type MemoryConfig struct {
+	// Clock drives windows and breakers; nil is the real clock.
+	Clock clock.PassiveClock
+	// MaxKeysPerRule bounds the keys one rule keeps (default 100000). When a
+	// rule is full, requests with new keys share one overflow key: memory stays
+	// bounded and a flood of distinct keys is limited together, never freed.
+	MaxKeysPerRule int
+	// SweepInterval is how often Run forgets idle keys (default 30s).
+	SweepInterval time.Duration
+}
+
+// DefaultMaxKeysPerRule is the default bound on keys per rule.
+const DefaultMaxKeysPerRule = 100000
+
+// MemoryStore is the in-process Store for one replica. Budgets are judged under
+// one lock (all-or-nothing across rules); rate limits use sharded locks.
+type MemoryStore struct {
+	clock    clock.PassiveClock
+	maxKeys  int
+	sweep    time.Duration
+	overflow atomic.Int64
+
+	mu      sync.Mutex
+	budgets map[string]*budgetTable
+
+	rmu   sync.RWMutex
+	rates map[string]*rateTable
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+type budgetTable struct {
+	spec     *BudgetSpec
+	keys     map[string]*budgetState
+	overflow budgetState
+}
+
+const rateShards = 32
+
+type rateTable struct {
+	spec   *RateSpec
+	shards [rateShards]rateShard
+}
+
+type rateShard struct {
+	mu       sync.Mutex
+	tat      map[string]int64
+	overflow int64
+	_        [40]byte // keep shards on their own cache lines
+}
+
+// NewMemoryStore returns an empty store.
+func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.MaxKeysPerRule <= 0 {
+		cfg.MaxKeysPerRule = DefaultMaxKeysPerRule
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	return &MemoryStore{
+		clock:   cfg.Clock,
+		maxKeys: cfg.MaxKeysPerRule,
+		sweep:   cfg.SweepInterval,
+		budgets: map[string]*budgetTable{},
+		rates:   map[string]*rateTable{},
+	}
+}
+
+// budgetKey returns the state of key, creating it when there is room and
+// falling back to the rule's overflow key when there is not. Caller holds s.mu.
+func (s *MemoryStore) budgetKey(spec *BudgetSpec, key string) *budgetState {
+	t := s.budgets[spec.ID]
+	if t == nil {
+		t = &budgetTable{spec: spec, keys: map[string]*budgetState{}}
+		s.budgets[spec.ID] = t
+	}
+	if st := t.keys[key]; st != nil {
+		return st
+	}
+	if len(t.keys) >= s.maxKeys {
+		s.overflow.Add(1)
+		return &t.overflow
+	}
+	st := &budgetState{}
+	t.keys[strings.Clone(key)] = st
+	return st
+}
+
+// Budgets implements Store.
+func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.clock.Now().UnixNano()
+	var states [16]*budgetState
+	sts := states[:0]
+	for i := range b.Checks {
+		st := s.budgetKey(b.Checks[i].Spec, b.Checks[i].Key)
+		sts = append(sts, st)
+		now = max(now, st.clampNow(now))
+	}
+	b.Results = b.Results[:0]
+	b.Admitted = true
+	for i := range b.Checks {
+		res := sts[i].judge(b.Checks[i].Spec, now)
+		if !res.Allowed && !b.Checks[i].Shadow {
+			b.Admitted = false
+		}
+		b.Results = append(b.Results, res)
+	}
+	b.Now = time.Unix(0, now)
+	if !b.Commit {
+		return nil
+	}
+	for i := range b.Checks {
+		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted)
+	}
+	return nil
+}
+
+func (s *MemoryStore) rateTable(spec *RateSpec) *rateTable {
+	s.rmu.RLock()
+	t := s.rates[spec.ID]
+	s.rmu.RUnlock()
+	if t != nil {
+		return t
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if t = s.rates[spec.ID]; t == nil {
+		t = &rateTable{spec: spec}
+		for i := range t.shards {
+			t.shards[i].tat = map[string]int64{}
+		}
+		s.rates[spec.ID] = t
+	}
+	return t
+}
+
+// fnv32 hashes a key to a shard without allocating.
+func fnv32(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// Rates implements Store.
+func (s *MemoryStore) Rates(_ context.Context, b *RateBatch) error {
+	now := s.clock.Now().UnixNano()
+	b.Now = time.Unix(0, now)
+	b.Results = b.Results[:0]
+	denied := false
+	perShard := s.maxKeys / rateShards
+	for i := range b.Checks {
+		c := &b.Checks[i]
+		if denied {
+			b.Results = append(b.Results, RateResult{Skipped: true})
+			continue
+		}
+		t := s.rateTable(c.Spec)
+		sh := &t.shards[fnv32(c.Key)%rateShards]
+		sh.mu.Lock()
+		tat, ok := sh.tat[c.Key]
+		overflow := !ok && len(sh.tat) >= max(1, perShard)
+		if overflow {
+			tat = sh.overflow
+			s.overflow.Add(1)
+		}
+		newTat, allowed, retry := rateAllow(c.Spec, tat, now)
+		switch {
+		case overflow:
+			sh.overflow = newTat
+		case ok:
+			sh.tat[c.Key] = newTat
+		default:
+			sh.tat[strings.Clone(c.Key)] = newTat
+		}
+		sh.mu.Unlock()
+		b.Results = append(b.Results, RateResult{Allowed: allowed, RetryAfter: retry})
+		if !allowed && !c.Shadow {
+			denied = true
+		}
+	}
+	return nil
+}
+
+// ResetBudget implements Store.
+func (s *MemoryStore) ResetBudget(_ context.Context, spec *BudgetSpec, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.budgets[spec.ID]
+	if t == nil {
+		return nil
+	}
+	if key == AllKeys {
+		delete(s.budgets, spec.ID)
+		return nil
+	}
+	delete(t.keys, key)
+	return nil
+}
+
+// Retain forgets the state of every rule whose ID is not listed (rules removed
+// or changed by a reload).
+func (s *MemoryStore) Retain(ids map[string]bool) {
+	s.mu.Lock()
+	for id := range s.budgets {
+		if !ids[id] {
+			delete(s.budgets, id)
+		}
+	}
+	s.mu.Unlock()
+	s.rmu.Lock()
+	for id := range s.rates {
+		if !ids[id] {
+			delete(s.rates, id)
+		}
+	}
+	s.rmu.Unlock()
+}
+
+// Sweep forgets idle keys: budgets with nothing in their longest window and a
+// closed breaker, rate buckets that have refilled.
+func (s *MemoryStore) Sweep() {
+	now := s.clock.Now().UnixNano()
+	s.mu.Lock()
+	for _, t := range s.budgets {
+		for k, st := range t.keys {
+			st.log.dropThrough(now - int64(t.spec.Longest().Length))
+			if st.idle(t.spec, now) {
+				delete(t.keys, k)
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.rmu.RLock()
+	tables := make([]*rateTable, 0, len(s.rates))
+	for _, t := range s.rates {
+		tables = append(tables, t)
+	}
+	s.rmu.RUnlock()
+	for _, t := range tables {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			for k, tat := range sh.tat {
+				if tat <= now {
+					delete(sh.tat, k)
+				}
+			}
+			sh.mu.Unlock()
+		}
+	}
+}
+
+// Run sweeps idle keys until ctx is done.
+func (s *MemoryStore) Run(ctx context.Context) {
+	t := time.NewTicker(s.sweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Sweep()
+		}
+	}
+}
+
+// MemoryStats counts what a MemoryStore holds.
+type MemoryStats struct {
+	BudgetKeys int
+	RateKeys   int
+	// Overflowed counts requests judged on a rule's shared overflow key because
+	// the rule was full.
+	Overflowed int64
+}
+
+// Stats counts the keys held.
+func (s *MemoryStore) Stats() MemoryStats {
+	st := MemoryStats{Overflowed: s.overflow.Load()}
+	s.mu.Lock()
+	for _, t := range s.budgets {
+		st.BudgetKeys += len(t.keys)
+	}
+	s.mu.Unlock()
+	s.rmu.RLock()
+	defer s.rmu.RUnlock()
+	for _, t := range s.rates {
+		for i := range t.shards {
+			t.shards[i].mu.Lock()
+			st.RateKeys += len(t.shards[i].tat)
+			t.shards[i].mu.Unlock()
+		}
+	}
+	return st
+}
+
+// BudgetKeyStatus is what a store knows of one budget key.
+type BudgetKeyStatus struct {
+	Key   string
+	Used  [MaxWindows]int64
+	State BreakerState
+	Since time.Time
+	// FreesAt is when each exhausted window frees up (zero when not exhausted).
+	FreesAt [MaxWindows]time.Time
+}
+
+// InspectBudget returns the state of every key the store holds for spec, at
+// most limit keys (the fullest first is not guaranteed).
+func (s *MemoryStore) InspectBudget(spec *BudgetSpec, limit int) []BudgetKeyStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.budgets[spec.ID]
+	if t == nil {
+		return nil
+	}
+	now := s.clock.Now().UnixNano()
+	var out []BudgetKeyStatus
+	for k, st := range t.keys {
+		if len(out) >= limit {
+			break
+		}
+		res := st.judge(spec, now)
+		state, since, _ := st.effective(spec, now)
+		ks := BudgetKeyStatus{Key: k, Used: res.Used, State: state, Since: time.Unix(0, since)}
+		for j, w := range spec.Windows {
+			if res.Used[j] >= w.Limit {
+				ks.FreesAt[j] = time.Unix(0, st.log.at(st.log.n-int(w.Limit))+int64(w.Length))
+			}
+		}
+		out = append(out, ks)
+	}
+	return out
+}

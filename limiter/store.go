@@ -1,0 +1,159 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors, carried by denied Decisions (Decision.Err) and checked with errors.Is.
+var (
+	// ErrBudgetExhausted: a window of a budget had no room.
+	ErrBudgetExhausted = errors.New("budget exhausted")
+	// ErrBreakerOpen: the budget key's breaker is open (or half-open and out of probes).
+	ErrBreakerOpen = errors.New("breaker open")
+	// ErrRateLimited: a rate limit's bucket was empty.
+	ErrRateLimited = errors.New("rate limited")
+	// ErrStoreUnavailable: the shared store could not be reached. Stores return
+	// it (wrapped) when they fail fast; rules then follow onStoreFailure.
+	ErrStoreUnavailable = errors.New("store unavailable")
+)
+
+// Store keeps the counters behind budgets, breakers and rate limits. One call
+// is one decision: a Redis implementation makes one round trip per call.
+//
+// Keys passed in checks (BudgetCheck.Key, RateCheck.Key) are valid only during
+// the call: a store that keeps a key must copy it.
+type Store interface {
+	// Budgets judges one request against every budget it matched, all or
+	// nothing: when every non-shadow check is allowed and b.Commit is set, one
+	// token is taken from every window of every allowed check; otherwise
+	// nothing is taken. Breakers move as the package doc describes; with Commit
+	// unset (dry run) nothing changes at all. Results has one entry per check.
+	Budgets(ctx context.Context, b *BudgetBatch) error
+	// Rates charges one request to each rate limit it matched, in order,
+	// stopping at the first non-shadow denial.
+	Rates(ctx context.Context, b *RateBatch) error
+	// ResetBudget closes the breaker of a budget key and clears its windows.
+	// Key AllKeys resets every key of the budget.
+	ResetBudget(ctx context.Context, spec *BudgetSpec, key string) error
+}
+
+// AllKeys names every key of a rule in ResetBudget.
+const AllKeys = "*"
+
+// BudgetBatch is one request's budget checks and their results.
+type BudgetBatch struct {
+	Checks  []BudgetCheck
+	Results []BudgetResult // the store sets len(Results) == len(Checks)
+	// Commit takes tokens and moves breakers; false judges only (dryRun, or the
+	// proxy's early breaker check).
+	Commit bool
+	// Admitted is set by the store: every non-shadow check was allowed.
+	Admitted bool
+	// Now is set by the store: the time the decision was made at.
+	Now time.Time
+}
+
+// Reset empties the batch for reuse, keeping its capacity.
+func (b *BudgetBatch) Reset() {
+	b.Checks = b.Checks[:0]
+	b.Results = b.Results[:0]
+	b.Commit = false
+	b.Admitted = false
+	b.Now = time.Time{}
+}
+
+// BudgetCheck is one budget a request matched.
+type BudgetCheck struct {
+	Spec *BudgetSpec
+	// Key is the budget key, e.g. "namespace=prod"; "" for a cluster-wide budget.
+	Key string
+	// Shadow checks are judged and charged when they have room but never deny.
+	Shadow bool
+}
+
+// BreakerState is the state of one budget key's breaker.
+type BreakerState uint8
+
+// Breaker states.
+const (
+	Closed BreakerState = iota
+	Open
+	HalfOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case Open:
+		return "Open"
+	case HalfOpen:
+		return "HalfOpen"
+	}
+	return "Closed"
+}
+
+// DenyReason says why a check was not allowed.
+type DenyReason uint8
+
+// Deny reasons.
+const (
+	NotDenied DenyReason = iota
+	// WindowExhausted: a window had no room.
+	WindowExhausted
+	// BreakerIsOpen: the breaker was already open.
+	BreakerIsOpen
+	// HalfOpenFull: the breaker is half-open and has admitted halfOpenLimit requests.
+	HalfOpenFull
+)
+
+// MaxWindows is the most windows a budget may have.
+const MaxWindows = 8
+
+// BudgetResult is the outcome of one BudgetCheck.
+type BudgetResult struct {
+	Allowed bool
+	Reason  DenyReason
+	// Window is the index of the window that denied (the one that frees up
+	// last), or -1.
+	Window int
+	// Used holds each window's count, including this request when it was
+	// allowed and committed.
+	Used [MaxWindows]int64
+	// RetryAfter is when asking again can succeed: the window frees up, or an
+	// Auto breaker moves on. Zero for a Manual breaker.
+	RetryAfter time.Duration
+	// Prev and State are the breaker state before and after this request.
+	Prev, State BreakerState
+	// Since is when State was entered.
+	Since time.Time
+}
+
+// RateBatch is one request's rate-limit checks and their results.
+type RateBatch struct {
+	Checks  []RateCheck
+	Results []RateResult
+	Now     time.Time
+}
+
+// Reset empties the batch for reuse.
+func (b *RateBatch) Reset() {
+	b.Checks = b.Checks[:0]
+	b.Results = b.Results[:0]
+	b.Now = time.Time{}
+}
+
+// RateCheck is one rate limit a request matched.
+type RateCheck struct {
+	Spec   *RateSpec
+	Key    string
+	Shadow bool
+}
+
+// RateResult is the outcome of one RateCheck. Checks after the first
+// non-shadow denial are not charged and report Skipped.
+type RateResult struct {
+	Allowed    bool
+	Skipped    bool
+	RetryAfter time.Duration
+}

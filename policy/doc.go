@@ -1,0 +1,22 @@
+// Package policy owns the DefenderPolicy: its types, strict decoding, validation
+// with field paths, the request matchers compiled from it, and hot reload.
+//
+// A policy file is decoded strictly: YAML is converted to JSON (duplicate keys are
+// an error) and decoded with unknown fields rejected, so a misspelled key never
+// silently disables a rule. Validation then reports every problem at once, each
+// with its field path and the file name:
+//
+//	prod.yaml: spec.budgets[1].windows[2].limit: Invalid value: 0: must be greater than 0
+//
+// Matching is compiled when the policy loads (regular expressions included), so
+// judging a request allocates nothing and compiles nothing. Within one match
+// block every non-empty field must match (fields AND together, the entries of a
+// field OR together), except the subject fields users, groups and
+// serviceAccounts, which together name the subjects: a request matches when its
+// subject is any of them. An exclude block that matches skips the rule.
+//
+// Reload (Watcher) watches the directory that holds the file, so a ConfigMap
+// mount's symlink swap is seen; a new version is decoded, validated and compiled
+// to the side and published only when it is good. A bad edit keeps the running
+// policy and is reported.
+package policy

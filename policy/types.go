@@ -1,0 +1,239 @@
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// APIVersion and Kind identify a policy document.
+const (
+	APIVersion = "kubedefender.io/v1alpha1"
+	Kind       = "DefenderPolicy"
+)
+
+// DefenderPolicy is one policy file. Field names are a contract (DESIGN.md).
+type DefenderPolicy struct {
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   ObjectMeta `json:"metadata"`
+	Spec       Spec       `json:"spec"`
+}
+
+// ObjectMeta is the part of Kubernetes object metadata a policy may carry.
+type ObjectMeta struct {
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Spec holds every rule of a policy.
+type Spec struct {
+	Budgets        []Budget        `json:"budgets,omitempty"`
+	RateLimits     []RateLimit     `json:"rateLimits,omitempty"`
+	PriorityLevels []PriorityLevel `json:"priorityLevels,omitempty"`
+	FlowSchemas    []FlowSchema    `json:"flowSchemas,omitempty"`
+	// Concurrency is the number of seats the proxy shares among non-exempt
+	// priority levels. Defaulted to 400 when priority levels are given.
+	Concurrency int        `json:"concurrency,omitempty"`
+	BreakGlass  BreakGlass `json:"breakGlass,omitempty"`
+}
+
+// Mode says whether a rule denies (Enforce) or only counts and reports (Shadow).
+type Mode string
+
+// Modes.
+const (
+	ModeEnforce Mode = "Enforce"
+	ModeShadow  Mode = "Shadow"
+)
+
+// StoreFailurePolicy says what a rule does when the shared store cannot be reached.
+type StoreFailurePolicy string
+
+// Store failure policies.
+const (
+	// StoreFailureLocal keeps counting in memory, each replica granted its share
+	// of every limit.
+	StoreFailureLocal StoreFailurePolicy = "Local"
+	// StoreFailureAllow admits every request the rule matches.
+	StoreFailureAllow StoreFailurePolicy = "Allow"
+	// StoreFailureDeny denies every request the rule matches.
+	StoreFailureDeny StoreFailurePolicy = "Deny"
+)
+
+// Key dimensions a rule may be counted per.
+const (
+	PerNamespace = "namespace"
+	PerUser      = "user"
+	PerUserAgent = "userAgent"
+)
+
+// Budget is an operation budget over sliding windows; the webhook enforces it.
+type Budget struct {
+	Name    string `json:"name"`
+	Mode    Mode   `json:"mode,omitempty"`
+	Match   Match  `json:"match"`
+	Exclude *Match `json:"exclude,omitempty"`
+	// Per lists the dimensions of the budget key (namespace, user); empty is one
+	// cluster-wide budget.
+	Per            []string           `json:"per,omitempty"`
+	Windows        []Window           `json:"windows"`
+	Breaker        *Breaker           `json:"breaker,omitempty"`
+	OnStoreFailure StoreFailurePolicy `json:"onStoreFailure,omitempty"`
+}
+
+// Window is one sliding window of a budget: at most Limit requests in any span
+// of length Window.
+type Window struct {
+	Window Duration `json:"window"`
+	Limit  int64    `json:"limit"`
+}
+
+// Recovery says how an open breaker closes again.
+type Recovery string
+
+// Recoveries.
+const (
+	RecoveryManual Recovery = "Manual"
+	RecoveryAuto   Recovery = "Auto"
+)
+
+// Breaker configures the circuit breaker of a budget.
+type Breaker struct {
+	Recovery      Recovery `json:"recovery,omitempty"`
+	Cooldown      Duration `json:"cooldown,omitempty"`
+	HalfOpenLimit int64    `json:"halfOpenLimit,omitempty"`
+}
+
+// RateLimit is a token bucket per key; the proxy enforces it.
+type RateLimit struct {
+	Name           string             `json:"name"`
+	Mode           Mode               `json:"mode,omitempty"`
+	Match          Match              `json:"match"`
+	Exclude        *Match             `json:"exclude,omitempty"`
+	Per            []string           `json:"per,omitempty"`
+	QPS            float64            `json:"qps"`
+	Burst          int64              `json:"burst,omitempty"`
+	OnStoreFailure StoreFailurePolicy `json:"onStoreFailure,omitempty"`
+}
+
+// Match selects requests. Empty fields match anything. See the package doc for
+// how fields combine.
+type Match struct {
+	// Verbs: get, list, watch, create, update, patch, delete, deletecollection,
+	// evict (create on pods/eviction), proxy, or "*".
+	Verbs []string `json:"verbs,omitempty"`
+	// Resources: "pods" (core group), "apps/deployments", "apps/*", "*/deployments", "*".
+	Resources  []string `json:"resources,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"`
+	Users      []string `json:"users,omitempty"`
+	Groups     []string `json:"groups,omitempty"`
+	// ServiceAccounts: "namespace/name" or "namespace/*".
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	// UserAgents are RE2 expressions matched against the User-Agent header.
+	UserAgents []string `json:"userAgents,omitempty"`
+}
+
+// PriorityLevel is an APF-style concurrency level of the proxy.
+type PriorityLevel struct {
+	Name             string `json:"name"`
+	Exempt           bool   `json:"exempt,omitempty"`
+	Shares           int    `json:"shares,omitempty"`
+	Queues           int    `json:"queues,omitempty"`
+	HandSize         int    `json:"handSize,omitempty"`
+	QueueLengthLimit int    `json:"queueLengthLimit,omitempty"`
+}
+
+// Distinguishers tell flows apart within a priority level.
+const (
+	DistinguisherByUser      = "ByUser"
+	DistinguisherByNamespace = "ByNamespace"
+)
+
+// FlowSchema sends matching requests to a priority level.
+type FlowSchema struct {
+	Name          string `json:"name"`
+	Precedence    int    `json:"precedence"`
+	PriorityLevel string `json:"priorityLevel"`
+	Distinguisher string `json:"distinguisher,omitempty"`
+	Match         Match  `json:"match,omitempty"`
+}
+
+// BreakGlass configures overrides.
+type BreakGlass struct {
+	Namespace   string   `json:"namespace,omitempty"`
+	MaxDuration Duration `json:"maxDuration,omitempty"`
+}
+
+// CatchAll is the priority level that takes requests no flow schema matches.
+const CatchAll = "catch-all"
+
+// Defaults.
+const (
+	DefaultConcurrency       = 400
+	DefaultBreakGlassNS      = "kubedefender-system"
+	DefaultMaxDuration       = 4 * time.Hour
+	DefaultCooldown          = 10 * time.Minute
+	DefaultHalfOpenLimit     = 1
+	DefaultQueues            = 64
+	DefaultHandSize          = 8
+	DefaultQueueLengthLimit  = 50
+	DefaultShares            = 1
+	DefaultFlowSchemaDistKey = DistinguisherByUser
+)
+
+// Duration is a time.Duration written as a Go duration string ("90s", "5m",
+// "24h") or with a day suffix ("7d").
+type Duration struct {
+	time.Duration
+}
+
+// ParseDuration parses a Go duration string, also accepting whole days ("7d").
+func ParseDuration(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(d, 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: want a value such as 90s, 5m, 1h or 1d", s)
+	}
+	return d, nil
+}
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("invalid duration %s: want a string such as \"5m\"", string(b))
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration in its shortest usual form.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(FormatDuration(d.Duration))
+}
+
+// FormatDuration writes 24h as "24h", 1m as "1m" and 90s as "1m30s".
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
