@@ -437,4 +437,3 @@ func validatePriority(s *Spec, spec *field.Path) field.ErrorList {
 func entropyBits(queues, handSize int) float64 {
 	return float64(handSize) * math.Log2(float64(queues))
 }
-

@@ -1,0 +1,36 @@
+package app
+
+import (
+	"errors"
+
+	"github.com/spf13/cobra"
+)
+
+// The commands below are wired in by the issues that build them; until then
+// they say so and exit non-zero rather than pretending to work.
+
+func pending(use, short, issue string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short + " (not built yet)",
+		RunE: func(*cobra.Command, []string) error {
+			return errors.New(use + " is not built yet: see " + issue)
+		},
+	}
+}
+
+func newWebhookCommand(Streams) *cobra.Command {
+	return pending("webhook", "Print or apply the ValidatingWebhookConfiguration", "issue 3")
+}
+
+func newCertsCommand(Streams) *cobra.Command {
+	return pending("certs", "Generate serving certificates for the webhook and proxy", "issue 3")
+}
+
+func newBreakglassCommand(Streams) *cobra.Command {
+	return pending("breakglass", "Grant, list and revoke break-glass overrides", "issue 6")
+}
+
+func newStatusCommand(Streams) *cobra.Command {
+	return pending("status", "Show budgets, breakers and overrides of running replicas", "issue 6")
+}

@@ -1,0 +1,69 @@
+// Package app holds kubedefender's cobra commands. Each command's work lives in
+// the package that owns the concern; the commands parse flags and wire.
+package app
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// Streams are a command's standard streams: results go to Out, errors to Err.
+type Streams struct {
+	In  io.Reader
+	Out io.Writer
+	Err io.Writer
+}
+
+// ExitError carries a specific exit code out of a command.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// NewRootCommand builds the kubedefender command tree.
+func NewRootCommand(s Streams) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kubedefender",
+		Short: "Guard a Kubernetes API server: delete budgets, circuit breakers, rate limits and fair queues",
+		Long: `kubedefender stands in front of kube-apiserver as a reverse proxy and a validating
+admission webhook that share one policy and one state store. It stops mass deletes with
+budgets over sliding windows and circuit breakers, limits clients per User-Agent, and
+isolates traffic with APF-style priority levels. See the README for the policy reference.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(s.In)
+	root.SetOut(s.Out)
+	root.SetErr(s.Err)
+	root.AddCommand(
+		newServeCommand(s, nil),
+		newPolicyCommand(s),
+		newWebhookCommand(s),
+		newCertsCommand(s),
+		newBreakglassCommand(s),
+		newStatusCommand(s),
+		newVersionCommand(s),
+	)
+	return root
+}
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string, in io.Reader, out, errOut io.Writer) int {
+	root := NewRootCommand(Streams{In: in, Out: out, Err: errOut})
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(errOut, "Error:", err)
+		var ee *ExitError
+		if errors.As(err, &ee) {
+			return ee.Code
+		}
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,154 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/kubedefender/kubedefender/config"
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/version"
+)
+
+// RunFunc runs a completed serve configuration until ctx is done. Tests inject
+// their own to check flag handling without serving.
+type RunFunc func(ctx context.Context, cfg *config.Config) error
+
+func newServeCommand(s Streams, run RunFunc) *cobra.Command {
+	if run == nil {
+		run = runServe
+	}
+	o := config.NewServeOptions()
+	cmd := &cobra.Command{
+		Use:   "serve --policy FILE [--webhook-listen ADDR] [--proxy-listen ADDR --upstream URL ...]",
+		Short: "Serve the admission webhook and/or the API proxy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			cfg, err := o.Complete()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return run(ctx, cfg)
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// component is one long-running part of serve.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// runServe wires the parts of serve. Order: the policy first (nothing serves
+// without a good one), then the store and engine, then the servers.
+func runServe(ctx context.Context, cfg *config.Config) error {
+	log := cfg.Logger
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	watcher, err := policy.NewWatcher(policy.WatcherConfig{Path: cfg.Options.PolicyFile, Logger: log.With("component", "policy"), Registerer: reg})
+	if err != nil {
+		return err
+	}
+	if cfg.Options.RedisURL != "" {
+		return errors.New("--redis-url: the Redis store is not wired into serve yet (issue 5)")
+	}
+	store := limiter.NewMemoryStore(limiter.MemoryConfig{})
+	engine, err := limiter.NewEngine(limiter.EngineConfig{
+		Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	watcher.Subscribe(engine.SetPolicy)
+	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", "memory")
+
+	comps := []component{
+		{"policy-watcher", watcher.Run},
+		{"memory-store-sweeper", func(ctx context.Context) error { store.Run(ctx); return nil }},
+	}
+	if cfg.Options.WebhookListen != "" {
+		return errors.New("--webhook-listen: the webhook is not wired into serve yet (issue 3)")
+	}
+	if cfg.Options.ProxyListen != "" {
+		return errors.New("--proxy-listen: the proxy is not wired into serve yet (issue 4)")
+	}
+	if cfg.Options.MetricsListen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{
+				"version": version.Version, "policy": watcher.Current().Policy.Metadata.Name, "policyHash": watcher.Current().Hash,
+				"lastReloadError": watcher.LastError(), "store": "memory",
+			})
+		})
+		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
+	}
+	return runAll(ctx, comps)
+}
+
+// httpServer serves h on addr until ctx is done, then shuts down gracefully.
+func httpServer(addr string, h http.Handler, grace time.Duration) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("failed to listen on %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), grace)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		}
+	}
+}
+
+// runAll runs every component until ctx is done or one fails; then it stops
+// the others and returns the first error.
+func runAll(ctx context.Context, comps []component) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(comps))
+	for _, c := range comps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.run(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, context.Canceled) {
+				errs <- fmt.Errorf("%s: %w", c.name, err)
+			}
+			cancel()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}

@@ -1,0 +1,12 @@
+// Command kubedefender guards a Kubernetes API server: see the README.
+package main
+
+import (
+	"os"
+
+	"github.com/kubedefender/kubedefender/cmd/kubedefender/app"
+)
+
+func main() {
+	os.Exit(app.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
