@@ -1,0 +1,402 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+	"pgregory.net/rapid"
+)
+
+// newStoreFunc builds a store whose time is clk, with no state from other tests.
+type newStoreFunc func(t *testing.T, clk *clocktesting.FakeClock) Store
+
+// testStoreSemantics is the semantic contract every Store implementation
+// passes: the memory store and the Redis store run the same suite.
+func testStoreSemantics(t *testing.T, newStore newStoreFunc) {
+	t.Run("no window admits more than its limit at any alignment, and denials take nothing", func(t *testing.T) {
+		testSlidingWindowProperty(t, newStore)
+	})
+	t.Run("a batch is all or nothing across budgets", func(t *testing.T) {
+		testAllOrNothing(t, newStore)
+	})
+	t.Run("retry-after says when the denying window frees up", func(t *testing.T) {
+		testRetryAfter(t, newStore)
+	})
+	t.Run("breakers", func(t *testing.T) { testBreakers(t, newStore) })
+	t.Run("dry run judges and changes nothing", func(t *testing.T) { testDryRun(t, newStore) })
+	t.Run("shadow checks never deny and are charged when they have room", func(t *testing.T) { testShadow(t, newStore) })
+	t.Run("rate limits are token buckets", func(t *testing.T) { testRates(t, newStore) })
+	t.Run("keys are independent", func(t *testing.T) { testKeysIndependent(t, newStore) })
+}
+
+var specSeq atomic.Int64
+
+// testSpec returns a spec with a unique ID so tests never share state.
+func testSpec(windows []WindowSpec, br BreakerSpec) *BudgetSpec {
+	n := specSeq.Add(1)
+	return &BudgetSpec{Name: fmt.Sprintf("b%d", n), ID: fmt.Sprintf("b%d@test", n), Windows: windows, Breaker: br}
+}
+
+// fataler is what take needs of *testing.T and *rapid.T.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+func take(t fataler, s Store, commit bool, checks ...BudgetCheck) *BudgetBatch {
+	t.Helper()
+	b := &BudgetBatch{Checks: checks, Commit: commit}
+	if err := s.Budgets(context.Background(), b); err != nil {
+		t.Fatalf("Budgets: %v", err)
+	}
+	if len(b.Results) != len(checks) {
+		t.Fatalf("Budgets returned %d results for %d checks", len(b.Results), len(checks))
+	}
+	return b
+}
+
+var testEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func testSlidingWindowProperty(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	rapid.Check(t, func(rt *rapid.T) {
+		// Random windows: strictly longer, limits never smaller.
+		nw := rapid.IntRange(1, 4).Draw(rt, "windows")
+		var ws []WindowSpec
+		length, limit := time.Duration(0), int64(0)
+		for i := 0; i < nw; i++ {
+			length += time.Duration(rapid.IntRange(1, 120).Draw(rt, "lengthStepSeconds")) * time.Second
+			limit += int64(rapid.IntRange(0, 6).Draw(rt, "limitStep"))
+			if limit == 0 {
+				limit = 1
+			}
+			ws = append(ws, WindowSpec{Length: length, Limit: limit})
+		}
+		spec := testSpec(ws, BreakerSpec{})
+		now := testEpoch.Add(time.Duration(specSeq.Load()) * 24 * time.Hour)
+		var admitted []time.Time
+		n := rapid.IntRange(1, 80).Draw(rt, "requests")
+		for i := 0; i < n; i++ {
+			// Arrivals cluster (same instant), trickle, or jump past windows.
+			switch rapid.IntRange(0, 3).Draw(rt, "gapKind") {
+			case 0:
+			case 1:
+				now = now.Add(time.Duration(rapid.IntRange(1, 1000).Draw(rt, "gapMs")) * time.Millisecond)
+			case 2:
+				now = now.Add(time.Duration(rapid.Int64Range(1, int64(length/time.Millisecond)).Draw(rt, "gapWindowMs")) * time.Millisecond)
+			default:
+				now = now.Add(ws[rapid.IntRange(0, nw-1).Draw(rt, "exactWindow")].Length)
+			}
+			clk.SetTime(now)
+			// The model: room in every window (now-W, now].
+			want := true
+			for _, w := range ws {
+				c := int64(0)
+				for _, a := range admitted {
+					if a.After(now.Add(-w.Length)) {
+						c++
+					}
+				}
+				if c >= w.Limit {
+					want = false
+				}
+			}
+			b := take(rt, s, true, BudgetCheck{Spec: spec, Key: "k"})
+			if got := b.Results[0].Allowed; got != want {
+				rt.Fatalf("request %d at +%s: allowed=%v, the exact sliding log says %v (windows %v, admitted %d)", i, now.Sub(testEpoch), got, want, ws, len(admitted))
+			}
+			if b.Admitted {
+				admitted = append(admitted, now)
+			}
+		}
+		// Every span [s, s+W) holds at most L admissions: check spans starting at each admission.
+		for _, w := range ws {
+			for i, start := range admitted {
+				c := int64(0)
+				for _, a := range admitted[i:] {
+					if a.Before(start.Add(w.Length)) {
+						c++
+					}
+				}
+				if c > w.Limit {
+					rt.Fatalf("window %s admitted %d > limit %d in the span starting at +%s", w.Length, c, w.Limit, start.Sub(testEpoch))
+				}
+			}
+		}
+	})
+}
+
+func testAllOrNothing(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	roomy := testSpec([]WindowSpec{{time.Minute, 100}}, BreakerSpec{})
+	tight := testSpec([]WindowSpec{{time.Minute, 2}}, BreakerSpec{})
+	for i := 0; i < 2; i++ {
+		if b := take(t, s, true, BudgetCheck{Spec: roomy, Key: "k"}, BudgetCheck{Spec: tight, Key: "k"}); !b.Admitted {
+			t.Fatalf("request %d denied with room in both budgets", i)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		b := take(t, s, true, BudgetCheck{Spec: roomy, Key: "k"}, BudgetCheck{Spec: tight, Key: "k"})
+		if b.Admitted || !b.Results[0].Allowed || b.Results[1].Allowed {
+			t.Fatalf("with the tight budget exhausted: admitted=%v results=%+v", b.Admitted, b.Results)
+		}
+	}
+	// The roomy budget was charged only for the two admitted requests.
+	b := take(t, s, false, BudgetCheck{Spec: roomy, Key: "k"})
+	if got := b.Results[0].Used[0]; got != 2 {
+		t.Fatalf("roomy budget used = %d after 2 admitted and 5 denied requests, want 2", got)
+	}
+}
+
+func testRetryAfter(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	spec := testSpec([]WindowSpec{{time.Minute, 3}, {time.Hour, 4}}, BreakerSpec{})
+	for _, at := range []time.Duration{0, 10 * time.Second, 20 * time.Second} {
+		clk.SetTime(testEpoch.Add(at))
+		if !take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Admitted {
+			t.Fatalf("request at +%s denied", at)
+		}
+	}
+	clk.SetTime(testEpoch.Add(30 * time.Second))
+	res := take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Results[0]
+	if res.Allowed || res.Reason != WindowExhausted || res.Window != 0 || res.RetryAfter != 30*time.Second || res.Used[0] != 3 {
+		t.Fatalf("at +30s: got %+v, want the 1m window exhausted with 3 used, free in 30s", res)
+	}
+	clk.SetTime(testEpoch.Add(60 * time.Second))
+	if !take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Admitted {
+		t.Fatal("at +60s the first admission has left the 1m window; want admitted")
+	}
+	clk.SetTime(testEpoch.Add(2 * time.Minute))
+	res = take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Results[0]
+	if res.Allowed || res.Window != 1 || res.RetryAfter != time.Hour-2*time.Minute {
+		t.Fatalf("at +2m the 1h window holds 4/4: got %+v, want window 1 free in 58m", res)
+	}
+}
+
+func testBreakers(t *testing.T, newStore newStoreFunc) {
+	cases := []struct {
+		name string
+		run  func(t *testing.T, s Store, clk *clocktesting.FakeClock)
+	}{
+		{"a Manual breaker trips on exhaustion and stays open after the window until reset", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 3}}, BreakerSpec{Enabled: true, Manual: true})
+			c := BudgetCheck{Spec: spec, Key: "ns=a"}
+			for i := 0; i < 3; i++ {
+				if !take(t, s, true, c).Admitted {
+					t.Fatalf("request %d denied", i)
+				}
+			}
+			res := take(t, s, true, c).Results[0]
+			if res.Allowed || res.Reason != WindowExhausted || res.Prev != Closed || res.State != Open || res.RetryAfter != 0 {
+				t.Fatalf("4th request: got %+v, want a trip Closed→Open with no retry", res)
+			}
+			clk.Step(2 * time.Hour)
+			res = take(t, s, true, c).Results[0]
+			if res.Allowed || res.Reason != BreakerIsOpen || res.State != Open {
+				t.Fatalf("2h later: got %+v, want still Open", res)
+			}
+			if err := s.ResetBudget(context.Background(), spec, "ns=a"); err != nil {
+				t.Fatal(err)
+			}
+			if res := take(t, s, true, c).Results[0]; !res.Allowed || res.State != Closed {
+				t.Fatalf("after reset: got %+v, want allowed and Closed", res)
+			}
+		}},
+		{"an Auto breaker goes Open, HalfOpen with a probe quota, then Closed", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 3}}, BreakerSpec{Enabled: true, Cooldown: 10 * time.Minute, HalfOpenLimit: 2})
+			c := BudgetCheck{Spec: spec, Key: "k"}
+			for i := 0; i < 3; i++ {
+				take(t, s, true, c)
+			}
+			if res := take(t, s, true, c).Results[0]; res.State != Open || res.RetryAfter != 10*time.Minute {
+				t.Fatalf("trip: got %+v, want Open with retry after the 10m cooldown", res)
+			}
+			clk.Step(4 * time.Minute)
+			if res := take(t, s, true, c).Results[0]; res.Allowed || res.Reason != BreakerIsOpen || res.RetryAfter != 6*time.Minute {
+				t.Fatalf("at +4m: got %+v, want Open, retry in 6m", res)
+			}
+			clk.Step(6 * time.Minute)
+			for i := 0; i < 2; i++ {
+				res := take(t, s, true, c).Results[0]
+				if !res.Allowed || res.State != HalfOpen {
+					t.Fatalf("probe %d at +10m: got %+v, want allowed while HalfOpen", i, res)
+				}
+			}
+			if res := take(t, s, true, c).Results[0]; res.Allowed || res.Reason != HalfOpenFull {
+				t.Fatalf("3rd probe: got %+v, want denied, half-open quota used", res)
+			}
+			clk.Step(10 * time.Minute)
+			if res := take(t, s, true, c).Results[0]; !res.Allowed || res.State != Closed {
+				t.Fatalf("a cooldown later without exhaustion: got %+v, want Closed", res)
+			}
+		}},
+		{"exhaustion while HalfOpen opens the breaker again", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 2}}, BreakerSpec{Enabled: true, Cooldown: time.Minute, HalfOpenLimit: 5})
+			c := BudgetCheck{Spec: spec, Key: "k"}
+			take(t, s, true, c)
+			take(t, s, true, c)
+			take(t, s, true, c) // trips
+			clk.Step(time.Minute)
+			for i := 0; i < 2; i++ {
+				if res := take(t, s, true, c).Results[0]; !res.Allowed || res.State != HalfOpen {
+					t.Fatalf("probe %d: got %+v", i, res)
+				}
+			}
+			res := take(t, s, true, c).Results[0]
+			if res.Allowed || res.Reason != WindowExhausted || res.Prev != HalfOpen || res.State != Open {
+				t.Fatalf("exhaustion while HalfOpen: got %+v, want HalfOpen→Open", res)
+			}
+			if res := take(t, s, true, c).Results[0]; res.Reason != BreakerIsOpen {
+				t.Fatalf("after re-trip: got %+v, want Open", res)
+			}
+		}},
+		{"without a breaker an exhausted window only denies until it refills", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
+			c := BudgetCheck{Spec: spec, Key: "k"}
+			take(t, s, true, c)
+			if res := take(t, s, true, c).Results[0]; res.Allowed || res.State != Closed {
+				t.Fatalf("got %+v, want denied and still Closed", res)
+			}
+			clk.Step(time.Minute)
+			if !take(t, s, true, c).Admitted {
+				t.Fatal("after the window: want admitted")
+			}
+		}},
+		{"resetting every key of a budget closes all its breakers", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Manual: true})
+			for _, k := range []string{"a", "b"} {
+				take(t, s, true, BudgetCheck{Spec: spec, Key: k})
+				take(t, s, true, BudgetCheck{Spec: spec, Key: k})
+			}
+			if err := s.ResetBudget(context.Background(), spec, AllKeys); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"a", "b"} {
+				if !take(t, s, true, BudgetCheck{Spec: spec, Key: k}).Admitted {
+					t.Fatalf("key %s still denied after reset of all keys", k)
+				}
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktesting.NewFakeClock(testEpoch)
+			tc.run(t, newStore(t, clk), clk)
+		})
+	}
+}
+
+func testDryRun(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	spec := testSpec([]WindowSpec{{time.Minute, 2}}, BreakerSpec{Enabled: true, Manual: true})
+	c := BudgetCheck{Spec: spec, Key: "k"}
+	for i := 0; i < 10; i++ {
+		if res := take(t, s, false, c).Results[0]; !res.Allowed {
+			t.Fatalf("dry run %d denied on an empty budget: %+v", i, res)
+		}
+	}
+	take(t, s, true, c)
+	take(t, s, true, c)
+	res := take(t, s, false, c).Results[0]
+	if res.Allowed || res.Reason != WindowExhausted {
+		t.Fatalf("dry run on an exhausted budget: got %+v, want judged as denied", res)
+	}
+	// The dry run did not trip the breaker: after the window it admits again.
+	clk.Step(time.Minute)
+	if res := take(t, s, true, c).Results[0]; !res.Allowed {
+		t.Fatalf("a dry run tripped the breaker: %+v", res)
+	}
+}
+
+func testShadow(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	shadow := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Manual: true})
+	enforce := testSpec([]WindowSpec{{time.Minute, 10}}, BreakerSpec{})
+	for i := 0; i < 3; i++ {
+		b := take(t, s, true, BudgetCheck{Spec: shadow, Key: "k", Shadow: true}, BudgetCheck{Spec: enforce, Key: "k"})
+		if !b.Admitted {
+			t.Fatalf("request %d: a shadow check denied", i)
+		}
+		if want := i == 0; b.Results[0].Allowed != want {
+			t.Fatalf("request %d: shadow allowed=%v, want %v", i, b.Results[0].Allowed, want)
+		}
+	}
+	if got := take(t, s, false, BudgetCheck{Spec: enforce, Key: "k"}).Results[0].Used[0]; got != 3 {
+		t.Fatalf("enforced budget used %d, want 3", got)
+	}
+	if res := take(t, s, false, BudgetCheck{Spec: shadow, Key: "k", Shadow: true}).Results[0]; res.State != Open {
+		t.Fatalf("shadow breaker: got %v, want Open (tracked to report what would have happened)", res.State)
+	}
+}
+
+func testRates(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	n := specSeq.Add(1)
+	spec := &RateSpec{Name: fmt.Sprintf("r%d", n), ID: fmt.Sprintf("r%d@test", n), QPS: 10, Burst: 5, Interval: 100 * time.Millisecond}
+	rate := func(key string) RateResult {
+		b := &RateBatch{Checks: []RateCheck{{Spec: spec, Key: key}}}
+		if err := s.Rates(context.Background(), b); err != nil || len(b.Results) != 1 {
+			t.Fatalf("Rates: %v (%d results)", err, len(b.Results))
+		}
+		return b.Results[0]
+	}
+	for i := 0; i < 5; i++ {
+		if !rate("ua").Allowed {
+			t.Fatalf("burst request %d denied", i)
+		}
+	}
+	res := rate("ua")
+	if res.Allowed || res.RetryAfter != 100*time.Millisecond {
+		t.Fatalf("6th request: got %+v, want denied, retry in 100ms", res)
+	}
+	if !rate("other").Allowed {
+		t.Fatal("another key shares the bucket")
+	}
+	clk.Step(100 * time.Millisecond)
+	if !rate("ua").Allowed {
+		t.Fatal("after one interval one token is back")
+	}
+	if rate("ua").Allowed {
+		t.Fatal("only one token came back")
+	}
+	clk.Step(time.Second)
+	admitted := 0
+	for i := 0; i < 10; i++ {
+		if rate("ua").Allowed {
+			admitted++
+		}
+	}
+	if admitted != 5 {
+		t.Fatalf("after a full refill %d admitted at once, want the burst of 5", admitted)
+	}
+	// A denial stops the batch: later checks are not charged.
+	spec2 := &RateSpec{Name: spec.Name + "x", ID: spec.ID + "x", QPS: 1, Burst: 1, Interval: time.Second}
+	b := &RateBatch{Checks: []RateCheck{{Spec: spec, Key: "ua"}, {Spec: spec2, Key: "ua"}}}
+	if err := s.Rates(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Results[0].Allowed || !b.Results[1].Skipped {
+		t.Fatalf("got %+v, want the first denied and the second skipped", b.Results)
+	}
+}
+
+func testKeysIndependent(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Manual: true})
+	take(t, s, true, BudgetCheck{Spec: spec, Key: "namespace=a"})
+	take(t, s, true, BudgetCheck{Spec: spec, Key: "namespace=a"})
+	if !take(t, s, true, BudgetCheck{Spec: spec, Key: "namespace=b"}).Admitted {
+		t.Fatal("exhausting namespace=a denied namespace=b")
+	}
+}
