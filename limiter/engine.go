@@ -357,7 +357,7 @@ func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes
 	if len(sc.rate.Checks) == 0 {
 		return
 	}
-	err := e.timedRates(ctx, e.store, &sc.rate)
+	err := e.askRates(ctx, e.store, &sc.rate)
 	if err != nil {
 		e.rateStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
@@ -446,7 +446,7 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		return
 	}
 	sc.budget.Commit = commit
-	if err := e.timedBudgets(ctx, e.store, &sc.budget); err != nil {
+	if err := e.askBudgets(ctx, e.store, &sc.budget); err != nil {
 		e.budgetStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
 			return
@@ -618,20 +618,17 @@ func storeDownDecision(kind RuleKind, rule, key string) Decision {
 	}
 }
 
-func (e *Engine) timedBudgets(ctx context.Context, s Store, b *BudgetBatch) error {
-	start := time.Now()
+// askBudgets asks the store and checks its answer; stores measure their own latency.
+func (e *Engine) askBudgets(ctx context.Context, s Store, b *BudgetBatch) error {
 	err := s.Budgets(ctx, b)
-	e.metrics.storeLatency[0].Observe(time.Since(start).Seconds())
 	if err == nil && len(b.Results) != len(b.Checks) {
 		err = fmt.Errorf("failed to judge budgets: store returned %d results for %d checks", len(b.Results), len(b.Checks))
 	}
 	return err
 }
 
-func (e *Engine) timedRates(ctx context.Context, s Store, b *RateBatch) error {
-	start := time.Now()
+func (e *Engine) askRates(ctx context.Context, s Store, b *RateBatch) error {
 	err := s.Rates(ctx, b)
-	e.metrics.storeLatency[1].Observe(time.Since(start).Seconds())
 	if err == nil && len(b.Results) != len(b.Checks) {
 		err = fmt.Errorf("failed to judge rate limits: store returned %d results for %d checks", len(b.Results), len(b.Checks))
 	}

@@ -18,8 +18,6 @@ type metrics struct {
 	storeErrors   *prometheus.CounterVec
 	storeFallback *prometheus.CounterVec
 	overridesUsed *prometheus.CounterVec
-	storeLatency  [2]prometheus.Observer
-	latencyVec    *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -40,17 +38,12 @@ func newMetrics() *metrics {
 			Help: "Rule checks decided by onStoreFailure because the store was unreachable, by kind and action (Local, Allow, Deny)."}, []string{"kind", "action"}),
 		overridesUsed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "overrides_used_total",
 			Help: "Requests that bypassed a rule through a break-glass override."}, []string{"rule"}),
-		latencyVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "store_latency_seconds",
-			Help:    "Time the store took to answer one decision, by operation.",
-			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25}}, []string{"op"}),
 	}
-	m.storeLatency[0] = m.latencyVec.WithLabelValues("budgets")
-	m.storeLatency[1] = m.latencyVec.WithLabelValues("rates")
 	return m
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.decisions, m.transitions, m.nearLimit, m.remaining, m.storeErrors, m.storeFallback, m.overridesUsed, m.latencyVec} {
+	for _, c := range []prometheus.Collector{m.decisions, m.transitions, m.nearLimit, m.remaining, m.storeErrors, m.storeFallback, m.overridesUsed} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("failed to register limiter metrics: %w", err)
 		}

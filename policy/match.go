@@ -2,6 +2,7 @@ package policy
 
 import (
 	"regexp"
+	"regexp/syntax"
 	"sort"
 	"strings"
 )
@@ -81,8 +82,43 @@ type Matcher struct {
 	groups     []string
 	saExact    []string // full usernames system:serviceaccount:ns:name
 	saNS       []string // "ns" for ns/*
-	userAgents []*regexp.Regexp
+	userAgents []uaPattern
 	empty      bool
+}
+
+// uaPattern is a compiled userAgents entry. Most are anchored ("^node-agent/"):
+// their literal prefix rejects a User-Agent without running the regexp, and a
+// pattern that is nothing but an anchored literal never runs it at all.
+type uaPattern struct {
+	re         *regexp.Regexp
+	prefix     string // non-empty: the User-Agent must start with it
+	prefixOnly bool   // the prefix test is the whole match
+}
+
+func compileUA(p string) uaPattern {
+	u := uaPattern{re: regexp.MustCompile(p)}
+	s, err := syntax.Parse(p, syntax.Perl)
+	if err != nil {
+		return u
+	}
+	s = s.Simplify()
+	if s.Op == syntax.OpConcat && len(s.Sub) > 0 && s.Sub[0].Op == syntax.OpBeginText {
+		u.prefix, _ = u.re.LiteralPrefix()
+		u.prefixOnly = u.prefix != "" && len(s.Sub) == 2 && s.Sub[1].Op == syntax.OpLiteral && s.Sub[1].Flags&syntax.FoldCase == 0
+	}
+	return u
+}
+
+func (u *uaPattern) match(ua string) bool {
+	if u.prefix != "" {
+		if !strings.HasPrefix(ua, u.prefix) {
+			return false
+		}
+		if u.prefixOnly {
+			return true
+		}
+	}
+	return u.re.MatchString(ua)
 }
 
 // CompileMatch precompiles a validated Match.
@@ -121,7 +157,7 @@ func CompileMatch(m *Match) *Matcher {
 		}
 	}
 	for _, ua := range m.UserAgents {
-		c.userAgents = append(c.userAgents, regexp.MustCompile(ua))
+		c.userAgents = append(c.userAgents, compileUA(ua))
 	}
 	c.empty = c.verbs == 0 && len(c.resources) == 0 && len(c.namespaces) == 0 && !c.anyNS &&
 		len(c.users) == 0 && len(c.groups) == 0 && len(c.saExact) == 0 && len(c.saNS) == 0 && len(c.userAgents) == 0
@@ -153,8 +189,8 @@ func (c *Matcher) Matches(a *Attributes) bool {
 	}
 	if len(c.userAgents) > 0 {
 		ok := false
-		for _, re := range c.userAgents {
-			if re.MatchString(a.UserAgent) {
+		for i := range c.userAgents {
+			if c.userAgents[i].match(a.UserAgent) {
 				ok = true
 				break
 			}

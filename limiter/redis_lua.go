@@ -1,0 +1,303 @@
+package limiter
+
+import "github.com/redis/go-redis/v9"
+
+// Lua scripts of the Redis store. Each decision is one script call, so a
+// budget batch is judged and charged atomically (Redis runs a script alone).
+//
+// Time. Scripts take the time from Redis TIME (seconds, microseconds) unless
+// the client passes one (RedisConfig.Clock, for tests) as ARGV seconds and
+// nanoseconds. Lua numbers are doubles, exact only below 2^53, so absolute
+// times are kept as a pair (seconds, nanoseconds) or as the decimal string
+// "S.NNNNNNNNN"; the admission log of a budget key keeps nanoseconds relative
+// to a per-key base second, which is moved forward (all scores shifted) when
+// it falls more than 46 days behind, so log arithmetic is exact to the
+// nanosecond for windows up to about 50 days.
+//
+// Budget keys (all under one hash tag, so a whole batch is in one slot):
+//
+//	<prefix>{b}:<rule id>:<key>:h  hash: b base second, st breaker state,
+//	                               ss/sn breaker since (s, ns), ho half-open
+//	                               admissions, q member sequence
+//	<prefix>{b}:<rule id>:<key>:z  sorted set: one member per admission,
+//	                               score = ns since base
+//
+// The algorithm is limiter/budget.go line by line (judge every check at one
+// clamped now, then apply every check when committing).
+
+// budgetLua judges and (with commit) charges one BudgetBatch.
+//
+// KEYS: per check i: hash, log.
+// ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, then per
+// check: shadow, nWindows, (lengthNs, limit)×nWindows, breakerEnabled,
+// manual, cooldownNs, halfOpenLimit.
+// Returns: nowS, nowNs, admitted, then per check: allowed, reason, window
+// (0-based, -1), prev, state, sinceS, sinceNs, retryNs, used×nWindows.
+const budgetLua = `
+local E9 = 1000000000
+local CLOSED, OPEN, HALF = 0, 1, 2
+local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
+local commit = ARGV[1] == '1'
+local nowS, nowN
+if ARGV[2] == '' then
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  nowS, nowN = tonumber(ARGV[2]), tonumber(ARGV[3])
+end
+local ttlFloor = tonumber(ARGV[4])
+
+local function norm(s, n)
+  local q = math.floor(n / E9)
+  return s + q, n - q * E9
+end
+local function diff(s1, n1, s2, n2) return (s1 - s2) * E9 + (n1 - n2) end
+local function f0(x) return string.format('%.0f', x) end
+
+-- load every check
+local cs = {}
+local p = 5
+local n = #KEYS / 2
+for i = 1, n do
+  local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i]}
+  c.shadow = ARGV[p] == '1'
+  local nw = tonumber(ARGV[p + 1])
+  p = p + 2
+  c.wl, c.wn = {}, {}
+  for j = 1, nw do
+    c.wl[j], c.wn[j] = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+    p = p + 2
+  end
+  c.nw = nw
+  c.br, c.manual = ARGV[p] == '1', ARGV[p + 1] == '1'
+  c.cd, c.hol = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  p = p + 4
+  local f = redis.call('HMGET', c.h, 'b', 'st', 'ss', 'sn', 'ho', 'q')
+  c.base = tonumber(f[1])
+  c.st, c.ss, c.sn = tonumber(f[2]) or CLOSED, tonumber(f[3]) or 0, tonumber(f[4]) or 0
+  c.ho, c.seq = tonumber(f[5]) or 0, tonumber(f[6]) or 0
+  c.card = 0
+  if c.base then c.card = redis.call('ZCARD', c.z) end
+  -- clampNow: time never runs backwards for a key
+  local newest = nil
+  if c.card > 0 then
+    local r = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
+    newest = tonumber(r[2])
+  end
+  if newest and newest > diff(nowS, nowN, c.base, 0) then
+    nowS, nowN = norm(c.base, newest)
+  elseif diff(c.ss, c.sn, nowS, nowN) > 0 then
+    nowS, nowN = c.ss, c.sn
+  end
+  cs[i] = c
+end
+
+-- per key: base and now relative to it (exact below 2^53 ns)
+for i = 1, n do
+  local c = cs[i]
+  if c.card == 0 then
+    c.base = nowS
+  elseif commit and nowS - c.base > 4000000 then
+    local shift = (c.base - nowS) * E9
+    local all = redis.call('ZRANGE', c.z, 0, -1, 'WITHSCORES')
+    for k = 1, #all, 2 do
+      redis.call('ZADD', c.z, f0(tonumber(all[k + 1]) + shift), all[k])
+    end
+    c.base = nowS
+  end
+  c.now = diff(nowS, nowN, c.base, 0)
+end
+
+local function effective(c)
+  local st, ss, sn, ho = c.st, c.ss, c.sn, c.ho
+  if not c.br or c.manual then return st, ss, sn, ho end
+  if st == OPEN and diff(nowS, nowN, ss, sn) >= c.cd then
+    st, ho = HALF, 0
+    ss, sn = norm(ss, sn + c.cd)
+  end
+  if st == HALF and diff(nowS, nowN, ss, sn) >= c.cd then
+    st, ho = CLOSED, 0
+    ss, sn = norm(ss, sn + c.cd)
+  end
+  return st, ss, sn, ho
+end
+
+-- judge every check at now
+local admitted = true
+for i = 1, n do
+  local c = cs[i]
+  local r = {allowed = 0, reason = 0, window = -1, prev = c.st, retry = 0, used = {}}
+  local st, ss, sn, ho = effective(c)
+  r.state, r.ss, r.sn = st, ss, sn
+  for j = 1, c.nw do
+    if c.card == 0 then
+      r.used[j] = 0
+    else
+      r.used[j] = redis.call('ZCOUNT', c.z, '(' .. f0(c.now - c.wl[j]), '+inf')
+    end
+  end
+  if st == OPEN then
+    r.reason = ISOPEN
+    if not c.manual then r.retry = c.cd - diff(nowS, nowN, ss, sn) end
+  elseif st == HALF and ho >= c.hol then
+    r.reason = HOFULL
+    r.retry = c.cd - diff(nowS, nowN, ss, sn)
+  else
+    local freeAt = 0
+    for j = 1, c.nw do
+      if r.used[j] >= c.wn[j] then
+        local e = redis.call('ZRANGE', c.z, -c.wn[j], -c.wn[j], 'WITHSCORES')
+        local t = tonumber(e[2]) + c.wl[j]
+        if r.window < 0 or t > freeAt then r.window, freeAt = j - 1, t end
+      end
+    end
+    if r.window < 0 then
+      r.allowed = 1
+    else
+      r.reason = EXHAUSTED
+      r.retry = freeAt - c.now
+      if c.br then
+        r.state, r.ss, r.sn = OPEN, nowS, nowN
+        if c.manual then r.retry = 0 elseif r.retry < c.cd then r.retry = c.cd end
+      end
+    end
+  end
+  if r.allowed == 0 and not c.shadow then admitted = false end
+  c.res = r
+end
+
+-- apply: admitted requests take a token from every window; exhaustion trips
+if commit then
+  for i = 1, n do
+    local c, r = cs[i], cs[i].res
+    local st, ss, sn, ho = effective(c)
+    local longest = c.wl[c.nw]
+    if c.card > 0 then
+      redis.call('ZREMRANGEBYSCORE', c.z, '-inf', f0(c.now - longest))
+    end
+    local newest = nil
+    if r.allowed == 1 and admitted then
+      c.seq = c.seq + 1
+      redis.call('ZADD', c.z, f0(c.now), f0(c.seq))
+      newest = c.now
+      for j = 1, c.nw do r.used[j] = r.used[j] + 1 end
+      if st == HALF then ho = ho + 1 end
+    elseif r.reason == EXHAUSTED and c.br then
+      st, ss, sn, ho = OPEN, nowS, nowN, 0
+    end
+    if not newest and c.card > 0 then
+      local e = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
+      if e[2] then newest = tonumber(e[2]) end
+    end
+    -- keep the key while its log or its breaker matters
+    local keep = 0
+    if newest then keep = newest + longest - c.now end
+    if c.br and not c.manual then
+      if st == OPEN then keep = math.max(keep, 2 * c.cd - diff(nowS, nowN, ss, sn)) end
+      if st == HALF then keep = math.max(keep, c.cd - diff(nowS, nowN, ss, sn)) end
+    end
+    local persist = c.br and c.manual and st == OPEN
+    if keep <= 0 and not persist then
+      redis.call('DEL', c.h, c.z)
+    else
+      redis.call('HSET', c.h, 'b', f0(c.base), 'st', st, 'ss', f0(ss), 'sn', f0(sn), 'ho', ho, 'q', f0(c.seq))
+      local ms = math.max(math.floor(keep / 1000000) + 1000, ttlFloor)
+      if persist then redis.call('PERSIST', c.h) else redis.call('PEXPIRE', c.h, ms) end
+      if newest then redis.call('PEXPIRE', c.z, ms) end
+    end
+  end
+end
+
+local out = {nowS, nowN, admitted and 1 or 0}
+for i = 1, n do
+  local r = cs[i].res
+  local k = #out
+  out[k + 1], out[k + 2], out[k + 3], out[k + 4], out[k + 5] = r.allowed, r.reason, r.window, r.prev, r.state
+  out[k + 6], out[k + 7], out[k + 8] = r.ss, r.sn, r.retry
+  for j = 1, cs[i].nw do out[#out + 1] = r.used[j] end
+end
+return out
+`
+
+// rateLua is GCRA over one or more rate keys, in order, stopping at the
+// first non-shadow denial (later checks are reported skipped, charged nothing).
+//
+// KEYS: one string per check holding the theoretical arrival time "S.NNNNNNNNN".
+// ARGV: nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, then per check:
+// shadow, intervalNs, burst.
+// Returns: nowS, nowNs, then per check: status (1 allowed, 0 denied, 2
+// skipped), retryNs.
+const rateLua = `
+local E9 = 1000000000
+local nowS, nowN
+if ARGV[1] == '' then
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
+end
+local ttlFloor = tonumber(ARGV[3])
+local out = {nowS, nowN}
+local denied = false
+for i = 1, #KEYS do
+  local p = 4 + (i - 1) * 3
+  if denied then
+    out[#out + 1], out[#out + 2] = 2, 0
+  else
+    local interval, burst = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+    local d = 0
+    local v = redis.call('GET', KEYS[i])
+    if v then
+      local s, ns = string.match(v, '^(%-?%d+)%.(%d+)$')
+      if s then
+        d = (tonumber(s) - nowS) * E9 + (tonumber(ns) - nowN)
+        if d < 0 then d = 0 end
+      end
+    end
+    local nxt = d + interval
+    local over = nxt - burst * interval
+    if over > 0 then
+      out[#out + 1], out[#out + 2] = 0, over
+      if ARGV[p] ~= '1' then denied = true end
+    else
+      local q = math.floor((nowN + nxt) / E9)
+      local v2 = string.format('%.0f.%09.0f', nowS + q, nowN + nxt - q * E9)
+      local ms = math.max(math.floor(nxt / 1000000) + 1000, ttlFloor)
+      redis.call('SET', KEYS[i], v2, 'PX', ms)
+      out[#out + 1], out[#out + 2] = 1, 0
+    end
+  end
+end
+return out
+`
+
+// heartbeatLua records one replica as alive and counts the live ones.
+//
+// KEYS[1]: sorted set of replica ids by last-seen Redis time (ms).
+// ARGV: replica id, ttlMs. Returns the number of replicas seen within ttl.
+const heartbeatLua = `
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - ttl)
+redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+return redis.call('ZCARD', KEYS[1])
+`
+
+// redisScripts are the store's scripts, each run with EVALSHA and loaded
+// with EVAL on NOSCRIPT (go-redis Script.Run).
+type redisScripts struct {
+	budget, rate, heartbeat *redis.Script
+}
+
+func newRedisScripts() redisScripts {
+	return redisScripts{
+		budget:    redis.NewScript(budgetLua),
+		rate:      redis.NewScript(rateLua),
+		heartbeat: redis.NewScript(heartbeatLua),
+	}
+}
