@@ -10,8 +10,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 
+	goyaml "go.yaml.in/yaml/v2"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -27,12 +30,24 @@ type Error struct {
 	Errs field.ErrorList
 }
 
+// wholeFile is the field path of a problem with the file as a whole (empty,
+// too large, not YAML); Error prints only its detail after the file name.
+const wholeFile = "<file>"
+
 func (e *Error) Error() string {
 	lines := make([]string, 0, len(e.Errs))
 	for _, fe := range e.Errs {
+		if fe.Field == wholeFile {
+			lines = append(lines, e.File+": "+fe.Detail)
+			continue
+		}
 		lines = append(lines, e.File+": "+fe.Error())
 	}
 	return strings.Join(lines, "\n")
+}
+
+func fileError(detail string) *field.Error {
+	return &field.Error{Type: field.ErrorTypeInvalid, Field: wholeFile, BadValue: field.OmitValueType{}, Detail: detail}
 }
 
 // Load reads, decodes, defaults, validates and compiles the policy at path.
@@ -67,26 +82,34 @@ func Parse(name string, data []byte) (*Compiled, error) {
 // it: unknown fields, duplicate keys, wrong types and a wrong apiVersion or
 // kind are errors.
 func Decode(name string, data []byte) (*DefenderPolicy, error) {
-	fail := func(path *field.Path, detail string) error {
-		return &Error{File: name, Errs: field.ErrorList{field.Invalid(path, nil, detail)}}
+	fail := func(fe *field.Error) error {
+		return &Error{File: name, Errs: field.ErrorList{fe}}
 	}
 	if len(data) > MaxFileBytes {
-		return nil, &Error{File: name, Errs: field.ErrorList{field.TooLong(field.NewPath("<file>"), "", MaxFileBytes)}}
+		return nil, fail(fileError(fmt.Sprintf("the file is larger than %d bytes (1 MiB); a policy is a few kilobytes: is this the right file?", MaxFileBytes)))
 	}
+	const empty = "the policy file is empty: it needs apiVersion, kind, metadata and spec"
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, &Error{File: name, Errs: field.ErrorList{field.Required(field.NewPath("<file>"), "the policy file is empty")}}
+		return nil, fail(fileError(empty))
 	}
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, &Error{File: name, Errs: field.ErrorList{field.Invalid(field.NewPath("<file>"), nil, cleanYAMLError(err))}}
+		return nil, fail(fileError("invalid YAML: " + cleanYAMLError(err)))
 	}
-	if !bytes.HasPrefix(bytes.TrimSpace(js), []byte("{")) {
-		return nil, fail(field.NewPath("<file>"), "not a YAML mapping: a policy starts with apiVersion, kind, metadata and spec")
+	js = bytes.TrimSpace(js)
+	if bytes.Equal(js, []byte("null")) {
+		return nil, fail(fileError(empty))
+	}
+	if !bytes.HasPrefix(js, []byte("{")) {
+		return nil, fail(fileError("not a YAML mapping: a policy starts with apiVersion, kind, metadata and spec"))
+	}
+	if n := countDocuments(data); n > 1 {
+		return nil, fail(fileError(fmt.Sprintf("holds %d YAML documents separated by ---; a policy file holds exactly one", n)))
 	}
 	p := &DefenderPolicy{}
 	strict, err := sigsjson.UnmarshalStrict(js, p, sigsjson.DisallowUnknownFields, sigsjson.DisallowDuplicateFields)
 	if err != nil {
-		return nil, &Error{File: name, Errs: field.ErrorList{decodeError(err)}}
+		return nil, fail(decodeError(js, err))
 	}
 	var errs field.ErrorList
 	for _, se := range strict {
@@ -104,55 +127,258 @@ func Decode(name string, data []byte) (*DefenderPolicy, error) {
 	return p, nil
 }
 
+// countDocuments counts the non-empty YAML documents in data. The YAML to JSON
+// conversion reads only the first, so a second one would be silently ignored.
+func countDocuments(data []byte) int {
+	dec := goyaml.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for {
+		var v any
+		err := dec.Decode(&v)
+		if errors.Is(err, io.EOF) {
+			return n
+		}
+		if err != nil {
+			// The first document decoded; a broken later one is still a later one.
+			return n + 1
+		}
+		if v != nil {
+			n++
+		}
+	}
+}
+
 // strictError turns `unknown field "spec.budgets[0].foo"` into a field error
-// with that path.
+// with that path, naming the fields that are allowed there.
 func strictError(err error) *field.Error {
 	msg := err.Error()
 	for _, prefix := range []string{"unknown field ", "duplicate field "} {
 		if rest, ok := strings.CutPrefix(msg, prefix); ok {
 			path := strings.Trim(rest, `"`)
-			what := strings.TrimSpace(prefix)
-			return &field.Error{Type: field.ErrorTypeForbidden, Field: path, Detail: what + " (check the spelling against the policy reference)"}
+			detail := strings.TrimSpace(prefix)
+			if prefix == "unknown field " {
+				detail += unknownFieldHint(path)
+			}
+			return &field.Error{Type: field.ErrorTypeForbidden, Field: path, Detail: detail}
 		}
 	}
-	return field.Invalid(field.NewPath("<file>"), nil, msg)
+	return fileError(msg)
 }
 
-// decodeError reports a type mismatch with the path of the offending field.
-func decodeError(err error) *field.Error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		path := te.Field
-		if path == "" {
-			path = "<file>"
+// unknownFieldHint suggests the field the author probably meant and lists the
+// fields allowed next to it.
+func unknownFieldHint(path string) string {
+	segs := strings.Split(path, ".")
+	known := fieldsOf(reflect.TypeFor[DefenderPolicy](), segs[:len(segs)-1])
+	if len(known) == 0 {
+		return " (check the spelling against the policy reference)"
+	}
+	bad := segs[len(segs)-1]
+	hint := ""
+	best := 3 // suggest only close names
+	for _, k := range known {
+		if d := editDistance(strings.ToLower(bad), strings.ToLower(k)); d < best {
+			best, hint = d, fmt.Sprintf(": did you mean %q?", k)
 		}
-		return &field.Error{Type: field.ErrorTypeInvalid, Field: path, BadValue: field.OmitValueType{},
-			Detail: fmt.Sprintf("must be of type %s, not %s", jsonTypeName(te.Type.Kind().String()), te.Value)}
+	}
+	return hint + " (allowed here: " + strings.Join(known, ", ") + ")"
+}
+
+// fieldsOf returns the JSON names of the struct found by following path (JSON
+// names, list indexes ignored) from t, or nil.
+func fieldsOf(t reflect.Type, path []string) []string {
+	deref := func(t reflect.Type) reflect.Type {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		return t
+	}
+	t = deref(t)
+	for _, seg := range path {
+		if i := strings.IndexByte(seg, '['); i >= 0 {
+			seg = seg[:i]
+		}
+		if t.Kind() != reflect.Struct {
+			return nil
+		}
+		found := false
+		for i := range t.NumField() {
+			if jsonName(t.Field(i)) == seg {
+				t, found = deref(t.Field(i).Type), true
+				break
+			}
+		}
+		if !found {
+			return nil
+		}
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var names []string
+	for i := range t.NumField() {
+		if n := jsonName(t.Field(i)); n != "" && n != "-" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+func jsonName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	return name
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// decodeError reports a type mismatch with the full path (list indexes
+// included) and the value of the offending field. encoding/json names the
+// field without indexes ("spec.budgets.windows.limit"), so the document is
+// walked to find the first value at that path that does not decode.
+func decodeError(js []byte, err error) *field.Error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		path, raw, found := locate(js, te)
+		if !found {
+			return &field.Error{Type: field.ErrorTypeInvalid, Field: te.Field, BadValue: field.OmitValueType{}, Detail: typeDetail(te.Type, nil)}
+		}
+		var v any
+		if json.Unmarshal(raw, &v) != nil {
+			v = nil
+		}
+		var bad any = field.OmitValueType{}
+		switch v.(type) {
+		case string, float64, bool:
+			bad = v
+		case nil:
+			bad = "null"
+		}
+		return &field.Error{Type: field.ErrorTypeInvalid, Field: path, BadValue: bad, Detail: typeDetail(te.Type, v)}
 	}
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "json: ")
 	msg = strings.TrimPrefix(msg, "error unmarshaling JSON: ")
-	return field.Invalid(field.NewPath("<file>"), nil, msg)
+	return fileError(msg)
 }
 
-func jsonTypeName(kind string) string {
-	switch {
-	case strings.HasPrefix(kind, "int"), strings.HasPrefix(kind, "uint"):
-		return "integer"
-	case strings.HasPrefix(kind, "float"):
-		return "number"
-	case kind == "slice":
-		return "list"
-	case kind == "struct", kind == "map":
-		return "mapping"
+var durationType = reflect.TypeFor[Duration]()
+
+// typeDetail says what a field of type t must be; v is the value found there.
+func typeDetail(t reflect.Type, v any) string {
+	if t == durationType {
+		if s, ok := v.(string); ok {
+			return durationProblem(s)
+		}
+		return `must be a duration string such as "90s", "5m", "1h" or "1d"`
 	}
-	return kind
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "must be a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "must be a number"
+	case reflect.Bool:
+		return "must be true or false"
+	case reflect.String:
+		return "must be a string"
+	case reflect.Slice:
+		return "must be a list, such as [a, b]"
+	case reflect.Struct, reflect.Map, reflect.Pointer:
+		return "must be a mapping of fields"
+	}
+	return "must be of type " + t.String()
 }
+
+// locate walks js in document order and returns the path (with list indexes)
+// and raw text of the first value at te.Field that does not decode into te.Type.
+func locate(js []byte, te *json.UnmarshalTypeError) (path string, raw json.RawMessage, found bool) {
+	walkJSON(js, "", "", func(p, plain string, r json.RawMessage) bool {
+		if plain != te.Field {
+			return true
+		}
+		if json.Unmarshal(r, reflect.New(te.Type).Interface()) == nil {
+			return true
+		}
+		path, raw, found = p, r, true
+		return false
+	})
+	return path, raw, found
+}
+
+// walkJSON calls visit for every value in raw with its path (with and without
+// list indexes); visit returns false to stop. It reports whether to go on.
+func walkJSON(raw json.RawMessage, path, plain string, visit func(path, plain string, raw json.RawMessage) bool) bool {
+	if path != "" && !visit(path, plain, raw) {
+		return false
+	}
+	join := func(a, b string) string {
+		if a == "" {
+			return b
+		}
+		return a + "." + b
+	}
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case bytes.HasPrefix(raw, []byte("{")):
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		if _, err := dec.Token(); err != nil {
+			return true
+		}
+		for dec.More() {
+			tok, err := dec.Token()
+			key, ok := tok.(string)
+			if err != nil || !ok {
+				return true
+			}
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				return true
+			}
+			if !walkJSON(v, join(path, key), join(plain, key), visit) {
+				return false
+			}
+		}
+	case bytes.HasPrefix(raw, []byte("[")):
+		var items []json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			return true
+		}
+		for i, v := range items {
+			if !walkJSON(v, fmt.Sprintf("%s[%d]", path, i), plain, visit) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+var duplicateKey = regexp.MustCompile(`key (".*?") already set in map`)
 
 func cleanYAMLError(err error) string {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "error converting YAML to JSON: ")
 	msg = strings.TrimPrefix(msg, "yaml: ")
+	msg = strings.TrimPrefix(msg, "unmarshal errors:")
+	msg = duplicateKey.ReplaceAllString(msg, "duplicate key $1: each key may appear only once in a mapping")
 	msg = strings.ReplaceAll(msg, "\n", " ")
 	return strings.Join(strings.Fields(msg), " ")
 }

@@ -2,7 +2,10 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -193,29 +196,53 @@ type Duration struct {
 
 // ParseDuration parses a Go duration string, also accepting whole days ("7d").
 func ParseDuration(s string) (time.Duration, error) {
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseInt(d, 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("invalid duration %q", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q: want a value such as 90s, 5m, 1h or 1d", s)
+	d, ok := parseDuration(s)
+	if !ok {
+		return 0, fmt.Errorf("invalid duration %q: %s", s, durationProblem(s))
 	}
 	return d, nil
 }
 
-// UnmarshalJSON reads a duration string.
+// maxDays is the most days a time.Duration holds (about 292 years).
+const maxDays = int64(math.MaxInt64 / (24 * time.Hour))
+
+func parseDuration(s string) (time.Duration, bool) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n > maxDays || n < -maxDays {
+			return 0, false
+		}
+		return time.Duration(n) * 24 * time.Hour, true
+	}
+	d, err := time.ParseDuration(s)
+	return d, err == nil
+}
+
+// durationProblem says what is wrong with a duration string that does not parse.
+func durationProblem(s string) string {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if errors.Is(err, strconv.ErrRange) || (err == nil && (n > maxDays || n < -maxDays)) {
+			return fmt.Sprintf("must be at most %dd", maxDays)
+		}
+		return `days must be a whole number such as "1d" (write "36h" for a day and a half)`
+	}
+	return `must be a duration such as "90s", "5m", "1h" or "1d"`
+}
+
+// UnmarshalJSON reads a duration string. A bad one is reported as an
+// *json.UnmarshalTypeError so the decoder attaches the field path.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("invalid duration %s: want a string such as \"5m\"", string(b))
+		return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[Duration]()}
 	}
-	v, err := ParseDuration(s)
-	if err != nil {
-		return err
+	v, ok := parseDuration(s)
+	if !ok {
+		return &json.UnmarshalTypeError{Value: "string " + strconv.Quote(s), Type: reflect.TypeFor[Duration]()}
 	}
 	d.Duration = v
 	return nil

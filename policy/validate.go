@@ -98,6 +98,17 @@ var nonCoreResources = map[string]string{
 	"storageclasses": "storage.k8s.io", "leases": "coordination.k8s.io",
 }
 
+// subresources are subresource names that, written as "pods/eviction", would
+// read as group "pods" and resource "eviction" and silently match nothing.
+var subresources = map[string]bool{
+	"status": true, "scale": true, "eviction": true, "binding": true, "log": true, "exec": true,
+	"attach": true, "portforward": true, "proxy": true, "ephemeralcontainers": true, "resize": true,
+	"finalize": true, "approval": true, "token": true,
+}
+
+// dotlessGroups are the built-in API groups without a dot in their name.
+var dotlessGroups = map[string]bool{"apps": true, "batch": true, "policy": true, "autoscaling": true, "extensions": true}
+
 // Validate reports every problem of a defaulted policy, each with its field path.
 func Validate(p *DefenderPolicy) field.ErrorList {
 	var errs field.ErrorList
@@ -130,13 +141,17 @@ func Validate(p *DefenderPolicy) field.ErrorList {
 func validateName(name string, path *field.Path, seen map[string]int, i int) field.ErrorList {
 	var errs field.ErrorList
 	if name == "" {
-		return append(errs, field.Required(path, ""))
+		return append(errs, field.Required(path, "every entry needs a name: it appears in logs, metrics, denials and overrides"))
 	}
 	for _, msg := range validation.IsDNS1123Subdomain(name) {
 		errs = append(errs, field.Invalid(path, name, msg))
 	}
 	if j, ok := seen[name]; ok {
-		errs = append(errs, field.Duplicate(path, fmt.Sprintf("%s (also at index %d)", name, j)))
+		// path is list[i].name; name the first holder the same way.
+		e := field.Duplicate(path, name)
+		list := strings.TrimSuffix(path.String(), fmt.Sprintf("[%d].name", i))
+		e.Detail = fmt.Sprintf("also the name of %s[%d]: names must be unique", list, j)
+		errs = append(errs, e)
 	} else {
 		seen[name] = i
 	}
@@ -216,10 +231,10 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 		switch br.Recovery {
 		case RecoveryManual:
 			if br.Cooldown.Duration != 0 {
-				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration), "must not be set when recovery is Manual (a Manual breaker stays open until an override resets it)"))
+				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration), "must not be set when recovery is Manual, the default (a Manual breaker stays open until an override resets it); set recovery: Auto to close it after a cooldown"))
 			}
 			if br.HalfOpenLimit != 0 {
-				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must not be set when recovery is Manual"))
+				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must not be set when recovery is Manual, the default; set recovery: Auto to use it"))
 			}
 		case RecoveryAuto:
 			if br.Cooldown.Duration <= 0 {
@@ -332,8 +347,8 @@ func validateResource(r string, path *field.Path) field.ErrorList {
 		group, resource = "", r
 	}
 	var errs field.ErrorList
-	if strings.Contains(resource, "/") {
-		return append(errs, field.Invalid(path, r, `must be "resource", "group/resource" or "*" (subresources are not matched; evict is a verb)`))
+	if strings.Contains(resource, "/") || (hasGroup && subresources[resource] && !strings.Contains(group, ".") && !dotlessGroups[group] && group != "*") {
+		return append(errs, field.Invalid(path, r, `must be "resource", "group/resource" or "*": subresources are not matched (to budget evictions use the verb evict on pods)`))
 	}
 	if hasGroup && group != "*" {
 		for _, msg := range validation.IsDNS1123Subdomain(group) {
@@ -417,12 +432,16 @@ func validatePriority(s *Spec, spec *field.Path) field.ErrorList {
 		if f.Precedence < 1 || f.Precedence > 10000 {
 			errs = append(errs, field.Invalid(p.Child("precedence"), f.Precedence, "must be between 1 and 10000"))
 		} else if j, dup := precedences[f.Precedence]; dup {
-			errs = append(errs, field.Duplicate(p.Child("precedence"), fmt.Sprintf("%d (also used by spec.flowSchemas[%d]); precedences must be unique so the order is clear", f.Precedence, j)))
+			e := field.Duplicate(p.Child("precedence"), f.Precedence)
+			e.Detail = fmt.Sprintf("also the precedence of spec.flowSchemas[%d]: precedences must be unique so the order is clear", j)
+			errs = append(errs, e)
 		} else {
 			precedences[f.Precedence] = i
 		}
 		if _, ok := levels[f.PriorityLevel]; !ok && len(s.PriorityLevels) > 0 {
-			errs = append(errs, field.NotFound(p.Child("priorityLevel"), f.PriorityLevel))
+			e := field.NotFound(p.Child("priorityLevel"), f.PriorityLevel)
+			e.Detail = "no priority level has this name; defined: " + strings.Join(levelNames(s.PriorityLevels), ", ")
+			errs = append(errs, e)
 		}
 		if f.Distinguisher != DistinguisherByUser && f.Distinguisher != DistinguisherByNamespace {
 			errs = append(errs, field.NotSupported(p.Child("distinguisher"), f.Distinguisher, []string{DistinguisherByUser, DistinguisherByNamespace}))
@@ -430,6 +449,14 @@ func validatePriority(s *Spec, spec *field.Path) field.ErrorList {
 		errs = append(errs, validateMatch(&f.Match, p.Child("match"), knownVerbs, true)...)
 	}
 	return errs
+}
+
+func levelNames(levels []PriorityLevel) []string {
+	names := make([]string, 0, len(levels))
+	for _, l := range levels {
+		names = append(names, l.Name)
+	}
+	return names
 }
 
 // entropyBits is log2(queues choose handSize)-ish, the bits shuffle sharding
