@@ -1,0 +1,165 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kubedefender/kubedefender/config"
+)
+
+var update = flag.Bool("update", false, "rewrite generated README sections")
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = Main(args, strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+const goodPolicy = `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: t}
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete], resources: [pods]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 20}]
+    breaker: {recovery: Manual}
+`
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPolicyValidate(t *testing.T) {
+	good := writeFile(t, "good.yaml", goodPolicy)
+	bad := writeFile(t, "bad.yaml", strings.Replace(goodPolicy, "limit: 20", "limit: 0", 1)+"  bogus: 1\n")
+	cases := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantOut    string
+		wantErrOut []string
+	}{
+		{"a valid policy exits 0 and says so on stdout", []string{"policy", "validate", good}, 0, "good.yaml: valid", nil},
+		{"an invalid policy exits 1 with every error on stderr", []string{"policy", "validate", good, bad}, 1, "good.yaml: valid",
+			[]string{"bad.yaml: spec.bogus: Forbidden: unknown field", "1 of 2 policy files are invalid"}},
+		{"a missing file is an error", []string{"policy", "validate", "/nonexistent.yaml"}, 1, "", []string{"failed to open policy"}},
+		{"no file is a usage error", []string{"policy", "validate"}, 1, "", []string{"requires at least 1 arg"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := run(t, tc.args...)
+			if code != tc.wantCode || !strings.Contains(out, tc.wantOut) {
+				t.Fatalf("exit %d, stdout %q; want exit %d and stdout containing %q (stderr %q)", code, out, tc.wantCode, tc.wantOut, errOut)
+			}
+			for _, w := range tc.wantErrOut {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+}
+
+func TestPolicyExplain(t *testing.T) {
+	p := writeFile(t, "p.yaml", goodPolicy)
+	code, out, errOut := run(t, "policy", "explain", "--policy", p, "--verb", "delete", "--resource", "pods", "--namespace", "prod")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"✓ pod-deletes", "key namespace=prod", "decision on an empty store: allowed", "queuing disabled"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = run(t, "policy", "explain", "--policy", p, "--verb", "get", "--resource", "apps/deployments", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"why": "no match"`) {
+		t.Fatalf("json explain: exit %d\n%s", code, out)
+	}
+	code, _, errOut = run(t, "policy", "explain", "--verb", "get")
+	if code != 1 || !strings.Contains(errOut, "--policy is required") || !strings.Contains(errOut, "--resource is required") {
+		t.Fatalf("missing flags: exit %d, stderr %q; want every missing flag named", code, errOut)
+	}
+}
+
+func TestServeFlagsReachTheRunFunction(t *testing.T) {
+	p := writeFile(t, "p.yaml", goodPolicy)
+	cert := writeFile(t, "tls.crt", "x")
+	key := writeFile(t, "tls.key", "x")
+	var got *config.Config
+	cmd := newServeCommand(Streams{Out: &bytes.Buffer{}, Err: &bytes.Buffer{}}, func(_ context.Context, c *config.Config) error {
+		got = c
+		return nil
+	})
+	cmd.SetArgs([]string{"--policy", p, "--webhook-listen", "127.0.0.1:8443", "--tls-cert-file", cert, "--tls-private-key-file", key, "--redis-timeout", "50ms", "--log-format", "text"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.Options.WebhookListen != "127.0.0.1:8443" || got.Options.RedisTimeout.Milliseconds() != 50 || got.Options.AuthMode != config.AuthFrontProxy {
+		t.Fatalf("config: %+v", got)
+	}
+}
+
+func TestServeReportsEveryBadFlagAtOnce(t *testing.T) {
+	cmd := newServeCommand(Streams{Out: &bytes.Buffer{}, Err: &bytes.Buffer{}}, func(context.Context, *config.Config) error {
+		t.Fatal("run called with bad flags")
+		return nil
+	})
+	cmd.SetArgs([]string{"--proxy-listen", "nope", "--auth-mode", "magic", "--budgets-at", "moon", "--redis-url", "http://x"})
+	err := cmd.Execute()
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{"--policy is required", `--proxy-listen "nope"`, "--upstream is required", `--auth-mode "magic"`, `--budgets-at "moon"`, "--redis-url", "--tls-cert-file and --tls-private-key-file are required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+// TestREADMEServeFlags keeps the README's flag reference equal to `serve -h`.
+// Run with -update to rewrite it.
+func TestREADMEServeFlags(t *testing.T) {
+	code, out, _ := run(t, "serve", "--help")
+	if code != 0 {
+		t.Fatalf("serve --help exited %d", code)
+	}
+	i := strings.Index(out, "Flags:\n")
+	if i < 0 {
+		t.Fatalf("no Flags section in:\n%s", out)
+	}
+	block := "```\n" + strings.TrimRight(out[i+len("Flags:\n"):], "\n") + "\n```\n"
+	readme := filepath.Join("..", "..", "..", "README.md")
+	data, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const begin, end = "<!-- BEGIN serve flags", "<!-- END serve flags -->"
+	s := string(data)
+	b, e := strings.Index(s, begin), strings.Index(s, end)
+	if b < 0 || e < b {
+		t.Fatalf("README.md lacks the %q … %q markers", begin, end)
+	}
+	b += strings.Index(s[b:], "\n") + 1
+	if s[b:e] == block {
+		return
+	}
+	if !*update {
+		t.Fatalf("README.md's serve flags are stale; run: go test ./cmd/kubedefender/app -run TestREADMEServeFlags -update")
+	}
+	if err := os.WriteFile(readme, []byte(s[:b]+block+s[e:]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
