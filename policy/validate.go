@@ -44,7 +44,16 @@ func SetDefaults(p *DefenderPolicy) {
 			r.OnStoreFailure = StoreFailureAllow
 		}
 		if r.Burst == 0 {
-			r.Burst = int64(math.Max(1, math.Ceil(r.QPS)))
+			// One second's worth of requests, at least 1. Clamped: converting a
+			// huge (or NaN) float to int64 is undefined and came out negative.
+			burst := math.Ceil(r.QPS)
+			switch {
+			case !(burst >= 1):
+				burst = 1
+			case burst > math.MaxInt32:
+				burst = math.MaxInt32
+			}
+			r.Burst = int64(burst)
 		}
 	}
 	for i := range s.PriorityLevels {
