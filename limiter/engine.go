@@ -344,7 +344,7 @@ func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes
 			if now.IsZero() {
 				now = e.clock.Now()
 			}
-			if o := coveringOverride(ovs, r.cr.Name, &a.Attributes, now); o != nil {
+			if o := coveringOverride(ovs, KindRateLimit, r.cr.Name, &a.Attributes, now); o != nil {
 				r.counter[a.Front][resultOverridden].Inc()
 				e.metrics.overridesUsed.WithLabelValues(r.cr.Name).Inc()
 				d.Override = o.Name
@@ -430,7 +430,7 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 			if now.IsZero() {
 				now = e.clock.Now()
 			}
-			if o := coveringOverride(ovs, r.cb.Name, &a.Attributes, now); o != nil {
+			if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
 				if !breakersOnly {
 					r.counter[a.Front][resultOverridden].Inc()
 					e.metrics.overridesUsed.WithLabelValues(r.cb.Name).Inc()

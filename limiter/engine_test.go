@@ -206,7 +206,7 @@ func TestEngineOverridesBypassAndReset(t *testing.T) {
 	if d := e.Decide(ctx, podDelete("prod", "x")); d.Allowed {
 		t.Fatal("breaker not open")
 	}
-	o := Override{Name: "inc-1", Rules: []string{"pod-deletes"}, Namespaces: []string{"prod"}, ExpiresAt: testEpoch.Add(10 * time.Minute)}
+	o := Override{Name: "inc-1", Budgets: []string{"pod-deletes"}, Namespaces: []string{"prod"}, ExpiresAt: testEpoch.Add(10 * time.Minute)}
 	e.SetOverrides([]Override{o})
 	for i := 0; i < 20; i++ {
 		d := e.Decide(ctx, podDelete("prod", "x"))

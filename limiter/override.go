@@ -15,8 +15,9 @@ import (
 type Override struct {
 	// Name and Namespace of the Override resource.
 	Name, Namespace string
-	// Rules are the budget and rate-limit names it targets; "*" targets all.
-	Rules []string
+	// Budgets and RateLimits name the rules it targets; "*" targets every rule of that kind.
+	Budgets    []string
+	RateLimits []string
 	// Namespaces and Users narrow it; empty means any.
 	Namespaces []string
 	Users      []string
@@ -28,12 +29,21 @@ type Override struct {
 	ResetBreaker bool
 }
 
+// targets reports whether the override names rule of kind.
+func (o *Override) targets(kind RuleKind, rule string) bool {
+	names := o.Budgets
+	if kind == KindRateLimit {
+		names = o.RateLimits
+	}
+	return slices.Contains(names, rule) || slices.Contains(names, "*")
+}
+
 // Covers reports whether the override lets a request bypass rule at now.
-func (o *Override) Covers(rule string, a *policy.Attributes, now time.Time) bool {
+func (o *Override) Covers(kind RuleKind, rule string, a *policy.Attributes, now time.Time) bool {
 	if !now.Before(o.ExpiresAt) {
 		return false
 	}
-	if !slices.Contains(o.Rules, rule) && !slices.Contains(o.Rules, "*") {
+	if !o.targets(kind, rule) {
 		return false
 	}
 	if len(o.Namespaces) > 0 && !slices.Contains(o.Namespaces, a.Namespace) {
@@ -45,9 +55,9 @@ func (o *Override) Covers(rule string, a *policy.Attributes, now time.Time) bool
 	return true
 }
 
-func coveringOverride(ovs []Override, rule string, a *policy.Attributes, now time.Time) *Override {
+func coveringOverride(ovs []Override, kind RuleKind, rule string, a *policy.Attributes, now time.Time) *Override {
 	for i := range ovs {
-		if ovs[i].Covers(rule, a, now) {
+		if ovs[i].Covers(kind, rule, a, now) {
 			return &ovs[i]
 		}
 	}
@@ -71,18 +81,15 @@ func (e *Engine) ResetBreakers(ctx context.Context, o *Override) error {
 	st := e.state.Load()
 	var errs []error
 	for _, r := range st.budgets {
-		if !slices.Contains(o.Rules, r.cb.Name) && !slices.Contains(o.Rules, "*") {
+		if !o.targets(KindBudget, r.cb.Name) {
 			continue
 		}
 		for _, key := range resetKeys(r.per, o) {
-			for _, s := range []Store{e.store, e.fallback} {
-				if err := s.ResetBudget(ctx, r.spec, key); err != nil {
-					errs = append(errs, fmt.Errorf("failed to reset budget %s key %s: %w", r.cb.Name, displayKey(key), err))
-				}
-				if err := s.ResetBudget(ctx, r.spec.Share(e.replicas()), key); err != nil && s == e.fallback {
-					errs = append(errs, err)
-				}
+			if err := e.store.ResetBudget(ctx, r.spec, key); err != nil {
+				errs = append(errs, fmt.Errorf("failed to reset budget %s key %s: %w", r.cb.Name, displayKey(key), err))
 			}
+			// The local fallback keeps this replica's share under its own ID.
+			_ = e.fallback.ResetBudget(ctx, r.spec.Share(e.replicas()), key)
 			e.metrics.transitions.WithLabelValues(r.cb.Name, "Closed").Inc()
 			e.log.Warn("breaker reset by override", "rule", r.cb.Name, "key", displayKey(key), "override", o.Namespace+"/"+o.Name,
 				"requestedBy", o.RequestedBy, "reason", o.Reason)
