@@ -78,7 +78,7 @@ for i = 1, n do
   c.st, c.ss, c.sn = tonumber(f[2]) or CLOSED, tonumber(f[3]) or 0, tonumber(f[4]) or 0
   c.ho, c.seq = tonumber(f[5]) or 0, tonumber(f[6]) or 0
   c.card = 0
-  if c.base then c.card = redis.call('ZCARD', c.z) end
+  if c.base then c.card = redis.call('ZCARD', c.z) else c.stale = true end
   -- clampNow: time never runs backwards for a key
   local newest = nil
   if c.card > 0 then
@@ -175,6 +175,8 @@ if commit then
     local longest = c.wl[c.nw]
     if c.card > 0 then
       redis.call('ZREMRANGEBYSCORE', c.z, '-inf', f0(c.now - longest))
+    elseif c.stale then
+      redis.call('DEL', c.z) -- a log without its hash has lost its base
     end
     local newest = nil
     if r.allowed == 1 and admitted then
