@@ -1,0 +1,303 @@
+// Package pki makes the self-signed certificates a webhook or proxy needs to
+// serve TLS: a CA (whose certificate goes into the webhook configuration's
+// caBundle) and serving pairs it signs for given DNS names and IP addresses.
+// Keys are ECDSA P-256: small, and fast to handshake with.
+//
+// It is for getting started and for tests; production clusters usually let
+// cert-manager issue and rotate the pair, which the webhook reloads from disk.
+package pki
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Defaults.
+const (
+	DefaultCAValidity      = 10 * 365 * 24 * time.Hour
+	DefaultServingValidity = 365 * 24 * time.Hour
+	// backdate keeps a certificate valid on a machine whose clock is a little
+	// behind the one that issued it.
+	backdate = 5 * time.Minute
+)
+
+// CA is a certificate authority that signs serving pairs.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	// CertPEM and KeyPEM are Cert and Key encoded.
+	CertPEM, KeyPEM []byte
+}
+
+// CAOptions configure NewCA.
+type CAOptions struct {
+	// CommonName of the CA; empty means "kubedefender-ca".
+	CommonName string
+	// Validity; zero means DefaultCAValidity.
+	Validity time.Duration
+	// Now is the issuing time; zero means time.Now().
+	Now time.Time
+}
+
+// NewCA makes a self-signed CA.
+func NewCA(o CAOptions) (*CA, error) {
+	if o.CommonName == "" {
+		o.CommonName = "kubedefender-ca"
+	}
+	if o.Validity <= 0 {
+		o.Validity = DefaultCAValidity
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("failed to generate CA key: %w", err)
+	}
+	serial, err := serialNumber()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
+		NotBefore:             o.Now.Add(-backdate),
+		NotAfter:              o.Now.Add(o.Validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("failed to sign CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse CA certificate: %w", err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: encodeCert(der), KeyPEM: keyPEM}, nil
+}
+
+// LoadCA reads a CA pair written by WriteFiles (or any PEM CA with an ECDSA,
+// PKCS#8 or SEC 1 key).
+func LoadCA(certFile, keyFile string) (*CA, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read CA certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read CA key: %w", err)
+	}
+	cb, _ := pem.Decode(certPEM)
+	if cb == nil || cb.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("failed to load CA: %s holds no PEM CERTIFICATE", certFile)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse CA certificate %s: %w", certFile, err)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("failed to load CA: %s is not a CA certificate", certFile)
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil {
+		return nil, fmt.Errorf("failed to load CA: %s holds no PEM key", keyFile)
+	}
+	var key *ecdsa.PrivateKey
+	switch kb.Type {
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(kb.Bytes)
+	case "PRIVATE KEY":
+		var k any
+		k, err = x509.ParsePKCS8PrivateKey(kb.Bytes)
+		if err == nil {
+			var ok bool
+			if key, ok = k.(*ecdsa.PrivateKey); !ok {
+				err = errors.New("not an ECDSA key")
+			}
+		}
+	default:
+		err = fmt.Errorf("PEM block %q is not supported", kb.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse CA key %s: %w", keyFile, err)
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("failed to load CA: the key in %s does not match the certificate in %s", keyFile, certFile)
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}, nil
+}
+
+// ServingOptions configure CA.Issue.
+type ServingOptions struct {
+	// CommonName; empty means the first DNS name, else the first IP.
+	CommonName string
+	// DNSNames and IPs the certificate is valid for; at least one is required.
+	DNSNames []string
+	IPs      []net.IP
+	// Validity; zero means DefaultServingValidity.
+	Validity time.Duration
+	// Now is the issuing time; zero means time.Now().
+	Now time.Time
+}
+
+// Pair is a serving certificate and its key, PEM encoded.
+type Pair struct {
+	CertPEM, KeyPEM []byte
+	Cert            *x509.Certificate
+}
+
+// Issue signs a serving pair (server authentication) for o's names.
+func (ca *CA) Issue(o ServingOptions) (*Pair, error) {
+	if len(o.DNSNames) == 0 && len(o.IPs) == 0 {
+		return nil, errors.New("failed to issue serving certificate: give at least one DNS name or IP address")
+	}
+	if o.CommonName == "" {
+		if len(o.DNSNames) > 0 {
+			o.CommonName = o.DNSNames[0]
+		} else {
+			o.CommonName = o.IPs[0].String()
+		}
+	}
+	if o.Validity <= 0 {
+		o.Validity = DefaultServingValidity
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	notAfter := o.Now.Add(o.Validity)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("failed to generate serving key: %w", err)
+	}
+	serial, err := serialNumber()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
+		DNSNames:     o.DNSNames,
+		IPAddresses:  o.IPs,
+		NotBefore:    o.Now.Add(-backdate),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("failed to sign serving certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse serving certificate: %w", err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Pair{CertPEM: encodeCert(der), KeyPEM: keyPEM, Cert: cert}, nil
+}
+
+// File names WriteFiles uses.
+const (
+	CACertFile = "ca.crt"
+	CAKeyFile  = "ca.key"
+	CertFile   = "tls.crt"
+	KeyFile    = "tls.key"
+)
+
+// WriteFiles writes ca.crt, tls.crt and tls.key into dir (created 0700 if
+// missing), and ca.key too when withCAKey is set. Keys are written 0600.
+// Each file is written to a temporary name and renamed, so a process
+// watching dir never reads half a file.
+func WriteFiles(dir string, ca *CA, pair *Pair, withCAKey bool) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("failed to create %s: %w", dir, err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{CACertFile, ca.CertPEM, 0o644},
+		{CertFile, pair.CertPEM, 0o644},
+		{KeyFile, pair.KeyPEM, 0o600},
+	}
+	if withCAKey {
+		files = append(files, struct {
+			name string
+			data []byte
+			mode os.FileMode
+		}{CAKeyFile, ca.KeyPEM, 0o600})
+	}
+	for _, f := range files {
+		if err := writeAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	return nil
+}
+
+func serialNumber() (*big.Int, error) {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("failed to generate a serial number: %w", err)
+	}
+	return n.Add(n, big.NewInt(1)), nil
+}
+
+func encodeCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
