@@ -1,0 +1,68 @@
+package webhook
+
+import (
+	admissionv1 "k8s.io/api/admission/v1"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// GroupKubeDefender is the API group of KubeDefender's own resources
+// (Overrides); the webhook never charges them.
+const GroupKubeDefender = "kubedefender.io"
+
+// toAttributes maps an admission request to what the engine judges. ok is
+// false for requests no budget verb describes (CONNECT, writes to
+// subresources other than pods/eviction); those are admitted unjudged.
+func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
+	var verb string
+	switch r.Operation {
+	case admissionv1.Delete:
+		verb = "delete"
+	case admissionv1.Create:
+		switch {
+		case r.Resource.Group == "" && r.Resource.Resource == "pods" && r.SubResource == "eviction":
+			verb = "evict"
+		case r.SubResource == "":
+			verb = "create"
+		}
+	case admissionv1.Update:
+		if r.SubResource == "" {
+			verb = "update"
+		}
+	}
+	if verb == "" {
+		return nil, false
+	}
+	return &limiter.Attributes{
+		Attributes: policy.Attributes{
+			Verb:        verb,
+			APIGroup:    r.Resource.Group,
+			Resource:    r.Resource.Resource,
+			Subresource: r.SubResource,
+			Namespace:   r.Namespace,
+			Name:        r.Name,
+			User:        r.UserInfo.Username,
+			Groups:      r.UserInfo.Groups,
+			DryRun:      r.DryRun != nil && *r.DryRun,
+		},
+		Front:  limiter.FrontWebhook,
+		Checks: limiter.CheckBudgets,
+	}, true
+}
+
+// exemption says why a request is never charged, or "" when it is judged.
+// See the package doc for why each exists.
+func exemption(a *policy.Attributes, ownNamespace string) string {
+	switch {
+	case a.APIGroup == GroupKubeDefender:
+		return "kubedefender.io resources (break-glass overrides) are never charged"
+	case ownNamespace != "" && a.Namespace == ownNamespace && !(a.APIGroup == "" && a.Resource == "namespaces"):
+		return "objects in KubeDefender's own namespace are never charged"
+	case a.APIGroup == "coordination.k8s.io" && a.Resource == "leases":
+		return "leases (leader election) are never charged"
+	case a.Resource == "events" && (a.APIGroup == "" || a.APIGroup == "events.k8s.io"):
+		return "events are never charged"
+	}
+	return ""
+}

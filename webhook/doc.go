@@ -1,0 +1,76 @@
+// Package webhook owns the validating admission webhook that charges delete
+// budgets, and the helpers that install it: the ValidatingWebhookConfiguration
+// built from a policy (BuildConfiguration) and a TLS server whose serving
+// certificate is reloaded when its files change (CertReloader, Server).
+//
+// # What the API server sends, and how it is judged
+//
+// The API server POSTs an AdmissionReview (admission.k8s.io/v1) to /validate
+// for every request the configuration's rules select. Handler maps it to
+// limiter.Attributes:
+//
+//   - DELETE of any resource is the verb "delete". A deletecollection reaches
+//     the webhook as one DELETE per item, so each item is judged and charged
+//     on its own.
+//   - CREATE of pods/eviction is the verb "evict" on resource "pods".
+//   - CREATE and UPDATE of a resource (not a subresource) are "create" and
+//     "update", so budgets on those verbs work too; other subresources and
+//     CONNECT are admitted without being judged.
+//   - the user and groups come from userInfo (a service account is the user
+//     system:serviceaccount:NS:NAME), dryRun from the request: a dry run is
+//     judged (the client sees what would happen) but charges nothing.
+//
+// A denial carries the Decision's HTTP code (429 window exhausted or Auto
+// breaker, 403 Manual breaker, 503 store down with onStoreFailure: Deny), its
+// reason, its message (which names the rule, the key, the window and the
+// exact break-glass command) and, when waiting helps, details.retryAfterSeconds,
+// which the API server turns into a Retry-After header. Note that client-go
+// (and so kubectl) retries a 429 that carries Retry-After up to ten times: a
+// client hitting a budget without a breaker is slowed to the budget's rate
+// rather than failed. A Manual breaker answers 403, which nothing retries.
+// Shadow-mode rules that would have denied add warnings (kubectl prints them)
+// and the request is allowed.
+//
+// # Exemptions: what the webhook never charges
+//
+// Some requests must keep working for an operator to recover, whatever the
+// policy says. The handler admits these without asking the engine (they are
+// counted with result "exempt"):
+//
+//   - every resource of the kubedefender.io group (break-glass Overrides:
+//     granting, revoking and expiring them must always work);
+//   - every object inside KubeDefender's own namespace (Config.Namespace,
+//     by default the policy's breakGlass.namespace), so its own pods can be
+//     restarted, evicted and redeployed; the namespace object itself is not
+//     exempt;
+//   - coordination.k8s.io Leases (leader election) and Events (core and
+//     events.k8s.io), whose deletion is housekeeping, never a workload loss.
+//
+// BuildConfiguration also keeps the API server from calling the webhook for
+// its own namespace (and, by default, kube-system) with a namespaceSelector.
+//
+// # Latency budget
+//
+// The API server waits for the webhook up to timeoutSeconds and then applies
+// failurePolicy; webhook timeouts add up across a deletecollection or a
+// namespace cascade. So a decision never takes longer than
+// Config.DecisionTimeout: the engine is asked with a context whose deadline
+// is a fraction of it (a Redis store fails fast and the rule's onStoreFailure
+// decides), and if the engine still has not answered when DecisionTimeout
+// passes the request is admitted with a warning and counted with result
+// "timeout" — an unjudged request is the guard's failure, and a guard that
+// fails must not block the cluster.
+//
+// # Metrics
+//
+// On the injected prometheus.Registerer, namespace kubedefender, subsystem
+// webhook:
+//
+//   - requests_total{operation,result}: operation is the admission operation
+//     (CREATE, UPDATE, DELETE, CONNECT, or "" for a request that could not be
+//     decoded); result is allowed, denied, shadow (allowed with warnings),
+//     exempt, timeout, bad_request or error (a recovered panic);
+//   - request_duration_seconds{operation}: from the body being read to the
+//     response being written;
+//   - certificate_reloads_total{result}: success or failure.
+package webhook

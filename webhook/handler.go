@@ -1,0 +1,276 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// Path is where the webhook serves AdmissionReviews.
+const Path = "/validate"
+
+// Defaults of Config.
+const (
+	// DefaultDecisionTimeout bounds one decision, well under the API server's
+	// timeoutSeconds (BuildConfiguration's default is 5s).
+	DefaultDecisionTimeout = 500 * time.Millisecond
+	// DefaultMaxBodyBytes caps a request body. The API server admits objects
+	// of up to 3 MiB and an AdmissionReview may carry the object and the old
+	// object, plus their envelope: 7 MiB leaves room for both.
+	DefaultMaxBodyBytes = 7 << 20
+)
+
+// Engine decides requests; *limiter.Engine is one.
+type Engine interface {
+	// Decide judges one request; it is called once per judged
+	// AdmissionReview with a context whose deadline is within the
+	// webhook's decision budget.
+	Decide(ctx context.Context, a *limiter.Attributes) limiter.Decision
+	// Policy returns the running policy; the webhook reads its
+	// breakGlass.namespace when Config.Namespace is empty.
+	Policy() *policy.Compiled
+}
+
+var _ Engine = (*limiter.Engine)(nil)
+
+// Config configures a Handler.
+type Config struct {
+	// Engine judges requests; required.
+	Engine Engine
+	// Namespace is where KubeDefender runs: objects inside it are exempt.
+	// Empty means the running policy's breakGlass.namespace.
+	Namespace string
+	// DecisionTimeout is the most one decision may take; when it passes the
+	// request is admitted with a warning. Zero means DefaultDecisionTimeout.
+	DecisionTimeout time.Duration
+	// MaxBodyBytes caps a request body; zero means DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// Logger receives bad requests, timeouts, panics and shadow hits; nil
+	// discards.
+	Logger *slog.Logger
+	// Registerer takes the webhook metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Handler serves POST /validate (AdmissionReview admission.k8s.io/v1) and
+// GET /healthz. It is safe for concurrent use.
+type Handler struct {
+	engine       Engine
+	namespace    string
+	timeout      time.Duration
+	storeTimeout time.Duration
+	maxBody      int64
+	log          *slog.Logger
+	metrics      *metrics
+	chain        http.Handler
+}
+
+// NewHandler builds the webhook's HTTP handler.
+func NewHandler(cfg Config) (*Handler, error) {
+	if cfg.Engine == nil {
+		return nil, errors.New("failed to build webhook handler: no engine")
+	}
+	if cfg.DecisionTimeout <= 0 {
+		cfg.DecisionTimeout = DefaultDecisionTimeout
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{
+		engine:    cfg.Engine,
+		namespace: cfg.Namespace,
+		timeout:   cfg.DecisionTimeout,
+		// The store gets most of the budget; the rest is for the engine to
+		// apply onStoreFailure after a store timeout and for the answer.
+		storeTimeout: cfg.DecisionTimeout * 4 / 5,
+		maxBody:      cfg.MaxBodyBytes,
+		log:          cfg.Logger,
+		metrics:      newMetrics(),
+	}
+	if cfg.Registerer != nil {
+		if err := h.metrics.register(cfg.Registerer); err != nil {
+			return nil, err
+		}
+	}
+	mux := http.NewServeMux()
+	// The order, outermost first: a panic anywhere becomes a 500 rather than
+	// a dropped connection; then the content type and the body cap are
+	// checked before a byte of the body is read; then the review is judged
+	// (which recovers its own panics into an answer with the request's UID).
+	mux.Handle("POST "+Path,
+		withRecovery(h.recovered,
+			withContentType(h.rejected,
+				withBodyLimit(cfg.MaxBodyBytes, h.rejected,
+					http.HandlerFunc(h.serveReview)))))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	h.chain = mux
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.chain.ServeHTTP(w, r) }
+
+// rejected counts and logs a request refused before it was decoded.
+func (h *Handler) rejected(r *http.Request, code int, msg string) {
+	h.metrics.requests.WithLabelValues("", ResultBadRequest).Inc()
+	h.log.Warn("admission request refused", "code", code, "remote", r.RemoteAddr, "err", msg)
+}
+
+// recovered counts and logs a panic that escaped serveReview.
+func (h *Handler) recovered(r *http.Request, p any) {
+	h.metrics.requests.WithLabelValues("", ResultError).Inc()
+	h.log.Error("panic serving admission request", "remote", r.RemoteAddr, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+}
+
+func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			msg := fmt.Sprintf("failed to read AdmissionReview: the body exceeds %d bytes", tooBig.Limit)
+			h.rejected(r, http.StatusRequestEntityTooLarge, msg)
+			http.Error(w, msg, http.StatusRequestEntityTooLarge)
+			return
+		}
+		msg := "failed to read AdmissionReview: " + err.Error()
+		h.rejected(r, http.StatusBadRequest, msg)
+		http.Error(w, msg, http.StatusBadRequest)
+		return
+	}
+	start := time.Now()
+	req, err := decodeReview(body)
+	if err != nil {
+		h.rejected(r, http.StatusBadRequest, err.Error())
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	op := opLabel(string(req.Operation))
+	resp, result := h.review(r.Context(), req)
+	out, err := encodeResponse(resp)
+	if err != nil {
+		h.metrics.requests.WithLabelValues(op, ResultError).Inc()
+		h.log.Error("failed to answer admission request", "uid", req.UID, "err", err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(out)
+	h.metrics.requests.WithLabelValues(op, result).Inc()
+	h.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// review judges one decoded request. A panic while judging becomes a denial
+// with status 500 that carries the request's UID, so the API server gets an
+// answer it can match (and the bug is logged with its stack).
+func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.AdmissionResponse, result string) {
+	defer func() {
+		if p := recover(); p != nil {
+			h.log.Error("panic judging admission request", "uid", req.UID, "operation", req.Operation,
+				"resource", req.Resource.Resource, "namespace", req.Namespace, "name", req.Name,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			resp = &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
+				Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
+				Message: "kubedefender: internal error while judging this request (logged with uid " + string(req.UID) + "); it was not admitted",
+			}}
+			result = ResultError
+		}
+	}()
+	a, ok := toAttributes(req)
+	if !ok {
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultIgnored
+	}
+	ns := h.namespace
+	if ns == "" {
+		ns = h.engine.Policy().Policy.Spec.BreakGlass.Namespace
+	}
+	if why := exemption(&a.Attributes, ns); why != "" {
+		h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
+	}
+	d, ok := h.decide(ctx, a)
+	if !ok {
+		h.log.Error("decision timed out; the request is admitted unjudged", "uid", req.UID, "timeout", h.timeout,
+			"verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true, Warnings: []string{
+			fmt.Sprintf("kubedefender could not judge this request within %s; it was admitted without being charged", h.timeout),
+		}}, ResultTimeout
+	}
+	return h.answer(req, a, &d)
+}
+
+// answer turns a decision into the AdmissionResponse.
+func (h *Handler) answer(req *request, a *limiter.Attributes, d *limiter.Decision) (*admissionv1.AdmissionResponse, string) {
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: d.Allowed, Warnings: d.Warnings}
+	if d.Allowed {
+		if len(d.Warnings) == 0 {
+			return resp, ResultAllowed
+		}
+		h.log.Info("shadow budget would have denied", "uid", req.UID, "verb", a.Verb, "resource", a.Resource,
+			"namespace", a.Namespace, "name", a.Name, "user", a.User, "warnings", len(d.Warnings))
+		resp.AuditAnnotations = map[string]string{"shadow": "would-deny"}
+		return resp, ResultShadow
+	}
+	st := &metav1.Status{
+		Status:  metav1.StatusFailure,
+		Code:    int32(d.Code),
+		Reason:  metav1.StatusReason(d.Reason),
+		Message: d.Message,
+	}
+	if d.RetryAfter > 0 {
+		// The API server turns this into a Retry-After header.
+		st.Details = &metav1.StatusDetails{RetryAfterSeconds: int32(min(math.Ceil(d.RetryAfter.Seconds()), math.MaxInt32))}
+	}
+	resp.Result = st
+	resp.AuditAnnotations = map[string]string{"rule": d.Rule, "key": d.Key, "decision": "denied"}
+	return resp, ResultDenied
+}
+
+type decided struct {
+	d     limiter.Decision
+	panic any
+}
+
+// decide asks the engine with a deadline. ok is false when the engine did not
+// answer within the decision timeout; its late answer is dropped (tokens it
+// took stay taken).
+func (h *Handler) decide(parent context.Context, a *limiter.Attributes) (d limiter.Decision, ok bool) {
+	ctx, cancel := context.WithTimeout(parent, h.storeTimeout)
+	done := make(chan decided, 1)
+	go func() {
+		defer cancel()
+		defer func() {
+			if p := recover(); p != nil {
+				done <- decided{panic: fmt.Sprintf("%v (in the engine)\n%s", p, debug.Stack())}
+			}
+		}()
+		done <- decided{d: h.engine.Decide(ctx, a)}
+	}()
+	t := time.NewTimer(h.timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		if r.panic != nil {
+			panic(r.panic)
+		}
+		return r.d, true
+	case <-t.C:
+		return limiter.Decision{}, false
+	}
+}

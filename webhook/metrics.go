@@ -1,0 +1,70 @@
+package webhook
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Results of one admission request, the values of the result label.
+const (
+	ResultAllowed    = "allowed"
+	ResultDenied     = "denied"
+	ResultShadow     = "shadow"
+	ResultExempt     = "exempt"
+	ResultIgnored    = "ignored"
+	ResultTimeout    = "timeout"
+	ResultBadRequest = "bad_request"
+	ResultError      = "error"
+)
+
+// operations are the admission operations, pre-resolved for the hot path.
+var operations = []string{"CREATE", "UPDATE", "DELETE", "CONNECT", ""}
+
+var results = []string{ResultAllowed, ResultDenied, ResultShadow, ResultExempt, ResultIgnored, ResultTimeout, ResultBadRequest, ResultError}
+
+// metrics are the webhook's Prometheus metrics. Labels are bounded: the
+// operation is one of five values (anything else is counted as "").
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	const ns, sub = "kubedefender", "webhook"
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "AdmissionReviews answered, by operation (CREATE, UPDATE, DELETE, CONNECT, \"\" when undecodable) and result (allowed, denied, shadow, exempt, ignored, timeout, bad_request, error)."},
+			[]string{"operation", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
+			Help:    "Time from an AdmissionReview's body being read to its answer being written, by operation.",
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}},
+			[]string{"operation"}),
+	}
+	for _, op := range operations {
+		m.duration.WithLabelValues(op)
+		for _, r := range results {
+			m.requests.WithLabelValues(op, r)
+		}
+	}
+	return m
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+		if err := r.Register(c); err != nil {
+			return fmt.Errorf("failed to register webhook metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// opLabel bounds the operation label.
+func opLabel(op string) string {
+	for _, o := range operations {
+		if o == op {
+			return o
+		}
+	}
+	return ""
+}

@@ -1,0 +1,104 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// The AdmissionReview version this webhook speaks.
+const (
+	reviewAPIVersion = "admission.k8s.io/v1"
+	reviewKind       = "AdmissionReview"
+)
+
+// review is the part of an AdmissionReview the webhook reads. Decoding into
+// it skips object and oldObject (a DELETE carries the whole old object)
+// without copying them.
+type review struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Request    *request `json:"request"`
+}
+
+type request struct {
+	UID         types.UID                   `json:"uid"`
+	Resource    metav1.GroupVersionResource `json:"resource"`
+	SubResource string                      `json:"subResource"`
+	Name        string                      `json:"name"`
+	Namespace   string                      `json:"namespace"`
+	Operation   admissionv1.Operation       `json:"operation"`
+	UserInfo    userInfo                    `json:"userInfo"`
+	DryRun      *bool                       `json:"dryRun"`
+}
+
+type userInfo struct {
+	Username string   `json:"username"`
+	Groups   []string `json:"groups"`
+}
+
+// decodeError is a request the webhook cannot judge; its message is sent
+// back with a 400.
+type decodeError struct{ msg string }
+
+func (e *decodeError) Error() string { return e.msg }
+
+// decodeReview decodes and checks one AdmissionReview body. Any error is a
+// *decodeError whose message says what is wrong and where.
+func decodeReview(body []byte) (*request, error) {
+	var rv review
+	if err := json.Unmarshal(body, &rv); err != nil {
+		return nil, &decodeError{msg: "failed to decode AdmissionReview: " + describeJSONError(body, err)}
+	}
+	switch {
+	case rv.APIVersion != reviewAPIVersion:
+		return nil, &decodeError{msg: fmt.Sprintf("failed to decode AdmissionReview: apiVersion %q is not supported: this webhook speaks %s (admissionReviewVersions: [v1])", rv.APIVersion, reviewAPIVersion)}
+	case rv.Kind != reviewKind:
+		return nil, &decodeError{msg: fmt.Sprintf("failed to decode AdmissionReview: kind %q, want %s", rv.Kind, reviewKind)}
+	case rv.Request == nil:
+		return nil, &decodeError{msg: "failed to decode AdmissionReview: request is missing"}
+	case rv.Request.UID == "":
+		return nil, &decodeError{msg: "failed to decode AdmissionReview: request.uid is missing"}
+	case rv.Request.Operation == "":
+		return nil, &decodeError{msg: "failed to decode AdmissionReview: request.operation is missing"}
+	}
+	return rv.Request, nil
+}
+
+func describeJSONError(body []byte, err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case len(bytes.TrimSpace(body)) == 0:
+		return "the body is empty"
+	case errors.As(err, &syn):
+		if syn.Offset >= int64(len(body)) {
+			return "the JSON is truncated (unexpected end of input after " + strconv.Itoa(len(body)) + " bytes)"
+		}
+		return fmt.Sprintf("invalid JSON at byte %d: %s", syn.Offset, syn.Error())
+	case errors.As(err, &typ):
+		return fmt.Sprintf("field %s: cannot use a JSON %s as %s", typ.Field, typ.Value, typ.Type)
+	case err.Error() == "unexpected end of JSON input":
+		return "the JSON is truncated (unexpected end of input after " + strconv.Itoa(len(body)) + " bytes)"
+	}
+	return err.Error()
+}
+
+// encodeResponse writes the AdmissionReview that answers uid.
+func encodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
+	out := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: reviewAPIVersion, Kind: reviewKind},
+		Response: resp,
+	}
+	b, err := json.Marshal(&out)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode AdmissionReview: %w", err)
+	}
+	return b, nil
+}

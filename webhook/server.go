@@ -1,0 +1,115 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Addr to listen on, e.g. ":8443" or "127.0.0.1:0"; required.
+	Addr string
+	// Handler serves the requests, normally a *Handler; required.
+	Handler http.Handler
+	// Certificates supplies the serving certificate; required.
+	Certificates *CertReloader
+	// ShutdownTimeout is how long in-flight reviews may take to finish when
+	// Run's context ends; zero means 15s.
+	ShutdownTimeout time.Duration
+	// Logger receives start and stop lines; nil discards.
+	Logger *slog.Logger
+}
+
+// Server serves a handler over TLS with a reloading certificate.
+type Server struct {
+	cfg ServerConfig
+	ln  net.Listener
+	srv *http.Server
+	log *slog.Logger
+}
+
+// NewServer listens on cfg.Addr at once, so that a port taken or a bad address
+// fails at startup and Addr is known before Run.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Handler == nil || cfg.Certificates == nil {
+		return nil, errors.New("failed to build webhook server: a handler and certificates are required")
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("failed to listen on %s: %w", cfg.Addr, err)
+	}
+	s := &Server{cfg: cfg, ln: ln, log: cfg.Logger}
+	s.srv = &http.Server{
+		Handler: cfg.Handler,
+		TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: cfg.Certificates.GetCertificate,
+		},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is https://ADDR/validate, the url of a webhook configuration that
+// reaches this server on its listening address.
+func (s *Server) URL() string { return "https://" + s.ln.Addr().String() + Path }
+
+// Run serves until ctx is done, reloading the certificate as its files
+// change, then shuts down gracefully. It returns nil after a clean shutdown.
+// Run must be called at most once; the listener is closed when it returns.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	certErr := make(chan error, 1)
+	go func() { certErr <- s.cfg.Certificates.Run(ctx) }()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.srv.ServeTLS(s.ln, "", "") }()
+	s.log.Info("webhook serving", "addr", s.ln.Addr().String(), "path", Path)
+	certRunning := true
+	select {
+	case err := <-serveErr:
+		cancel()
+		<-certErr
+		return fmt.Errorf("failed to serve the webhook: %w", err)
+	case err := <-certErr:
+		certRunning = false
+		if err != nil {
+			_ = s.srv.Close()
+			<-serveErr
+			return err
+		}
+		// The watcher stopped without error: ctx is done.
+	case <-ctx.Done():
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer scancel()
+	err := s.srv.Shutdown(sctx)
+	<-serveErr
+	if certRunning {
+		<-certErr
+	}
+	if err != nil {
+		return fmt.Errorf("failed to shut down the webhook: %w", err)
+	}
+	s.log.Info("webhook stopped")
+	return nil
+}
