@@ -19,14 +19,6 @@ func pending(use, short, issue string) *cobra.Command {
 	}
 }
 
-func newWebhookCommand(Streams) *cobra.Command {
-	return pending("webhook", "Print or apply the ValidatingWebhookConfiguration", "issue 3")
-}
-
-func newCertsCommand(Streams) *cobra.Command {
-	return pending("certs", "Generate serving certificates for the webhook and proxy", "issue 3")
-}
-
 func newBreakglassCommand(Streams) *cobra.Command {
 	return pending("breakglass", "Grant, list and revoke break-glass overrides", "issue 6")
 }

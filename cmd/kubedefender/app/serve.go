@@ -21,6 +21,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/version"
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 // RunFunc runs a completed serve configuration until ctx is done. Tests inject
@@ -88,7 +89,11 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		{"memory-store-sweeper", func(ctx context.Context) error { store.Run(ctx); return nil }},
 	}
 	if cfg.Options.WebhookListen != "" {
-		return errors.New("--webhook-listen: the webhook is not wired into serve yet (issue 3)")
+		c, err := newWebhookComponent(cfg, engine, reg)
+		if err != nil {
+			return err
+		}
+		comps = append(comps, c)
 	}
 	if cfg.Options.ProxyListen != "" {
 		return errors.New("--proxy-listen: the proxy is not wired into serve yet (issue 4)")
@@ -151,4 +156,28 @@ func runAll(ctx context.Context, comps []component) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// newWebhookComponent builds the admission webhook: its handler on the engine,
+// a TLS server on --webhook-listen with the serving pair reloaded from disk.
+// It listens at once so that a taken port fails startup.
+func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
+	log := cfg.Logger.With("component", "webhook")
+	h, err := webhook.NewHandler(webhook.Config{Engine: engine, Logger: log, Registerer: reg})
+	if err != nil {
+		return component{}, err
+	}
+	certs, err := webhook.NewCertReloader(webhook.CertConfig{
+		CertFile: cfg.Options.TLSCertFile, KeyFile: cfg.Options.TLSPrivateKeyFile, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return component{}, err
+	}
+	srv, err := webhook.NewServer(webhook.ServerConfig{
+		Addr: cfg.Options.WebhookListen, Handler: h, Certificates: certs, ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log,
+	})
+	if err != nil {
+		return component{}, err
+	}
+	return component{"webhook", srv.Run}, nil
 }
