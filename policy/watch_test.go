@@ -1,0 +1,282 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// policyWithLimit is a valid policy whose only budget allows limit deletes a minute.
+func policyWithLimit(limit int) string {
+	return fmt.Sprintf(`apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata:
+  name: watched
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete], resources: [pods]}
+    windows:
+    - {window: 1m, limit: %d}
+`, limit)
+}
+
+const brokenPolicy = `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata:
+  name: watched
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete], resources: [pods]}
+    windows:
+    - {window: 1m, limit: 0}
+`
+
+// writeAtomically replaces path the way editors and kubectl cp do: a new file
+// renamed over the old one, so the watcher never reads a half-written file.
+func writeAtomically(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// watched is a running Watcher over a real directory.
+type watched struct {
+	w   *Watcher
+	reg *prometheus.Registry
+	dir string
+
+	mu       sync.Mutex
+	received []*Compiled
+}
+
+func (h *watched) reloads(result string) float64 {
+	return testutil.ToFloat64(h.w.reloads.WithLabelValues(result))
+}
+
+func (h *watched) notified() []*Compiled {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]*Compiled(nil), h.received...)
+}
+
+// startWatcher starts a Watcher on path and returns once its directory watch
+// is live (a probe file in the directory has caused a reload), with the
+// reload counters back at zero.
+func startWatcher(t *testing.T, path string) *watched {
+	t.Helper()
+	h := &watched{reg: prometheus.NewRegistry(), dir: filepath.Dir(path)}
+	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: h.reg, Debounce: 10 * time.Millisecond, Resync: time.Hour})
+	if err != nil {
+		t.Fatalf("NewWatcher: %v", err)
+	}
+	h.w = w
+	w.Subscribe(func(c *Compiled) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.received = append(h.received, c)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// Any event in the directory makes a reload; an unchanged one proves the watch is on.
+	probe := filepath.Join(h.dir, "probe")
+	eventually(t, "the watcher sees the directory", func() bool {
+		if err := os.WriteFile(probe, []byte(time.Now().String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		return h.reloads(ReloadUnchanged) > 0
+	})
+	if err := os.Remove(probe); err != nil {
+		t.Fatal(err)
+	}
+	// Let the probe's last events settle, then start counting from zero.
+	time.Sleep(50 * time.Millisecond)
+	w.reloads.Reset()
+	return h
+}
+
+func TestWatcherPicksUpAnEdit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	h := startWatcher(t, path)
+	before := h.w.Current()
+
+	writeAtomically(t, path, policyWithLimit(20))
+
+	eventually(t, "the new policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	if got := h.w.Current().Budgets[0].Windows[0].Limit; got != 20 {
+		t.Errorf("running limit = %d, want 20", got)
+	}
+	eventually(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
+	if got := h.notified()[0]; got != h.w.Current() {
+		t.Errorf("subscriber got policy %s, running is %s", got.Hash, h.w.Current().Hash)
+	}
+	if got := h.reloads(ReloadSuccess); got != 1 {
+		t.Errorf("reloads{result=success} = %v, want 1", got)
+	}
+	if h.w.LastError() != "" {
+		t.Errorf("LastError = %q, want none", h.w.LastError())
+	}
+}
+
+func TestWatcherPicksUpAConfigMapSymlinkSwap(t *testing.T) {
+	// The kubelet's layout: policy.yaml -> ..data/policy.yaml, ..data -> ..<timestamp>.
+	dir := t.TempDir()
+	version := func(name, content string) {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "policy.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_01_01_00_00_00.000000001", policyWithLimit(10))
+	if err := os.Symlink("..2026_01_01_00_00_00.000000001", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "policy.yaml")
+	if err := os.Symlink(filepath.Join("..data", "policy.yaml"), path); err != nil {
+		t.Fatal(err)
+	}
+	h := startWatcher(t, path)
+	before := h.w.Current()
+
+	// The swap: a new timestamped directory, a ..data_tmp link to it renamed over ..data.
+	version("..2026_01_01_00_01_00.000000002", policyWithLimit(30))
+	if err := os.Symlink("..2026_01_01_00_01_00.000000002", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "..2026_01_01_00_00_00.000000001")); err != nil {
+		t.Fatal(err)
+	}
+
+	eventually(t, "the swapped policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	if got := h.w.Current().Budgets[0].Windows[0].Limit; got != 30 {
+		t.Errorf("running limit = %d, want 30", got)
+	}
+	eventually(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
+	if h.reloads(ReloadFailure) != 0 {
+		t.Errorf("the swap caused a failed reload: %s", h.w.LastError())
+	}
+}
+
+func TestWatcherKeepsTheRunningPolicyOnABrokenEdit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	h := startWatcher(t, path)
+	before := h.w.Current()
+
+	writeAtomically(t, path, brokenPolicy)
+
+	eventually(t, "the broken edit is refused", func() bool { return h.reloads(ReloadFailure) == 1 })
+	if h.w.Current() != before {
+		t.Errorf("running policy changed to %s after a broken edit", h.w.Current().Hash)
+	}
+	want := "policy.yaml: spec.budgets[0].windows[0].limit: Invalid value: 0: must be greater than 0"
+	if got := h.w.LastError(); got != want {
+		t.Errorf("LastError = %q, want %q", got, want)
+	}
+	if len(h.notified()) != 0 {
+		t.Errorf("subscribers were told about a refused policy")
+	}
+	expected := `
+# HELP kubedefender_policy_reloads_total Policy reloads by result: success, failure (the running policy was kept) or unchanged.
+# TYPE kubedefender_policy_reloads_total counter
+kubedefender_policy_reloads_total{result="failure"} 1
+`
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(expected), "kubedefender_policy_reloads_total"); err != nil {
+		t.Error(err)
+	}
+
+	// Fixing the file clears the error and runs the fix.
+	writeAtomically(t, path, policyWithLimit(15))
+	eventually(t, "the fixed policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	if got := h.w.LastError(); got != "" {
+		t.Errorf("LastError after the fix = %q, want none", got)
+	}
+}
+
+func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	h := startWatcher(t, path)
+	before := h.w.Current()
+
+	// Same content, other formatting: the defaulted policy is the same.
+	writeAtomically(t, path, "# reformatted\n"+strings.Replace(policyWithLimit(10), "{window: 1m, limit: 10}", "{limit: 10, window: 60s}", 1))
+
+	eventually(t, "the rewrite is read", func() bool { return h.reloads(ReloadUnchanged) >= 1 })
+	if h.w.Current() != before {
+		t.Errorf("an unchanged policy was swapped in")
+	}
+	if h.reloads(ReloadSuccess) != 0 || len(h.notified()) != 0 {
+		t.Errorf("unchanged content counted as success (%v) or notified subscribers (%d)", h.reloads(ReloadSuccess), len(h.notified()))
+	}
+}
+
+func TestNewWatcherRefusesToStartOnABadPolicy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, brokenPolicy)
+	_, err := NewWatcher(WatcherConfig{Path: path})
+	if err == nil || !strings.Contains(err.Error(), "spec.budgets[0].windows[0].limit") {
+		t.Fatalf("NewWatcher on a bad policy = %v, want the validation error", err)
+	}
+}
+
+func TestWatcherRegistersItsMetricsOnTheGivenRegistry(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	reg := prometheus.NewRegistry()
+	if _, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	expected := `
+# HELP kubedefender_policy_rules Rules in the running policy (budgets + rate limits + flow schemas).
+# TYPE kubedefender_policy_rules gauge
+kubedefender_policy_rules 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "kubedefender_policy_rules"); err != nil {
+		t.Error(err)
+	}
+	// A second watcher on the same registry is refused, not a panic.
+	if _, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg}); err == nil {
+		t.Error("a second watcher registered the same metrics")
+	}
+}
