@@ -125,6 +125,7 @@ fi
 
 staging="$(mktemp -d "${cache_root}/.build-${key}.XXXXXX")"
 trap 'rm -rf "${staging}"' EXIT
+chmod 755 "${staging}"
 mkdir -p "${staging}/bin"
 
 export GOWORK=off GOFLAGS="-mod=mod" CGO_ENABLED=0
