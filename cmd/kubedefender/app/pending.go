@@ -19,10 +19,6 @@ func pending(use, short, issue string) *cobra.Command {
 	}
 }
 
-func newBreakglassCommand(Streams) *cobra.Command {
-	return pending("breakglass", "Grant, list and revoke break-glass overrides", "issue 6")
-}
-
 func newStatusCommand(Streams) *cobra.Command {
 	return pending("status", "Show budgets, breakers and overrides of running replicas", "issue 6")
 }

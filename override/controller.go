@@ -1,0 +1,273 @@
+package override
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// Engine is what the controller needs of the limiter engine.
+type Engine interface {
+	Policy() *policy.Compiled
+	SetOverrides([]limiter.Override)
+	ResetBreakers(ctx context.Context, o *limiter.Override) error
+}
+
+// ControllerConfig configures a Controller.
+type ControllerConfig struct {
+	// Client reads Overrides.
+	Client dynamic.Interface
+	// Events writes Events about Overrides; nil writes none.
+	Events corev1client.EventsGetter
+	// Namespace holds the Overrides (the policy's breakGlass.namespace).
+	Namespace string
+	Engine    Engine
+	// Replica names this process in Events (e.g. the pod name).
+	Replica string
+	// Clock judges expiry; nil is real time.
+	Clock  clock.WithTicker
+	Logger *slog.Logger
+	// Registerer takes the override metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Tick is how often expiry is checked without an event; default 1s.
+	Tick time.Duration
+}
+
+// Phases of an override as this controller sees it.
+const (
+	PhaseActive   = "Active"
+	PhaseExpired  = "Expired"
+	PhaseRejected = "Rejected"
+	PhaseRevoked  = "Revoked"
+)
+
+// Controller applies the Overrides of one namespace to an engine.
+type Controller struct {
+	cfg         ControllerConfig
+	log         *slog.Logger
+	active      prometheus.Gauge
+	transitions *prometheus.CounterVec
+	kick        chan struct{}
+
+	mu    sync.Mutex
+	seen  map[types.UID]seenOverride
+	store cache.Store
+}
+
+type seenOverride struct {
+	phase string
+	ref   *Override
+}
+
+// NewController builds a controller; Run starts it.
+func NewController(cfg ControllerConfig) (*Controller, error) {
+	if cfg.Client == nil || cfg.Engine == nil || cfg.Namespace == "" {
+		return nil, errors.New("failed to build override controller: Client, Engine and Namespace are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
+	}
+	c := &Controller{
+		cfg:  cfg,
+		log:  cfg.Logger,
+		kick: make(chan struct{}, 1),
+		seen: map[types.UID]seenOverride{},
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kubedefender", Subsystem: "overrides", Name: "active",
+			Help: "Break-glass overrides in force on this replica."}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kubedefender", Subsystem: "overrides", Name: "transitions_total",
+			Help: "Overrides seen entering a phase: Active, Expired, Rejected, Revoked."}, []string{"phase"}),
+	}
+	if cfg.Registerer != nil {
+		for _, col := range []prometheus.Collector{c.active, c.transitions} {
+			if err := cfg.Registerer.Register(col); err != nil {
+				return nil, fmt.Errorf("failed to register override metrics: %w", err)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Run watches Overrides until ctx is done.
+func (c *Controller) Run(ctx context.Context) error {
+	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(c.cfg.Client, 10*time.Minute, c.cfg.Namespace, nil)
+	inf := factory.ForResource(GVR).Informer()
+	kick := func(any) { c.poke() }
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: kick, UpdateFunc: func(any, any) { c.poke() }, DeleteFunc: kick,
+	}); err != nil {
+		return fmt.Errorf("failed to watch overrides: %w", err)
+	}
+	c.mu.Lock()
+	c.store = inf.GetStore()
+	c.mu.Unlock()
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return ctx.Err()
+	}
+	c.log.Info("watching break-glass overrides", "namespace", c.cfg.Namespace)
+	tick := c.cfg.Clock.NewTicker(c.cfg.Tick)
+	defer tick.Stop()
+	for {
+		c.Sync(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.kick:
+		case <-tick.C():
+		}
+	}
+}
+
+func (c *Controller) poke() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Sync recomputes the active overrides from the informer's store and hands
+// them to the engine, reporting every change of phase.
+func (c *Controller) Sync(ctx context.Context) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.store == nil {
+		return
+	}
+	now := c.cfg.Clock.Now()
+	pol := c.cfg.Engine.Policy()
+	current := map[types.UID]bool{}
+	var active []limiter.Override
+	var objs []*Override
+	for _, item := range c.store.List() {
+		u, ok := item.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		o, err := FromUnstructured(u)
+		if err != nil {
+			c.log.Error("unreadable override ignored", "override", u.GetNamespace()+"/"+u.GetName(), "err", err)
+			continue
+		}
+		objs = append(objs, o)
+	}
+	sort.Slice(objs, func(i, j int) bool { return objs[i].Name < objs[j].Name })
+	for _, o := range objs {
+		current[o.UID] = true
+		phase, why := PhaseActive, ""
+		if err := Check(o, pol); err != nil {
+			phase, why = PhaseRejected, err.Error()
+		} else if !now.Before(o.Spec.ExpiresAt.Time) {
+			phase = PhaseExpired
+		}
+		if phase == PhaseActive {
+			active = append(active, o.Limiter())
+		}
+		prev := c.seen[o.UID]
+		c.seen[o.UID] = seenOverride{phase: phase, ref: o}
+		if prev.phase == phase {
+			continue
+		}
+		c.transition(ctx, o, prev.phase, phase, why, now)
+	}
+	for uid, s := range c.seen {
+		if current[uid] {
+			continue
+		}
+		delete(c.seen, uid)
+		if s.phase == PhaseActive {
+			c.transition(ctx, s.ref, s.phase, PhaseRevoked, "", now)
+		}
+	}
+	c.cfg.Engine.SetOverrides(active)
+	c.active.Set(float64(len(active)))
+}
+
+func (c *Controller) transition(ctx context.Context, o *Override, from, to, why string, now time.Time) {
+	c.transitions.WithLabelValues(to).Inc()
+	name := o.Namespace + "/" + o.Name
+	attrs := []any{"override", name, "targets", o.Targets(), "scope", o.Scope(), "requestedBy", o.Spec.RequestedBy,
+		"reason", o.Spec.Reason, "expiresAt", o.Spec.ExpiresAt.UTC().Format(time.RFC3339)}
+	var msg, evReason, evType string
+	switch to {
+	case PhaseActive:
+		c.log.Warn("break-glass override active", attrs...)
+		evReason, evType = "Activated", corev1.EventTypeWarning
+		msg = fmt.Sprintf("override active on %s until %s (%s left): %s bypassed for %s; requested by %s: %s",
+			c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339), o.Spec.ExpiresAt.Sub(now).Round(time.Second), o.Targets(), o.Scope(), o.Spec.RequestedBy, o.Spec.Reason)
+		if o.Spec.ResetBreaker && from == "" {
+			lo := o.Limiter()
+			if err := c.cfg.Engine.ResetBreakers(ctx, &lo); err != nil {
+				c.log.Error("failed to reset breakers for override", append(attrs, "err", err)...)
+				msg += "; breaker reset failed: " + err.Error()
+			} else {
+				msg += "; breakers reset"
+			}
+		}
+	case PhaseExpired:
+		c.log.Info("break-glass override expired", attrs...)
+		evReason, evType = "Expired", corev1.EventTypeNormal
+		msg = fmt.Sprintf("override expired on %s at %s; the rules apply again", c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339))
+	case PhaseRejected:
+		c.log.Error("break-glass override rejected", append(attrs, "why", why)...)
+		evReason, evType = "Rejected", corev1.EventTypeWarning
+		msg = "override not applied on " + c.cfg.Replica + ": " + why
+	case PhaseRevoked:
+		c.log.Warn("break-glass override revoked (deleted)", attrs...)
+		return // the object is gone: an Event on it would dangle
+	}
+	c.event(ctx, o, evType, evReason, msg, now)
+}
+
+func (c *Controller) event(ctx context.Context, o *Override, typ, reason, msg string, now time.Time) {
+	if c.cfg.Events == nil {
+		return
+	}
+	ts := metav1.NewTime(now)
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: o.Name + "-", Namespace: o.Namespace},
+		InvolvedObject: corev1.ObjectReference{
+			APIVersion: APIVersion, Kind: Kind, Namespace: o.Namespace, Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion,
+		},
+		Reason: reason, Message: truncate(msg, 1024), Type: typ,
+		Source:         corev1.EventSource{Component: "kubedefender", Host: c.cfg.Replica},
+		FirstTimestamp: ts, LastTimestamp: ts, Count: 1,
+		ReportingController: "kubedefender.io/breakglass", ReportingInstance: c.cfg.Replica,
+	}
+	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.cfg.Events.Events(o.Namespace).Create(ectx, ev, metav1.CreateOptions{}); err != nil {
+		c.log.Error("failed to record override event", "override", o.Namespace+"/"+o.Name, "reason", reason, "err", err)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
