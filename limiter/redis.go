@@ -736,7 +736,9 @@ func (s *RedisStore) beat(ctx context.Context) {
 func (s *RedisStore) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.openMu.Lock() // trip starts probes under openMu: none starts after this
 		close(s.stop)
+		s.openMu.Unlock()
 		s.wg.Wait()
 		if !s.open.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)

@@ -104,7 +104,7 @@ for i = 1, n do
     for k = 1, #all, 2 do
       redis.call('ZADD', c.z, f0(tonumber(all[k + 1]) + shift), all[k])
     end
-    c.base = nowS
+    c.base, c.shifted = nowS, true
   end
   c.now = diff(nowS, nowN, c.base, 0)
 end
@@ -167,46 +167,51 @@ for i = 1, n do
   c.res = r
 end
 
--- apply: admitted requests take a token from every window; exhaustion trips
+-- apply: admitted requests take a token from every window; exhaustion trips.
+-- A check that changes nothing (a denial by an open breaker, say) writes
+-- nothing: no write amplification under a storm of denied requests.
 if commit then
   for i = 1, n do
     local c, r = cs[i], cs[i].res
     local st, ss, sn, ho = effective(c)
     local longest = c.wl[c.nw]
-    if c.card > 0 then
-      redis.call('ZREMRANGEBYSCORE', c.z, '-inf', f0(c.now - longest))
-    elseif c.stale then
-      redis.call('DEL', c.z) -- a log without its hash has lost its base
-    end
-    local newest = nil
-    if r.allowed == 1 and admitted then
-      c.seq = c.seq + 1
-      redis.call('ZADD', c.z, f0(c.now), f0(c.seq))
-      newest = c.now
-      for j = 1, c.nw do r.used[j] = r.used[j] + 1 end
-      if st == HALF then ho = ho + 1 end
-    elseif r.reason == EXHAUSTED and c.br then
-      st, ss, sn, ho = OPEN, nowS, nowN, 0
-    end
-    if not newest and c.card > 0 then
-      local e = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
-      if e[2] then newest = tonumber(e[2]) end
-    end
-    -- keep the key while its log or its breaker matters
-    local keep = 0
-    if newest then keep = newest + longest - c.now end
-    if c.br and not c.manual then
-      if st == OPEN then keep = math.max(keep, 2 * c.cd - diff(nowS, nowN, ss, sn)) end
-      if st == HALF then keep = math.max(keep, c.cd - diff(nowS, nowN, ss, sn)) end
-    end
-    local persist = c.br and c.manual and st == OPEN
-    if keep <= 0 and not persist then
-      redis.call('DEL', c.h, c.z)
-    else
-      redis.call('HSET', c.h, 'b', f0(c.base), 'st', st, 'ss', f0(ss), 'sn', f0(sn), 'ho', ho, 'q', f0(c.seq))
-      local ms = math.max(math.floor(keep / 1000000) + 1000, ttlFloor)
-      if persist then redis.call('PERSIST', c.h) else redis.call('PEXPIRE', c.h, ms) end
-      if newest then redis.call('PEXPIRE', c.z, ms) end
+    local push = r.allowed == 1 and admitted
+    local trip = not push and r.reason == EXHAUSTED and c.br
+    if trip then st, ss, sn, ho = OPEN, nowS, nowN, 0 end
+    local dirty = push or c.shifted or st ~= c.st or ss ~= c.ss or sn ~= c.sn or ho ~= c.ho
+    if dirty then
+      if c.stale then
+        redis.call('DEL', c.z) -- a log without its hash has lost its base
+      elseif c.card > 0 then
+        redis.call('ZREMRANGEBYSCORE', c.z, '-inf', f0(c.now - longest))
+      end
+      local newest = nil
+      if push then
+        c.seq = c.seq + 1
+        redis.call('ZADD', c.z, f0(c.now), f0(c.seq))
+        newest = c.now
+        for j = 1, c.nw do r.used[j] = r.used[j] + 1 end
+        if st == HALF then ho = ho + 1 end
+      elseif c.card > 0 then
+        local e = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
+        if e[2] then newest = tonumber(e[2]) end
+      end
+      -- keep the key while its log or its breaker matters
+      local keep = 0
+      if newest then keep = newest + longest - c.now end
+      if c.br and not c.manual then
+        if st == OPEN then keep = math.max(keep, 2 * c.cd - diff(nowS, nowN, ss, sn)) end
+        if st == HALF then keep = math.max(keep, c.cd - diff(nowS, nowN, ss, sn)) end
+      end
+      local persist = c.br and c.manual and st == OPEN
+      if keep <= 0 and not persist then
+        redis.call('DEL', c.h, c.z)
+      else
+        redis.call('HSET', c.h, 'b', f0(c.base), 'st', st, 'ss', f0(ss), 'sn', f0(sn), 'ho', ho, 'q', f0(c.seq))
+        local ms = math.max(math.floor(keep / 1000000) + 1000, ttlFloor)
+        if persist then redis.call('PERSIST', c.h) else redis.call('PEXPIRE', c.h, ms) end
+        if newest then redis.call('PEXPIRE', c.z, ms) end
+      end
     end
   end
 end
