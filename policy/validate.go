@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -125,6 +127,11 @@ func Validate(p *DefenderPolicy) field.ErrorList {
 	s := &p.Spec
 	if p.Metadata.Name == "" {
 		errs = append(errs, field.Required(field.NewPath("metadata", "name"), "name the policy; it appears in logs and status"))
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(p.Metadata.Name) {
+		if p.Metadata.Name != "" {
+			errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), p.Metadata.Name, msg))
+		}
 	}
 
 	names := map[string]int{}
@@ -341,7 +348,13 @@ func validateMatch(m *Match, path *field.Path, verbs []string, userAgents bool) 
 			continue
 		}
 		if _, err := regexp.Compile(ua); err != nil {
-			errs = append(errs, field.Invalid(p, ua, "must be a valid RE2 regular expression: "+strings.TrimPrefix(err.Error(), "error parsing regexp: ")))
+			// Quote the failing part: it may hold a newline, and one error is one line.
+			detail := strings.TrimPrefix(err.Error(), "error parsing regexp: ")
+			var se *syntax.Error
+			if errors.As(err, &se) {
+				detail = fmt.Sprintf("%s: %q", se.Code, se.Expr)
+			}
+			errs = append(errs, field.Invalid(p, ua, "must be a valid RE2 regular expression: "+detail))
 		}
 	}
 	return errs
