@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"pgregory.net/rapid"
 
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
 	"github.com/kubedefender/kubedefender/policy"
@@ -132,6 +133,73 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 	if d := e2.Decide(context.Background(), deleteOf("pods", "ns0", "after-reset")); !d.Allowed {
 		t.Fatalf("after a reset through the other engine: %+v", d)
 	}
+}
+
+// Property: whatever the limits and the concurrency, two engines on one
+// Redis admit exactly min(limit, requests) within a window, together.
+func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	newStore := func() *RedisStore {
+		s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:prop:", Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	s1, s2 := newStore(), newStore()
+	iter := 0
+	rapid.Check(t, func(rt *rapid.T) {
+		iter++
+		limit := rapid.IntRange(1, 30).Draw(rt, "limit")
+		hourly := limit + rapid.IntRange(0, 10).Draw(rt, "hourlyExtra")
+		workers := rapid.IntRange(2, 12).Draw(rt, "workers")
+		each := rapid.IntRange(1, 8).Draw(rt, "requestsPerWorker")
+		pol := parse(t, fmt.Sprintf(`
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: prop}
+spec:
+  budgets:
+  - name: deletes
+    match: {verbs: [delete], resources: [pods]}
+    per: [namespace]
+    windows: [{window: 1m, limit: %d}, {window: 1h, limit: %d}]
+`, limit, hourly))
+		var engines [2]*Engine
+		for i, s := range []*RedisStore{s1, s2} {
+			e, err := NewEngine(EngineConfig{Policy: pol, Store: s})
+			if err != nil {
+				rt.Fatal(err)
+			}
+			engines[i] = e
+		}
+		ns := fmt.Sprintf("prop%d", iter)
+		var admitted, fallback atomic.Int64
+		var wg sync.WaitGroup
+		for g := 0; g < workers; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					d := engines[g%2].Decide(context.Background(), deleteOf("pods", ns, "p"))
+					if d.Allowed {
+						admitted.Add(1)
+					}
+					if d.Fallback {
+						fallback.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if fallback.Load() != 0 {
+			rt.Fatalf("%d decisions fell back", fallback.Load())
+		}
+		if want := int64(min(limit, workers*each)); admitted.Load() != want {
+			rt.Fatalf("two engines admitted %d of %d concurrent deletes with limit %d, want %d", admitted.Load(), workers*each, limit, want)
+		}
+	})
 }
 
 func TestRedisStoreKeysExpireAndAManualOpenBreakerPersists(t *testing.T) {

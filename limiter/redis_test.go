@@ -65,6 +65,15 @@ func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 		return o
 	}
 	testStoreSemantics(t, redisFactory(opts, nil))
+	t.Run("one round trip per decision, and scripts reload after SCRIPT FLUSH", func(t *testing.T) {
+		testOneRoundTrip(t, opts, func() {
+			for _, srv := range cl.Servers {
+				if err := srv.Client(t).ScriptFlush(context.Background()).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	})
 	t.Run("rate keys spread over the masters", func(t *testing.T) {
 		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(testEpoch)).(*RedisStore)
 		spec := &RateSpec{Name: "spread", ID: "spread@test", QPS: 10, Burst: 5, Interval: 100 * time.Millisecond}
@@ -188,12 +197,20 @@ func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 func TestRedisStoreOneRoundTripPerDecision(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
+	testOneRoundTrip(t, singleOpts(srv), nil)
+}
+
+// testOneRoundTrip counts round trips at the client (a go-redis hook sees
+// every command and every pipeline; commands a script runs inside Redis are
+// not client commands). flush, when set, drops the scripts from every server
+// mid-test: a decision then loads them again (EVALSHA → NOSCRIPT → EVAL).
+func testOneRoundTrip(t *testing.T, opts func() *redis.UniversalOptions, flush func()) {
 	hook := &roundTrips{}
-	s := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.Hooks = []redis.Hook{hook}; c.Clock = nil })(t, nil)
+	s := redisFactory(opts, func(c *RedisConfig) { c.Hooks = []redis.Hook{hook}; c.Clock = nil })(t, nil)
 	b1 := testSpec([]WindowSpec{{time.Minute, 20}, {5 * time.Minute, 50}, {time.Hour, 200}, {24 * time.Hour, 1000}}, BreakerSpec{Enabled: true, Manual: true})
 	b2 := testSpec([]WindowSpec{{time.Minute, 5}}, BreakerSpec{Enabled: true, Cooldown: time.Minute, HalfOpenLimit: 1})
-	r1 := &RateSpec{Name: "r1", ID: "r1@rt", QPS: 100, Burst: 10, Interval: 10 * time.Millisecond}
-	r2 := &RateSpec{Name: "r2", ID: "r2@rt", QPS: 100, Burst: 10, Interval: 10 * time.Millisecond}
+	r1 := &RateSpec{Name: "r1", ID: "r1@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
+	r2 := &RateSpec{Name: "r2", ID: "r2@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
 	ctx := context.Background()
 	decide := func() {
 		b := &BudgetBatch{Checks: []BudgetCheck{{Spec: b1, Key: "namespace=a"}, {Spec: b2, Key: ""}}, Commit: true}
@@ -204,14 +221,26 @@ func TestRedisStoreOneRoundTripPerDecision(t *testing.T) {
 		if err := s.Rates(ctx, r); err != nil {
 			t.Fatal(err)
 		}
+		if len(r.Results) != 2 || !r.Results[0].Allowed || !r.Results[1].Allowed {
+			t.Fatalf("rate results %+v", r.Results)
+		}
 	}
 	decide() // connects and loads the scripts (EVALSHA → NOSCRIPT → EVAL)
 	before := hook.n.Load()
-	const n = 20
+	const n = 10
 	for i := 0; i < n; i++ {
 		decide()
 	}
 	if got := hook.n.Load() - before; got != 2*n {
 		t.Fatalf("%d decisions (a budget batch of 2 rules × 4+1 windows and a rate batch of 2 rules each) took %d round trips, want %d", 2*n, got, 2*n)
+	}
+	if flush != nil {
+		flush()
+		decide()
+		before = hook.n.Load()
+		decide()
+		if got := hook.n.Load() - before; got != 2 {
+			t.Fatalf("after the scripts were reloaded 2 decisions took %d round trips, want 2", got)
+		}
 	}
 }
