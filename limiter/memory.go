@@ -314,31 +314,17 @@ func (s *MemoryStore) Stats() MemoryStats {
 	return st
 }
 
-// BudgetKeyStatus is what a store knows of one budget key.
-type BudgetKeyStatus struct {
-	Key   string
-	Used  [MaxWindows]int64
-	State BreakerState
-	Since time.Time
-	// FreesAt is when each exhausted window frees up (zero when not exhausted).
-	FreesAt [MaxWindows]time.Time
-}
-
-// InspectBudget returns the state of every key the store holds for spec, at
-// most limit keys (the fullest first is not guaranteed).
-func (s *MemoryStore) InspectBudget(spec *BudgetSpec, limit int) []BudgetKeyStatus {
+// InspectBudget implements Inspector.
+func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.budgets[spec.ID]
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	now := s.clock.Now().UnixNano()
-	var out []BudgetKeyStatus
+	out := make([]BudgetKeyStatus, 0, min(limit, len(t.keys)))
 	for k, st := range t.keys {
-		if len(out) >= limit {
-			break
-		}
 		res := st.judge(spec, now)
 		state, since, _ := st.effective(spec, now)
 		ks := BudgetKeyStatus{Key: k, Used: res.Used, State: state, Since: time.Unix(0, since)}
@@ -349,5 +335,28 @@ func (s *MemoryStore) InspectBudget(spec *BudgetSpec, limit int) []BudgetKeyStat
 		}
 		out = append(out, ks)
 	}
-	return out
+	return topBudgetKeys(spec, out, limit), nil
+}
+
+// HottestRates implements Inspector.
+func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {
+	s.rmu.RLock()
+	t := s.rates[spec.ID]
+	s.rmu.RUnlock()
+	if t == nil {
+		return nil, nil
+	}
+	now := s.clock.Now().UnixNano()
+	var out []RateKeyStatus
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for k, tat := range sh.tat {
+			if tat > now {
+				out = append(out, rateKeyStatus(spec, k, tat, now))
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return topRateKeys(out, limit), nil
 }

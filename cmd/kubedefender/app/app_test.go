@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kubedefender/kubedefender/config"
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite generated README sections")
@@ -161,5 +164,37 @@ func TestREADMEServeFlags(t *testing.T) {
 	}
 	if err := os.WriteFile(readme, []byte(s[:b]+block+s[e:]), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestStatusReadsEveryReplica(t *testing.T) {
+	c, err := policy.Parse("p.yaml", []byte(goodPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 21; i++ {
+		eng.Decide(context.Background(), &limiter.Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: "pods", Namespace: "prod", Name: "p"}})
+	}
+	srv := httptest.NewServer(statusHandler(func(ctx context.Context) *replicaStatus {
+		return &replicaStatus{Replica: "r1", Version: "v1", Store: "memory", Engine: eng.Status(ctx, statusKeys),
+			PriorityLevels: []levelStatus{{Name: "catch-all", SeatsInUse: 3, SeatsLimit: 10, Queued: 2}}}
+	}))
+	defer srv.Close()
+	code, out, errOut := run(t, "status", "--server", srv.URL)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"replica r1", "pod-deletes", "namespace=prod", "Open since", "1m 20/20", "catch-all", "3/10"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	code, _, errOut = run(t, "status", "--server", srv.URL, "--server", "http://127.0.0.1:1")
+	if code != 1 || !strings.Contains(errOut, "failed to reach http://127.0.0.1:1") {
+		t.Fatalf("an unreachable replica: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -2,11 +2,11 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -103,16 +103,23 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-		mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(map[string]any{
-				"version": version.Version, "policy": watcher.Current().Policy.Metadata.Name, "policyHash": watcher.Current().Hash,
-				"lastReloadError": watcher.LastError(), "store": "memory",
-			})
-		})
+		mux.Handle("/status", statusHandler(func(ctx context.Context) *replicaStatus {
+			return &replicaStatus{Replica: replicaName(), Version: version.Version, Store: "memory",
+				LastReloadError: watcher.LastError(), Engine: engine.Status(ctx, statusKeys)}
+		}))
 		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
 	}
 	return runAll(ctx, comps)
+}
+
+// replicaName names this process in status and Events: the pod name when
+// running in Kubernetes, else the host name.
+func replicaName() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	n, _ := os.Hostname()
+	return n
 }
 
 // httpServer serves h on addr until ctx is done, then shuts down gracefully.
