@@ -55,6 +55,23 @@ func TestRedisStoreSemantics(t *testing.T) {
 	testStoreSemantics(t, redisFactory(singleOpts(srv), nil))
 }
 
+func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
+	master := redistest.Start(t, redistest.Options{})
+	sentinel := redistest.StartSentinel(t, "kdmaster", master)
+	opts := func() *redis.UniversalOptions {
+		o, err := ParseRedisURL("redis+sentinel://" + sentinel.Addr() + "/kdmaster/0")
+		if err != nil {
+			panic(err)
+		}
+		return o
+	}
+	testStoreSemantics(t, redisFactory(opts, nil))
+	n, err := master.Client(t).DBSize(context.Background()).Result()
+	if err != nil || n == 0 {
+		t.Fatalf("the master Sentinel names holds %d keys (%v), want the suite's", n, err)
+	}
+}
+
 func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	opts := func() *redis.UniversalOptions {

@@ -66,6 +66,7 @@ type Server struct {
 	Port    int
 	dir     string
 	args    []string
+	opts    Options
 	cmd     *exec.Cmd
 	waitErr chan error
 }
@@ -77,6 +78,11 @@ type Options struct {
 	// Port is the port to listen on; 0 picks a free one (with its cluster bus
 	// port, Port+10000, free too).
 	Port int
+	// Config is written to a redis.conf that is passed first (Sentinel needs
+	// a config file it can rewrite).
+	Config string
+	// Sentinel starts the process in Sentinel mode.
+	Sentinel bool
 }
 
 // Start starts a redis-server and waits until it answers PING. t.Cleanup
@@ -84,7 +90,7 @@ type Options struct {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	EnsureInstalled(t)
-	s := &Server{t: t, dir: t.TempDir(), args: opts.Args, Port: opts.Port}
+	s := &Server{t: t, dir: t.TempDir(), args: opts.Args, Port: opts.Port, opts: opts}
 	for attempt := 0; ; attempt++ {
 		if s.Port == 0 || attempt > 0 {
 			s.Port = freePort(t)
@@ -108,11 +114,22 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
 func (s *Server) start() error {
-	args := []string{
+	var args []string
+	if s.opts.Config != "" || s.opts.Sentinel {
+		conf := filepath.Join(s.dir, "redis.conf")
+		if err := os.WriteFile(conf, []byte(s.opts.Config+"\n"), 0o600); err != nil {
+			return fmt.Errorf("failed to write %s: %w", conf, err)
+		}
+		args = append(args, conf)
+	}
+	if s.opts.Sentinel {
+		args = append(args, "--sentinel")
+	}
+	args = append(args,
 		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--protected-mode", "no",
-		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"),
-		"--enable-debug-command", "yes",
+		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	if !s.opts.Sentinel {
+		args = append(args, "--save", "", "--appendonly", "no", "--enable-debug-command", "yes")
 	}
 	args = append(args, s.args...)
 	cmd := exec.Command("redis-server", args...)
@@ -218,6 +235,26 @@ func freePort(t testing.TB) int {
 	}
 	t.Fatalf("redistest: failed to find a free port pair")
 	return 0
+}
+
+// StartSentinel starts one Sentinel monitoring master under name, and waits
+// until it knows the master's address.
+func StartSentinel(t testing.TB, name string, master *Server) *Server {
+	t.Helper()
+	s := Start(t, Options{Sentinel: true, Config: fmt.Sprintf(
+		"sentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 1000\n", name, master.Port, name)})
+	c := s.Client(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		addr, err := c.Do(context.Background(), "SENTINEL", "get-master-addr-by-name", name).StringSlice()
+		if err == nil && len(addr) == 2 && addr[1] == strconv.Itoa(master.Port) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: sentinel does not know master %s after 10s: %v %v", name, addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Cluster is a Redis Cluster of masters only, on loopback.
