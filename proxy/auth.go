@@ -1,0 +1,263 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+)
+
+// Identity headers the API server reads from a front proxy
+// (--requestheader-username-headers, -group-headers, -extra-headers-prefix).
+const (
+	headerRemoteUser  = "X-Remote-User"
+	headerRemoteGroup = "X-Remote-Group"
+	headerRemoteExtra = "X-Remote-Extra-"
+	remotePrefix      = "X-Remote-"
+)
+
+// WithHeaderHygiene removes every client-sent X-Remote-* header (user, group,
+// extra, uid, in any case) before anything else reads the request: only the
+// proxy asserts identity to the API server.
+func WithHeaderHygiene(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for k := range r.Header {
+			// Header keys are canonical ("X-Remote-User"); a non-canonical key
+			// set by a server-side hook is still caught by the fold.
+			if len(k) >= len(remotePrefix) && strings.EqualFold(k[:len(remotePrefix)], remotePrefix) {
+				delete(r.Header, k)
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// AuthConfig configures WithAuthentication.
+type AuthConfig struct {
+	Mode          AuthMode
+	Authenticator authenticator.Request
+	// CanForwardIdentity: a front-proxy certificate is configured, so an
+	// identity can be asserted upstream with X-Remote-* headers.
+	CanForwardIdentity bool
+	Logger             *slog.Logger
+}
+
+// publicPaths are what the API server lets anyone read (system:public-info-viewer):
+// front-proxy mode forwards them anonymously instead of answering 401.
+var publicPaths = map[string]bool{"/healthz": true, "/livez": true, "/readyz": true, "/version": true}
+
+// WithAuthentication establishes who the client is and how it is
+// represented upstream (see the package doc for both modes).
+func WithAuthentication(cfg AuthConfig, next http.Handler) http.Handler {
+	log := cfg.Logger
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := stateOf(r)
+		if cfg.Mode == AuthPassthrough {
+			// The authenticators delete the credentials they accept; in
+			// passthrough mode the API server must still get them.
+			authz, proto := r.Header.Values("Authorization"), r.Header.Values("Sec-Websocket-Protocol")
+			resp, ok, err := cfg.Authenticator.AuthenticateRequest(r)
+			restoreHeader(r.Header, "Authorization", authz)
+			restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
+			switch {
+			case ok && len(authz) == 0 && !hasBearerProtocol(proto) && hasClientCert(r):
+				// Authenticated by the certificate alone, which cannot reach
+				// the API server through TLS termination.
+				if !cfg.CanForwardIdentity {
+					writeStatus(w, http.StatusUnauthorized, "Unauthorized",
+						"kubedefender: client certificates cannot be passed through a TLS-terminating proxy; use a token, or run the proxy with --auth-mode=front-proxy", 0)
+					return
+				}
+				st.user, st.forwardIdentity = resp.User, true
+			case ok:
+				st.user = resp.User
+			default:
+				if err != nil {
+					log.Debug("passthrough request not authenticated; the API server will judge it", "err", err)
+				}
+				st.user = anonymous
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		resp, ok, err := cfg.Authenticator.AuthenticateRequest(r)
+		r.Header.Del("Authorization")
+		stripBearerProtocol(r.Header)
+		if !ok {
+			if publicPaths[r.URL.Path] {
+				st.user = anonymous
+				next.ServeHTTP(w, r)
+				return
+			}
+			if err != nil {
+				log.Info("request not authenticated", "path", r.URL.Path, "err", err)
+			}
+			writeStatus(w, http.StatusUnauthorized, "Unauthorized", "Unauthorized", 0)
+			return
+		}
+		st.user, st.forwardIdentity = resp.User, true
+		next.ServeHTTP(w, r)
+	})
+}
+
+var anonymous = &user.DefaultInfo{Name: user.Anonymous, Groups: []string{user.AllUnauthenticated}}
+
+func restoreHeader(h http.Header, k string, v []string) {
+	if len(v) == 0 {
+		delete(h, k)
+		return
+	}
+	h[k] = v
+}
+
+func hasClientCert(r *http.Request) bool { return r.TLS != nil && len(r.TLS.PeerCertificates) > 0 }
+
+// bearerProtocolPrefix is how a WebSocket client carries a token in
+// Sec-WebSocket-Protocol.
+const bearerProtocolPrefix = "base64url.bearer.authorization.k8s.io."
+
+func hasBearerProtocol(protos []string) bool {
+	for _, p := range protos {
+		if strings.Contains(p, bearerProtocolPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// stripBearerProtocol removes a WebSocket bearer token from
+// Sec-WebSocket-Protocol, keeping the other protocols offered.
+func stripBearerProtocol(h http.Header) {
+	protos := h.Values("Sec-Websocket-Protocol")
+	if !hasBearerProtocol(protos) {
+		return
+	}
+	var keep []string
+	for _, line := range protos {
+		for _, p := range strings.Split(line, ",") {
+			if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(p, bearerProtocolPrefix) {
+				keep = append(keep, p)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		h.Del("Sec-Websocket-Protocol")
+		return
+	}
+	h.Set("Sec-Websocket-Protocol", strings.Join(keep, ","))
+}
+
+// setIdentityHeaders writes the identity for the API server's request-header
+// authenticator. Extra keys are path-escaped as the API server expects.
+func setIdentityHeaders(h http.Header, u user.Info) {
+	h[headerRemoteUser] = []string{u.GetName()}
+	if g := u.GetGroups(); len(g) > 0 {
+		h[headerRemoteGroup] = g
+	}
+	for k, v := range u.GetExtra() {
+		h[headerRemoteExtra+url.PathEscape(k)] = v
+	}
+}
+
+// buildAuthenticator builds k8s.io/apiserver's delegating authenticator
+// (client certificates against the client CA, then bearer tokens through a
+// cached TokenReview) behind a per-certificate cache.
+func (p *Proxy) buildAuthenticator() error {
+	cfg := authenticatorfactory.DelegatingAuthenticatorConfig{
+		CacheTTL:                 p.cfg.TokenCacheTTL,
+		TokenAccessReviewTimeout: 10 * time.Second,
+		WebhookRetryBackoff:      &wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Steps: 3},
+	}
+	if p.cfg.TokenReviewClient != nil {
+		cfg.TokenAccessReviewClient = p.cfg.TokenReviewClient
+	}
+	cache := &certCache{entries: map[string]certEntry{}}
+	if p.cfg.ClientCAFile != "" {
+		ca, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", p.cfg.ClientCAFile)
+		if err != nil {
+			return fmt.Errorf("failed to load the client CA: %w", err)
+		}
+		ca.AddListener(cache)
+		p.clientCA = ca
+		cfg.ClientCertificateCAContentProvider = ca
+	}
+	if cfg.ClientCertificateCAContentProvider == nil && cfg.TokenAccessReviewClient == nil {
+		// Passthrough without any way to learn identities: everyone is
+		// limited as anonymous and the API server authenticates.
+		p.auth = authenticator.RequestFunc(func(*http.Request) (*authenticator.Response, bool, error) { return nil, false, nil })
+		return nil
+	}
+	a, _, err := cfg.New()
+	if err != nil {
+		return fmt.Errorf("failed to build the authenticator: %w", err)
+	}
+	cache.next = a
+	p.auth = cache
+	return nil
+}
+
+// certCache remembers the identity of a verified client certificate for a
+// while, so that a connection's requests do not each pay for a chain
+// verification. Only requests without a token use it (a token never changes
+// who a verified certificate is, but a failed certificate falls through to
+// the token). A change of the client CA empties it.
+type certCache struct {
+	next    authenticator.Request
+	mu      sync.Mutex
+	entries map[string]certEntry
+}
+
+type certEntry struct {
+	resp    *authenticator.Response
+	expires time.Time
+}
+
+const (
+	certCacheTTL  = 30 * time.Second
+	certCacheSize = 4096
+)
+
+// Enqueue is called when the client CA changes.
+func (c *certCache) Enqueue() {
+	c.mu.Lock()
+	clear(c.entries)
+	c.mu.Unlock()
+}
+
+func (c *certCache) AuthenticateRequest(r *http.Request) (*authenticator.Response, bool, error) {
+	if !hasClientCert(r) || r.Header.Get("Authorization") != "" || hasBearerProtocol(r.Header.Values("Sec-Websocket-Protocol")) {
+		return c.next.AuthenticateRequest(r)
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	now := time.Now()
+	c.mu.Lock()
+	e, ok := c.entries[string(leaf.Signature)]
+	c.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.resp, true, nil
+	}
+	resp, ok, err := c.next.AuthenticateRequest(r)
+	if !ok || err != nil {
+		return resp, ok, err
+	}
+	exp := now.Add(certCacheTTL)
+	if leaf.NotAfter.Before(exp) {
+		exp = leaf.NotAfter
+	}
+	c.mu.Lock()
+	if len(c.entries) >= certCacheSize {
+		clear(c.entries)
+	}
+	c.entries[string(leaf.Signature)] = certEntry{resp: resp, expires: exp}
+	c.mu.Unlock()
+	return resp, true, nil
+}

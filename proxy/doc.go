@@ -1,0 +1,79 @@
+// Package proxy is KubeDefender's reverse proxy in front of kube-apiserver:
+// it authenticates clients, keeps their identity headers honest, applies the
+// policy's rate limits, early breaker rejects (or budgets, with
+// --budgets-at=proxy) and priority levels, and forwards everything else —
+// every verb, discovery, OpenAPI, watches, chunked responses and upgraded
+// connections (SPDY and WebSocket for exec, attach, port-forward and
+// pods/proxy) — to the upstream API server over TLS.
+//
+// # The chain
+//
+// A request passes these filters, outermost first (Proxy.Handler builds it,
+// in one place):
+//
+//  1. instrumentation: requests_total{verb,code} and the latency the proxy adds;
+//  2. header hygiene: client-sent X-Remote-* headers are removed before
+//     anything else reads the request;
+//  3. authentication (see below); 401 in front-proxy mode when it fails;
+//  4. request attributes, from k8s.io/apiserver's RequestInfoFactory;
+//  5. limits: rate limits and early breaker rejects (or budgets), answered
+//     with a Kubernetes Status, 429 and Retry-After;
+//  6. priority levels: APF-style fair queuing on k8s.io/apiserver's queue
+//     sets; 429 when a queue is full or the wait times out;
+//  7. the reverse proxy itself.
+//
+// Cheap rejections come before queuing so that a rejected request never
+// takes a queue slot, and authentication comes before everything that keys
+// on the user.
+//
+// # Authentication and identity
+//
+// front-proxy mode: the proxy authenticates the client with k8s.io/apiserver's
+// delegating authenticator (client certificates against the client CA, bearer
+// tokens through a cached TokenReview), drops the client's Authorization
+// header, and forwards the identity as X-Remote-User / X-Remote-Group /
+// X-Remote-Extra-* over a connection that presents the proxy's front-proxy
+// client certificate. An unauthenticated request gets 401 from the proxy,
+// except the public health and version paths (/healthz, /livez, /readyz,
+// /version), which go upstream anonymously.
+//
+// passthrough mode: credentials are forwarded untouched. The identity used for
+// limits and flows comes from the same authenticator (a cached TokenReview for
+// tokens; the verified client certificate subject); a request it cannot
+// authenticate is forwarded anyway (the API server answers it) and is limited
+// as system:anonymous. A client certificate cannot cross a TLS-terminating
+// proxy, so in passthrough mode a request authenticated only by a client
+// certificate is forwarded with X-Remote-* headers over the front-proxy
+// connection when a front-proxy certificate is configured, and refused with
+// 401 otherwise.
+//
+// Impersonation: Impersonate-* headers pass through to the API server, which
+// authorizes them. Limits and flow distinguishers always use the
+// authenticated (impersonating) identity, never the impersonated one: the
+// proxy decides before the API server has accepted the impersonation, and a
+// client must not be able to move itself into another user's rate-limit key
+// or fair-queuing flow by sending a header. The impersonated user is logged.
+//
+// # Priority levels
+//
+// Each non-exempt level of the policy gets a queue set (shuffle sharding,
+// queueLengthLimit, fair dispatch between flows); its seats are the policy's
+// concurrency split by shares (ceil(concurrency*shares/sum), at least 1).
+// Flows are told apart by the flow schema name and the user or namespace
+// (ByUser / ByNamespace). Exempt levels never queue. Long-running requests
+// (watch, exec, attach, port-forward, proxy, log?follow=true and any upgrade)
+// hold their seat only until their response starts. A policy reload
+// reconfigures each level's queue set in place (BeginConfigChange), so queued
+// requests stay queued; a level that disappears keeps serving the requests it
+// already holds.
+//
+// # Budgets at the proxy
+//
+// By default (budgets charged by the webhook) the proxy only rejects early the
+// requests whose budget key has an open breaker, charging nothing. With
+// BudgetsAtProxy the proxy charges budgets itself, with these blind spots: a
+// deletecollection is one request to the proxy (its items are not counted one
+// by one), deletions the API server makes on its own (garbage-collector and
+// namespace cascades) never pass through the proxy, and a request is charged
+// before the API server has judged it (a 404 or 403 still takes a token).
+package proxy

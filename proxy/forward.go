@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"time"
+)
+
+// buildTransports makes the two upstream transports: a plain one (TLS to the
+// upstream, no client certificate: passthrough credentials) and one that
+// presents the front-proxy client certificate (identity in X-Remote-*).
+// Both speak HTTP/2 to the upstream; upgrade requests get HTTP/1.1
+// connections of their own (net/http does that for Upgrade requests).
+func (p *Proxy) buildTransports() error {
+	base, err := p.upstreamTLS()
+	if err != nil {
+		return err
+	}
+	p.upstreamTransport = p.newTransport(base.Clone())
+	front := base.Clone()
+	if p.frontCert != nil {
+		kp := p.frontCert
+		front.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.current() }
+	}
+	p.frontTransport = p.newTransport(front)
+	return nil
+}
+
+func (p *Proxy) newTransport(tc *tls.Config) *http.Transport {
+	d := &net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       tc,
+		TLSHandshakeTimeout:   p.cfg.DialTimeout,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1000,
+		MaxIdleConnsPerHost:   1000,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: p.cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		// The client's Accept-Encoding goes through as is; the proxy never
+		// decompresses.
+		DisableCompression: true,
+	}
+}
+
+// timedTransport picks the transport a request needs and records the
+// upstream's own time (until response headers) in the request state.
+type timedTransport struct{ p *Proxy }
+
+func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	st, _ := r.Context().Value(stateKey{}).(*reqState)
+	tr := t.p.upstreamTransport
+	if st != nil && st.forwardIdentity {
+		tr = t.p.frontTransport
+	}
+	began := time.Now()
+	resp, err := tr.RoundTrip(r)
+	if st != nil {
+		st.upstream = time.Since(began)
+	}
+	return resp, err
+}
+
+// newForwarder is the reverse proxy proper: the request goes to the upstream
+// with its path and query untouched, identity headers set when the proxy
+// vouches for the user, and every response streamed as it arrives (watch
+// events are flushed at once).
+func (p *Proxy) newForwarder() http.Handler {
+	upstream := p.cfg.Upstream
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(upstream)
+			pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
+			if upstream.Path != "" && upstream.Path != "/" {
+				pr.Out.URL.Path = singleJoin(upstream.Path, pr.In.URL.Path)
+				pr.Out.URL.RawPath = ""
+			}
+			st, _ := pr.In.Context().Value(stateKey{}).(*reqState)
+			if st != nil && st.forwardIdentity && st.user != nil {
+				setIdentityHeaders(pr.Out.Header, st.user)
+			}
+		},
+		Transport:     timedTransport{p: p},
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler:  p.upstreamError,
+	}
+	return rp
+}
+
+func singleJoin(a, b string) string {
+	switch {
+	case len(a) > 0 && a[len(a)-1] == '/' && len(b) > 0 && b[0] == '/':
+		return a + b[1:]
+	case (len(a) == 0 || a[len(a)-1] != '/') && (len(b) == 0 || b[0] != '/'):
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// upstreamError answers a request the upstream could not take: 503 with a
+// Status at once, never a hang (the client going away gets nothing).
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return
+	}
+	verb := "unknown"
+	if st, ok := r.Context().Value(stateKey{}).(*reqState); ok && st.info != nil {
+		verb = boundedVerb(st.info.Verb)
+	}
+	p.metrics.upstream.WithLabelValues(verb).Inc()
+	p.log.Warn("upstream unreachable", "upstream", p.cfg.Upstream.Host, "method", r.Method, "path", r.URL.Path, "err", err)
+	writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
+		"kubedefender: the API server behind this proxy is unreachable: "+err.Error(), time.Second)
+}

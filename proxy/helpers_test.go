@@ -1,0 +1,298 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// testCA is a certificate authority for tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	file string
+}
+
+func newTestCA(t testing.TB, dir, name string) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("failed to create CA: %v", err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".crt")}
+	writePEM(t, ca.file, "CERTIFICATE", der)
+	return ca
+}
+
+func writePEM(t testing.TB, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatalf("failed to write %s: %v", path, err)
+	}
+}
+
+// issue signs a leaf; client leaves carry groups as organizations. It
+// returns the pair's files and the tls.Certificate.
+func (ca *testCA) issue(t testing.TB, dir, cn string, groups []string, server bool) (certFile, keyFile string, pair tls.Certificate) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn, Organization: groups},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		tmpl.DNSNames = []string{"localhost"}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatalf("failed to issue %s: %v", cn, err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
+	writePEM(t, certFile, "CERTIFICATE", der)
+	writePEM(t, keyFile, "EC PRIVATE KEY", kder)
+	pair, err = tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatalf("failed to load %s: %v", cn, err)
+	}
+	return certFile, keyFile, pair
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// staticPolicy is a PolicySource a test pushes new policies into.
+type staticPolicy struct {
+	mu   sync.Mutex
+	cur  *policy.Compiled
+	subs []func(*policy.Compiled)
+}
+
+func (s *staticPolicy) Current() *policy.Compiled {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+func (s *staticPolicy) Subscribe(fn func(*policy.Compiled)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subs = append(s.subs, fn)
+}
+
+func (s *staticPolicy) push(c *policy.Compiled) {
+	s.mu.Lock()
+	s.cur = c
+	subs := append([]func(*policy.Compiled){}, s.subs...)
+	s.mu.Unlock()
+	for _, fn := range subs {
+		fn(c)
+	}
+}
+
+func mustPolicy(t testing.TB, yaml string) *policy.Compiled {
+	t.Helper()
+	c, err := policy.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatalf("failed to parse the test policy: %v", err)
+	}
+	return c
+}
+
+// env is a proxy in front of a test upstream, with its PKI.
+type env struct {
+	dir        string
+	clientCA   *testCA
+	frontCA    *testCA
+	serverCA   *testCA
+	upstream   *httptest.Server
+	proxyURL   string
+	proxy      *Proxy
+	policy     *staticPolicy
+	engine     *limiter.Engine
+	logs       *syncBuffer
+	registry   *prometheus.Registry
+	cancel     context.CancelFunc
+	served     chan error
+	upstreamMu sync.Mutex
+	// lastUpstream is the last request the upstream saw.
+	lastUpstream *http.Request
+}
+
+type envOptions struct {
+	policy   string
+	mode     AuthMode
+	upstream http.Handler
+	tokens   map[string]string // token -> user (TokenReview answers)
+	budgets  bool
+	maxWait  time.Duration
+	noFront  bool
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+const basePolicy = `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: test}
+spec:
+  rateLimits:
+  - name: flood-gets
+    match: {verbs: [get, list], resources: ["*"], userAgents: ["^flood/"]}
+    per: [user, userAgent]
+    qps: 1
+    burst: 2
+  priorityLevels:
+  - {name: exempt, exempt: true}
+  - {name: workload, shares: 1, queues: 4, handSize: 2, queueLengthLimit: 2}
+  - {name: catch-all, shares: 1, queues: 8, handSize: 2, queueLengthLimit: 50}
+  flowSchemas:
+  - {name: masters, precedence: 100, priorityLevel: exempt, match: {groups: ["system:masters"]}}
+  - {name: slow, precedence: 200, priorityLevel: workload, match: {userAgents: ["^slow/"]}}
+  concurrency: 2
+`
+
+func newEnv(t testing.TB, o envOptions) *env {
+	t.Helper()
+	dir := t.TempDir()
+	e := &env{dir: dir, logs: &syncBuffer{}, registry: prometheus.NewRegistry()}
+	e.clientCA = newTestCA(t, dir, "client-ca")
+	e.frontCA = newTestCA(t, dir, "front-proxy-ca")
+	e.serverCA = newTestCA(t, dir, "server-ca")
+	if o.policy == "" {
+		o.policy = basePolicy
+	}
+	if o.mode == "" {
+		o.mode = AuthFrontProxy
+	}
+	if o.upstream == nil {
+		o.upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"kind":"Status","status":"Success"}`))
+		})
+	}
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.upstreamMu.Lock()
+		e.lastUpstream = r.Clone(context.Background())
+		e.upstreamMu.Unlock()
+		o.upstream.ServeHTTP(w, r)
+	}))
+	_, _, upPair := e.serverCA.issue(t, dir, "upstream", nil, true)
+	up.TLS = &tls.Config{Certificates: []tls.Certificate{upPair}, ClientAuth: tls.RequestClientCert}
+	up.EnableHTTP2 = true
+	up.StartTLS()
+	t.Cleanup(up.Close)
+	e.upstream = up
+
+	servingCert, servingKey, _ := e.serverCA.issue(t, dir, "proxy", nil, true)
+	e.policy = &staticPolicy{cur: mustPolicy(t, o.policy)}
+	eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: e.policy.cur})
+	if err != nil {
+		t.Fatalf("failed to build the engine: %v", err)
+	}
+	e.policy.Subscribe(eng.SetPolicy)
+	e.engine = eng
+	u, _ := url.Parse(up.URL)
+	cfg := Config{
+		Upstream: u, UpstreamCAFile: e.serverCA.file, TLSCertFile: servingCert, TLSKeyFile: servingKey,
+		AuthMode: o.mode, ClientCAFile: e.clientCA.file, Engine: eng, Policy: e.policy, BudgetsAtProxy: o.budgets,
+		MaxQueueWait: o.maxWait, Registerer: e.registry,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if !o.noFront {
+		cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, _ = e.frontCA.issue(t, dir, "front-proxy-client", nil, false)
+	}
+	if o.tokens != nil {
+		cfg.TokenReviewClient = tokenReviewServer(t, o.tokens)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatalf("failed to build the proxy: %v", err)
+	}
+	e.proxy = p
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("failed to listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel, e.served = cancel, make(chan error, 1)
+	go func() { e.served <- p.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-e.served
+	})
+	e.proxyURL = "https://" + ln.Addr().String()
+	return e
+}
+
+// client returns an HTTP client trusting the proxy, presenting pair if given.
+func (e *env) client(pair *tls.Certificate, h2 bool) *http.Client {
+	tc := &tls.Config{RootCAs: e.serverCA.pool(), MinVersion: tls.VersionTLS12}
+	if pair != nil {
+		tc.Certificates = []tls.Certificate{*pair}
+	}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: h2, MaxIdleConnsPerHost: 100}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func (e *env) userCert(t testing.TB, user string, groups ...string) *tls.Certificate {
+	t.Helper()
+	_, _, pair := e.clientCA.issue(t, e.dir, user, groups, false)
+	return &pair
+}
+
+func (e *env) upstreamSaw() *http.Request {
+	e.upstreamMu.Lock()
+	defer e.upstreamMu.Unlock()
+	return e.lastUpstream
+}

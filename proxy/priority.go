@@ -1,0 +1,297 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	fq "k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing"
+	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
+	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/queueset"
+	fcmetrics "k8s.io/apiserver/pkg/util/flowcontrol/metrics"
+	fcrequest "k8s.io/apiserver/pkg/util/flowcontrol/request"
+
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// priorityLevels holds one queue set per non-exempt priority level of the
+// running policy. Requests read the current set of levels without a lock;
+// setPolicy builds the next set to the side and swaps it in.
+type priorityLevels struct {
+	factory fq.QueueSetFactory
+	clock   eventclock.Interface
+	maxWait time.Duration
+	metrics *metrics
+	log     *slog.Logger
+
+	mu    sync.Mutex // serialises setPolicy
+	state atomic.Pointer[levelsState]
+	// all keeps every queue set ever built, by level name, so that a level
+	// that comes back after a reload reuses its queue set (and its queued
+	// requests are never stranded).
+	all map[string]*level
+}
+
+type levelsState struct {
+	policy *policy.Compiled
+	levels map[string]*level // empty: the policy has no priority levels
+}
+
+// level is one priority level. A non-exempt level has a queue set; its
+// fields other than qs are read-only after the level is published.
+type level struct {
+	name   string
+	exempt bool
+	seats  int
+	qs     fq.QueueSet
+}
+
+func newPriorityLevels(clk eventclock.Interface, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
+	if maxWait <= 0 {
+		return nil, errors.New("failed to build priority levels: the maximum queue wait must be positive")
+	}
+	return &priorityLevels{factory: queueset.NewQueueSetFactory(clk), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
+}
+
+// seatsFor splits concurrency among the non-exempt levels by shares, as the
+// API server does: ceil(concurrency*shares/sum), at least one seat each.
+func seatsFor(spec *policy.Spec) map[string]int {
+	sum := 0
+	for _, l := range spec.PriorityLevels {
+		if !l.Exempt {
+			sum += shares(l)
+		}
+	}
+	out := map[string]int{}
+	for _, l := range spec.PriorityLevels {
+		if l.Exempt || sum == 0 {
+			continue
+		}
+		n := (spec.Concurrency*shares(l) + sum - 1) / sum
+		out[l.Name] = max(n, 1)
+	}
+	return out
+}
+
+func shares(l policy.PriorityLevel) int {
+	if l.Shares <= 0 {
+		return policy.DefaultShares
+	}
+	return l.Shares
+}
+
+// setPolicy reconfigures the levels for c. An existing queue set is
+// reconfigured in place, keeping its queued and executing requests; a new
+// level gets a new queue set. Nothing is swapped in unless every level
+// configures.
+func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	spec := &c.Policy.Spec
+	seats := seatsFor(spec)
+	type change struct {
+		lvl *level
+		qsc fq.QueueSetCompleter
+		dc  fq.DispatchingConfig
+	}
+	var changes []change
+	next := map[string]*level{}
+	for _, l := range spec.PriorityLevels {
+		if l.Exempt {
+			next[l.Name] = &level{name: l.Name, exempt: true}
+			continue
+		}
+		qc := fq.QueuingConfig{Name: l.Name, DesiredNumQueues: l.Queues, QueueLengthLimit: l.QueueLengthLimit, HandSize: l.HandSize}
+		if qc.DesiredNumQueues == 0 {
+			qc.DesiredNumQueues = policy.DefaultQueues
+		}
+		if qc.HandSize == 0 {
+			qc.HandSize = min(policy.DefaultHandSize, qc.DesiredNumQueues)
+		}
+		if qc.QueueLengthLimit == 0 {
+			qc.QueueLengthLimit = policy.DefaultQueueLengthLimit
+		}
+		dc := fq.DispatchingConfig{ConcurrencyLimit: seats[l.Name], ConcurrencyDenominator: seats[l.Name]}
+		var (
+			qsc fq.QueueSetCompleter
+			err error
+		)
+		old := pl.all[l.Name]
+		if old != nil {
+			qsc, err = old.qs.BeginConfigChange(qc)
+		} else {
+			qsc, err = pl.factory.BeginConstruction(qc, pl.gauges(l.Name), gaugeFor(pl.metrics.executing, l.Name), noopGauge{})
+		}
+		if err != nil {
+			return fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
+		}
+		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit}
+		if old != nil {
+			lvl.qs = old.qs
+		}
+		next[l.Name] = lvl
+		changes = append(changes, change{lvl: lvl, qsc: qsc, dc: dc})
+	}
+	for _, ch := range changes {
+		ch.lvl.qs = ch.qsc.Complete(ch.dc)
+		pl.all[ch.lvl.name] = ch.lvl
+		pl.metrics.seats.WithLabelValues(ch.lvl.name).Set(float64(ch.lvl.seats))
+	}
+	for name := range pl.all {
+		if _, ok := next[name]; !ok {
+			// Gone from the policy: its queue set drains the requests it holds
+			// and takes no more; a later policy with the name reuses it.
+			pl.metrics.seats.WithLabelValues(name).Set(0)
+		}
+	}
+	pl.state.Store(&levelsState{policy: c, levels: next})
+	return nil
+}
+
+func (pl *priorityLevels) gauges(name string) fcmetrics.RatioedGaugePair {
+	return fcmetrics.RatioedGaugePair{
+		RequestsWaiting:   gaugeFor(pl.metrics.waiting, name),
+		RequestsExecuting: noopGauge{},
+	}
+}
+
+// WithPriorityLevels puts each request through its priority level: the first
+// flow schema that matches (by precedence) names the level, the catch-all
+// level otherwise. Exempt levels and a policy without levels pass straight
+// on. A full queue or a wait longer than the maximum answers 429.
+func WithPriorityLevels(pl *priorityLevels, next http.Handler) http.Handler {
+	if pl == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := pl.state.Load()
+		if len(s.levels) == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		st := stateOf(r)
+		fsName, levelName, dist := "", policy.CatchAll, ""
+		if fs := s.policy.FlowSchemaFor(&st.attrs.Attributes); fs != nil {
+			fsName, levelName = fs.Name, fs.PriorityLevel
+			if fs.Distinguisher == policy.DistinguisherByNamespace {
+				dist = st.attrs.Namespace
+			} else {
+				dist = st.attrs.User
+			}
+		} else {
+			dist = st.attrs.User
+		}
+		lvl := s.levels[levelName]
+		st.level = levelName
+		if lvl == nil || lvl.exempt {
+			next.ServeHTTP(w, r)
+			return
+		}
+		pl.serve(w, r, st, lvl, fsName, dist, next)
+	})
+}
+
+var oneSeat = fcrequest.WorkEstimate{InitialSeats: 1}
+
+func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, fsName, dist string, next http.Handler) {
+	waitCtx, cancel := context.WithTimeout(r.Context(), pl.maxWait)
+	defer cancel()
+	arrived := pl.clock.Now()
+	req, _ := lvl.qs.StartRequest(waitCtx, &oneSeat, flowHash(fsName, dist), dist, fsName, st.info, nil, nil)
+	if req == nil {
+		pl.reject(w, st, lvl, "queue-full",
+			fmt.Sprintf("kubedefender: priority level %q is full: its queues hold as many requests as they may; retry shortly", lvl.name))
+		return
+	}
+	if !st.longRunning {
+		executed := false
+		req.Finish(func() {
+			executed = true
+			st.queueWait = pl.clock.Since(arrived)
+			pl.metrics.wait.WithLabelValues(lvl.name).Observe(st.queueWait.Seconds())
+			next.ServeHTTP(w, r)
+		})
+		if !executed {
+			pl.timedOut(w, r, st, lvl, arrived)
+		}
+		return
+	}
+	// A long-running request holds its seat only until its response starts:
+	// Finish runs in a goroutine whose execute function returns (freeing the
+	// seat) when the response starts or the handler returns.
+	granted, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		req.Finish(func() {
+			close(granted)
+			<-release
+		})
+	}()
+	select {
+	case <-granted:
+	case <-done:
+		pl.timedOut(w, r, st, lvl, arrived)
+		return
+	}
+	st.queueWait = pl.clock.Since(arrived)
+	pl.metrics.wait.WithLabelValues(lvl.name).Observe(st.queueWait.Seconds())
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	st.setOnStart(free)
+	defer free()
+	next.ServeHTTP(w, r)
+}
+
+func (pl *priorityLevels) timedOut(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, arrived time.Time) {
+	pl.metrics.wait.WithLabelValues(lvl.name).Observe(pl.clock.Since(arrived).Seconds())
+	if r.Context().Err() != nil {
+		return // the client went away while queued
+	}
+	pl.reject(w, st, lvl, "time-out",
+		fmt.Sprintf("kubedefender: request waited %s in priority level %q without getting a seat; retry shortly", pl.maxWait, lvl.name))
+}
+
+func (pl *priorityLevels) reject(w http.ResponseWriter, st *reqState, lvl *level, reason, msg string) {
+	pl.metrics.rejections.WithLabelValues("priorityLevel", lvl.name, reason).Inc()
+	writeStatus(w, http.StatusTooManyRequests, "TooManyRequests", msg, time.Second)
+}
+
+// flowHash is FNV-1a over the flow schema name and the distinguisher: the
+// flow identity shuffle sharding deals a hand for.
+func flowHash(fsName, dist string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(fsName); i++ {
+		h = (h ^ uint64(fsName[i])) * prime
+	}
+	h = (h ^ 0) * prime
+	for i := 0; i < len(dist); i++ {
+		h = (h ^ uint64(dist[i])) * prime
+	}
+	return h
+}
+
+// gauge adapts a Prometheus gauge to the queue set's RatioedGauge; the
+// denominator is not needed (seats are their own metric).
+type gauge struct{ prometheus.Gauge }
+
+func (gauge) SetDenominator(float64) {}
+
+func gaugeFor(v *prometheus.GaugeVec, name string) fcmetrics.RatioedGauge {
+	return gauge{v.WithLabelValues(name)}
+}
+
+type noopGauge struct{}
+
+func (noopGauge) Set(float64)            {}
+func (noopGauge) Inc()                   {}
+func (noopGauge) Dec()                   {}
+func (noopGauge) Add(float64)            {}
+func (noopGauge) SetToCurrentTime()      {}
+func (noopGauge) SetDenominator(float64) {}

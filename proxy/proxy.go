@@ -1,0 +1,388 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// AuthMode says how the proxy treats client credentials.
+type AuthMode string
+
+// Auth modes (the --auth-mode values).
+const (
+	// AuthFrontProxy authenticates clients and forwards their identity with
+	// X-Remote-* headers over the front-proxy client certificate.
+	AuthFrontProxy AuthMode = "front-proxy"
+	// AuthPassthrough forwards credentials untouched.
+	AuthPassthrough AuthMode = "passthrough"
+)
+
+// PolicySource gives the running policy and tells of new ones.
+// *policy.Watcher implements it.
+type PolicySource interface {
+	Current() *policy.Compiled
+	// Subscribe registers fn to be called with each new policy.
+	Subscribe(fn func(*policy.Compiled))
+}
+
+// Config configures a Proxy. File paths are read by New (and the serving and
+// front-proxy pairs again whenever they change on disk).
+type Config struct {
+	// Upstream is the API server, https://host:port; required.
+	Upstream *url.URL
+	// UpstreamCAFile verifies the upstream's serving certificate; empty uses
+	// the system roots.
+	UpstreamCAFile string
+	// UpstreamServerName overrides the name checked in the upstream certificate.
+	UpstreamServerName string
+
+	// Listen is the address Run serves on, e.g. ":6443".
+	Listen string
+	// TLSCertFile and TLSKeyFile are the serving pair; reloaded on rotation.
+	// Required by Run (Handler works without them).
+	TLSCertFile, TLSKeyFile string
+
+	// AuthMode is front-proxy (default) or passthrough.
+	AuthMode AuthMode
+	// ClientCAFile verifies client certificates (reloaded when it changes).
+	// Required in front-proxy mode.
+	ClientCAFile string
+	// FrontProxyCertFile and FrontProxyKeyFile are the client pair the proxy
+	// presents upstream when it forwards identity headers (CN must be one of
+	// the API server's --requestheader-allowed-names). Required in
+	// front-proxy mode; optional in passthrough (cert users need it).
+	FrontProxyCertFile, FrontProxyKeyFile string
+	// TokenReviewClient authenticates bearer tokens; nil ignores tokens.
+	TokenReviewClient authenticationv1client.AuthenticationV1Interface
+	// TokenCacheTTL is how long a TokenReview answer is reused; default 10s.
+	TokenCacheTTL time.Duration
+
+	// Engine judges rate limits, breakers and budgets; required.
+	Engine *limiter.Engine
+	// Policy gives the priority levels and flow schemas and their reloads;
+	// required.
+	Policy PolicySource
+	// BudgetsAtProxy charges budgets here (no webhook deployed); otherwise the
+	// proxy only rejects requests whose budget key has an open breaker.
+	BudgetsAtProxy bool
+
+	// MaxQueueWait bounds a request's wait in a priority level queue; default 15s.
+	MaxQueueWait time.Duration
+	// ResponseHeaderTimeout bounds the wait for the upstream's response
+	// headers (long-running requests get theirs at once); default 75s.
+	ResponseHeaderTimeout time.Duration
+	// DialTimeout bounds connecting to the upstream; default 5s.
+	DialTimeout time.Duration
+	// ShutdownTimeout is how long Run lets in-flight requests finish; default 15s.
+	ShutdownTimeout time.Duration
+
+	// Logger receives the proxy's logs; nil discards. Bearer tokens never
+	// reach it.
+	Logger *slog.Logger
+	// Registerer takes the proxy metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Clock drives queue waits and fair-queuing virtual time; nil is real time.
+	Clock eventclock.Interface
+}
+
+// Proxy is the reverse proxy. Build it with New; serve it with Run or mount
+// Handler in a server of your own.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	clock     eventclock.Interface
+	metrics   *metrics
+	auth      authenticator.Request
+	clientCA  *dynamiccertificates.DynamicFileCAContent
+	serving   *keyPair
+	frontCert *keyPair
+	levels    *priorityLevels
+	forward   http.Handler
+	// upstreamTransport is the plain one; frontTransport presents the
+	// front-proxy certificate.
+	upstreamTransport, frontTransport *http.Transport
+	handler                           http.Handler
+}
+
+// New builds a Proxy from cfg and subscribes it to policy reloads.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	p := &Proxy{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, metrics: newMetrics()}
+	if cfg.Registerer != nil {
+		if err := p.metrics.register(cfg.Registerer); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.TLSCertFile != "" {
+		kp, err := newKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile, p.log.With("pair", "serving"))
+		if err != nil {
+			return nil, err
+		}
+		p.serving = kp
+	}
+	if cfg.FrontProxyCertFile != "" {
+		kp, err := newKeyPair(cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, p.log.With("pair", "front-proxy"))
+		if err != nil {
+			return nil, err
+		}
+		p.frontCert = kp
+	}
+	if err := p.buildAuthenticator(); err != nil {
+		return nil, err
+	}
+	if err := p.buildTransports(); err != nil {
+		return nil, err
+	}
+	levels, err := newPriorityLevels(p.clock, cfg.MaxQueueWait, p.metrics, p.log)
+	if err != nil {
+		return nil, err
+	}
+	p.levels = levels
+	if err := p.levels.setPolicy(cfg.Policy.Current()); err != nil {
+		return nil, err
+	}
+	cfg.Policy.Subscribe(p.SetPolicy)
+	p.forward = p.newForwarder()
+	p.handler = p.buildChain()
+	return p, nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Upstream == nil || c.Upstream.Scheme != "https" || c.Upstream.Host == "" {
+		errs = append(errs, errors.New("upstream: want an https://host:port URL"))
+	}
+	if c.Engine == nil {
+		errs = append(errs, errors.New("engine is required"))
+	}
+	if c.Policy == nil {
+		errs = append(errs, errors.New("policy source is required"))
+	}
+	switch c.AuthMode {
+	case "", AuthFrontProxy:
+		if c.ClientCAFile == "" && c.TokenReviewClient == nil {
+			errs = append(errs, errors.New("front-proxy mode needs a client CA file or a TokenReview client to authenticate anyone"))
+		}
+		if c.FrontProxyCertFile == "" || c.FrontProxyKeyFile == "" {
+			errs = append(errs, errors.New("front-proxy mode needs the front-proxy client certificate and key"))
+		}
+	case AuthPassthrough:
+	default:
+		errs = append(errs, fmt.Errorf("auth mode %q: want %s or %s", c.AuthMode, AuthFrontProxy, AuthPassthrough))
+	}
+	if (c.FrontProxyCertFile == "") != (c.FrontProxyKeyFile == "") {
+		errs = append(errs, errors.New("the front-proxy certificate and key go together"))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("the serving certificate and key go together"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("failed to configure the proxy: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func (c *Config) defaults() {
+	if c.AuthMode == "" {
+		c.AuthMode = AuthFrontProxy
+	}
+	if c.TokenCacheTTL <= 0 {
+		c.TokenCacheTTL = 10 * time.Second
+	}
+	if c.MaxQueueWait <= 0 {
+		c.MaxQueueWait = 15 * time.Second
+	}
+	if c.ResponseHeaderTimeout <= 0 {
+		c.ResponseHeaderTimeout = 75 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = eventclock.Real{}
+	}
+}
+
+// SetPolicy reconfigures the priority levels for a new policy; queued
+// requests stay queued. New subscribes it to Config.Policy; the engine is
+// reloaded by its own subscription.
+func (p *Proxy) SetPolicy(c *policy.Compiled) {
+	if err := p.levels.setPolicy(c); err != nil {
+		p.log.Error("failed to reconfigure priority levels; the previous ones stay", "policy", c.Hash, "err", err)
+	}
+}
+
+// Handler returns the whole chain: what Run serves.
+func (p *Proxy) Handler() http.Handler { return p.handler }
+
+// buildChain writes the order of the filters once. Outermost first:
+// instrumentation sees every answer, including the proxy's own rejections;
+// header hygiene runs before anything reads identity; authentication before
+// anything keyed on the user; attributes before the limits that match on
+// them; cheap limit rejections before queuing, so a rejected request never
+// holds a queue slot; the priority levels last, right before forwarding, so
+// a seat is held only while the upstream works.
+func (p *Proxy) buildChain() http.Handler {
+	var h http.Handler = p.forward
+	h = WithPriorityLevels(p.levels, h)
+	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics, Logger: p.log}, h)
+	h = WithRequestAttributes(h)
+	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
+	h = WithHeaderHygiene(h)
+	h = WithInstrumentation(p.metrics, p.clock, h)
+	return p.withHealth(h)
+}
+
+// Run serves the proxy on cfg.Listen with TLS until ctx is done, then shuts
+// down gracefully within ShutdownTimeout.
+func (p *Proxy) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", p.cfg.Listen, err)
+	}
+	return p.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener of the caller's (tests use port 0).
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	if p.serving == nil {
+		_ = ln.Close()
+		return errors.New("failed to serve: no serving certificate configured")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.clientCA != nil {
+		go p.clientCA.Run(ctx, 1)
+	}
+	srv := p.newServer()
+	p.log.Info("proxy serving", "addr", ln.Addr().String(), "upstream", p.cfg.Upstream.String(), "authMode", string(p.cfg.AuthMode),
+		"budgetsAt", map[bool]string{true: "proxy", false: "webhook"}[p.cfg.BudgetsAtProxy])
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("failed to serve the proxy: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+	defer scancel()
+	err := srv.Shutdown(sctx)
+	p.upstreamTransport.CloseIdleConnections()
+	p.frontTransport.CloseIdleConnections()
+	if err != nil {
+		// Hijacked and long-running connections do not end by themselves.
+		_ = srv.Close()
+	}
+	return nil
+}
+
+// newServer returns the HTTP server: TLS with the reloading serving pair,
+// client certificates requested (the authenticator verifies them, so a
+// rotated client CA applies without a restart), HTTP/2 and HTTP/1.1, no
+// write timeout (watches and exec streams last), a header read timeout and
+// an idle timeout.
+func (p *Proxy) newServer() *http.Server {
+	return &http.Server{
+		Handler: p.handler,
+		TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.serving.current() },
+			ClientAuth:     tls.RequestClientCert,
+			NextProtos:     []string{"h2", "http/1.1"},
+		},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// withHealth answers /kubedefender/healthz and /kubedefender/readyz on the
+// proxy listener itself (no authentication); everything else goes on.
+func (p *Proxy) withHealth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/kubedefender/healthz":
+			_, _ = w.Write([]byte("ok"))
+		case "/kubedefender/readyz":
+			p.Readyz().ServeHTTP(w, r)
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// Readyz answers 200 when the upstream answers its /readyz through the
+// proxy's own connection, 503 otherwise. Mount it on the metrics listener.
+func (p *Proxy) Readyz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := p.checkUpstream(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+}
+
+func (p *Proxy) checkUpstream(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	u := *p.cfg.Upstream
+	u.Path = "/readyz"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return fmt.Errorf("failed to build the upstream probe: %w", err)
+	}
+	resp, err := p.upstreamTransport.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("failed to reach the upstream: %w", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("failed to get a ready upstream: /readyz answered %s", resp.Status)
+	}
+	return nil
+}
+
+func (p *Proxy) upstreamTLS() (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: p.cfg.UpstreamServerName}
+	if p.cfg.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(p.cfg.UpstreamCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read the upstream CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("failed to parse the upstream CA %s: no PEM certificate", p.cfg.UpstreamCAFile)
+		}
+		c.RootCAs = pool
+	}
+	return c, nil
+}
