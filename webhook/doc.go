@@ -31,6 +31,16 @@
 // Shadow-mode rules that would have denied add warnings (kubectl prints them)
 // and the request is allowed.
 //
+// # One delete, one token
+//
+// The API server may validate one DELETE several times (the graceful-deletion
+// update, the storage delete, and a retry whenever its cached copy of the
+// object was stale), each time with a new request UID: against kube-apiserver
+// 1.37 a plain pod delete arrives three times. The handler remembers the
+// objects (oldObject.metadata.uid) whose deletion it charged in the last two
+// minutes and admits repeats without charging them again (result "repeat").
+// The memory is per replica; see chargeMemo.
+//
 // # Exemptions: what the webhook never charges
 //
 // Some requests must keep working for an operator to recover, whatever the
@@ -69,7 +79,9 @@
 //   - requests_total{operation,result}: operation is the admission operation
 //     (CREATE, UPDATE, DELETE, CONNECT, or "" for a request that could not be
 //     decoded); result is allowed, denied, shadow (allowed with warnings),
-//     exempt, timeout, bad_request or error (a recovered panic);
+//     exempt, ignored (no budget verb describes it), repeat (a repeated
+//     validation of a delete already charged), timeout, bad_request or error
+//     (a recovered panic);
 //   - request_duration_seconds{operation}: from the body being read to the
 //     response being written;
 //   - certificate_reloads_total{result}: success or failure.

@@ -76,8 +76,16 @@ type Handler struct {
 	maxBody      int64
 	log          *slog.Logger
 	metrics      *metrics
+	memo         *chargeMemo
 	chain        http.Handler
 }
+
+// Repeated validations of one delete are recognised for this long (longer
+// than the API server's 60s request timeout), for up to this many objects.
+const (
+	memoTTL = 2 * time.Minute
+	memoMax = 200_000
+)
 
 // NewHandler builds the webhook's HTTP handler.
 func NewHandler(cfg Config) (*Handler, error) {
@@ -103,6 +111,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		maxBody:      cfg.MaxBodyBytes,
 		log:          cfg.Logger,
 		metrics:      newMetrics(),
+		memo:         newChargeMemo(memoTTL, memoMax),
 	}
 	if cfg.Registerer != nil {
 		if err := h.metrics.register(cfg.Registerer); err != nil {
@@ -204,6 +213,11 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
 	}
+	objUID := req.OldObject.Metadata.UID
+	if a.Verb == "delete" && objUID != "" && !a.DryRun && h.memo.charged(objUID, time.Now()) {
+		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
+	}
 	d, ok := h.decide(ctx, a)
 	if !ok {
 		h.log.Error("decision timed out; the request is admitted unjudged", "uid", req.UID, "timeout", h.timeout,
@@ -212,6 +226,11 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 			fmt.Sprintf("kubedefender could not judge this request within %s; it was admitted without being charged", h.timeout),
 		}}, ResultTimeout
 	}
+	if d.Allowed && a.Verb == "delete" && objUID != "" && !a.DryRun {
+		h.memo.remember(objUID, time.Now())
+	}
+	h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
+		"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)
 	return h.answer(req, a, &d)
 }
 

@@ -36,6 +36,12 @@ type request struct {
 	Operation   admissionv1.Operation       `json:"operation"`
 	UserInfo    userInfo                    `json:"userInfo"`
 	DryRun      *bool                       `json:"dryRun"`
+	// OldObject is read for its UID only: a DELETE's object.
+	OldObject struct {
+		Metadata struct {
+			UID types.UID `json:"uid"`
+		} `json:"metadata"`
+	} `json:"oldObject"`
 }
 
 type userInfo struct {

@@ -103,6 +103,10 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer scancel()
 	err := s.srv.Shutdown(sctx)
+	if err != nil {
+		// Connections still busy after the grace period are cut.
+		_ = s.srv.Close()
+	}
 	<-serveErr
 	if certRunning {
 		<-certErr

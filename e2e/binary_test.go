@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/pki"
+)
+
+// buildKubedefender builds the kubedefender binary into a temporary directory.
+func buildKubedefender(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "kubedefender")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/kubedefender")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("failed to build kubedefender: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// kd runs the kubedefender binary to completion, failing t on error.
+func kd(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kubedefender %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errOut.String())
+	}
+	return out.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("failed to find a free port: %v", err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// scrape returns the value of the metric line that starts with series
+// (name{labels}), or -1 when there is none.
+func scrape(ctx context.Context, url, series string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return -1, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return -1, sc.Err()
+}
+
+func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
+	// Given the kubedefender binary, certificates from `certs generate`, and a budget of 5 pod deletes
+	bin := buildKubedefender(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	kd(t, bin, "certs", "generate", "--ip", "127.0.0.1", "--dns", "localhost", "--out-dir", certs, "--write-ca-key")
+	policyFile := filepath.Join(dir, "policy.yaml")
+	writePolicy(t, policyFile, budgetPolicy("binary", manualBreaker, 5, "1m"))
+	webhookPort, metricsPort := freePort(t), freePort(t)
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
+
+	// When `kubedefender serve` runs and `kubedefender webhook config --apply` registers it
+	logFile := filepath.Join(dir, "serve.log")
+	logf, err := os.Create(logFile)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	serve := exec.Command(bin, "serve", "--policy", policyFile,
+		"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", webhookPort), "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", metricsPort),
+		"--tls-cert-file", filepath.Join(certs, pki.CertFile), "--tls-private-key-file", filepath.Join(certs, pki.KeyFile), "--log-format", "text")
+	serve.Stdout, serve.Stderr = logf, logf
+	serve.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := serve.Start(); err != nil {
+		t.Fatalf("failed to start kubedefender serve: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-serve.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = serve.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-serve.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		_ = logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("kubedefender serve log:\n%s", b)
+		}
+	})
+	framework.Eventually(t, 20*time.Second, "kubedefender serve to be ready", func(ctx context.Context) (bool, error) {
+		v, err := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_requests_total{operation="DELETE",result="allowed"}`)
+		return v >= 0, err
+	})
+	out := kd(t, bin, "webhook", "config", "--policy", policyFile, "--name", "kd-binary",
+		"--url", fmt.Sprintf("https://127.0.0.1:%d/validate", webhookPort), "--ca-bundle-file", filepath.Join(certs, pki.CACertFile),
+		"--failure-policy", "Fail", "--namespace-selector", scenarioLabel+"=binary", "--apply", "--kubeconfig", cp.AdminKubeconfig)
+	if !strings.Contains(out, "validatingwebhookconfiguration.admissionregistration.k8s.io/kd-binary applied") {
+		t.Errorf("webhook config --apply printed %q", out)
+	}
+	const ns = "binary"
+	createNamespace(t, cp, ns, "binary")
+	createPods(t, cp.Client, ns, "web", 8)
+	framework.Eventually(t, 30*time.Second, "the API server to call kubedefender serve", func(ctx context.Context) (bool, error) {
+		_ = cp.Client.CoreV1().Pods(ns).Delete(ctx, "web-0", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
+		v, err := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_requests_total{operation="DELETE",result="allowed"}`)
+		return v > 0, err
+	})
+
+	// And someone runs kubectl delete pods --all on 8 pods
+	stdout, stderr, _ := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
+
+	// Then 5 are deleted, 3 denied with the message, and /metrics counts the 3 denials
+	if got := strings.Count(stdout, "deleted"); got != 5 {
+		t.Errorf("kubectl reported %d deletions, want 5:\n%s\n%s", got, stdout, stderr)
+	}
+	if !strings.Contains(stderr, `budget "pod-deletes" (key namespace=binary)`) {
+		t.Errorf("kubectl stderr lacks the denial:\n%s", stderr)
+	}
+	if n := countPods(t, cp.Client, ns); n != 3 {
+		t.Errorf("%d pods left, want 3", n)
+	}
+	ctx := context.Background()
+	if v, err := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_requests_total{operation="DELETE",result="denied"}`); err != nil || v != 3 {
+		t.Errorf("denied = %v (err %v), want 3", v, err)
+	}
+
+	// When the serving pair is rotated under the same CA
+	kd(t, bin, "certs", "generate", "--ip", "127.0.0.1", "--dns", "localhost", "--out-dir", certs,
+		"--ca-cert", filepath.Join(certs, pki.CACertFile), "--ca-key", filepath.Join(certs, pki.CAKeyFile))
+	newPEM, err := os.ReadFile(filepath.Join(certs, pki.CertFile))
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+
+	// Then the webhook serves the new certificate without a restart
+	framework.Eventually(t, 15*time.Second, "the rotated certificate to be served", func(context.Context) (bool, error) {
+		served, err := servedCert(fmt.Sprintf("127.0.0.1:%d", webhookPort), filepath.Join(certs, pki.CACertFile))
+		if err != nil {
+			return false, err
+		}
+		return bytes.Contains(newPEM, []byte(strings.TrimSpace(served))), nil
+	})
+	if v, _ := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_certificate_reloads_total{result="success"}`); v != 1 {
+		t.Errorf("certificate reloads = %v, want 1", v)
+	}
+}
+
+// servedCert handshakes with addr, verifying against caFile, and returns the
+// leaf certificate in PEM.
+func servedCert(addr, caFile string) (string, error) {
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return "", err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = conn.Close() }()
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	return string(pemEncode(leaf.Raw)), nil
+}
+
+func pemEncode(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
