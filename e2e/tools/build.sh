@@ -128,7 +128,7 @@ trap 'rm -rf "${staging}"' EXIT
 chmod 755 "${staging}"
 mkdir -p "${staging}/bin"
 
-export GOWORK=off GOFLAGS="-mod=mod" CGO_ENABLED=0
+export GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
 start=${SECONDS}
 
 log "building etcd ${etcd_version} (under a minute)"
