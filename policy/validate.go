@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"regexp/syntax"
 	"strings"
 
@@ -287,16 +288,12 @@ func validateRateLimit(r *RateLimit, path *field.Path, seen map[string]int, i in
 func validateMatch(m *Match, path *field.Path, verbs []string, userAgents bool) field.ErrorList {
 	var errs field.ErrorList
 	for i, v := range m.Verbs {
-		ok := false
-		for _, k := range verbs {
-			ok = ok || v == k
-		}
-		if ok {
+		if slices.Contains(verbs, v) {
 			continue
 		}
 		p := path.Child("verbs").Index(i)
-		switch {
-		case v == "get" || v == "list" || v == "watch" || v == "patch" || v == "proxy":
+		switch v {
+		case "get", "list", "watch", "patch", "proxy":
 			e := field.NotSupported(p, v, verbs)
 			e.Detail += " (budgets are charged by the admission webhook, which sees create, update (patch arrives as update), delete and evict; use a rateLimit for reads)"
 			errs = append(errs, e)
