@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"math"
 	"regexp"
-	"slices"
 	"regexp/syntax"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
