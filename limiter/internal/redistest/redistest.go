@@ -145,7 +145,7 @@ func (s *Server) start() error {
 		select {
 		case err := <-s.waitErr:
 			s.cmd = nil
-			return fmt.Errorf("redis-server on port %d exited at start (%v); log:\n%s", s.Port, err, s.log())
+			return fmt.Errorf("redis-server on port %d exited at start (%w); log:\n%s", s.Port, err, s.log())
 		default:
 		}
 		if s.ping() == nil {
@@ -179,7 +179,9 @@ func (s *Server) Kill() {
 	}
 	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGCONT)
 	_ = s.cmd.Process.Kill()
-	<-s.waitErr
+	if err := <-s.waitErr; err != nil {
+		s.t.Logf("redistest: redis-server on port %d: %v", s.Port, err) // killed: expected
+	}
 	s.cmd = nil
 }
 
