@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// repoRoot is the repository's top directory (tests run in e2e/).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// TestDeployManifests applies every manifest under deploy/ to a real API
+// server with a server-side dry run, so schema errors, unknown fields and
+// wrong API versions fail here rather than in a cluster.
+func TestDeployManifests(t *testing.T) {
+	root := repoRoot(t)
+	// Given a real API server
+	cp := framework.Start(t, framework.Options{})
+	// And the namespace and the CRD, which namespaced objects and Overrides need to exist even in a dry run
+	for _, f := range []string{"deploy/base/namespace.yaml", "deploy/base/crd-override.yaml"} {
+		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
+		}
+	}
+	framework.Eventually(t, framework.KubectlTimeout, "the Override CRD is established", func(context.Context) (bool, error) {
+		out, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "crd", "overrides.kubedefender.io", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
+		return err == nil && out == "True", nil
+	})
+
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{"the base kustomization applies", []string{"-k", filepath.Join(root, "deploy", "base")}},
+		{"the Redis variant applies", []string{"-k", filepath.Join(root, "deploy", "redis")}},
+		{"the break-glass ClusterRole applies on its own", []string{"-f", filepath.Join(root, "deploy", "base", "rbac-breakglass.yaml")}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// When every object is applied with a server-side dry run
+			args := append([]string{"apply", "--dry-run=server", "--server-side", "--field-manager=e2e"}, tc.args...)
+			out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, args...)
+			// Then the API server accepts each of them
+			if err != nil {
+				t.Fatalf("kubectl %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out, errOut)
+			}
+			if !strings.Contains(out, "(server dry run)") {
+				t.Fatalf("kubectl did not dry-run on the server:\n%s", out)
+			}
+		})
+	}
+
+	t.Run("an Override without a reason is refused by the CRD schema", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.yaml")
+		writeTestFile(t, bad, `apiVersion: kubedefender.io/v1alpha1
+kind: Override
+metadata: {name: no-reason, namespace: kubedefender-system}
+spec:
+  budgets: [pod-deletes]
+  expiresAt: "2030-01-01T00:00:00Z"
+  requestedBy: alice
+`)
+		_, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--dry-run=server", "-f", bad)
+		if err == nil || !strings.Contains(errOut, "spec.reason: Required value") {
+			t.Fatalf("want the schema to require spec.reason; err %v, stderr:\n%s", err, errOut)
+		}
+	})
+}
+
+// TestDeployPolicyValidates checks that the policy shipped in the ConfigMap is
+// a valid policy, and that the alert rules only use metrics that exist.
+func TestDeployPolicyValidates(t *testing.T) {
+	root := repoRoot(t)
+	data, err := os.ReadFile(filepath.Join(root, "deploy", "base", "policy-configmap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(data, &cm); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.Parse("policy-configmap.yaml:data.policy.yaml", []byte(cm.Data["policy.yaml"])); err != nil {
+		t.Fatalf("the shipped policy is invalid:\n%v", err)
+	}
+
+	alerts, err := os.ReadFile(filepath.Join(root, "deploy", "monitoring", "alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`kubedefender_[a-z_]+`).FindAllString(string(alerts), -1) {
+		if !strings.Contains(string(readme), "`"+m+"`") {
+			t.Errorf("alerts.yaml uses %s, which the README's metrics table does not document", m)
+		}
+	}
+}
+
+// TestDockerfile checks the Dockerfile's promises, since no Docker engine runs
+// here to build it: a pinned Go matching go.mod, a static binary, the version
+// baked in, a non-root minimal final stage.
+func TestDockerfile(t *testing.T) {
+	root := repoRoot(t)
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goVersion := regexp.MustCompile(`(?m)^go (\S+)$`).FindStringSubmatch(string(gomod))
+	if goVersion == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	s := string(df)
+	for _, want := range []string{
+		"FROM golang:" + goVersion[1] + "-",
+		"CGO_ENABLED=0",
+		"-X github.com/kubedefender/kubedefender/version.Version=${VERSION}",
+		"FROM gcr.io/distroless/static-debian12:nonroot",
+		"USER 65532:65532",
+		"COPY --from=build /out/kubedefender",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	if n := len(regexp.MustCompile(`(?m)^FROM `).FindAllString(s, -1)); n != 2 || !strings.Contains(s, "AS build") {
+		t.Errorf("want a two-stage build (a build stage and a final stage), got %d FROM lines", n)
+	}
+}
+
+func writeTestFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
