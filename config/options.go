@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Auth modes of the proxy.
@@ -197,6 +199,9 @@ type Config struct {
 	Options  ServeOptions
 	Logger   *slog.Logger
 	Upstream *url.URL
+	// Kube reaches the cluster for TokenReview, Overrides and Events: from
+	// --kubeconfig, else the in-cluster config; nil when neither exists.
+	Kube *rest.Config
 }
 
 // Complete turns validated options into typed configuration.
@@ -215,6 +220,19 @@ func (o *ServeOptions) Complete() (*Config, error) {
 		if c.Upstream, err = url.Parse(o.Upstream); err != nil {
 			return nil, fmt.Errorf("failed to parse --upstream: %w", err)
 		}
+	}
+	switch {
+	case o.Kubeconfig != "":
+		if c.Kube, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig); err != nil {
+			return nil, fmt.Errorf("failed to load --kubeconfig: %w", err)
+		}
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		if c.Kube, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("failed to load the in-cluster config: %w", err)
+		}
+	}
+	if c.Kube != nil {
+		c.Kube.UserAgent = "kubedefender"
 	}
 	return c, nil
 }

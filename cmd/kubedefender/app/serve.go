@@ -16,9 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubedefender/kubedefender/config"
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/override"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/version"
 	"github.com/kubedefender/kubedefender/webhook"
@@ -95,6 +98,15 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		}
 		comps = append(comps, c)
 	}
+	if cfg.Kube != nil {
+		c, err := newOverrideComponent(cfg, engine, reg)
+		if err != nil {
+			return err
+		}
+		comps = append(comps, c)
+	} else {
+		log.Warn("no --kubeconfig and not running in a cluster: break-glass overrides are off")
+	}
 	if cfg.Options.ProxyListen != "" {
 		return errors.New("--proxy-listen: the proxy is not wired into serve yet (issue 4)")
 	}
@@ -110,6 +122,28 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
 	}
 	return runAll(ctx, comps)
+}
+
+// newOverrideComponent watches break-glass Overrides in the policy's
+// breakGlass.namespace and applies them to the engine. A change of that
+// namespace takes effect at the next restart.
+func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
+	dyn, err := dynamic.NewForConfig(cfg.Kube)
+	if err != nil {
+		return component{}, fmt.Errorf("failed to build the override client: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg.Kube)
+	if err != nil {
+		return component{}, fmt.Errorf("failed to build the event client: %w", err)
+	}
+	ctrl, err := override.NewController(override.ControllerConfig{
+		Client: dyn, Events: kube.CoreV1(), Namespace: engine.Policy().Policy.Spec.BreakGlass.Namespace, Engine: engine,
+		Replica: replicaName(), Logger: cfg.Logger.With("component", "breakglass"), Registerer: reg,
+	})
+	if err != nil {
+		return component{}, err
+	}
+	return component{"overrides", ctrl.Run}, nil
 }
 
 // replicaName names this process in status and Events: the pod name when
