@@ -47,29 +47,26 @@ else
   nowS, nowN = tonumber(ARGV[2]), tonumber(ARGV[3])
 end
 local ttlFloor = tonumber(ARGV[4])
+-- Numbers go to redis.call as Lua numbers: Redis prints them exactly
+-- (integers below 2^53), and scores are whole nanoseconds, so "more than x"
+-- is "at least x+1".
 
 local function norm(s, n)
   local q = math.floor(n / E9)
   return s + q, n - q * E9
 end
 local function diff(s1, n1, s2, n2) return (s1 - s2) * E9 + (n1 - n2) end
-local function f0(x) return string.format('%.0f', x) end
+-- window j of check c: length and limit, read from ARGV where they are
+local function wlen(c, j) return tonumber(ARGV[c.p + 2 * j]) end
+local function wlim(c, j) return tonumber(ARGV[c.p + 2 * j + 1]) end
 
 -- load every check
 local cs = {}
 local p = 5
 local n = #KEYS / 2
 for i = 1, n do
-  local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i]}
-  c.shadow = ARGV[p] == '1'
-  local nw = tonumber(ARGV[p + 1])
-  p = p + 2
-  c.wl, c.wn = {}, {}
-  for j = 1, nw do
-    c.wl[j], c.wn[j] = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-    p = p + 2
-  end
-  c.nw = nw
+  local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i], shadow = ARGV[p] == '1', nw = tonumber(ARGV[p + 1]), p = p}
+  p = p + 2 + 2 * c.nw
   c.br, c.manual = ARGV[p] == '1', ARGV[p + 1] == '1'
   c.cd, c.hol = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
   p = p + 4
@@ -82,8 +79,7 @@ for i = 1, n do
   -- clampNow: time never runs backwards for a key
   local newest = nil
   if c.card > 0 then
-    local r = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
-    newest = tonumber(r[2])
+    newest = tonumber(redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')[2])
   end
   if newest and newest > diff(nowS, nowN, c.base, 0) then
     nowS, nowN = norm(c.base, newest)
@@ -102,7 +98,7 @@ for i = 1, n do
     local shift = (c.base - nowS) * E9
     local all = redis.call('ZRANGE', c.z, 0, -1, 'WITHSCORES')
     for k = 1, #all, 2 do
-      redis.call('ZADD', c.z, f0(tonumber(all[k + 1]) + shift), all[k])
+      redis.call('ZADD', c.z, tonumber(all[k + 1]) + shift, all[k])
     end
     c.base, c.shifted = nowS, true
   end
@@ -123,48 +119,49 @@ local function effective(c)
   return st, ss, sn, ho
 end
 
--- judge every check at now
+-- judge every check at now; the result lives on the check (allowed, reason,
+-- window, retry, rst/rss/rsn = state and since after, used)
 local admitted = true
 for i = 1, n do
   local c = cs[i]
-  local r = {allowed = 0, reason = 0, window = -1, prev = c.st, retry = 0, used = {}}
+  c.allowed, c.reason, c.window, c.retry, c.used = 0, 0, -1, 0, {}
   local st, ss, sn, ho = effective(c)
-  r.state, r.ss, r.sn = st, ss, sn
+  c.rst, c.rss, c.rsn = st, ss, sn
   for j = 1, c.nw do
     if c.card == 0 then
-      r.used[j] = 0
+      c.used[j] = 0
     else
-      r.used[j] = redis.call('ZCOUNT', c.z, '(' .. f0(c.now - c.wl[j]), '+inf')
+      c.used[j] = redis.call('ZCOUNT', c.z, c.now - wlen(c, j) + 1, '+inf')
     end
   end
   if st == OPEN then
-    r.reason = ISOPEN
-    if not c.manual then r.retry = c.cd - diff(nowS, nowN, ss, sn) end
+    c.reason = ISOPEN
+    if not c.manual then c.retry = c.cd - diff(nowS, nowN, ss, sn) end
   elseif st == HALF and ho >= c.hol then
-    r.reason = HOFULL
-    r.retry = c.cd - diff(nowS, nowN, ss, sn)
+    c.reason = HOFULL
+    c.retry = c.cd - diff(nowS, nowN, ss, sn)
   else
     local freeAt = 0
     for j = 1, c.nw do
-      if r.used[j] >= c.wn[j] then
-        local e = redis.call('ZRANGE', c.z, -c.wn[j], -c.wn[j], 'WITHSCORES')
-        local t = tonumber(e[2]) + c.wl[j]
-        if r.window < 0 or t > freeAt then r.window, freeAt = j - 1, t end
+      local lim = wlim(c, j)
+      if c.used[j] >= lim then
+        -- the window frees up when its lim-th newest admission leaves it
+        local t = tonumber(redis.call('ZRANGE', c.z, -lim, -lim, 'WITHSCORES')[2]) + wlen(c, j)
+        if c.window < 0 or t > freeAt then c.window, freeAt = j - 1, t end
       end
     end
-    if r.window < 0 then
-      r.allowed = 1
+    if c.window < 0 then
+      c.allowed = 1
     else
-      r.reason = EXHAUSTED
-      r.retry = freeAt - c.now
+      c.reason = EXHAUSTED
+      c.retry = freeAt - c.now
       if c.br then
-        r.state, r.ss, r.sn = OPEN, nowS, nowN
-        if c.manual then r.retry = 0 elseif r.retry < c.cd then r.retry = c.cd end
+        c.rst, c.rss, c.rsn = OPEN, nowS, nowN
+        if c.manual then c.retry = 0 elseif c.retry < c.cd then c.retry = c.cd end
       end
     end
   end
-  if r.allowed == 0 and not c.shadow then admitted = false end
-  c.res = r
+  if c.allowed == 0 and not c.shadow then admitted = false end
 end
 
 -- apply: admitted requests take a token from every window; exhaustion trips.
@@ -172,29 +169,28 @@ end
 -- nothing: no write amplification under a storm of denied requests.
 if commit then
   for i = 1, n do
-    local c, r = cs[i], cs[i].res
+    local c = cs[i]
     local st, ss, sn, ho = effective(c)
-    local longest = c.wl[c.nw]
-    local push = r.allowed == 1 and admitted
-    local trip = not push and r.reason == EXHAUSTED and c.br
+    local longest = wlen(c, c.nw)
+    local push = c.allowed == 1 and admitted
+    local trip = not push and c.reason == EXHAUSTED and c.br
     if trip then st, ss, sn, ho = OPEN, nowS, nowN, 0 end
     local dirty = push or c.shifted or st ~= c.st or ss ~= c.ss or sn ~= c.sn or ho ~= c.ho
     if dirty then
       if c.stale then
         redis.call('DEL', c.z) -- a log without its hash has lost its base
       elseif c.card > 0 then
-        redis.call('ZREMRANGEBYSCORE', c.z, '-inf', f0(c.now - longest))
+        redis.call('ZREMRANGEBYSCORE', c.z, '-inf', c.now - longest)
       end
       local newest = nil
       if push then
         c.seq = c.seq + 1
-        redis.call('ZADD', c.z, f0(c.now), f0(c.seq))
+        redis.call('ZADD', c.z, c.now, c.seq)
         newest = c.now
-        for j = 1, c.nw do r.used[j] = r.used[j] + 1 end
+        for j = 1, c.nw do c.used[j] = c.used[j] + 1 end
         if st == HALF then ho = ho + 1 end
       elseif c.card > 0 then
-        local e = redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')
-        if e[2] then newest = tonumber(e[2]) end
+        newest = tonumber(redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')[2])
       end
       -- keep the key while its log or its breaker matters
       local keep = 0
@@ -207,7 +203,7 @@ if commit then
       if keep <= 0 and not persist then
         redis.call('DEL', c.h, c.z)
       else
-        redis.call('HSET', c.h, 'b', f0(c.base), 'st', st, 'ss', f0(ss), 'sn', f0(sn), 'ho', ho, 'q', f0(c.seq))
+        redis.call('HSET', c.h, 'b', c.base, 'st', st, 'ss', ss, 'sn', sn, 'ho', ho, 'q', c.seq)
         local ms = math.max(math.floor(keep / 1000000) + 1000, ttlFloor)
         if persist then redis.call('PERSIST', c.h) else redis.call('PEXPIRE', c.h, ms) end
         if newest then redis.call('PEXPIRE', c.z, ms) end
@@ -218,11 +214,11 @@ end
 
 local out = {nowS, nowN, admitted and 1 or 0}
 for i = 1, n do
-  local r = cs[i].res
+  local c = cs[i]
   local k = #out
-  out[k + 1], out[k + 2], out[k + 3], out[k + 4], out[k + 5] = r.allowed, r.reason, r.window, r.prev, r.state
-  out[k + 6], out[k + 7], out[k + 8] = r.ss, r.sn, r.retry
-  for j = 1, cs[i].nw do out[#out + 1] = r.used[j] end
+  out[k + 1], out[k + 2], out[k + 3], out[k + 4], out[k + 5] = c.allowed, c.reason, c.window, c.st, c.rst
+  out[k + 6], out[k + 7], out[k + 8] = c.rss, c.rsn, c.retry
+  for j = 1, c.nw do out[k + 8 + j] = c.used[j] end
 end
 return out
 `
