@@ -289,7 +289,13 @@ func (l *faultLoad) finish() (slowest, p99 time.Duration, n int) {
 // follows its onStoreFailure, that Local admits at most this replica's share,
 // that decisions are shared again soon after Redis is back, and that nothing
 // leaks goroutines.
-func TestRedisFailures(t *testing.T) {
+func TestRedisFailures(t *testing.T) { testRedisFailures(t, false) }
+
+// TestRedisFailuresAutoPipelined is the same with autopipelining on: a
+// stalled shared connection must not stall anyone past the timeout either.
+func TestRedisFailuresAutoPipelined(t *testing.T) { testRedisFailures(t, true) }
+
+func testRedisFailures(t *testing.T, autoPipeline bool) {
 	const timeout = 100 * time.Millisecond
 	const margin = 250 * time.Millisecond
 	srv := redistest.Start(t, redistest.Options{})
@@ -303,6 +309,7 @@ func TestRedisFailures(t *testing.T) {
 			c.Replicas = 2
 			c.ProbeInterval = 100 * time.Millisecond
 			c.Registerer = reg
+			c.AutoPipeline = autoPipeline
 		})
 		rs = s
 		if d := e.Decide(ctx, deleteOf("pods", "warm", "p")); !d.Allowed || d.Fallback {

@@ -55,6 +55,11 @@ func TestRedisStoreSemantics(t *testing.T) {
 	testStoreSemantics(t, redisFactory(singleOpts(srv), nil))
 }
 
+func TestRedisStoreSemanticsAutoPipelined(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	testStoreSemantics(t, redisFactory(singleOpts(srv), func(c *RedisConfig) { c.AutoPipeline = true }))
+}
+
 func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
 	sentinel := redistest.StartSentinel(t, "kdmaster", master)
