@@ -106,7 +106,9 @@ func singleJoin(a, b string) string {
 }
 
 // upstreamError answers a request the upstream could not take: 503 with a
-// Status at once, never a hang (the client going away gets nothing).
+// Status at once, never a hang (the client going away gets nothing). No
+// Retry-After: client-go would wait and retry ten times, hiding an outage
+// from the caller for ten seconds.
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return
@@ -118,5 +120,5 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	p.metrics.upstream.WithLabelValues(verb).Inc()
 	p.log.Warn("upstream unreachable", "upstream", p.cfg.Upstream.Host, "method", r.Method, "path", r.URL.Path, "err", err)
 	writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
-		"kubedefender: the API server behind this proxy is unreachable: "+err.Error(), time.Second)
+		"kubedefender: the API server behind this proxy is unreachable: "+err.Error(), 0)
 }
