@@ -148,7 +148,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 // staticSource is a policy source that never reloads.
 type staticSource struct{ c *policy.Compiled }
 
-func (s staticSource) Current() *policy.Compiled     { return s.c }
+func (s staticSource) Current() *policy.Compiled        { return s.c }
 func (s staticSource) Subscribe(func(*policy.Compiled)) {}
 
 // viaProxy rewrites a kubeconfig to point at the proxy and returns its path.
