@@ -257,7 +257,10 @@ func (h *Handler) answer(req *request, a *limiter.Attributes, d *limiter.Decisio
 		st.Details = &metav1.StatusDetails{RetryAfterSeconds: int32(min(math.Ceil(d.RetryAfter.Seconds()), math.MaxInt32))}
 	}
 	resp.Result = st
-	resp.AuditAnnotations = map[string]string{"rule": d.Rule, "key": d.Key, "decision": "denied"}
+	resp.AuditAnnotations = map[string]string{"rule": d.Rule, "decision": "denied"}
+	if d.Key != "" {
+		resp.AuditAnnotations["key"] = d.Key
+	}
 	return resp, ResultDenied
 }
 

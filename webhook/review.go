@@ -83,15 +83,12 @@ func describeJSONError(body []byte, err error) string {
 	switch {
 	case len(bytes.TrimSpace(body)) == 0:
 		return "the body is empty"
+	case err.Error() == "unexpected end of JSON input":
+		return "the JSON is truncated (unexpected end of input after " + strconv.Itoa(len(body)) + " bytes)"
 	case errors.As(err, &syn):
-		if syn.Offset >= int64(len(body)) {
-			return "the JSON is truncated (unexpected end of input after " + strconv.Itoa(len(body)) + " bytes)"
-		}
 		return fmt.Sprintf("invalid JSON at byte %d: %s", syn.Offset, syn.Error())
 	case errors.As(err, &typ):
 		return fmt.Sprintf("field %s: cannot use a JSON %s as %s", typ.Field, typ.Value, typ.Type)
-	case err.Error() == "unexpected end of JSON input":
-		return "the JSON is truncated (unexpected end of input after " + strconv.Itoa(len(body)) + " bytes)"
 	}
 	return err.Error()
 }
@@ -102,9 +99,12 @@ func encodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
 		TypeMeta: metav1.TypeMeta{APIVersion: reviewAPIVersion, Kind: reviewKind},
 		Response: resp,
 	}
-	b, err := json.Marshal(&out)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	// Messages carry "<ticket>: <why>"; keep them readable on the wire.
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(&out); err != nil {
 		return nil, fmt.Errorf("failed to encode AdmissionReview: %w", err)
 	}
-	return b, nil
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

@@ -24,6 +24,13 @@ type ServerConfig struct {
 	ShutdownTimeout time.Duration
 	// Logger receives start and stop lines; nil discards.
 	Logger *slog.Logger
+	// EnableHTTP2 offers HTTP/2 in the TLS handshake. It is off by default,
+	// as in controller-runtime's webhook server: HTTP/2 stream floods
+	// (CVE-2023-44487, CVE-2023-39325) make it the riskier protocol, and
+	// over HTTP/1.1 keep-alive connections each review is served on its
+	// connection's goroutine instead of a fresh one per stream, which is
+	// cheaper. The API server opens as many connections as it needs.
+	EnableHTTP2 bool
 }
 
 // Server serves a handler over TLS with a reloading certificate.
@@ -62,6 +69,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	if !cfg.EnableHTTP2 {
+		// A non-nil, empty map keeps net/http from configuring HTTP/2.
+		s.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	return s, nil
 }

@@ -1,0 +1,394 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	admissionv1 "k8s.io/api/admission/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// testNow is the fake time every handler test runs at.
+var testNow = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const testPolicy = `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: test}
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete, evict], resources: [pods]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 2}]
+    breaker: {recovery: Manual}
+  - name: deployment-deletes
+    match: {verbs: [delete], resources: [apps/deployments]}
+    windows: [{window: 1m, limit: 1}]
+    breaker: {recovery: Auto, cooldown: 5m}
+  - name: configmap-deletes
+    mode: Shadow
+    match: {verbs: [delete], resources: [configmaps]}
+    windows: [{window: 1m, limit: 1}]
+  - name: everything
+    match: {verbs: [delete], resources: ["coordination.k8s.io/leases", events, "kubedefender.io/overrides", secrets]}
+    windows: [{window: 1m, limit: 1}]
+    breaker: {recovery: Manual}
+`
+
+type testEnv struct {
+	h     *Handler
+	reg   *prometheus.Registry
+	clock *clocktesting.FakeClock
+}
+
+func newTestEnv(t testing.TB, cfg Config) *testEnv {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatalf("failed to parse the test policy: %v", err)
+	}
+	env := &testEnv{reg: prometheus.NewRegistry(), clock: clocktesting.NewFakeClock(testNow)}
+	if cfg.Engine == nil {
+		cfg.Engine, err = limiter.NewEngine(limiter.EngineConfig{Policy: p, Clock: env.clock,
+			Store: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: env.clock})})
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
+	cfg.Registerer = env.reg
+	if env.h, err = NewHandler(cfg); err != nil {
+		t.Fatalf("%v", err)
+	}
+	return env
+}
+
+// reviewJSON builds an AdmissionReview the way the API server sends one.
+type reviewSpec struct {
+	uid, op, group, resource, sub, ns, name, user, objUID string
+	dryRun                                                bool
+}
+
+func (r reviewSpec) json() string {
+	if r.uid == "" {
+		r.uid = "705ab4f5-6393-11e8-b7cc-42010a800002"
+	}
+	if r.user == "" {
+		r.user = "alice"
+	}
+	old := "null"
+	if r.objUID != "" {
+		old = fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":%q},"spec":{"containers":[{"name":"app","image":"app:1"}]}}`, r.name, r.ns, r.objUID)
+	}
+	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":null,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
+		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, old, r.dryRun)
+}
+
+func post(h http.Handler, body, contentType string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, Path, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func decodeResponse(t *testing.T, rec *httptest.ResponseRecorder) *admissionv1.AdmissionResponse {
+	t.Helper()
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d, body %q", rec.Code, rec.Body.String())
+	}
+	var rv admissionv1.AdmissionReview
+	if err := json.Unmarshal(rec.Body.Bytes(), &rv); err != nil {
+		t.Fatalf("failed to decode the response %q: %v", rec.Body.String(), err)
+	}
+	if rv.APIVersion != "admission.k8s.io/v1" || rv.Kind != "AdmissionReview" || rv.Response == nil {
+		t.Fatalf("response %q is not an admission.k8s.io/v1 AdmissionReview with a response", rec.Body.String())
+	}
+	return rv.Response
+}
+
+func pods(op, ns, name string) reviewSpec {
+	return reviewSpec{op: op, resource: "pods", ns: ns, name: name}
+}
+
+func TestHandlerJudgesReviews(t *testing.T) {
+	type want struct {
+		allowed  bool
+		code     int32
+		message  []string
+		warnings int
+		result   string
+	}
+	cases := []struct {
+		name   string
+		before []reviewSpec // sent first, answers ignored
+		review reviewSpec
+		want   want
+	}{
+		{name: "a delete within the budget is allowed",
+			review: pods("DELETE", "a", "p1"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a delete over the budget is denied with the decision's code and actionable message",
+			before: []reviewSpec{pods("DELETE", "a", "p1"), pods("DELETE", "a", "p2")},
+			review: pods("DELETE", "a", "p3"),
+			want: want{code: 403, result: ResultDenied, message: []string{
+				`budget "pod-deletes" (key namespace=a) denied delete of pods "p3" in namespace "a"`, "window 1m is exhausted (2/2 used)",
+				"kubedefender breakglass grant --budget pod-deletes --namespace a"}}},
+		{name: "budgets per namespace keep namespaces apart",
+			before: []reviewSpec{pods("DELETE", "a", "p1"), pods("DELETE", "a", "p2")},
+			review: pods("DELETE", "b", "p1"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "an Auto breaker denies with 429",
+			before: []reviewSpec{{op: "DELETE", group: "apps", resource: "deployments", ns: "a", name: "d1"}},
+			review: reviewSpec{op: "DELETE", group: "apps", resource: "deployments", ns: "a", name: "d2"},
+			want:   want{code: 429, result: ResultDenied, message: []string{"recovery is Auto: retry after 5m0s"}}},
+		{name: "an eviction is judged as evict against the pod budget",
+			before: []reviewSpec{pods("DELETE", "a", "p1"), {op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p2"}},
+			review: reviewSpec{op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p3"},
+			want:   want{code: 403, result: ResultDenied, message: []string{"denied evict of pods \"p3\""}}},
+		{name: "a dry run is judged but charges nothing",
+			before: []reviewSpec{{op: "DELETE", resource: "pods", ns: "a", name: "p1", dryRun: true}, {op: "DELETE", resource: "pods", ns: "a", name: "p1", dryRun: true}},
+			review: pods("DELETE", "a", "p1"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a repeated validation of one delete is charged once",
+			before: []reviewSpec{{op: "DELETE", resource: "pods", ns: "a", name: "p1", objUID: "obj-1"}, {op: "DELETE", resource: "pods", ns: "a", name: "p1", objUID: "obj-1", uid: "second"}},
+			review: reviewSpec{op: "DELETE", resource: "pods", ns: "a", name: "p2", objUID: "obj-2"},
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a shadow rule over its budget allows with a warning",
+			before: []reviewSpec{{op: "DELETE", resource: "configmaps", ns: "a", name: "c1"}},
+			review: reviewSpec{op: "DELETE", resource: "configmaps", ns: "a", name: "c2"},
+			want:   want{allowed: true, warnings: 1, result: ResultShadow}},
+		{name: "overrides are exempt",
+			before: []reviewSpec{{op: "DELETE", group: "kubedefender.io", resource: "overrides", ns: "kubedefender-system", name: "o1"}},
+			review: reviewSpec{op: "DELETE", group: "kubedefender.io", resource: "overrides", ns: "kubedefender-system", name: "o2"},
+			want:   want{allowed: true, result: ResultExempt}},
+		{name: "objects in kubedefender's own namespace are exempt",
+			before: []reviewSpec{{op: "DELETE", resource: "secrets", ns: "kubedefender-system", name: "s1"}},
+			review: reviewSpec{op: "DELETE", resource: "secrets", ns: "kubedefender-system", name: "s2"},
+			want:   want{allowed: true, result: ResultExempt}},
+		{name: "leases are exempt",
+			before: []reviewSpec{{op: "DELETE", group: "coordination.k8s.io", resource: "leases", ns: "a", name: "l1"}},
+			review: reviewSpec{op: "DELETE", group: "coordination.k8s.io", resource: "leases", ns: "a", name: "l2"},
+			want:   want{allowed: true, result: ResultExempt}},
+		{name: "events are exempt",
+			before: []reviewSpec{{op: "DELETE", resource: "events", ns: "a", name: "e1"}},
+			review: reviewSpec{op: "DELETE", resource: "events", ns: "a", name: "e2"},
+			want:   want{allowed: true, result: ResultExempt}},
+		{name: "other objects are not exempt",
+			before: []reviewSpec{{op: "DELETE", resource: "secrets", ns: "a", name: "s1"}},
+			review: reviewSpec{op: "DELETE", resource: "secrets", ns: "a", name: "s2"},
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "a write to a status subresource is not judged",
+			review: reviewSpec{op: "UPDATE", resource: "pods", sub: "status", ns: "a", name: "p1"},
+			want:   want{allowed: true, result: ResultIgnored}},
+		{name: "a CONNECT is not judged",
+			review: reviewSpec{op: "CONNECT", resource: "pods", sub: "exec", ns: "a", name: "p1"},
+			want:   want{allowed: true, result: ResultIgnored}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, Config{})
+			for _, b := range tc.before {
+				if rec := post(env.h, b.json(), "application/json"); rec.Code != http.StatusOK {
+					t.Fatalf("setup review: status %d %s", rec.Code, rec.Body.String())
+				}
+			}
+			tc.review.uid = "the-uid"
+			resp := decodeResponse(t, post(env.h, tc.review.json(), "application/json"))
+			if resp.UID != "the-uid" {
+				t.Errorf("uid = %q, want the request's", resp.UID)
+			}
+			if resp.Allowed != tc.want.allowed {
+				t.Errorf("allowed = %v, want %v (result %+v)", resp.Allowed, tc.want.allowed, resp.Result)
+			}
+			if !tc.want.allowed {
+				if resp.Result == nil || resp.Result.Code != tc.want.code || resp.Result.Status != "Failure" {
+					t.Fatalf("result = %+v, want a Failure with code %d", resp.Result, tc.want.code)
+				}
+				for _, m := range tc.want.message {
+					if !strings.Contains(resp.Result.Message, m) {
+						t.Errorf("message %q lacks %q", resp.Result.Message, m)
+					}
+				}
+			}
+			if len(resp.Warnings) != tc.want.warnings {
+				t.Errorf("warnings = %q, want %d", resp.Warnings, tc.want.warnings)
+			}
+			op := tc.review.op
+			if got := testutil.ToFloat64(env.h.metrics.requests.WithLabelValues(op, tc.want.result)); got < 1 {
+				t.Errorf("requests_total{operation=%s,result=%s} = %v, want at least 1", op, tc.want.result, got)
+			}
+		})
+	}
+}
+
+func TestHandlerRefusesBadRequests(t *testing.T) {
+	good := pods("DELETE", "a", "p1").json()
+	cases := []struct {
+		name        string
+		method      string
+		body        string
+		contentType string
+		wantCode    int
+		wantBody    string
+	}{
+		{name: "malformed JSON is a 400 that says where", body: `{"kind":"AdmissionReview",}`, wantCode: 400,
+			wantBody: "failed to decode AdmissionReview: invalid JSON at byte 27: invalid character '}'"},
+		{name: "truncated JSON is a 400 that says so", body: good[:len(good)/2], wantCode: 400,
+			wantBody: "failed to decode AdmissionReview: the JSON is truncated"},
+		{name: "an empty body is a 400", body: "", wantCode: 400, wantBody: "the body is empty"},
+		{name: "a v1beta1 review is a 400 naming the version", body: strings.Replace(good, "admission.k8s.io/v1", "admission.k8s.io/v1beta1", 1), wantCode: 400,
+			wantBody: `apiVersion "admission.k8s.io/v1beta1" is not supported`},
+		{name: "a review without a request is a 400", body: `{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}`, wantCode: 400,
+			wantBody: "request is missing"},
+		{name: "a request without a uid is a 400", body: strings.Replace(good, `"uid":"705ab4f5-6393-11e8-b7cc-42010a800002"`, `"uid":""`, 1), wantCode: 400,
+			wantBody: "request.uid is missing"},
+		{name: "a field of the wrong type is a 400 naming it", body: strings.Replace(good, `"dryRun":false`, `"dryRun":"no"`, 1), wantCode: 400,
+			wantBody: "field request.dryRun: cannot use a JSON string as bool"},
+		{name: "a body that is not JSON is a 415", body: good, contentType: "application/yaml", wantCode: 415,
+			wantBody: `Content-Type "application/yaml", want application/json`},
+		{name: "a body without a content type is a 415", body: good, contentType: "-", wantCode: 415},
+		{name: "a body over the cap is a 413", body: good + strings.Repeat(" ", 4096), wantCode: 413,
+			wantBody: "exceeds the cap of 4096 bytes"},
+		{name: "a GET is a 405", method: http.MethodGet, body: "", wantCode: 405},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, Config{MaxBodyBytes: 4096})
+			method := tc.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			req := httptest.NewRequest(method, Path, strings.NewReader(tc.body))
+			switch tc.contentType {
+			case "":
+				req.Header.Set("Content-Type", "application/json; charset=utf-8")
+			case "-":
+			default:
+				req.Header.Set("Content-Type", tc.contentType)
+			}
+			rec := httptest.NewRecorder()
+			env.h.ServeHTTP(rec, req)
+			if rec.Code != tc.wantCode || !strings.Contains(rec.Body.String(), tc.wantBody) {
+				t.Errorf("got %d %q, want %d containing %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
+			}
+			if tc.wantCode != 405 {
+				if got := testutil.ToFloat64(env.h.metrics.requests.WithLabelValues("", ResultBadRequest)); got != 1 {
+					t.Errorf("requests_total{result=bad_request} = %v, want 1", got)
+				}
+			}
+		})
+	}
+}
+
+// engineFunc is an Engine whose Decide runs a function: fault injection only.
+type engineFunc struct {
+	decide func(ctx context.Context) limiter.Decision
+	policy *policy.Compiled
+}
+
+func (e engineFunc) Decide(ctx context.Context, _ *limiter.Attributes) limiter.Decision { return e.decide(ctx) }
+func (e engineFunc) Policy() *policy.Compiled                                           { return e.policy }
+
+func TestHandlerSurvivesAFaultyEngine(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name        string
+		decide      func(ctx context.Context) limiter.Decision
+		wantAllowed bool
+		wantCode    int32
+		wantText    string
+		wantResult  string
+		maxLatency  time.Duration
+	}{
+		{name: "a panicking engine yields a 500 denial that carries the request's uid",
+			decide:     func(context.Context) limiter.Decision { panic("boom") },
+			wantCode:   500, wantText: "internal error while judging this request (logged with uid the-uid)", wantResult: ResultError,
+			maxLatency: time.Second},
+		{name: "an engine that ignores its deadline is cut off and the request admitted with a warning",
+			decide:      func(context.Context) limiter.Decision { time.Sleep(2 * time.Second); return limiter.Decision{Allowed: true} },
+			wantAllowed: true, wantText: "could not judge this request within 100ms", wantResult: ResultTimeout,
+			maxLatency: 500 * time.Millisecond},
+		{name: "an engine that honours its deadline answers within it",
+			decide: func(ctx context.Context) limiter.Decision {
+				<-ctx.Done()
+				return limiter.Decision{Code: 503, Reason: "ServiceUnavailable", Message: "store down"}
+			},
+			wantCode: 503, wantText: "store down", wantResult: ResultDenied,
+			maxLatency: 500 * time.Millisecond},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, Config{Engine: engineFunc{decide: tc.decide, policy: p}, DecisionTimeout: 100 * time.Millisecond})
+			r := pods("DELETE", "a", "p1")
+			r.uid = "the-uid"
+			start := time.Now()
+			resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
+			if took := time.Since(start); took > tc.maxLatency {
+				t.Errorf("answered in %s, want under %s", took, tc.maxLatency)
+			}
+			if resp.UID != "the-uid" || resp.Allowed != tc.wantAllowed {
+				t.Errorf("uid %q allowed %v, want the-uid and %v", resp.UID, resp.Allowed, tc.wantAllowed)
+			}
+			text := strings.Join(resp.Warnings, " ")
+			if resp.Result != nil {
+				text += resp.Result.Message
+				if resp.Result.Code != tc.wantCode {
+					t.Errorf("code %d, want %d", resp.Result.Code, tc.wantCode)
+				}
+			}
+			if !strings.Contains(text, tc.wantText) {
+				t.Errorf("answer %q lacks %q", text, tc.wantText)
+			}
+			if got := testutil.ToFloat64(env.h.metrics.requests.WithLabelValues("DELETE", tc.wantResult)); got != 1 {
+				t.Errorf("requests_total{result=%s} = %v, want 1", tc.wantResult, got)
+			}
+		})
+	}
+}
+
+func TestHandlerServesHealthz(t *testing.T) {
+	env := newTestEnv(t, Config{})
+	rec := httptest.NewRecorder()
+	env.h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != 200 || rec.Body.String() != "ok" {
+		t.Errorf("GET /healthz = %d %q", rec.Code, rec.Body.String())
+	}
+}
+
+func TestNewHandlerRequiresAnEngine(t *testing.T) {
+	if _, err := NewHandler(Config{}); err == nil || !strings.Contains(err.Error(), "no engine") {
+		t.Errorf("err = %v, want no engine", err)
+	}
+}
+
+func TestRetryAfterReachesTheStatusDetails(t *testing.T) {
+	env := newTestEnv(t, Config{})
+	d1 := reviewSpec{op: "DELETE", group: "apps", resource: "deployments", ns: "a", name: "d1"}
+	d2 := d1
+	d2.name = "d2"
+	post(env.h, d1.json(), "application/json")
+	resp := decodeResponse(t, post(env.h, d2.json(), "application/json"))
+	if resp.Result == nil || resp.Result.Details == nil || resp.Result.Details.RetryAfterSeconds != 300 {
+		t.Fatalf("result %+v, want details.retryAfterSeconds 300", resp.Result)
+	}
+	if !bytes.Contains([]byte(fmt.Sprint(resp.AuditAnnotations)), []byte("rule:deployment-deletes")) {
+		t.Errorf("audit annotations %v lack the rule", resp.AuditAnnotations)
+	}
+}
