@@ -300,8 +300,10 @@ type engineFunc struct {
 	policy *policy.Compiled
 }
 
-func (e engineFunc) Decide(ctx context.Context, _ *limiter.Attributes) limiter.Decision { return e.decide(ctx) }
-func (e engineFunc) Policy() *policy.Compiled                                           { return e.policy }
+func (e engineFunc) Decide(ctx context.Context, _ *limiter.Attributes) limiter.Decision {
+	return e.decide(ctx)
+}
+func (e engineFunc) Policy() *policy.Compiled { return e.policy }
 
 func TestHandlerSurvivesAFaultyEngine(t *testing.T) {
 	p, err := policy.Parse("test.yaml", []byte(testPolicy))
@@ -318,11 +320,14 @@ func TestHandlerSurvivesAFaultyEngine(t *testing.T) {
 		maxLatency  time.Duration
 	}{
 		{name: "a panicking engine yields a 500 denial that carries the request's uid",
-			decide:     func(context.Context) limiter.Decision { panic("boom") },
-			wantCode:   500, wantText: "internal error while judging this request (logged with uid the-uid)", wantResult: ResultError,
+			decide:   func(context.Context) limiter.Decision { panic("boom") },
+			wantCode: 500, wantText: "internal error while judging this request (logged with uid the-uid)", wantResult: ResultError,
 			maxLatency: time.Second},
 		{name: "an engine that ignores its deadline is cut off and the request admitted with a warning",
-			decide:      func(context.Context) limiter.Decision { time.Sleep(2 * time.Second); return limiter.Decision{Allowed: true} },
+			decide: func(context.Context) limiter.Decision {
+				time.Sleep(2 * time.Second)
+				return limiter.Decision{Allowed: true}
+			},
 			wantAllowed: true, wantText: "could not judge this request within 100ms", wantResult: ResultTimeout,
 			maxLatency: 500 * time.Millisecond},
 		{name: "an engine that honours its deadline answers within it",
