@@ -2,12 +2,15 @@ package limiter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	clocktesting "k8s.io/utils/clock/testing"
 	"pgregory.net/rapid"
@@ -58,6 +61,33 @@ func TestRedisStoreSemantics(t *testing.T) {
 func TestRedisStoreSemanticsAutoPipelined(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	testStoreSemantics(t, redisFactory(singleOpts(srv), func(c *RedisConfig) { c.AutoPipeline = true }))
+}
+
+func TestRedisStoreOverTLS(t *testing.T) {
+	files := redistest.GenerateTLS(t)
+	srv := redistest.Start(t, redistest.Options{TLS: &files})
+	spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
+	decide := func(cfg RedisConfig) error {
+		cfg.URL, cfg.KeyPrefix, cfg.Timeout = srv.URL(), "kdtest:tls:", 2*time.Second
+		s, err := NewRedisStore(cfg)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return s.Budgets(context.Background(), &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true})
+	}
+	if err := decide(RedisConfig{TLSCAFile: files.CAFile}); err != nil {
+		t.Fatalf("rediss:// with the server's CA: %v", err)
+	}
+	if err := decide(RedisConfig{}); err == nil || !errors.Is(err, ErrStoreUnavailable) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("rediss:// trusting only the system roots: got %v, want a certificate error wrapped in ErrStoreUnavailable", err)
+	}
+	if err := decide(RedisConfig{TLSInsecureSkipVerify: true}); err != nil {
+		t.Fatalf("rediss:// with verification off: %v", err)
+	}
+	if _, err := NewRedisStore(RedisConfig{URL: srv.URL(), TLSCAFile: files.KeyFile}); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("a CA file without a certificate: got %v", err)
+	}
 }
 
 func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
@@ -264,5 +294,32 @@ func testOneRoundTrip(t *testing.T, opts func() *redis.UniversalOptions, flush f
 		if got := hook.n.Load() - before; got != 2 {
 			t.Fatalf("after the scripts were reloaded 2 decisions took %d round trips, want 2", got)
 		}
+	}
+}
+
+func TestRedisStoreMetrics(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	reg := prometheus.NewRegistry()
+	s := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.Registerer = reg; c.Replicas = 3 })(t, clocktesting.NewFakeClock(testEpoch))
+	spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
+	if err := s.Budgets(context.Background(), &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP kubedefender_store_breaker_state State of the breaker around Redis: 0 closed (shared decisions), 1 open (onStoreFailure decides).
+# TYPE kubedefender_store_breaker_state gauge
+kubedefender_store_breaker_state 0
+# HELP kubedefender_store_fallback_seconds_total Time spent with the store breaker open, deciding by onStoreFailure.
+# TYPE kubedefender_store_fallback_seconds_total counter
+kubedefender_store_fallback_seconds_total 0
+# HELP kubedefender_store_replicas Replicas sharing the store: the configured count, or the live ones seen through heartbeats.
+# TYPE kubedefender_store_replicas gauge
+kubedefender_store_replicas 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kubedefender_store_breaker_state", "kubedefender_store_fallback_seconds_total", "kubedefender_store_replicas"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "kubedefender_store_request_duration_seconds", "kubedefender_store_errors_total"); err != nil || n != 6 {
+		t.Fatalf("latency and error series: %d (%v), want 3 ops each", n, err)
 	}
 }

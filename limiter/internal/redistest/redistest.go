@@ -83,6 +83,9 @@ type Options struct {
 	Config string
 	// Sentinel starts the process in Sentinel mode.
 	Sentinel bool
+	// TLS, when set, serves TLS only (no plain port) on Port with these files;
+	// clients need not present a certificate.
+	TLS *TLSFiles
 }
 
 // Start starts a redis-server and waits until it answers PING. t.Cleanup
@@ -110,8 +113,13 @@ func Start(t testing.TB, opts Options) *Server {
 // Addr is host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port)) }
 
-// URL is redis://127.0.0.1:port/0.
-func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+// URL is redis://127.0.0.1:port/0 (rediss:// when the server serves TLS).
+func (s *Server) URL() string {
+	if s.opts.TLS != nil {
+		return "rediss://" + s.Addr() + "/0"
+	}
+	return "redis://" + s.Addr() + "/0"
+}
 
 func (s *Server) start() error {
 	var args []string
@@ -125,8 +133,13 @@ func (s *Server) start() error {
 	if s.opts.Sentinel {
 		args = append(args, "--sentinel")
 	}
-	args = append(args,
-		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1", "--protected-mode", "no",
+	if f := s.opts.TLS; f != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.Port), "--tls-cert-file", f.CertFile,
+			"--tls-key-file", f.KeyFile, "--tls-ca-cert-file", f.CAFile, "--tls-auth-clients", "no")
+	} else {
+		args = append(args, "--port", strconv.Itoa(s.Port))
+	}
+	args = append(args, "--bind", "127.0.0.1", "--protected-mode", "no",
 		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
 	if !s.opts.Sentinel {
 		args = append(args, "--save", "", "--appendonly", "no", "--enable-debug-command", "yes")
@@ -163,8 +176,8 @@ func (s *Server) log() string {
 }
 
 func (s *Server) ping() error {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), DialTimeout: 200 * time.Millisecond, MaxRetries: -1,
-		DisableIdentity: true, Protocol: 2})
+	c := redis.NewClient(s.clientOptions(&redis.Options{Addr: s.Addr(), DialTimeout: 200 * time.Millisecond, MaxRetries: -1,
+		DisableIdentity: true, Protocol: 2}))
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -207,9 +220,20 @@ func (s *Server) Pause() { _ = syscall.Kill(s.cmd.Process.Pid, syscall.SIGSTOP) 
 // Resume continues a paused process (SIGCONT).
 func (s *Server) Resume() { _ = syscall.Kill(s.cmd.Process.Pid, syscall.SIGCONT) }
 
+func (s *Server) clientOptions(o *redis.Options) *redis.Options {
+	if s.opts.TLS != nil {
+		conf, err := s.opts.TLS.clientTLS()
+		if err != nil {
+			s.t.Fatalf("redistest: %v", err)
+		}
+		o.TLSConfig = conf
+	}
+	return o
+}
+
 // Client returns a plain client to the server, closed by t.Cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), Protocol: 2, DisableIdentity: true})
+	c := redis.NewClient(s.clientOptions(&redis.Options{Addr: s.Addr(), Protocol: 2, DisableIdentity: true}))
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
