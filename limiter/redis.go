@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,8 +114,11 @@ const (
 )
 
 // RedisStore is the Store shared by every replica through Redis: single
-// node, Sentinel or Cluster. Every decision is one script call, one round
-// trip (see the package doc of budgets and redis_lua.go for the layout).
+// node, Sentinel or Cluster (Redis 5 or later; tested with 7.0). Every
+// decision is one script call, one round trip (redis_lua.go has the key
+// layout and the scripts; they are budget.go and rateAllow in Lua), so it
+// makes the same decisions as the MemoryStore, at one shared clock: Redis
+// TIME.
 //
 // Hash tags. Every budget key of every rule lives under the one hash tag
 // {b}, so a request's whole budget batch (any number of rules) is one script
@@ -308,7 +312,7 @@ func (cfg *RedisConfig) clientOptions() (*redis.UniversalOptions, error) {
 	opts.MaxRetries = -1 // a retried charge could count twice: fail fast instead
 	opts.DialerRetries = 1
 	if cfg.PoolSize == 0 {
-		cfg.PoolSize = 64
+		cfg.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
 	}
 	opts.PoolSize = cfg.PoolSize
 	opts.DisableIdentity = true // no CLIENT SETINFO on every new connection
