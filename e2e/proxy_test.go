@@ -210,6 +210,7 @@ func TestProxy(t *testing.T) {
 	t.Run("watch events arrive promptly", func(t *testing.T) { watchDelayScenario(t, cp, front) })
 	t.Run("a user agent over its QPS gets 429 and clients back off and succeed", func(t *testing.T) { rateLimitScenario(t, cp, front) })
 	t.Run("a flooding flow does not starve another flow at its level", func(t *testing.T) { fairnessScenario(t, cp, front) })
+	t.Run("SPDY and WebSocket upgrades stream through the proxy", func(t *testing.T) { upgradeScenario(t, cp) })
 	t.Run("an upstream dying mid-watch ends the watch promptly and leaks nothing", func(t *testing.T) { upstreamDeathScenario(t, cp) })
 	t.Run("logs hold no bearer tokens", func(t *testing.T) {
 		for _, rp := range []*runningProxy{front, pass} {

@@ -14,21 +14,32 @@ import (
 // buildTransports makes the two upstream transports: a plain one (TLS to the
 // upstream, no client certificate: passthrough credentials) and one that
 // presents the front-proxy client certificate (identity in X-Remote-*).
-// Both speak HTTP/2 to the upstream; upgrade requests get HTTP/1.1
-// connections of their own (net/http does that for Upgrade requests).
+// Both speak HTTP/2 to the upstream. Upgrade requests (SPDY, WebSocket)
+// cannot travel over HTTP/2, and net/http would put them on a pooled HTTP/2
+// connection, so each has an HTTP/1.1-only twin for them.
 func (p *Proxy) buildTransports() error {
 	base, err := p.upstreamTLS()
 	if err != nil {
 		return err
 	}
-	p.upstreamTransport = p.newTransport(base.Clone())
 	front := base.Clone()
 	if p.frontCert != nil {
 		kp := p.frontCert
 		front.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.current() }
 	}
-	p.frontTransport = p.newTransport(front)
+	p.upstreamTransport = p.newTransport(base.Clone())
+	p.frontTransport = p.newTransport(front.Clone())
+	p.upstreamUpgrade = p.newHTTP1Transport(base.Clone())
+	p.frontUpgrade = p.newHTTP1Transport(front.Clone())
 	return nil
+}
+
+func (p *Proxy) newHTTP1Transport(tc *tls.Config) *http.Transport {
+	tc.NextProtos = []string{"http/1.1"}
+	t := p.newTransport(tc)
+	t.ForceAttemptHTTP2 = false
+	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	return t
 }
 
 func (p *Proxy) newTransport(tc *tls.Config) *http.Transport {
@@ -56,9 +67,18 @@ type timedTransport struct{ p *Proxy }
 
 func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	st, _ := r.Context().Value(stateKey{}).(*reqState)
-	tr := t.p.upstreamTransport
-	if st != nil && st.forwardIdentity {
+	upgrade := r.Header.Get("Upgrade") != ""
+	front := st != nil && st.forwardIdentity
+	var tr http.RoundTripper
+	switch {
+	case front && upgrade:
+		tr = t.p.frontUpgrade
+	case front:
 		tr = t.p.frontTransport
+	case upgrade:
+		tr = t.p.upstreamUpgrade
+	default:
+		tr = t.p.upstreamTransport
 	}
 	began := time.Now()
 	resp, err := tr.RoundTrip(r)

@@ -119,7 +119,10 @@ type Proxy struct {
 	// upstreamTransport is the plain one; frontTransport presents the
 	// front-proxy certificate.
 	upstreamTransport, frontTransport *http.Transport
-	handler                           http.Handler
+	// upstreamUpgrade and frontUpgrade are their HTTP/1.1-only twins for
+	// upgrade requests.
+	upstreamUpgrade, frontUpgrade *http.Transport
+	handler                       http.Handler
 }
 
 // New builds a Proxy from cfg and subscribes it to policy reloads.
@@ -294,8 +297,9 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	sctx, scancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
 	defer scancel()
 	err := srv.Shutdown(sctx)
-	p.upstreamTransport.CloseIdleConnections()
-	p.frontTransport.CloseIdleConnections()
+	for _, t := range []*http.Transport{p.upstreamTransport, p.frontTransport, p.upstreamUpgrade, p.frontUpgrade} {
+		t.CloseIdleConnections()
+	}
 	if err != nil {
 		// Hijacked and long-running connections do not end by themselves.
 		_ = srv.Close()
