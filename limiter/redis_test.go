@@ -323,3 +323,37 @@ kubedefender_store_replicas 3
 		t.Fatalf("latency and error series: %d (%v), want 3 ops each", n, err)
 	}
 }
+
+// TestRedisStoreRebasesLongLivedLogs: log scores are nanoseconds since a
+// per-key base second, moved forward after 46 days; the answers must not
+// change across the move (windows here are longer than that).
+func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clk := clocktesting.NewFakeClock(testEpoch)
+	rs := redisFactory(singleOpts(srv), nil)(t, clk)
+	ms := NewMemoryStore(MemoryConfig{Clock: clk})
+	day := 24 * time.Hour
+	spec := testSpec([]WindowSpec{{40 * day, 3}, {90 * day, 4}}, BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})
+	for i, step := range []time.Duration{0, 20*day + 1, 25*day + 7, 30 * day, time.Nanosecond, 10 * day, 45*day + 3, 60 * day, 100 * day} {
+		clk.Step(step)
+		mb := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
+		rb := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
+		if err := ms.Budgets(context.Background(), mb); err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.Budgets(context.Background(), rb); err != nil {
+			t.Fatal(err)
+		}
+		m, r := mb.Results[0], rb.Results[0]
+		if m.Allowed != r.Allowed || m.Used != r.Used || m.RetryAfter != r.RetryAfter || m.State != r.State || !mb.Now.Equal(rb.Now) {
+			t.Fatalf("request %d at +%s:\nmemory %+v\nredis  %+v", i, clk.Now().Sub(testEpoch), m, r)
+		}
+		if i == 6 { // +130 days, entries from +75 days still in the 90-day window: the base has moved
+			h, _ := rs.(*RedisStore).budgetKeys(spec, "k")
+			base, err := srv.Client(t).HGet(context.Background(), h, "b").Int64()
+			if err != nil || base < testEpoch.Add(100*day).Unix() {
+				t.Fatalf("base second %d (%v), want it moved past +100 days", base, err)
+			}
+		}
+	}
+}
