@@ -422,8 +422,11 @@ func watchDelayScenario(t *testing.T, cp *framework.ControlPlane, front *running
 	// Then each arrives through the proxy promptly
 	slices.Sort(viaDelays)
 	slices.Sort(added)
-	t.Logf("watch event delay through the proxy (from create call): p50 %s, max %s; proxy minus direct watch: p50 %s, max %s",
-		viaDelays[n/2], viaDelays[n-1], added[n/2], added[n-1])
+	// added compares arrival with the direct watch read afterwards: a
+	// positive value bounds the proxy's share, a negative one means the
+	// direct event was already waiting when the proxied one arrived.
+	t.Logf("watch event delay through the proxy (from the create call): p50 %s, max %s; proxied arrival minus direct read: max %s",
+		viaDelays[n/2], viaDelays[n-1], added[n-1])
 	if viaDelays[n-1] > time.Second {
 		t.Errorf("slowest event took %s through the proxy, want at most 1s", viaDelays[n-1])
 	}
