@@ -46,9 +46,16 @@ type ServeOptions struct {
 	TLSCertFile       string
 	TLSPrivateKeyFile string
 
-	RedisURL      string
-	RedisReplicas int
-	RedisTimeout  time.Duration
+	RedisURL                string
+	RedisPasswordFile       string
+	RedisCAFile             string
+	RedisCertFile           string
+	RedisKeyFile            string
+	RedisInsecureSkipVerify bool
+	RedisKeyPrefix          string
+	RedisReplicas           int
+	RedisTimeout            time.Duration
+	RedisAutoPipeline       bool
 
 	MetricsListen string
 
@@ -86,6 +93,13 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "serving certificate of the webhook and proxy (reloaded when it changes)")
 	fs.StringVar(&o.TLSPrivateKeyFile, "tls-private-key-file", o.TLSPrivateKeyFile, "key of --tls-cert-file")
 	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "shared store: redis://[user:pass@]host:port/db, rediss://..., redis+sentinel://..., redis+cluster://... (empty: in-memory, one replica)")
+	fs.StringVar(&o.RedisPasswordFile, "redis-password-file", o.RedisPasswordFile, "file holding the Redis password (replaces one in --redis-url; keeps it out of flags and process lists)")
+	fs.StringVar(&o.RedisCAFile, "redis-ca-file", o.RedisCAFile, "CA bundle that verifies Redis (turns TLS on)")
+	fs.StringVar(&o.RedisCertFile, "redis-cert-file", o.RedisCertFile, "client certificate for Redis (mutual TLS)")
+	fs.StringVar(&o.RedisKeyFile, "redis-key-file", o.RedisKeyFile, "key of --redis-cert-file")
+	fs.BoolVar(&o.RedisInsecureSkipVerify, "redis-insecure-skip-verify", o.RedisInsecureSkipVerify, "do not verify Redis's certificate (testing only)")
+	fs.StringVar(&o.RedisKeyPrefix, "redis-key-prefix", o.RedisKeyPrefix, `prefix of every Redis key (default "kd:v1:"); give each KubeDefender deployment sharing a Redis its own`)
+	fs.BoolVar(&o.RedisAutoPipeline, "redis-autopipeline", o.RedisAutoPipeline, "pipeline concurrent decisions on shared connections (faster under load, slower for a lone caller)")
 	fs.IntVar(&o.RedisReplicas, "redis-replicas", o.RedisReplicas, "replicas sharing the store, for onStoreFailure: Local shares (0: discovered through Redis heartbeats)")
 	fs.DurationVar(&o.RedisTimeout, "redis-timeout", o.RedisTimeout, "timeout of one Redis call; a decision never waits longer")
 	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address of /metrics, /healthz, /readyz and /status; empty disables it")
@@ -142,6 +156,12 @@ func (o *ServeOptions) Validate() error {
 			add("--redis-url %q: want redis://, rediss://, redis+sentinel:// or redis+cluster://", redactURL(o.RedisURL))
 		}
 	}
+	if (o.RedisCertFile == "") != (o.RedisKeyFile == "") {
+		add("--redis-cert-file and --redis-key-file go together")
+	}
+	if o.RedisURL == "" && (o.RedisPasswordFile != "" || o.RedisCAFile != "" || o.RedisCertFile != "" || o.RedisKeyPrefix != "" || o.RedisReplicas != 0) {
+		add("--redis-* options need --redis-url")
+	}
 	if o.RedisReplicas < 0 {
 		add("--redis-replicas must not be negative")
 	}
@@ -156,7 +176,8 @@ func (o *ServeOptions) Validate() error {
 	}
 	for flag, f := range map[string]string{"--policy": o.PolicyFile, "--upstream-ca-file": o.UpstreamCAFile, "--client-ca-file": o.ClientCAFile,
 		"--front-proxy-cert-file": o.FrontProxyCertFile, "--front-proxy-key-file": o.FrontProxyKeyFile,
-		"--tls-cert-file": o.TLSCertFile, "--tls-private-key-file": o.TLSPrivateKeyFile, "--kubeconfig": o.Kubeconfig} {
+		"--tls-cert-file": o.TLSCertFile, "--tls-private-key-file": o.TLSPrivateKeyFile, "--kubeconfig": o.Kubeconfig,
+		"--redis-password-file": o.RedisPasswordFile, "--redis-ca-file": o.RedisCAFile, "--redis-cert-file": o.RedisCertFile, "--redis-key-file": o.RedisKeyFile} {
 		if f == "" {
 			continue
 		}
@@ -199,6 +220,8 @@ type Config struct {
 	Options  ServeOptions
 	Logger   *slog.Logger
 	Upstream *url.URL
+	// RedisPassword is read from --redis-password-file ("" when not given).
+	RedisPassword string
 	// Kube reaches the cluster for TokenReview, Overrides and Events: from
 	// --kubeconfig, else the in-cluster config; nil when neither exists.
 	Kube *rest.Config
@@ -220,6 +243,13 @@ func (o *ServeOptions) Complete() (*Config, error) {
 		if c.Upstream, err = url.Parse(o.Upstream); err != nil {
 			return nil, fmt.Errorf("failed to parse --upstream: %w", err)
 		}
+	}
+	if o.RedisPasswordFile != "" {
+		b, err := os.ReadFile(o.RedisPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read --redis-password-file: %w", err)
+		}
+		c.RedisPassword = strings.TrimRight(string(b), "\r\n")
 	}
 	switch {
 	case o.Kubeconfig != "":

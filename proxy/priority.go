@@ -295,3 +295,34 @@ func (noopGauge) Dec()                   {}
 func (noopGauge) Add(float64)            {}
 func (noopGauge) SetToCurrentTime()      {}
 func (noopGauge) SetDenominator(float64) {}
+
+// LevelStatus is the load of one priority level, for status.
+type LevelStatus struct {
+	Name   string
+	Exempt bool
+	// Seats is the level's share of the concurrency; SeatsInUse are taken by
+	// executing requests, Waiting requests are queued.
+	Seats, SeatsInUse, Executing, Waiting int
+}
+
+// status reports every level of the running policy, in policy order.
+func (pl *priorityLevels) status() []LevelStatus {
+	st := pl.state.Load()
+	if st == nil {
+		return nil
+	}
+	var out []LevelStatus
+	for _, l := range st.policy.Policy.Spec.PriorityLevels {
+		lvl := st.levels[l.Name]
+		if lvl == nil {
+			continue
+		}
+		ls := LevelStatus{Name: lvl.name, Exempt: lvl.exempt, Seats: lvl.seats}
+		if lvl.qs != nil {
+			d := lvl.qs.Dump(false)
+			ls.SeatsInUse, ls.Executing, ls.Waiting = d.SeatsInUse, d.Executing, d.Waiting
+		}
+		out = append(out, ls)
+	}
+	return out
+}

@@ -390,3 +390,6 @@ func (p *Proxy) upstreamTLS() (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+// Levels reports the load of each priority level (nil without priority levels).
+func (p *Proxy) Levels() []LevelStatus { return p.levels.status() }

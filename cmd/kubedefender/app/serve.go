@@ -23,6 +23,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/override"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/proxy"
 	"github.com/kubedefender/kubedefender/version"
 	"github.com/kubedefender/kubedefender/webhook"
 )
@@ -74,23 +75,22 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Options.RedisURL != "" {
-		return errors.New("--redis-url: the Redis store is not wired into serve yet (issue 5)")
+	store, storeComp, storeMode, err := newStore(cfg, reg)
+	if err != nil {
+		return err
 	}
-	store := limiter.NewMemoryStore(limiter.MemoryConfig{})
-	engine, err := limiter.NewEngine(limiter.EngineConfig{
-		Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg,
-	})
+	engCfg := limiter.EngineConfig{Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg}
+	if rs, ok := store.(*limiter.RedisStore); ok {
+		engCfg.Replicas = rs.Replicas
+	}
+	engine, err := limiter.NewEngine(engCfg)
 	if err != nil {
 		return err
 	}
 	watcher.Subscribe(engine.SetPolicy)
-	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", "memory")
+	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", storeMode)
 
-	comps := []component{
-		{"policy-watcher", watcher.Run},
-		{"memory-store-sweeper", func(ctx context.Context) error { store.Run(ctx); return nil }},
-	}
+	comps := []component{{"policy-watcher", watcher.Run}, storeComp}
 	if cfg.Options.WebhookListen != "" {
 		c, err := newWebhookComponent(cfg, engine, reg)
 		if err != nil {
@@ -107,8 +107,14 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	} else {
 		log.Warn("no --kubeconfig and not running in a cluster: break-glass overrides are off")
 	}
+	var levels func() []levelStatus
 	if cfg.Options.ProxyListen != "" {
-		return errors.New("--proxy-listen: the proxy is not wired into serve yet (issue 4)")
+		p, err := newProxy(cfg, engine, watcher, reg)
+		if err != nil {
+			return err
+		}
+		comps = append(comps, component{"proxy", p.Run})
+		levels = func() []levelStatus { return proxyLevels(p) }
 	}
 	if cfg.Options.MetricsListen != "" {
 		mux := http.NewServeMux()
@@ -116,12 +122,65 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 		mux.Handle("/status", statusHandler(func(ctx context.Context) *replicaStatus {
-			return &replicaStatus{Replica: replicaName(), Version: version.Version, Store: "memory",
+			st := &replicaStatus{Replica: replicaName(), Version: version.Version, Store: storeMode,
 				LastReloadError: watcher.LastError(), Engine: engine.Status(ctx, statusKeys)}
+			if levels != nil {
+				st.PriorityLevels = levels()
+			}
+			return st
 		}))
 		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
 	}
 	return runAll(ctx, comps)
+}
+
+// newStore builds the shared store: Redis with --redis-url, else memory. It
+// returns the component that keeps the store alive (sweeping idle keys, or
+// Redis heartbeats and probes) and the store's mode for status.
+func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Store, component, string, error) {
+	o := cfg.Options
+	if o.RedisURL == "" {
+		ms := limiter.NewMemoryStore(limiter.MemoryConfig{})
+		return ms, component{"memory-store", func(ctx context.Context) error { ms.Run(ctx); return nil }}, "memory", nil
+	}
+	rs, err := limiter.NewRedisStore(limiter.RedisConfig{
+		URL: o.RedisURL, Password: cfg.RedisPassword,
+		TLSCAFile: o.RedisCAFile, TLSCertFile: o.RedisCertFile, TLSKeyFile: o.RedisKeyFile, TLSInsecureSkipVerify: o.RedisInsecureSkipVerify,
+		KeyPrefix: o.RedisKeyPrefix, Timeout: o.RedisTimeout, Replicas: o.RedisReplicas, ReplicaID: replicaName(),
+		AutoPipeline: o.RedisAutoPipeline, Logger: cfg.Logger.With("component", "redis"), Registerer: reg,
+	})
+	if err != nil {
+		return nil, component{}, "", err
+	}
+	run := func(ctx context.Context) error {
+		rs.Run(ctx)
+		return rs.Close()
+	}
+	return rs, component{"redis-store", run}, "redis", nil
+}
+
+// newProxy builds the API proxy; its TokenReview client comes from the kube
+// config when there is one (without it, bearer tokens are not accepted).
+func newProxy(cfg *config.Config, engine *limiter.Engine, watcher *policy.Watcher, reg prometheus.Registerer) (*proxy.Proxy, error) {
+	o := cfg.Options
+	pc := proxy.Config{
+		Upstream: cfg.Upstream, UpstreamCAFile: o.UpstreamCAFile,
+		Listen: o.ProxyListen, TLSCertFile: o.TLSCertFile, TLSKeyFile: o.TLSPrivateKeyFile,
+		AuthMode: proxy.AuthMode(o.AuthMode), ClientCAFile: o.ClientCAFile,
+		FrontProxyCertFile: o.FrontProxyCertFile, FrontProxyKeyFile: o.FrontProxyKeyFile,
+		Engine: engine, Policy: watcher, BudgetsAtProxy: o.BudgetsAt == config.BudgetsAtProxy,
+		ShutdownTimeout: o.ShutdownTimeout, Logger: cfg.Logger.With("component", "proxy"), Registerer: reg,
+	}
+	if cfg.Kube != nil {
+		kube, err := kubernetes.NewForConfig(cfg.Kube)
+		if err != nil {
+			return nil, fmt.Errorf("failed to build the TokenReview client: %w", err)
+		}
+		pc.TokenReviewClient = kube.AuthenticationV1()
+	} else {
+		cfg.Logger.Warn("no --kubeconfig and not running in a cluster: the proxy cannot review bearer tokens; only client certificates authenticate")
+	}
+	return proxy.New(pc)
 }
 
 // newOverrideComponent watches break-glass Overrides in the policy's
@@ -221,4 +280,12 @@ func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometh
 		return component{}, err
 	}
 	return component{"webhook", srv.Run}, nil
+}
+
+func proxyLevels(p *proxy.Proxy) []levelStatus {
+	var out []levelStatus
+	for _, l := range p.Levels() {
+		out = append(out, levelStatus{Name: l.Name, Exempt: l.Exempt, SeatsInUse: l.SeatsInUse, SeatsLimit: l.Seats, Queued: l.Waiting})
+	}
+	return out
 }

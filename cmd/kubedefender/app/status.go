@@ -29,12 +29,11 @@ type replicaStatus struct {
 
 // levelStatus is one priority level of the proxy.
 type levelStatus struct {
-	Name        string `json:"name"`
-	Exempt      bool   `json:"exempt"`
-	SeatsInUse  int    `json:"seatsInUse"`
-	SeatsLimit  int    `json:"seatsLimit"`
-	Queued      int    `json:"queued"`
-	QueuesInUse int    `json:"queuesInUse,omitempty"`
+	Name       string `json:"name"`
+	Exempt     bool   `json:"exempt"`
+	SeatsInUse int    `json:"seatsInUse"`
+	SeatsLimit int    `json:"seatsLimit"`
+	Queued     int    `json:"queued"`
 }
 
 // statusKeys is how many keys per rule /status reports.
