@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -77,6 +78,7 @@ type Handler struct {
 	log          *slog.Logger
 	metrics      *metrics
 	memo         *chargeMemo
+	bodies       sync.Pool // *[]byte
 	chain        http.Handler
 }
 
@@ -86,6 +88,9 @@ const (
 	memoTTL = 2 * time.Minute
 	memoMax = 200_000
 )
+
+// maxPooledBody is the largest body buffer kept for reuse.
+const maxPooledBody = 64 << 10
 
 // NewHandler builds the webhook's HTTP handler.
 func NewHandler(cfg Config) (*Handler, error) {
@@ -113,6 +118,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		metrics:      newMetrics(),
 		memo:         newChargeMemo(memoTTL, memoMax),
 	}
+	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
 		if err := h.metrics.register(cfg.Registerer); err != nil {
 			return nil, err
@@ -149,7 +155,13 @@ func (h *Handler) recovered(r *http.Request, p any) {
 }
 
 func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
+	bp := h.bodies.Get().(*[]byte)
+	body, err := readBody(r, (*bp)[:0])
+	if cap(body) <= maxPooledBody {
+		// Only ordinary bodies go back: one huge review must not pin its buffer.
+		*bp = body[:0]
+		defer h.bodies.Put(bp)
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -183,6 +195,27 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(out)
 	h.metrics.requests.WithLabelValues(op, result).Inc()
 	h.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// readBody appends the request body to buf, growing it once when the
+// Content-Length is known. Nothing decoded keeps a reference to buf.
+func readBody(r *http.Request, buf []byte) ([]byte, error) {
+	if n := int(r.ContentLength); n > 0 && cap(buf) < n+1 {
+		buf = make([]byte, 0, n+1)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // review judges one decoded request. A panic while judging becomes a denial
