@@ -266,11 +266,11 @@ func startReplica(t *testing.T, bin, name, policyFile, certs, redisURL, kubeconf
 	framework.Eventually(t, 20*time.Second, name+" to serve /status", func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.metricsURL+"/status", nil)
 		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, nil
+		up := err == nil && resp.StatusCode == http.StatusOK
+		if err == nil {
+			_ = resp.Body.Close()
 		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		return up, nil // not up yet is not an error
 	})
 	return r
 }

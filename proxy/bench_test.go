@@ -189,7 +189,7 @@ func BenchmarkIdleWatchMemory(b *testing.B) {
 				defer func() { <-sem }()
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/pods?watch=true", nil)
 				resp, err := tr.RoundTrip(req)
-				if err != nil || resp.StatusCode != 200 {
+				if err != nil || resp.StatusCode != http.StatusOK {
 					return
 				}
 				opened.Add(1)

@@ -270,7 +270,7 @@ func flowHash(fsName, dist string) uint64 {
 	for i := 0; i < len(fsName); i++ {
 		h = (h ^ uint64(fsName[i])) * prime
 	}
-	h = (h ^ 0) * prime
+	h *= prime // a zero byte between the two parts: (h ^ 0) * prime
 	for i := 0; i < len(dist); i++ {
 		h = (h ^ uint64(dist[i])) * prime
 	}

@@ -253,8 +253,7 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 // holds a queue slot; the priority levels last, right before forwarding, so
 // a seat is held only while the upstream works.
 func (p *Proxy) buildChain() http.Handler {
-	var h http.Handler = p.forward
-	h = WithPriorityLevels(p.levels, h)
+	h := WithPriorityLevels(p.levels, p.forward)
 	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics, Logger: p.log}, h)
 	h = WithRequestAttributes(h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)

@@ -110,7 +110,7 @@ func TestPassthroughRefusesCertificateUsersWithoutAFrontProxyCertificate(t *test
 		t.Fatalf("failed to call the proxy: %v", err)
 	}
 	defer resp.Body.Close()
-	if s := decodeStatus(t, resp); resp.StatusCode != 401 || !strings.Contains(s.Message, "front-proxy") {
+	if s := decodeStatus(t, resp); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(s.Message, "front-proxy") {
 		t.Errorf("got %d %q, want 401 explaining that certificates need front-proxy mode", resp.StatusCode, s.Message)
 	}
 }
@@ -129,7 +129,7 @@ func TestARateLimitedClientGetsATooManyRequestsStatus(t *testing.T) {
 		if i < 2 {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != 200 {
+			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("request %d within the burst: code %d", i, resp.StatusCode)
 			}
 		}
@@ -137,7 +137,7 @@ func TestARateLimitedClientGetsATooManyRequestsStatus(t *testing.T) {
 	}
 	defer last.Body.Close()
 	s := decodeStatus(t, last)
-	if last.StatusCode != 429 || s.Reason != "TooManyRequests" || s.Code != 429 {
+	if last.StatusCode != http.StatusTooManyRequests || s.Reason != "TooManyRequests" || s.Code != 429 {
 		t.Fatalf("got %d %+v, want a 429 TooManyRequests Status", last.StatusCode, s)
 	}
 	if !strings.Contains(s.Message, "flood-gets") {
@@ -152,7 +152,7 @@ func TestARateLimitedClientGetsATooManyRequestsStatus(t *testing.T) {
 		t.Fatalf("failed to call the proxy: %v", err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
+	if resp.StatusCode != http.StatusOK {
 		t.Errorf("another user agent got %d, want 200", resp.StatusCode)
 	}
 }
@@ -168,7 +168,7 @@ func TestAnUnreachableUpstreamAnswers503AtOnce(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	took := time.Since(began)
-	if s := decodeStatus(t, resp); resp.StatusCode != 503 || s.Reason != "ServiceUnavailable" {
+	if s := decodeStatus(t, resp); resp.StatusCode != http.StatusServiceUnavailable || s.Reason != "ServiceUnavailable" {
 		t.Errorf("got %d %+v, want a 503 ServiceUnavailable Status", resp.StatusCode, s)
 	}
 	if took > 2*time.Second {
@@ -183,7 +183,7 @@ func TestWatchEventsAreFlushedAsTheyHappen(t *testing.T) {
 			defer close(events)
 			e := newEnv(t, envOptions{upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(200)
+				w.WriteHeader(http.StatusOK)
 				_ = http.NewResponseController(w).Flush()
 				for ev := range events {
 					_, _ = fmt.Fprintln(w, ev)
@@ -254,7 +254,7 @@ func TestPriorityLevelsQueueRejectAndReleaseSeats(t *testing.T) {
 	inflight, peak := 0, 0
 	e := newEnv(t, envOptions{maxWait: 300 * time.Millisecond, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("watch") == "true" {
-			w.WriteHeader(200)
+			w.WriteHeader(http.StatusOK)
 			http.NewResponseController(w).Flush()
 			<-r.Context().Done()
 			return
@@ -288,7 +288,7 @@ func TestPriorityLevelsQueueRejectAndReleaseSeats(t *testing.T) {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.proxyURL+"/api/v1/pods?watch=true", nil)
 			req.Header.Set("User-Agent", "slow/1")
 			resp, err := c.Do(req)
-			if err != nil || resp.StatusCode != 200 {
+			if err != nil || resp.StatusCode != http.StatusOK {
 				t.Fatalf("watch: %v %v", resp, err)
 			}
 			defer resp.Body.Close()

@@ -337,7 +337,7 @@ func (cp *ControlPlane) waitReady(p *process, ready func(ctx context.Context) er
 	var lastErr error
 	for {
 		if exited, how := p.exited(); exited {
-			return fmt.Errorf("%s exited before becoming ready (%v); last lines of %s:\n%s", p.Name, how, p.LogFile, p.tail(errorTailLines))
+			return fmt.Errorf("%s exited before becoming ready (%w); last lines of %s:\n%s", p.Name, how, p.LogFile, p.tail(errorTailLines))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		lastErr = ready(ctx)
@@ -346,7 +346,7 @@ func (cp *ControlPlane) waitReady(p *process, ready func(ctx context.Context) er
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready within %s (last check: %v); last lines of %s:\n%s", p.Name, cp.opts.StartTimeout, lastErr, p.LogFile, p.tail(errorTailLines))
+			return fmt.Errorf("%s not ready within %s (last check: %w); last lines of %s:\n%s", p.Name, cp.opts.StartTimeout, lastErr, p.LogFile, p.tail(errorTailLines))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
