@@ -31,6 +31,47 @@ func testStoreSemantics(t *testing.T, newStore newStoreFunc) {
 	t.Run("shadow checks never deny and are charged when they have room", func(t *testing.T) { testShadow(t, newStore) })
 	t.Run("rate limits are token buckets", func(t *testing.T) { testRates(t, newStore) })
 	t.Run("keys are independent", func(t *testing.T) { testKeysIndependent(t, newStore) })
+	t.Run("inspection reports the busiest keys first", func(t *testing.T) { testInspect(t, newStore) })
+}
+
+func testInspect(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	insp, ok := s.(Inspector)
+	if !ok {
+		t.Fatalf("%T does not implement Inspector", s)
+	}
+	ctx := context.Background()
+	spec := testSpec([]WindowSpec{{time.Minute, 3}, {time.Hour, 10}}, BreakerSpec{Enabled: true, Manual: true})
+	for i := 0; i < 4; i++ { // trips namespace=a
+		take(t, s, true, BudgetCheck{Spec: spec, Key: "namespace=a"})
+	}
+	take(t, s, true, BudgetCheck{Spec: spec, Key: "namespace=b"})
+	keys, err := insp.InspectBudget(ctx, spec, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 || keys[0].Key != "namespace=a" || keys[0].State != Open || keys[0].Used[0] != 3 || keys[1].Key != "namespace=b" || keys[1].Used[0] != 1 || keys[1].State != Closed {
+		t.Fatalf("InspectBudget = %+v, want namespace=a Open 3/3 first, then namespace=b Closed 1/3", keys)
+	}
+	if keys, _ := insp.InspectBudget(ctx, spec, 1); len(keys) != 1 {
+		t.Fatalf("limit 1 returned %d keys", len(keys))
+	}
+
+	n := specSeq.Add(1)
+	rate := &RateSpec{Name: fmt.Sprintf("r%d", n), ID: fmt.Sprintf("r%d@test", n), QPS: 1, Burst: 4, Interval: time.Second}
+	for _, k := range []string{"hot", "hot", "hot", "warm"} {
+		if err := s.Rates(ctx, &RateBatch{Checks: []RateCheck{{Spec: rate, Key: k}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hot, err := insp.HottestRates(ctx, rate, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hot) != 2 || hot[0].Key != "hot" || hot[0].Tokens != 1 || hot[1].Key != "warm" || hot[1].Tokens != 3 {
+		t.Fatalf("HottestRates = %+v, want hot with 1 token left, then warm with 3", hot)
+	}
 }
 
 var specSeq atomic.Int64

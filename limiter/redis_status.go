@@ -1,0 +1,152 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var _ Inspector = (*RedisStore)(nil)
+
+// inspectScanCap bounds how many keys one status request reads per rule, so a
+// status call stays cheap however many keys a rule has.
+const inspectScanCap = 2000
+
+// InspectBudget implements Inspector: it SCANs the node holding the {b} slot
+// for the rule's keys and judges them, without charging, through the budget
+// script, a hundred keys per call. Status only; never on a request path.
+func (s *RedisStore) InspectBudget(ctx context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
+	node, err := s.budgetNode(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
+	}
+	base := s.prefix + "{b}:" + spec.ID + ":"
+	keys, err := scanKeys(ctx, node, globEscape(base)+"*:h", s.timeout)
+	if err != nil {
+		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
+	}
+	var out []BudgetKeyStatus
+	for start := 0; start < len(keys); start += 100 {
+		end := min(start+100, len(keys))
+		b := &BudgetBatch{}
+		for _, k := range keys[start:end] {
+			b.Checks = append(b.Checks, BudgetCheck{Spec: spec, Key: strings.TrimSuffix(strings.TrimPrefix(k, base), ":h")})
+		}
+		if err := s.Budgets(ctx, b); err != nil {
+			return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
+		}
+		for i := range b.Results {
+			res := &b.Results[i]
+			ks := BudgetKeyStatus{Key: b.Checks[i].Key, Used: res.Used, State: res.State, Since: res.Since}
+			if res.Reason == WindowExhausted {
+				// judge reports the trip this request would cause; the key is not Open yet.
+				ks.State, ks.Since = Closed, time.Time{}
+				if res.Prev == HalfOpen {
+					ks.State = HalfOpen
+				}
+				if !spec.Breaker.Enabled {
+					ks.FreesAt[res.Window] = b.Now.Add(res.RetryAfter)
+				}
+			}
+			out = append(out, ks)
+		}
+	}
+	return topBudgetKeys(spec, out, limit), nil
+}
+
+// HottestRates implements Inspector: it SCANs every master for the rule's
+// keys and reads their theoretical arrival times.
+func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {
+	base := s.prefix + "{r:" + spec.ID + ":"
+	pattern := globEscape(base) + "*"
+	var out []RateKeyStatus
+	read := func(ctx context.Context, node redis.Cmdable) error {
+		keys, err := scanKeys(ctx, node, pattern, s.timeout)
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		// Each key has its own slot: read them one by one in a pipeline per node.
+		cctx, cancel := context.WithTimeout(ctx, 10*s.timeout)
+		defer cancel()
+		tcmd := node.Time(cctx)
+		pipe := node.Pipeline()
+		gets := make([]*redis.StringCmd, len(keys))
+		for i, k := range keys {
+			gets[i] = pipe.Get(cctx, k)
+		}
+		_, _ = pipe.Exec(cctx)
+		now, err := tcmd.Result()
+		if err != nil {
+			return err
+		}
+		if s.clock != nil {
+			now = s.clock.Now()
+		}
+		for i, g := range gets {
+			tat, ok := parseTAT(g.Val())
+			if !ok || tat <= now.UnixNano() {
+				continue
+			}
+			out = append(out, rateKeyStatus(spec, strings.TrimSuffix(strings.TrimPrefix(keys[i], base), "}"), tat, now.UnixNano()))
+		}
+		return nil
+	}
+	var err error
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return read(ctx, c) })
+	} else {
+		err = read(ctx, s.client)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("failed to inspect rate limit %s: %w", spec.Name, err)
+	}
+	return topRateKeys(out, limit), nil
+}
+
+// budgetNode is the node that holds the {b} slot.
+func (s *RedisStore) budgetNode(ctx context.Context) (redis.Cmdable, error) {
+	cc, ok := s.client.(*redis.ClusterClient)
+	if !ok {
+		return s.client, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return cc.MasterForKey(cctx, s.prefix+"{b}")
+}
+
+// scanKeys returns up to inspectScanCap keys matching pattern on one node.
+func scanKeys(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration) ([]string, error) {
+	var keys []string
+	var cursor uint64
+	for len(keys) < inspectScanCap {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		batch, next, err := node.Scan(cctx, cursor, pattern, 1000).Result()
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, batch...)
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	return keys, nil
+}
+
+// parseTAT reads the "S.NNNNNNNNN" arrival time the rate script stores.
+func parseTAT(v string) (int64, bool) {
+	sec, ns, ok := strings.Cut(v, ".")
+	if !ok {
+		return 0, false
+	}
+	s, err1 := strconv.ParseInt(sec, 10, 64)
+	n, err2 := strconv.ParseInt(ns, 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return s*int64(time.Second) + n, true
+}
