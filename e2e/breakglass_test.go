@@ -46,6 +46,7 @@ type replica struct {
 	name       string
 	webhookURL string
 	metricsURL string
+	logFile    string
 }
 
 // TestBreakGlass walks an incident: a mass delete trips the breaker shared by
@@ -192,6 +193,22 @@ func TestBreakGlass(t *testing.T) {
 		}
 		return seen["Activated/replica-a"] && seen["Activated/replica-b"] && seen["Expired/replica-a"] && seen["Expired/replica-b"], nil
 	})
+
+	// And no log line of either replica holds a bearer token or a private key
+	for _, r := range []*replica{a, b} {
+		logs, err := os.ReadFile(r.logFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, secret := range []string{cp.Token(t, "oncall"), cp.Token(t, "dev"), cp.Token(t, framework.UserAdmin), "PRIVATE KEY"} {
+			if bytes.Contains(logs, []byte(secret)) {
+				t.Errorf("%s's log holds a secret (%.12s…)", r.name, secret)
+			}
+		}
+		if !bytes.Contains(logs, []byte("break-glass override active")) {
+			t.Errorf("%s's log does not record the override's activation", r.name)
+		}
+	}
 }
 
 // startRedis starts a throwaway redis-server on a free loopback port.
@@ -234,6 +251,7 @@ func startReplica(t *testing.T, bin, name, policyFile, certs, redisURL, kubeconf
 	wp, mp := freePort(t), freePort(t)
 	r := &replica{name: name, webhookURL: fmt.Sprintf("https://127.0.0.1:%d/validate", wp), metricsURL: fmt.Sprintf("http://127.0.0.1:%d", mp)}
 	logFile := filepath.Join(t.TempDir(), name+".log")
+	r.logFile = logFile
 	logf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
