@@ -143,7 +143,7 @@ func roundTrip(b *testing.B, c *http.Client, url string, body []byte, i int) {
 	}
 	out, _ := io.ReadAll(resp.Body)
 	_ = resp.Body.Close()
-	if resp.StatusCode != 200 || !bytes.Contains(out, []byte(`"allowed":true`)) {
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(out, []byte(`"allowed":true`)) {
 		b.Errorf("status %d: %s", resp.StatusCode, out)
 	}
 }

@@ -90,23 +90,21 @@ func (s *Server) URL() string { return "https://" + s.ln.Addr().String() + Path 
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	certErr := make(chan error, 1)
-	go func() { certErr <- s.cfg.Certificates.Run(ctx) }()
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.srv.ServeTLS(s.ln, "", "") }()
+	var certErr, serveErr error
+	certDone, serveDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(certDone); certErr = s.cfg.Certificates.Run(ctx) }()
+	go func() { defer close(serveDone); serveErr = s.srv.ServeTLS(s.ln, "", "") }()
 	s.log.Info("webhook serving", "addr", s.ln.Addr().String(), "path", Path)
-	certRunning := true
 	select {
-	case err := <-serveErr:
+	case <-serveDone:
 		cancel()
-		<-certErr
-		return fmt.Errorf("failed to serve the webhook: %w", err)
-	case err := <-certErr:
-		certRunning = false
-		if err != nil {
+		<-certDone
+		return fmt.Errorf("failed to serve the webhook: %w", serveErr)
+	case <-certDone:
+		if certErr != nil {
 			_ = s.srv.Close()
-			<-serveErr
-			return err
+			<-serveDone
+			return certErr
 		}
 		// The watcher stopped without error: ctx is done.
 	case <-ctx.Done():
@@ -118,10 +116,9 @@ func (s *Server) Run(ctx context.Context) error {
 		// Connections still busy after the grace period are cut.
 		_ = s.srv.Close()
 	}
-	<-serveErr
-	if certRunning {
-		<-certErr
-	}
+	<-serveDone // ServeTLS returns http.ErrServerClosed
+	cancel()
+	<-certDone
 	if err != nil {
 		return fmt.Errorf("failed to shut down the webhook: %w", err)
 	}
