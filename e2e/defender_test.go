@@ -64,6 +64,8 @@ type defenderOptions struct {
 	FakeClock bool
 	// Watch reloads the policy file when it changes.
 	Watch bool
+	// Store replaces the memory store (fault injection).
+	Store limiter.Store
 }
 
 // startDefender writes policyYAML to a file and serves a webhook for it on
@@ -97,7 +99,10 @@ func startDefender(t *testing.T, name, policyYAML string, o defenderOptions) *de
 		d.Clock = clocktesting.NewFakeClock(time.Now())
 		clk = d.Clock
 	}
-	store := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
+	var store limiter.Store = limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
+	if o.Store != nil {
+		store = o.Store
+	}
 	d.Engine, err = limiter.NewEngine(limiter.EngineConfig{Policy: d.Watcher.Current(), Store: store, Clock: clk, Registerer: d.Registry, Logger: log})
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)

@@ -58,6 +58,8 @@ func TestWebhook(t *testing.T) {
 		{"shadow mode never denies and reports what it would have denied", shadowScenario},
 		{"a policy edit on disk applies without restart and a broken edit is refused", policyReloadScenario},
 		{"a dead webhook is ruled by failurePolicy", failurePolicyScenario},
+		{"a store that does not answer is cut off by the deadline and the local fallback decides", stuckStoreScenario},
+		{"a store that hangs past its deadline never makes the API server wait", hungStoreScenario},
 		{"the kubedefender binary serves the webhook it configured", binaryScenario},
 	}
 	for _, s := range scenarios {
