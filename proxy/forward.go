@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync"
 	"time"
 )
 
@@ -90,29 +91,65 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // newForwarder is the reverse proxy proper: the request goes to the upstream
 // with its path and query untouched, identity headers set when the proxy
-// vouches for the user, and every response streamed as it arrives (watch
-// events are flushed at once).
+// vouches for the user, and every response streamed as it arrives.
+//
+// Long-running requests (watch, exec, follow, ...) are flushed after every
+// write, so that watch events reach the client at once. Other requests are
+// flushed when the response is complete (or whenever the server's write
+// buffer fills), saving a flush per write; a response of unknown length or
+// a text/event-stream is still flushed after every write, by
+// httputil.ReverseProxy itself. Copy buffers come from a pool.
 func (p *Proxy) newForwarder() http.Handler {
 	upstream := p.cfg.Upstream
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(upstream)
-			pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
-			if upstream.Path != "" && upstream.Path != "/" {
-				pr.Out.URL.Path = singleJoin(upstream.Path, pr.In.URL.Path)
-				pr.Out.URL.RawPath = ""
-			}
-			st, _ := pr.In.Context().Value(stateKey{}).(*reqState)
-			if st != nil && st.forwardIdentity && st.user != nil {
-				setIdentityHeaders(pr.Out.Header, st.user)
-			}
-		},
-		Transport:     timedTransport{p: p},
-		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ErrorHandler:  p.upstreamError,
+	rewrite := func(pr *httputil.ProxyRequest) {
+		pr.SetURL(upstream)
+		pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
+		if upstream.Path != "" && upstream.Path != "/" {
+			pr.Out.URL.Path = singleJoin(upstream.Path, pr.In.URL.Path)
+			pr.Out.URL.RawPath = ""
+		}
+		st, _ := pr.In.Context().Value(stateKey{}).(*reqState)
+		if st != nil && st.forwardIdentity && st.user != nil {
+			setIdentityHeaders(pr.Out.Header, st.user)
+		}
 	}
-	return rp
+	errorLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
+	newRP := func(flush time.Duration) *httputil.ReverseProxy {
+		return &httputil.ReverseProxy{
+			Rewrite:       rewrite,
+			Transport:     timedTransport{p: p},
+			FlushInterval: flush,
+			BufferPool:    copyBuffers{},
+			ErrorLog:      errorLog,
+			ErrorHandler:  p.upstreamError,
+		}
+	}
+	streaming, buffered := newRP(-1), newRP(0)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if st, ok := r.Context().Value(stateKey{}).(*reqState); ok && !st.longRunning && st.info != nil {
+			buffered.ServeHTTP(w, r)
+			return
+		}
+		streaming.ServeHTTP(w, r)
+	})
+}
+
+// copyBufferSize is what httputil.ReverseProxy allocates per response
+// without a pool.
+const copyBufferSize = 32 << 10
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// copyBuffers lends httputil.ReverseProxy its response copy buffers.
+type copyBuffers struct{}
+
+func (copyBuffers) Get() []byte { return *copyBufferPool.Get().(*[]byte) }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == copyBufferSize {
+		b = b[:copyBufferSize]
+		copyBufferPool.Put(&b)
+	}
 }
 
 func singleJoin(a, b string) string {
