@@ -36,6 +36,12 @@ const (
 	DefaultTimeoutSeconds = 5
 )
 
+// ExemptLabel on a namespace, with the value "true", keeps the API server from
+// calling the webhook for anything in it (the deploy/ manifests put it on
+// KubeDefender's own namespace). An operator can add it to a namespace in an
+// emergency, which is recorded in the audit log like any other label change.
+const ExemptLabel = "kubedefender.io/exempt"
+
 // DefaultExcludedNamespaces returns the namespaces the namespaceSelector
 // leaves out unless ConfigurationOptions.ExcludeNamespaces says otherwise:
 // kube-system holds the cluster's own components, whose deletion and eviction
@@ -80,7 +86,8 @@ type ConfigurationOptions struct {
 //     resources include pods;
 //   - CREATE or UPDATE on the named resources for budgets with those verbs.
 //
-// sideEffects is NoneOnDryRun (a dry run charges nothing), matchPolicy
+// The namespaceSelector leaves out OwnNamespace, ExcludeNamespaces and every
+// namespace labelled ExemptLabel=true. sideEffects is NoneOnDryRun (a dry run charges nothing), matchPolicy
 // Equivalent (a request through another API version of a resource is judged
 // too) and admissionReviewVersions [v1]. notes are hints for the operator
 // (e.g. a budget that only the proxy can judge).
@@ -140,6 +147,9 @@ func BuildConfiguration(p *policy.Compiled, o ConfigurationOptions) (cfg *admiss
 			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: excluded,
 		})
 	}
+	selector.MatchExpressions = append(selector.MatchExpressions, metav1.LabelSelectorRequirement{
+		Key: ExemptLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"true"},
+	})
 
 	sideEffects := admissionregistrationv1.SideEffectClassNoneOnDryRun
 	matchPolicy := admissionregistrationv1.Equivalent

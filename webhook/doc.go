@@ -57,7 +57,12 @@
 //     events.k8s.io), whose deletion is housekeeping, never a workload loss.
 //
 // BuildConfiguration also keeps the API server from calling the webhook for
-// its own namespace (and, by default, kube-system) with a namespaceSelector.
+// its own namespace, by default kube-system, and any namespace labelled
+// kubedefender.io/exempt=true, with a namespaceSelector.
+//
+// Budgets on update may charge one request more than once: the API server
+// re-validates an update each time it retries on a conflict, and the retries
+// carry different old objects, so they cannot be told apart from new updates.
 //
 // # Latency budget
 //

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ func newWebhookCommand(s Streams) *cobra.Command {
 type webhookConfigOptions struct {
 	PolicyFile        string
 	URL               string
+	Service           string
 	ServiceNamespace  string
 	ServiceName       string
 	ServicePort       int32
@@ -54,6 +56,7 @@ func (o *webhookConfigOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.PolicyFile, "policy", "", "policy file whose budgets decide the webhook's rules (required)")
 	f.StringVar(&o.URL, "url", "", "webhook URL, e.g. https://127.0.0.1:8443/validate (or use --service-*)")
+	f.StringVar(&o.Service, "service", "", "NAMESPACE/NAME of the Service in front of the webhook (shorthand for --service-namespace and --service-name)")
 	f.StringVar(&o.ServiceNamespace, "service-namespace", "", "namespace of the Service in front of the webhook")
 	f.StringVar(&o.ServiceName, "service-name", "", "name of the Service in front of the webhook")
 	f.Int32Var(&o.ServicePort, "service-port", 443, "port of the Service")
@@ -76,16 +79,25 @@ func (o *webhookConfigOptions) AddFlags(cmd *cobra.Command) {
 func (o *webhookConfigOptions) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if o.Service != "" {
+		ns, name, ok := strings.Cut(o.Service, "/")
+		switch {
+		case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+			add("--service %q: want NAMESPACE/NAME", o.Service)
+		case o.ServiceNamespace != "" || o.ServiceName != "":
+			add("--service and --service-namespace/--service-name exclude each other")
+		}
+	}
 	if o.PolicyFile == "" {
 		add("--policy is required")
 	}
-	svc := o.ServiceNamespace != "" || o.ServiceName != ""
+	svc := o.ServiceNamespace != "" || o.ServiceName != "" || o.Service != ""
 	switch {
 	case o.URL == "" && !svc:
-		add("give --url or --service-namespace and --service-name")
+		add("give --url or --service NAMESPACE/NAME")
 	case o.URL != "" && svc:
 		add("--url and --service-* exclude each other")
-	case svc && (o.ServiceNamespace == "" || o.ServiceName == ""):
+	case o.Service == "" && svc && (o.ServiceNamespace == "" || o.ServiceName == ""):
 		add("--service-namespace and --service-name go together")
 	}
 	if o.URL != "" {
@@ -128,9 +140,13 @@ func (o *webhookConfigOptions) Complete() (*policy.Compiled, webhook.Configurati
 		OwnNamespace:      o.OwnNamespace,
 		ExcludeNamespaces: append([]string{}, o.ExcludeNamespaces...),
 	}
-	if o.ServiceName != "" {
+	svcNS, svcName := o.ServiceNamespace, o.ServiceName
+	if o.Service != "" {
+		svcNS, svcName, _ = strings.Cut(o.Service, "/")
+	}
+	if svcName != "" {
 		path, port := o.ServicePath, o.ServicePort
-		co.Service = &admissionregistrationv1.ServiceReference{Namespace: o.ServiceNamespace, Name: o.ServiceName, Path: &path, Port: &port}
+		co.Service = &admissionregistrationv1.ServiceReference{Namespace: svcNS, Name: svcName, Path: &path, Port: &port}
 	}
 	if o.CABundleFile != "" {
 		if co.CABundle, err = os.ReadFile(o.CABundleFile); err != nil {
@@ -148,10 +164,10 @@ func (o *webhookConfigOptions) Complete() (*policy.Compiled, webhook.Configurati
 func newWebhookConfigCommand(s Streams) *cobra.Command {
 	o := &webhookConfigOptions{}
 	cmd := &cobra.Command{
-		Use:   "config --policy FILE (--url URL | --service-namespace NS --service-name NAME) [--ca-bundle-file F] [--apply]",
+		Use:   "config --policy FILE (--url URL | --service NAMESPACE/NAME) [--ca-bundle-file F] [--apply]",
 		Short: "Print (or apply) the ValidatingWebhookConfiguration that sends the policy's budgeted requests to the webhook",
-		Example: `  kubedefender webhook config --policy policy.yaml --service-namespace kubedefender-system \
-      --service-name kubedefender --ca-bundle-file certs/ca.crt > webhook.yaml
+		Example: `  kubedefender webhook config --policy policy.yaml --service kubedefender-system/kubedefender \
+      --ca-bundle-file certs/ca.crt > webhook.yaml
   kubedefender webhook config --policy policy.yaml --url https://127.0.0.1:8443/validate \
       --ca-bundle-file certs/ca.crt --failure-policy Fail --apply --kubeconfig admin.kubeconfig`,
 		Args: cobra.NoArgs,

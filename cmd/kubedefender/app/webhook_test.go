@@ -76,7 +76,7 @@ func TestWebhookConfig(t *testing.T) {
 				}
 			}},
 		{name: "flags beat the defaults",
-			args: []string{"webhook", "config", "--policy", pol, "--service-namespace", "kd", "--service-name", "kd", "--failure-policy", "Fail",
+			args: []string{"webhook", "config", "--policy", pol, "--service", "kd/kd", "--failure-policy", "Fail",
 				"--timeout-seconds", "2", "--exclude-namespaces=", "--namespace-selector", "protect=yes", "--name", "guard"},
 			wantErrOut: "no --ca-bundle-file",
 			check: func(t *testing.T, cfg *admissionregistrationv1.ValidatingWebhookConfiguration) {
@@ -88,7 +88,7 @@ func TestWebhookConfig(t *testing.T) {
 			}},
 		{name: "every bad flag is reported at once",
 			args:     []string{"webhook", "config", "--failure-policy", "Maybe", "--timeout-seconds", "60"},
-			wantCode: 1, wantErrOut: "--policy is required\ngive --url or --service-namespace and --service-name\n--failure-policy \"Maybe\": want Ignore or Fail\n--timeout-seconds 60: want 1 to 30"},
+			wantCode: 1, wantErrOut: "--policy is required\ngive --url or --service NAMESPACE/NAME\n--failure-policy \"Maybe\": want Ignore or Fail\n--timeout-seconds 60: want 1 to 30"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
