@@ -2,16 +2,20 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 // repoRoot is the repository's top directory (tests run in e2e/).
@@ -96,8 +100,31 @@ func TestDeployPolicyValidates(t *testing.T) {
 	if err := yaml.Unmarshal(data, &cm); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := policy.Parse("policy-configmap.yaml:data.policy.yaml", []byte(cm.Data["policy.yaml"])); err != nil {
+	pol, err := policy.Parse("policy-configmap.yaml:data.policy.yaml", []byte(cm.Data["policy.yaml"]))
+	if err != nil {
 		t.Fatalf("the shipped policy is invalid:\n%v", err)
+	}
+
+	// The shipped webhook configuration is what `webhook config` makes of that policy.
+	want, _, err := webhook.BuildConfiguration(pol, webhook.ConfigurationOptions{
+		Service: &admissionregistrationv1.ServiceReference{Namespace: "kubedefender-system", Name: "kubedefender", Path: ptr.To("/validate"), Port: ptr.To[int32](443)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := os.ReadFile(filepath.Join(root, "deploy", "base", "webhook-configuration.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(shipped, &got); err != nil {
+		t.Fatal(err)
+	}
+	delete(got.Annotations, "cert-manager.io/inject-ca-from")
+	wantJSON, _ := json.Marshal(want)
+	gotJSON, _ := json.Marshal(&got)
+	if string(wantJSON) != string(gotJSON) {
+		t.Errorf("deploy/base/webhook-configuration.yaml is stale; regenerate it with kubedefender webhook config (see its header)\nwant %s\ngot  %s", wantJSON, gotJSON)
 	}
 
 	alerts, err := os.ReadFile(filepath.Join(root, "deploy", "monitoring", "alerts.yaml"))
