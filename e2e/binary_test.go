@@ -92,13 +92,23 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	webhookPort, metricsPort := freePort(t), freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", metricsPort)
 
+	// And the Override CRD with its namespace, so that break-glass works
+	if out, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "-f", "../deploy/base/crd-override.yaml"); err != nil {
+		t.Fatalf("failed to apply the Override CRD: %v\n%s%s", err, out, stderr)
+	}
+	cp.CreateNamespace(t, "kubedefender-system")
+	framework.Eventually(t, 20*time.Second, "the Override CRD to be served", func(context.Context) (bool, error) {
+		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
+		return err == nil, nil
+	})
+
 	// When `kubedefender serve` runs and `kubedefender webhook config --apply` registers it
 	logFile := filepath.Join(dir, "serve.log")
 	logf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	serve := exec.Command(bin, "serve", "--policy", policyFile,
+	serve := exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig,
 		"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", webhookPort), "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", metricsPort),
 		"--tls-cert-file", filepath.Join(certs, pki.CertFile), "--tls-private-key-file", filepath.Join(certs, pki.KeyFile), "--log-format", "text")
 	serve.Stdout, serve.Stderr = logf, logf
@@ -159,6 +169,26 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 		t.Errorf("denied = %v (err %v), want 3", v, err)
 	}
 
+	// When an operator runs the break-glass command the denial printed
+	i := strings.Index(stderr, "kubedefender breakglass grant ")
+	if i < 0 {
+		t.Fatalf("the denial names no break-glass command:\n%s", stderr)
+	}
+	cmdline := strings.SplitN(stderr[i:], "\n", 2)[0]
+	cmdline, _, _ = strings.Cut(cmdline, ` --reason "<ticket>: <why>"`)
+	args := append(strings.Fields(cmdline)[1:], "--reason", "INC-1: e2e proves the way out", "--kubeconfig", cp.AdminKubeconfig)
+	if out := kd(t, bin, args...); !strings.Contains(out, "granted") {
+		t.Errorf("breakglass grant printed %q", out)
+	}
+
+	// Then the breaker is reset and the remaining pods can be deleted
+	framework.Eventually(t, 20*time.Second, "the override to let deletes through", func(ctx context.Context) (bool, error) {
+		return deletePod(ctx, cp.Client, ns, firstPod(t, cp, ns)) == nil, nil
+	})
+	if out, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false"); err != nil {
+		t.Errorf("kubectl delete --all under the override: %v\n%s%s", err, out, stderr)
+	}
+
 	// When the serving pair is rotated under the same CA
 	kd(t, bin, "certs", "generate", "--ip", "127.0.0.1", "--dns", "localhost", "--out-dir", certs,
 		"--ca-cert", filepath.Join(certs, pki.CACertFile), "--ca-key", filepath.Join(certs, pki.CAKeyFile))
@@ -178,6 +208,15 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	if v, _ := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_certificate_reloads_total{result="success"}`); v != 1 {
 		t.Errorf("certificate reloads = %v, want 1", v)
 	}
+}
+
+func firstPod(t *testing.T, cp *framework.ControlPlane, ns string) string {
+	t.Helper()
+	l, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(l.Items) == 0 {
+		t.Fatalf("no pod left in %s (err %v)", ns, err)
+	}
+	return l.Items[0].Name
 }
 
 // servedCert handshakes with addr, verifying against caFile, and returns the

@@ -60,7 +60,7 @@ func TestWebhook(t *testing.T) {
 		{"a dead webhook is ruled by failurePolicy", failurePolicyScenario},
 		{"a store that does not answer is cut off by the deadline and the local fallback decides", stuckStoreScenario},
 		{"a store that hangs past its deadline never makes the API server wait", hungStoreScenario},
-		{"the kubedefender binary serves the webhook it configured", binaryScenario},
+		{"the kubedefender binary serves the webhook it configured and its break-glass command reopens the breaker", binaryScenario},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
