@@ -176,7 +176,8 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	}
 	cmdline := strings.SplitN(stderr[i:], "\n", 2)[0]
 	cmdline, _, _ = strings.Cut(cmdline, ` --reason "<ticket>: <why>"`)
-	args := append(strings.Fields(cmdline)[1:], "--reason", "INC-1: e2e proves the way out", "--kubeconfig", cp.AdminKubeconfig)
+	args := strings.Fields(cmdline)[1:]
+	args = append(args, "--reason", "INC-1: e2e proves the way out", "--kubeconfig", cp.AdminKubeconfig)
 	if out := kd(t, bin, args...); !strings.Contains(out, "granted") {
 		t.Errorf("breakglass grant printed %q", out)
 	}
