@@ -10,8 +10,8 @@
 // namespace and a Manual breaker, registers it with `kubedefender webhook
 // config --apply`, creates 30 pods and runs `kubectl delete pods --all`. The
 // breaker stops the delete after 10 pods; the demo prints the denial and the
-// webhook's counters, then tears everything down. It needs go and kubectl on
-// PATH.
+// webhook's counters, runs the break-glass command the denial names, and
+// tears everything down. It needs go and kubectl on PATH.
 package main
 
 import (
@@ -139,10 +139,18 @@ spec:
 	step("The policy (%s)", policyFile)
 	fmt.Print(indent(policy))
 
+	step("Installing the Override CRD (break-glass) from deploy/base")
+	if out, stderr, err := cp.Kubectl(r, cp.AdminKubeconfig, "apply", "-f", filepath.Join(root, "deploy", "base", "crd-override.yaml")); err != nil {
+		r.Fatalf("failed to apply the Override CRD: %v\n%s%s", err, out, stderr)
+	} else {
+		fmt.Print(indent(out))
+	}
+	cp.CreateNamespace(r, "kubedefender-system")
+
 	webhookAddr, metricsAddr := freeAddr(r), freeAddr(r)
 	step("Starting kubedefender serve (webhook on %s, metrics on %s)", webhookAddr, metricsAddr)
 	logFile := filepath.Join(dir, "kubedefender.log")
-	startServe(r, bin, logFile, "serve", "--policy", policyFile, "--webhook-listen", webhookAddr, "--metrics-listen", metricsAddr,
+	startServe(r, bin, logFile, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig, "--webhook-listen", webhookAddr, "--metrics-listen", metricsAddr,
 		"--tls-cert-file", filepath.Join(certs, "tls.crt"), "--tls-private-key-file", filepath.Join(certs, "tls.key"), "--log-format", "text")
 	metricsURL := "http://" + metricsAddr + "/metrics"
 	framework.Eventually(r, 30*time.Second, "kubedefender to serve", func(ctx context.Context) (bool, error) {
@@ -208,11 +216,32 @@ spec:
 	}
 
 	step("Result")
-	if deleted == o.limit && left == o.pods-o.limit {
-		fmt.Printf("    The breaker stopped the mass delete after %d of %d pods. Recovery is Manual: a break-glass\n", o.limit, o.pods)
-		fmt.Printf("    override resets it (kubedefender breakglass grant --budget pod-deletes --namespace %s ...).\n", ns)
-	} else {
+	if deleted != o.limit || left != o.pods-o.limit {
 		r.Errorf("expected %d pods deleted and %d left, got %d deleted and %d left", o.limit, o.pods-o.limit, deleted, left)
+	}
+	fmt.Printf("    The breaker stopped the mass delete after %d of %d pods. Recovery is Manual: every\n", deleted, o.pods)
+	fmt.Printf("    delete in %q is denied until someone with RBAC on Overrides grants a break-glass override.\n", ns)
+
+	if i := strings.Index(stderr, "kubedefender breakglass grant "); i >= 0 {
+		cmdline := strings.SplitN(stderr[i:], "\n", 2)[0]
+		cmdline, _, _ = strings.Cut(cmdline, ` --reason "<ticket>: <why>"`)
+		args := strings.Fields(cmdline)[1:]
+		args = append(args, "--reason", "DEMO-1: the delete was intended", "--kubeconfig", cp.AdminKubeconfig)
+		step("The way out, as the denial says: %s --reason \"DEMO-1: the delete was intended\"", cmdline)
+		fmt.Print(indent(runCmd(r, dir, bin, args...)))
+		framework.Eventually(r, 20*time.Second, "the override to apply", func(ctx context.Context) (bool, error) {
+			v, err := scrape(ctx, metricsURL, `kubedefender_limiter_decisions_total{front="webhook",kind="budget",result="overridden",rule="pod-deletes"}`)
+			if v > 0 {
+				return true, err
+			}
+			_ = cp.Client.CoreV1().Pods(ns).Delete(ctx, fmt.Sprintf("web-%02d", o.limit), metav1.DeleteOptions{})
+			return false, err
+		})
+		stdout, stderr, kerr = cp.Kubectl(r, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
+		if kerr != nil {
+			r.Errorf("kubectl delete under the override: %v\n%s", kerr, stderr)
+		}
+		fmt.Printf("    kubectl delete pods --all -n %s again: %d more deleted; %d pods left\n", ns, strings.Count(stdout, " deleted"), countPods(r, cp, ns))
 	}
 
 	if o.wait {
