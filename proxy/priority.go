@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,8 @@ type level struct {
 	exempt bool
 	seats  int
 	qs     fq.QueueSet
+	// wait is the level's child of the queue wait histogram.
+	wait prometheus.Observer
 }
 
 func newPriorityLevels(clk eventclock.Interface, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
@@ -131,7 +134,7 @@ func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
 		if err != nil {
 			return fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
 		}
-		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit}
+		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit, wait: pl.metrics.wait.WithLabelValues(l.Name)}
 		if old != nil {
 			lvl.qs = old.qs
 		}
@@ -199,22 +202,59 @@ func WithPriorityLevels(pl *priorityLevels, next http.Handler) http.Handler {
 
 var oneSeat = fcrequest.WorkEstimate{InitialSeats: 1}
 
+// queueWait is the context a request waits for a seat with: the request's
+// own, whose Done is armed (the request's end or the maximum wait, whichever
+// comes first) only if the queue set actually queues the request. A request
+// dispatched at once, the common case, costs no timer. The queue set reads
+// Done only when Finish waits for its decision, after arm.
+type queueWait struct {
+	context.Context
+	// queued is set by the queue set (under its lock) while the request
+	// sits in a queue.
+	queued atomic.Bool
+	done   chan struct{}
+	once   sync.Once
+}
+
+// Done is nil (never ready) until arm.
+func (q *queueWait) Done() <-chan struct{} { return q.done }
+
+func (q *queueWait) noteQueued(inQueue bool) { q.queued.Store(inQueue) }
+
+func (q *queueWait) expire() { q.once.Do(func() { close(q.done) }) }
+
+// arm makes Done ready when the request's context ends or after wait; the
+// returned function disarms it.
+func (q *queueWait) arm(wait time.Duration) (disarm func()) {
+	q.done = make(chan struct{})
+	t := time.AfterFunc(wait, q.expire)
+	stop := context.AfterFunc(q.Context, q.expire)
+	return func() {
+		t.Stop()
+		stop()
+	}
+}
+
 func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, fsName, dist string, next http.Handler) {
-	waitCtx, cancel := context.WithTimeout(r.Context(), pl.maxWait)
-	defer cancel()
 	arrived := pl.clock.Now()
-	req, _ := lvl.qs.StartRequest(waitCtx, &oneSeat, flowHash(fsName, dist), dist, fsName, st.info, nil, nil)
+	qw := &queueWait{Context: r.Context()}
+	req, _ := lvl.qs.StartRequest(qw, &oneSeat, flowHash(fsName, dist), dist, fsName, st.info, nil, qw.noteQueued)
 	if req == nil {
 		pl.reject(w, st, lvl, "queue-full",
-			fmt.Sprintf("kubedefender: priority level %q is full: its queues hold as many requests as they may; retry shortly", lvl.name))
+			"kubedefender: priority level "+strconv.Quote(lvl.name)+" is full: its queues hold as many requests as they may; retry shortly")
 		return
+	}
+	if qw.queued.Load() {
+		// The wait is bounded from arrival, as a deadline set before
+		// StartRequest would be.
+		defer qw.arm(pl.maxWait - pl.clock.Since(arrived))()
 	}
 	if !st.longRunning {
 		executed := false
 		req.Finish(func() {
 			executed = true
 			st.queueWait = pl.clock.Since(arrived)
-			pl.metrics.wait.WithLabelValues(lvl.name).Observe(st.queueWait.Seconds())
+			lvl.wait.Observe(st.queueWait.Seconds())
 			next.ServeHTTP(w, r)
 		})
 		if !executed {
@@ -240,7 +280,7 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 		return
 	}
 	st.queueWait = pl.clock.Since(arrived)
-	pl.metrics.wait.WithLabelValues(lvl.name).Observe(st.queueWait.Seconds())
+	lvl.wait.Observe(st.queueWait.Seconds())
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
 	st.setOnStart(free)
@@ -249,7 +289,7 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 }
 
 func (pl *priorityLevels) timedOut(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, arrived time.Time) {
-	pl.metrics.wait.WithLabelValues(lvl.name).Observe(pl.clock.Since(arrived).Seconds())
+	lvl.wait.Observe(pl.clock.Since(arrived).Seconds())
 	if r.Context().Err() != nil {
 		return // the client went away while queued
 	}

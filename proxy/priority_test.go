@@ -1,0 +1,46 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		wait   time.Duration
+		cancel bool
+	}{
+		{name: "the maximum wait passes", wait: 10 * time.Millisecond},
+		{name: "the client goes away", wait: time.Hour, cancel: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			qw := &queueWait{Context: ctx}
+			if qw.Done() != nil {
+				t.Fatal("Done is set before arm: every dispatched request would pay for it")
+			}
+			disarm := qw.arm(tc.wait)
+			defer disarm()
+			if tc.cancel {
+				cancel()
+			}
+			select {
+			case <-qw.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("Done never became ready")
+			}
+		})
+	}
+	t.Run("a disarmed wait never ends", func(t *testing.T) {
+		qw := &queueWait{Context: context.Background()}
+		qw.arm(10 * time.Millisecond)()
+		select {
+		case <-qw.Done():
+			t.Fatal("Done became ready after disarm")
+		case <-time.After(50 * time.Millisecond):
+		}
+	})
+}
