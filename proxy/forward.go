@@ -170,11 +170,11 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return
 	}
-	verb := "unknown"
+	verb := verbUnknown
 	if st, ok := r.Context().Value(stateKey{}).(*reqState); ok && st.info != nil {
 		verb = boundedVerb(st.info.Verb)
 	}
-	p.metrics.upstream.WithLabelValues(verb).Inc()
+	p.metrics.upstream.WithLabelValues(verbs[verb]).Inc()
 	p.log.Warn("upstream unreachable", "upstream", p.cfg.Upstream.Host, "method", r.Method, "path", r.URL.Path, "err", err)
 	writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
 		"kubedefender: the API server behind this proxy is unreachable: "+err.Error(), 0)

@@ -5,9 +5,12 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apiserver/pkg/authentication/user"
 	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/utils/clock"
@@ -16,7 +19,8 @@ import (
 )
 
 // reqState is what the filters learn about one request, shared through its
-// context. One is allocated per request, by WithInstrumentation.
+// context. One is allocated per request, by WithInstrumentation, together
+// with the request's responseWriter.
 type reqState struct {
 	start time.Time
 	user  user.Info
@@ -34,6 +38,9 @@ type reqState struct {
 	onStart   func() // called once when the response starts
 	started   bool
 	startedAt time.Time
+
+	// rw is the request's responseWriter, allocated with the state.
+	rw responseWriter
 }
 
 type stateKey struct{}
@@ -128,20 +135,21 @@ func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 // latency the proxy adds: the time to the response's start, less the queue
 // wait (a deliberate delay, measured on its own) and the upstream's own time.
 func WithInstrumentation(m *metrics, clk clock.PassiveClock, next http.Handler) http.Handler {
+	counters := newRequestCounters(m.requests)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := &reqState{start: clk.Now()}
-		rw := &responseWriter{ResponseWriter: w, st: st, clock: clk}
-		next.ServeHTTP(rw, withState(r, st))
-		code := rw.code
+		st.rw = responseWriter{ResponseWriter: w, st: st, clock: clk}
+		next.ServeHTTP(&st.rw, withState(r, st))
+		code := st.rw.code
 		if code == 0 {
 			// Nothing written: the client went away or the handler aborted.
 			code = 499
 		}
-		verb := "unknown"
+		verb := verbUnknown
 		if st.info != nil {
 			verb = boundedVerb(st.info.Verb)
 		}
-		m.requests.WithLabelValues(verb, codeString(code)).Inc()
+		counters.get(verb, code).Inc()
 		st.mu.Lock()
 		started, at := st.started, st.startedAt
 		st.mu.Unlock()
@@ -153,33 +161,63 @@ func WithInstrumentation(m *metrics, clk clock.PassiveClock, next http.Handler) 
 	})
 }
 
-var knownVerbs = map[string]bool{
-	"get": true, "list": true, "watch": true, "create": true, "update": true, "patch": true, "delete": true,
-	"deletecollection": true, "proxy": true, "head": true, "post": true, "put": true, "options": true, "connect": true,
+// verbs are the bounded values of the verb label: the Kubernetes verbs and
+// HTTP methods (lowercase) RequestInfoFactory reports, "other" for any
+// other, and "unknown" before the verb is known.
+var verbs = [...]string{
+	"get", "list", "watch", "create", "update", "patch", "delete",
+	"deletecollection", "proxy", "head", "post", "put", "options", "connect",
+	"other", "unknown",
 }
 
-func boundedVerb(v string) string {
-	if knownVerbs[v] {
-		return v
+const (
+	verbOther   = len(verbs) - 2
+	verbUnknown = len(verbs) - 1
+)
+
+// boundedVerb returns v's index in verbs, verbOther if it has none.
+func boundedVerb(v string) int {
+	for i, known := range verbs[:verbOther] {
+		if v == known {
+			return i
+		}
 	}
-	return "other"
+	return verbOther
 }
 
-var codeStrings = func() map[int]string {
-	m := map[int]string{}
-	for c := 100; c < 600; c++ {
-		m[c] = itoa(c)
+// codeLabels are the values of the code label: 100 to 599 and "other".
+const minCode, maxCode = 100, 599
+
+// requestCounters resolves requests_total's children once each, on first
+// use, instead of hashing the labels on every request.
+type requestCounters struct {
+	vec *prometheus.CounterVec
+	// byCode[verb][code-minCode], and byCode[verb][maxCode-minCode+1] for
+	// codes out of range.
+	byCode [len(verbs)][maxCode - minCode + 2]atomic.Pointer[prometheus.Counter]
+}
+
+func newRequestCounters(vec *prometheus.CounterVec) *requestCounters {
+	return &requestCounters{vec: vec}
+}
+
+func (c *requestCounters) get(verb, code int) prometheus.Counter {
+	i := maxCode - minCode + 1
+	if code >= minCode && code <= maxCode {
+		i = code - minCode
 	}
-	return m
-}()
+	slot := &c.byCode[verb][i]
+	if p := slot.Load(); p != nil {
+		return *p
+	}
+	counter := c.vec.WithLabelValues(verbs[verb], codeString(code))
+	slot.Store(&counter)
+	return counter
+}
 
 func codeString(c int) string {
-	if s, ok := codeStrings[c]; ok {
-		return s
+	if c < minCode || c > maxCode {
+		return "other"
 	}
-	return "other"
-}
-
-func itoa(c int) string {
-	return string([]byte{byte('0' + c/100), byte('0' + c/10%10), byte('0' + c%10)})
+	return strconv.Itoa(c)
 }
