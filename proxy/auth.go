@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -159,12 +160,62 @@ func stripBearerProtocol(h http.Header) {
 // setIdentityHeaders writes the identity for the API server's request-header
 // authenticator. Extra keys are path-escaped as the API server expects.
 func setIdentityHeaders(h http.Header, u user.Info) {
-	h[headerRemoteUser] = []string{u.GetName()}
+	for _, kv := range identityHeadersOf(u) {
+		h[kv.key] = kv.values
+	}
+}
+
+// identityHeader is one X-Remote-* header and its values. Its values may be
+// shared by many requests and are never modified.
+type identityHeader struct {
+	key    string
+	values []string
+}
+
+func identityHeadersOf(u user.Info) []identityHeader {
+	out := make([]identityHeader, 0, 2+len(u.GetExtra()))
+	out = append(out, identityHeader{key: headerRemoteUser, values: []string{u.GetName()}})
 	if g := u.GetGroups(); len(g) > 0 {
-		h[headerRemoteGroup] = g
+		out = append(out, identityHeader{key: headerRemoteGroup, values: g})
 	}
 	for k, v := range u.GetExtra() {
-		h[headerRemoteExtra+url.PathEscape(k)] = v
+		out = append(out, identityHeader{key: headerRemoteExtra + url.PathEscape(k), values: v})
+	}
+	return out
+}
+
+// identityCache keeps the identity headers of the users the authenticator
+// hands out. Its caches (certificates, tokens) return the same
+// *user.DefaultInfo for a credential while it is cached, so the headers of a
+// user are built once per cache entry rather than once per request. Users
+// of another type are not cached.
+type identityCache struct {
+	m sync.Map // *user.DefaultInfo -> []identityHeader
+	n atomic.Int64
+}
+
+// identityCacheSize bounds the cache; full, it starts again empty.
+const identityCacheSize = 4096
+
+func (c *identityCache) set(h http.Header, u user.Info) {
+	du, ok := u.(*user.DefaultInfo)
+	if !ok {
+		setIdentityHeaders(h, u)
+		return
+	}
+	var hs []identityHeader
+	if v, ok := c.m.Load(du); ok {
+		hs = v.([]identityHeader)
+	} else {
+		hs = identityHeadersOf(u)
+		if c.n.Add(1) > identityCacheSize {
+			c.m.Clear()
+			c.n.Store(1)
+		}
+		c.m.Store(du, hs)
+	}
+	for _, kv := range hs {
+		h[kv.key] = kv.values
 	}
 }
 

@@ -101,6 +101,7 @@ func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // httputil.ReverseProxy itself. Copy buffers come from a pool.
 func (p *Proxy) newForwarder() http.Handler {
 	upstream := p.cfg.Upstream
+	identities := &identityCache{}
 	rewrite := func(pr *httputil.ProxyRequest) {
 		pr.SetURL(upstream)
 		pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
@@ -110,7 +111,7 @@ func (p *Proxy) newForwarder() http.Handler {
 		}
 		st, _ := pr.In.Context().Value(stateKey{}).(*reqState)
 		if st != nil && st.forwardIdentity && st.user != nil {
-			setIdentityHeaders(pr.Out.Header, st.user)
+			identities.set(pr.Out.Header, st.user)
 		}
 	}
 	errorLog := slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)
