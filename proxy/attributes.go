@@ -38,7 +38,7 @@ func WithRequestAttributes(next http.Handler) http.Handler {
 		if st.user != nil {
 			a.User, a.Groups = st.user.GetName(), st.user.GetGroups()
 		}
-		a.UserAgent = r.Header.Get("User-Agent")
+		a.UserAgent = headerValue(r.Header, "User-Agent")
 		a.DryRun = isDryRun(r)
 		st.attrs.Front = limiter.FrontProxy
 		st.longRunning = isLongRunning(r, info)
@@ -66,7 +66,7 @@ var longRunningSubresources = map[string]bool{"attach": true, "exec": true, "por
 // connection upgrade. Such requests hold a priority-level seat only until
 // their response starts.
 func isLongRunning(r *http.Request, info *apirequest.RequestInfo) bool {
-	if r.Header.Get("Upgrade") != "" {
+	if headerValue(r.Header, "Upgrade") != "" {
 		return true
 	}
 	if info.Verb == "watch" || info.Verb == "proxy" || longRunningSubresources[info.Subresource] {

@@ -91,7 +91,7 @@ func WithAuthentication(cfg AuthConfig, next http.Handler) http.Handler {
 			return
 		}
 		resp, ok, err := cfg.Authenticator.AuthenticateRequest(r)
-		r.Header.Del("Authorization")
+		delete(r.Header, "Authorization")
 		stripBearerProtocol(r.Header)
 		if !ok {
 			if publicPaths[r.URL.Path] {
@@ -118,6 +118,16 @@ func restoreHeader(h http.Header, k string, v []string) {
 		return
 	}
 	h[k] = v
+}
+
+// headerValue is h.Get(key) for a canonical key: the server stores request
+// headers under canonical keys, so the lookup need not canonicalize key
+// again.
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func hasClientCert(r *http.Request) bool { return r.TLS != nil && len(r.TLS.PeerCertificates) > 0 }
@@ -285,7 +295,7 @@ func (c *certCache) Enqueue() {
 }
 
 func (c *certCache) AuthenticateRequest(r *http.Request) (*authenticator.Response, bool, error) {
-	if !hasClientCert(r) || r.Header.Get("Authorization") != "" || hasBearerProtocol(r.Header.Values("Sec-Websocket-Protocol")) {
+	if !hasClientCert(r) || headerValue(r.Header, "Authorization") != "" || hasBearerProtocol(r.Header["Sec-Websocket-Protocol"]) {
 		return c.next.AuthenticateRequest(r)
 	}
 	leaf := r.TLS.PeerCertificates[0]

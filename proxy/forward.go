@@ -68,7 +68,7 @@ type timedTransport struct{ p *Proxy }
 
 func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	st, _ := r.Context().Value(stateKey{}).(*reqState)
-	upgrade := r.Header.Get("Upgrade") != ""
+	upgrade := headerValue(r.Header, "Upgrade") != ""
 	front := st != nil && st.forwardIdentity
 	var tr http.RoundTripper
 	switch {
