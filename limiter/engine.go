@@ -57,6 +57,11 @@ type Attributes struct {
 	policy.Attributes
 	Front  Front
 	Checks Checks
+	// ChargeOnce, when set, identifies what the request charges (the webhook
+	// passes the UID of the object being deleted): a repeat within
+	// EngineConfig.ChargeOnceTTL of an admitted charge is admitted without
+	// judging or charging, on every replica that shares the store.
+	ChargeOnce string
 }
 
 // RuleKind says which kind of rule decided.
@@ -106,6 +111,8 @@ type Decision struct {
 	Override string
 	// Fallback is set when the store was unreachable and onStoreFailure decided.
 	Fallback bool
+	// Repeat is set when the request repeats one already charged (ChargeOnce).
+	Repeat bool
 }
 
 // EngineConfig configures an Engine.
@@ -126,6 +133,9 @@ type EngineConfig struct {
 	Logger *slog.Logger
 	// Registerer takes the limiter metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// ChargeOnceTTL is how long a charge is remembered for Attributes.ChargeOnce
+	// (default 2m).
+	ChargeOnceTTL time.Duration
 }
 
 // Engine judges requests against a policy. It is safe for concurrent use;
@@ -142,6 +152,7 @@ type Engine struct {
 	pool      sync.Pool
 	// storeDown avoids one log line per request during an outage.
 	storeDown atomic.Bool
+	onceTTL   time.Duration
 }
 
 type engineState struct {
@@ -212,7 +223,11 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ChargeOnceTTL <= 0 {
+		cfg.ChargeOnceTTL = 2 * time.Minute
+	}
 	e := &Engine{
+		onceTTL:  cfg.ChargeOnceTTL,
 		store:    cfg.Store,
 		fallback: cfg.Fallback,
 		replicas: cfg.Replicas,
@@ -295,6 +310,7 @@ func (e *Engine) Decide(ctx context.Context, a *Attributes) Decision {
 	if checks&(CheckBudgets|CheckBreakers) != 0 && len(st.budgets) > 0 {
 		commit := checks&CheckBudgets != 0 && !a.DryRun
 		e.decideBudgets(ctx, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
+		d.Repeat = sc.budget.Repeat
 	}
 	return d
 }
@@ -446,6 +462,9 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		return
 	}
 	sc.budget.Commit = commit
+	if commit && a.ChargeOnce != "" {
+		sc.budget.Once, sc.budget.OnceTTL = a.ChargeOnce, e.onceTTL
+	}
 	if err := e.askBudgets(ctx, e.store, &sc.budget); err != nil {
 		e.budgetStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
@@ -455,6 +474,9 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		e.log.Info("shared store reachable again; decisions use it")
 	}
 	b := &sc.budget
+	if b.Repeat {
+		return // a repeat of a request already charged: nothing was judged
+	}
 	deny := -1
 	for i := range b.Results {
 		res := &b.Results[i]
@@ -574,7 +596,7 @@ func (e *Engine) budgetStoreFailure(ctx context.Context, sc *scratch, err error,
 	}
 	n := e.replicas()
 	sc.local.Reset()
-	sc.local.Commit = b.Commit
+	sc.local.Commit, sc.local.Once, sc.local.OnceTTL = b.Commit, b.Once, b.OnceTTL
 	var localIdx [16]int
 	idx := localIdx[:0]
 	for i, c := range b.Checks {
@@ -599,7 +621,7 @@ func (e *Engine) budgetStoreFailure(ctx context.Context, sc *scratch, err error,
 	for j, i := range idx {
 		b.Results[i] = sc.local.Results[j]
 	}
-	b.Admitted, b.Now = sc.local.Admitted, sc.local.Now
+	b.Admitted, b.Repeat, b.Now = sc.local.Admitted, sc.local.Repeat, sc.local.Now
 }
 
 func (e *Engine) noteStoreFailure(op string, err error) {

@@ -35,6 +35,7 @@ type MemoryStore struct {
 
 	mu      sync.Mutex
 	budgets map[string]*budgetTable
+	once    map[string]int64 // charge-once keys: expiry, unix nanos
 
 	rmu   sync.RWMutex
 	rates map[string]*rateTable
@@ -78,6 +79,7 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 		maxKeys: cfg.MaxKeysPerRule,
 		sweep:   cfg.SweepInterval,
 		budgets: map[string]*budgetTable{},
+		once:    map[string]int64{},
 		rates:   map[string]*rateTable{},
 	}
 }
@@ -107,6 +109,17 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.clock.Now().UnixNano()
+	b.Repeat = false
+	if b.Commit && b.Once != "" {
+		if exp, ok := s.once[b.Once]; ok && now < exp {
+			b.Results = b.Results[:0]
+			for range b.Checks {
+				b.Results = append(b.Results, BudgetResult{Allowed: true, Window: -1})
+			}
+			b.Admitted, b.Repeat, b.Now = true, true, time.Unix(0, now)
+			return nil
+		}
+	}
 	var states [16]*budgetState
 	sts := states[:0]
 	for i := range b.Checks {
@@ -130,7 +143,24 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 	for i := range b.Checks {
 		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted)
 	}
+	if b.Admitted && b.Once != "" {
+		if len(s.once) >= s.maxKeys {
+			s.sweepOnce(now)
+		}
+		if len(s.once) < s.maxKeys { // still full: the repeat will be charged, memory stays bounded
+			s.once[strings.Clone(b.Once)] = now + int64(b.OnceTTL)
+		}
+	}
 	return nil
+}
+
+// sweepOnce forgets expired charge-once keys. Caller holds s.mu.
+func (s *MemoryStore) sweepOnce(now int64) {
+	for k, exp := range s.once {
+		if exp <= now {
+			delete(s.once, k)
+		}
+	}
 }
 
 func (s *MemoryStore) rateTable(spec *RateSpec) *rateTable {
@@ -242,6 +272,7 @@ func (s *MemoryStore) Retain(ids map[string]bool) {
 func (s *MemoryStore) Sweep() {
 	now := s.clock.Now().UnixNano()
 	s.mu.Lock()
+	s.sweepOnce(now)
 	for _, t := range s.budgets {
 		for k, st := range t.keys {
 			st.log.dropThrough(now - int64(t.spec.Longest().Length))

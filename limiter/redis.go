@@ -426,7 +426,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 	defer s.putArgs(a)
 	a.args = append(a.args, boolArg(b.Commit))
 	a.args = s.nowArgs(a.args)
-	a.args = append(a.args, s.ttlFloor)
+	a.args = append(a.args, s.ttlFloor, b.OnceTTL.Milliseconds())
 	for i := range b.Checks {
 		c := &b.Checks[i]
 		h, z := s.budgetKeys(c.Spec, c.Key)
@@ -437,6 +437,9 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 		}
 		br := &c.Spec.Breaker
 		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit)
+	}
+	if b.Once != "" && b.Commit {
+		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
 	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -456,6 +459,13 @@ func decodeBudgets(b *BudgetBatch, res []int64) error {
 		return fmt.Errorf("script returned %d values", len(res))
 	}
 	b.Now = time.Unix(res[0], res[1])
+	if res[2] == 2 {
+		b.Repeat, b.Admitted = true, true
+		for range b.Checks {
+			b.Results = append(b.Results, BudgetResult{Allowed: true, Window: -1})
+		}
+		return nil
+	}
 	b.Admitted = res[2] == 1
 	p := 3
 	for i := range b.Checks {

@@ -27,12 +27,15 @@ import "github.com/redis/go-redis/v9"
 
 // budgetLua judges and (with commit) charges one BudgetBatch.
 //
-// KEYS: per check i: hash, log.
-// ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, then per
-// check: shadow, nWindows, (lengthNs, limit)×nWindows, breakerEnabled,
-// manual, cooldownNs, halfOpenLimit.
+// KEYS: per check i: hash, log; then, optionally, the batch's charge-once key.
+// ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, onceTtlMs,
+// then per check: shadow, nWindows, (lengthNs, limit)×nWindows,
+// breakerEnabled, manual, cooldownNs, halfOpenLimit.
 // Returns: nowS, nowNs, admitted, then per check: allowed, reason, window
 // (0-based, -1), prev, state, sinceS, sinceNs, retryNs, used×nWindows.
+// A committed batch whose charge-once key exists is a repeat of a request
+// already admitted and charged: the script returns nowS, nowNs, 2 and changes
+// nothing. An admitted committed batch sets the key for onceTtlMs.
 const budgetLua = `
 local E9 = 1000000000
 local CLOSED, OPEN, HALF = 0, 1, 2
@@ -47,6 +50,21 @@ else
   nowS, nowN = tonumber(ARGV[2]), tonumber(ARGV[3])
 end
 local ttlFloor = tonumber(ARGV[4])
+local onceTtl = tonumber(ARGV[5])
+local n = math.floor(#KEYS / 2)
+local once = nil
+if #KEYS % 2 == 1 and commit then once = KEYS[#KEYS] end
+-- The charge-once key holds its expiry "S.NNNNNNNNN" (the clock may be the
+-- client's); PX only bounds memory.
+if once then
+  local v = redis.call('GET', once)
+  if v then
+    local es, en = string.match(v, '^(%d+)%.(%d+)$')
+    if es and (tonumber(es) - nowS) * 1000000000 + (tonumber(en) - nowN) > 0 then
+      return {nowS, nowN, 2}
+    end
+  end
+end
 -- Numbers go to redis.call as Lua numbers: Redis prints them exactly
 -- (integers below 2^53), and scores are whole nanoseconds, so "more than x"
 -- is "at least x+1".
@@ -62,8 +80,7 @@ local function wlim(c, j) return tonumber(ARGV[c.p + 2 * j + 1]) end
 
 -- load every check
 local cs = {}
-local p = 5
-local n = #KEYS / 2
+local p = 6
 for i = 1, n do
   local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i], shadow = ARGV[p] == '1', nw = tonumber(ARGV[p + 1]), p = p}
   p = p + 2 + 2 * c.nw
@@ -210,6 +227,12 @@ if commit then
       end
     end
   end
+end
+
+if admitted and once then
+  local q = math.floor((nowN + onceTtl * 1000000) / E9)
+  local ev = string.format('%.0f.%09.0f', nowS + q, nowN + onceTtl * 1000000 - q * E9)
+  redis.call('SET', once, ev, 'PX', math.max(onceTtl, ttlFloor))
 end
 
 local out = {nowS, nowN, admitted and 1 or 0}

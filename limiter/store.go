@@ -49,8 +49,18 @@ type BudgetBatch struct {
 	// Commit takes tokens and moves breakers; false judges only (dryRun, or the
 	// proxy's early breaker check).
 	Commit bool
+	// Once, when set on a committed batch, identifies what is being charged
+	// (e.g. the UID of the object being deleted): a batch with the same Once
+	// within OnceTTL of an admitted one is a repeat — admitted, judged and
+	// charged by nobody, on every replica sharing the store. The API server
+	// validates one DELETE up to three times.
+	Once    string
+	OnceTTL time.Duration
 	// Admitted is set by the store: every non-shadow check was allowed.
 	Admitted bool
+	// Repeat is set by the store: the batch's Once was already charged, so
+	// nothing was judged; every result is allowed.
+	Repeat bool
 	// Now is set by the store: the time the decision was made at.
 	Now time.Time
 }
@@ -60,7 +70,8 @@ func (b *BudgetBatch) Reset() {
 	b.Checks = b.Checks[:0]
 	b.Results = b.Results[:0]
 	b.Commit = false
-	b.Admitted = false
+	b.Once, b.OnceTTL = "", 0
+	b.Admitted, b.Repeat = false, false
 	b.Now = time.Time{}
 }
 

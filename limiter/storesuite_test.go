@@ -32,6 +32,46 @@ func testStoreSemantics(t *testing.T, newStore newStoreFunc) {
 	t.Run("rate limits are token buckets", func(t *testing.T) { testRates(t, newStore) })
 	t.Run("keys are independent", func(t *testing.T) { testKeysIndependent(t, newStore) })
 	t.Run("inspection reports the busiest keys first", func(t *testing.T) { testInspect(t, newStore) })
+	t.Run("a repeat of a charged request is admitted and charges nothing", func(t *testing.T) { testChargeOnce(t, newStore) })
+}
+
+func testChargeOnce(t *testing.T, newStore newStoreFunc) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	s := newStore(t, clk)
+	spec := testSpec([]WindowSpec{{time.Hour, 2}}, BreakerSpec{Enabled: true, Manual: true})
+	once := func(id string, commit bool) *BudgetBatch {
+		t.Helper()
+		b := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: commit, Once: id, OnceTTL: 2 * time.Minute}
+		if err := s.Budgets(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if b := once("pod-uid-1", true); !b.Admitted || b.Repeat {
+		t.Fatalf("first charge: admitted=%v repeat=%v", b.Admitted, b.Repeat)
+	}
+	for i := 0; i < 3; i++ { // the API server's repeated validations of one delete
+		if b := once("pod-uid-1", true); !b.Admitted || !b.Repeat {
+			t.Fatalf("repeat %d: admitted=%v repeat=%v, want a free repeat", i, b.Admitted, b.Repeat)
+		}
+	}
+	if b := once("pod-uid-2", true); !b.Admitted || b.Repeat || b.Results[0].Used[0] != 2 {
+		t.Fatalf("second object: %+v, want charged as the 2nd of 2", b.Results)
+	}
+	b := once("pod-uid-3", true) // trips the breaker
+	if b.Admitted {
+		t.Fatal("third object admitted past the limit")
+	}
+	if b := once("pod-uid-3", true); b.Repeat || b.Admitted {
+		t.Fatal("a denied request was remembered as charged")
+	}
+	if b := once("pod-uid-4", false); b.Repeat {
+		t.Fatal("a dry run was treated as a repeat")
+	}
+	clk.Step(2*time.Minute + time.Second)
+	if b := once("pod-uid-1", true); b.Repeat {
+		t.Fatal("a charge was remembered past its TTL")
+	}
 }
 
 func testInspect(t *testing.T, newStore newStoreFunc) {

@@ -251,6 +251,11 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
+	if a.Verb == "delete" && objUID != "" && !a.DryRun {
+		// The memo catches repeats on this replica; the store catches those
+		// that reach another replica sharing it.
+		a.ChargeOnce = string(objUID)
+	}
 	d, ok := h.decide(ctx, a)
 	if !ok {
 		if a.Verb == "delete" && objUID != "" && !a.DryRun {
@@ -266,6 +271,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	}
 	if d.Allowed && a.Verb == "delete" && objUID != "" && !a.DryRun {
 		h.memo.remember(objUID, time.Now())
+	}
+	if d.Repeat {
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
 		"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)

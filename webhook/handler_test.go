@@ -397,3 +397,39 @@ func TestRetryAfterReachesTheStatusDetails(t *testing.T) {
 		t.Errorf("audit annotations %v lack the rule", resp.AuditAnnotations)
 	}
 }
+
+// TestRepeatsReachingAnotherReplicaAreNotCharged: the API server validates one
+// DELETE up to three times; when the repeats reach another replica sharing
+// the store, the store recognises the object and charges it once.
+func TestRepeatsReachingAnotherReplicaAreNotCharged(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktesting.NewFakeClock(testNow)
+	shared := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
+	replicas := make([]*Handler, 2)
+	for i := range replicas {
+		eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: p, Clock: clk, Store: shared})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := newTestEnv(t, Config{Engine: eng})
+		replicas[i] = env.h
+	}
+	// Given pod-deletes allows 2 per minute in a namespace
+	for i, obj := range []string{"uid-a", "uid-a", "uid-a", "uid-b", "uid-b"} {
+		// When each validation of a delete reaches the other replica
+		r := reviewSpec{uid: fmt.Sprintf("req-%d", i), op: "DELETE", resource: "pods", ns: "prod", name: obj, objUID: obj}
+		resp := decodeResponse(t, post(replicas[i%2], r.json(), "application/json"))
+		// Then every validation of the two objects is admitted: each object is charged once
+		if !resp.Allowed {
+			t.Fatalf("validation %d of %s denied: %s", i, obj, resp.Result.Message)
+		}
+	}
+	// And a third object finds the budget spent
+	r := reviewSpec{uid: "req-9", op: "DELETE", resource: "pods", ns: "prod", name: "c", objUID: "uid-c"}
+	if resp := decodeResponse(t, post(replicas[0], r.json(), "application/json")); resp.Allowed {
+		t.Fatal("a third object was admitted: the repeats were charged")
+	}
+}

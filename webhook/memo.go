@@ -19,9 +19,10 @@ import (
 // keys the memo: a repeated call for an object already charged is admitted
 // without charging again.
 //
-// The memo is per replica: with several replicas behind a Service the repeats
-// of one request usually reach the same replica (the API server keeps its
-// HTTP/2 connection), but a repeat that reaches another replica is charged.
+// The memo is per replica and saves a store call for the usual case, repeats
+// reaching the same replica. The handler also passes the UID to the engine as
+// Attributes.ChargeOnce, so a repeat that reaches another replica sharing the
+// store is recognised by the store and not charged either.
 type chargeMemo struct {
 	ttl time.Duration
 	max int
