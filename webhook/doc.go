@@ -39,7 +39,9 @@
 // 1.37 a plain pod delete arrives three times. The handler remembers the
 // objects (oldObject.metadata.uid) whose deletion it charged in the last two
 // minutes and admits repeats without charging them again (result "repeat").
-// The memory is per replica; see chargeMemo.
+// That memory is per replica (chargeMemo); the UID also goes to the engine as
+// Attributes.ChargeOnce, so the shared store recognises a repeat that reaches
+// another replica, in the same store call.
 //
 // # Exemptions: what the webhook never charges
 //
