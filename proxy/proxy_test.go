@@ -176,9 +176,18 @@ func TestAnUnreachableUpstreamAnswers503AtOnce(t *testing.T) {
 	}
 }
 
-func TestWatchEventsAreFlushedAsTheyHappen(t *testing.T) {
-	for _, h2 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("over HTTP/2=%v", h2), func(t *testing.T) {
+func TestStreamedResponsesAreFlushedAsTheyHappen(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		path string
+		h2   bool
+	}{
+		{name: "watch events over HTTP/1.1", path: "/api/v1/pods?watch=true"},
+		{name: "watch events over HTTP/2", path: "/api/v1/pods?watch=true", h2: true},
+		// Not long-running, but of unknown length: still flushed per write.
+		{name: "a list streamed in chunks", path: "/api/v1/pods"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			events := make(chan string)
 			defer close(events)
 			e := newEnv(t, envOptions{upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -190,12 +199,12 @@ func TestWatchEventsAreFlushedAsTheyHappen(t *testing.T) {
 					_ = http.NewResponseController(w).Flush()
 				}
 			})})
-			resp, err := e.client(e.userCert(t, "watcher"), h2).Get(e.proxyURL + "/api/v1/pods?watch=true")
+			resp, err := e.client(e.userCert(t, "watcher"), tc.h2).Get(e.proxyURL + tc.path)
 			if err != nil {
-				t.Fatalf("failed to start the watch: %v", err)
+				t.Fatalf("failed to start the request: %v", err)
 			}
 			defer resp.Body.Close()
-			if h2 && resp.ProtoMajor != 2 {
+			if tc.h2 && resp.ProtoMajor != 2 {
 				t.Errorf("protocol = %s, want HTTP/2", resp.Proto)
 			}
 			rd := bufio.NewReader(resp.Body)
