@@ -93,16 +93,19 @@ func merge(rs []loadResult) loadResult {
 }
 
 // bareProxy serves a plain httputil.ReverseProxy, with its defaults (no
-// flush interval, no buffer pool), behind the same server and TLS setup as
-// the KubeDefender proxy in e (serving pair, client certificates requested)
-// and with the same upstream transport settings (HTTP/2, TLS; no front-proxy
-// certificate, since it forwards no identity).
-func bareProxy(b *testing.B, e *env) string {
+// flush interval; a buffer pool if pooled, as ours has), behind the same
+// server and TLS setup as the KubeDefender proxy in e (serving pair, client
+// certificates requested) and with the same upstream transport settings
+// (HTTP/2, TLS; no front-proxy certificate, since it forwards no identity).
+func bareProxy(b *testing.B, e *env, pooled bool) string {
 	b.Helper()
 	u, _ := url.Parse(e.upstream.URL)
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 		Transport: e.proxy.newTransport(e.proxy.upstreamTransport.TLSClientConfig.Clone()),
+	}
+	if pooled {
+		rp.BufferPool = copyBuffers{}
 	}
 	srv := e.proxy.newServer()
 	srv.Handler = rp
@@ -118,17 +121,18 @@ func bareProxy(b *testing.B, e *env) string {
 // BenchmarkProxyVersusBareReverseProxy puts the same load, from the same
 // client-certificate user, on (a) the KubeDefender proxy with the example
 // policy, front-proxy authentication and priority levels (the user falls in
-// the catch-all level, so every request passes a queue set), and (b) a bare
-// httputil.ReverseProxy with the same TLS, both in front of the same fast
-// in-process upstream. Load generator, proxies and upstream share the
-// process and its CPUs, so the throughput is that of the whole loop; the
-// ratio compares the two proxies under it.
+// the catch-all level, so every request passes a queue set), (b) a bare
+// httputil.ReverseProxy with the same TLS, and (c) the same with a buffer
+// pool, all in front of the same fast in-process upstream. The targets are
+// against (b); the ratio against (c) is the cost of the filters alone.
+// Load generator, proxies and upstream share the process and its CPUs, so
+// the throughput is that of the whole loop.
 //
-// Rounds alternate between the two, in alternating order, so that machine
-// noise hits both alike. It reports, for each, the throughput over all its
-// rounds and p50 and p99 over all its latencies, the ratios, and the median
-// of the per-round throughput ratios (each round paired with the other
-// proxy's round next to it), which one noisy round cannot move.
+// Rounds rotate between the three, in rotating order, so that machine noise
+// hits all alike. It reports, for each, the throughput over all its rounds
+// and p50 and p99 over all its latencies, the ratios, and the median of the
+// per-round throughput ratios (each round compared with the other proxies'
+// rounds next to it), which one stalled round cannot move.
 func BenchmarkProxyVersusBareReverseProxy(b *testing.B) {
 	policyYAML, err := os.ReadFile("testdata/example-policy.yaml")
 	if err != nil {
@@ -139,7 +143,6 @@ func BenchmarkProxyVersusBareReverseProxy(b *testing.B) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 	})})
-	bare := bareProxy(b, e)
 	pair := e.userCert(b, "bench-user", "bench")
 	const workers, round, rounds = 16, time.Second, 6
 	client := func() *http.Client {
@@ -148,40 +151,56 @@ func BenchmarkProxyVersusBareReverseProxy(b *testing.B) {
 		return c
 	}
 	path := "/api/v1/namespaces/default/pods"
-	kdClient, bareClient := client(), client()
-	runLoad(e.proxyURL+path, kdClient, workers, 300*time.Millisecond) // warm up
-	runLoad(bare+path, bareClient, workers, 300*time.Millisecond)
+	type target struct {
+		name    string
+		url     string
+		client  *http.Client
+		results []loadResult
+	}
+	kd := &target{name: "kubedefender", url: e.proxyURL + path, client: client()}
+	bare := &target{name: "bare ReverseProxy", url: bareProxy(b, e, false) + path, client: client()}
+	pooled := &target{name: "bare + buffer pool", url: bareProxy(b, e, true) + path, client: client()}
+	targets := []*target{bare, pooled, kd}
+	for _, t := range targets {
+		runLoad(t.url, t.client, workers, 300*time.Millisecond) // warm up
+	}
 	b.ResetTimer()
-	var kd, br []loadResult
-	var ratios []float64
+	var vsBare, vsPooled []float64
 	for i := range rounds {
-		var k, r loadResult
-		if i%2 == 0 {
-			r = runLoad(bare+path, bareClient, workers, round)
-			k = runLoad(e.proxyURL+path, kdClient, workers, round)
-		} else {
-			k = runLoad(e.proxyURL+path, kdClient, workers, round)
-			r = runLoad(bare+path, bareClient, workers, round)
+		for j := range targets {
+			t := targets[(i+j)%len(targets)]
+			t.results = append(t.results, runLoad(t.url, t.client, workers, round))
 		}
-		kd, br = append(kd, k), append(br, r)
-		ratios = append(ratios, k.qps()/r.qps())
+		k := kd.results[i].qps()
+		vsBare, vsPooled = append(vsBare, k/bare.results[i].qps()), append(vsPooled, k/pooled.results[i].qps())
 	}
 	b.StopTimer()
-	slices.Sort(ratios)
-	median := (ratios[(len(ratios)-1)/2] + ratios[len(ratios)/2]) / 2
-	k, r := merge(kd), merge(br)
-	if k.errors > 0 || r.errors > 0 {
-		b.Fatalf("errors: kubedefender %d, bare %d", k.errors, r.errors)
+	median := func(xs []float64) float64 {
+		slices.Sort(xs)
+		return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
 	}
+	all := map[*target]loadResult{}
+	for _, t := range targets {
+		all[t] = merge(t.results)
+		if all[t].errors > 0 {
+			b.Fatalf("%s: %d errors", t.name, all[t].errors)
+		}
+	}
+	k, r, p := all[kd], all[bare], all[pooled]
 	fmt.Printf("\nload: %d workers, HTTP/1.1 keep-alive, client certificates, %d x %s rounds each, GOMAXPROCS=%d\n", workers, rounds, round, runtime.GOMAXPROCS(0))
-	fmt.Printf("  bare ReverseProxy  %8.0f req/s  p50 %8s  p99 %8s\n", r.qps(), r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond))
-	fmt.Printf("  kubedefender       %8.0f req/s  p50 %8s  p99 %8s\n", k.qps(), k.p50.Round(time.Microsecond), k.p99.Round(time.Microsecond))
-	fmt.Printf("  throughput ratio %.3fx, median per round %.3fx (target >= 0.9x), added p50 %s, added p99 %s (target <= 1ms)\n",
-		k.qps()/r.qps(), median, (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
+	for _, t := range targets {
+		m := all[t]
+		fmt.Printf("  %-19s %8.0f req/s  p50 %8s  p99 %8s\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond))
+	}
+	fmt.Printf("  vs bare:        throughput ratio %.3fx, median per round %.3fx (target >= 0.9x), added p50 %s, added p99 %s (target <= 1ms)\n",
+		k.qps()/r.qps(), median(vsBare), (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
+	fmt.Printf("  vs bare + pool: throughput ratio %.3fx, median per round %.3fx, added p50 %s, added p99 %s\n",
+		k.qps()/p.qps(), median(vsPooled), (k.p50 - p.p50).Round(time.Microsecond), (k.p99 - p.p99).Round(time.Microsecond))
 	b.ReportMetric(k.qps(), "kd-req/s")
 	b.ReportMetric(r.qps(), "bare-req/s")
 	b.ReportMetric(k.qps()/r.qps(), "throughput-ratio")
-	b.ReportMetric(median, "median-round-ratio")
+	b.ReportMetric(median(vsBare), "median-round-ratio")
+	b.ReportMetric(k.qps()/p.qps(), "pooled-throughput-ratio")
 	b.ReportMetric(float64(k.p99-r.p99)/1e3, "added-p99-µs")
 	b.ReportMetric(float64(k.p50-r.p50)/1e3, "added-p50-µs")
 }
