@@ -219,6 +219,23 @@ type queueWait struct {
 // Done is nil (never ready) until arm.
 func (q *queueWait) Done() <-chan struct{} { return q.done }
 
+// Err keeps the context contract with Done: nil until Done is closed, then
+// the request's error, or DeadlineExceeded for the maximum wait.
+func (q *queueWait) Err() error {
+	if q.done == nil {
+		return nil
+	}
+	select {
+	case <-q.done:
+		if err := q.Context.Err(); err != nil {
+			return err
+		}
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
 func (q *queueWait) noteQueued(inQueue bool) { q.queued.Store(inQueue) }
 
 func (q *queueWait) expire() { q.once.Do(func() { close(q.done) }) }

@@ -2,18 +2,20 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
 
 func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		wait   time.Duration
-		cancel bool
+		name    string
+		wait    time.Duration
+		cancel  bool
+		wantErr error
 	}{
-		{name: "the maximum wait passes", wait: 10 * time.Millisecond},
-		{name: "the client goes away", wait: time.Hour, cancel: true},
+		{name: "the maximum wait passes", wait: 10 * time.Millisecond, wantErr: context.DeadlineExceeded},
+		{name: "the client goes away", wait: time.Hour, cancel: true, wantErr: context.Canceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -24,6 +26,9 @@ func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
 			}
 			disarm := qw.arm(tc.wait)
 			defer disarm()
+			if err := qw.Err(); err != nil {
+				t.Fatalf("Err = %v before Done", err)
+			}
 			if tc.cancel {
 				cancel()
 			}
@@ -31,6 +36,9 @@ func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
 			case <-qw.Done():
 			case <-time.After(5 * time.Second):
 				t.Fatal("Done never became ready")
+			}
+			if err := qw.Err(); !errors.Is(err, tc.wantErr) {
+				t.Errorf("Err = %v, want %v", err, tc.wantErr)
 			}
 		})
 	}
