@@ -67,6 +67,17 @@
 // requests stay queued; a level that disappears keeps serving the requests it
 // already holds.
 //
+// # Cost
+//
+// A request dispatched at once by its priority level costs no timer (the
+// queue wait is armed only when the request is actually queued); its state
+// and response writer are one allocation; identity headers are built once
+// per authenticated user; copy buffers are pooled. Responses of long-running
+// requests are flushed after every write; other responses when complete, or
+// after every write if their length is unknown. BenchmarkChain measures the
+// chain in process (ns/op, allocs/op) and BenchmarkProxyVersusBareReverseProxy
+// end to end against a bare httputil.ReverseProxy.
+//
 // # Budgets at the proxy
 //
 // By default (budgets charged by the webhook) the proxy only rejects early the
