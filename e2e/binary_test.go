@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -103,35 +102,9 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	})
 
 	// When `kubedefender serve` runs and `kubedefender webhook config --apply` registers it
-	logFile := filepath.Join(dir, "serve.log")
-	logf, err := os.Create(logFile)
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	serve := exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig,
+	startProcess(t, "serve", exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig,
 		"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", webhookPort), "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", metricsPort),
-		"--tls-cert-file", filepath.Join(certs, pki.CertFile), "--tls-private-key-file", filepath.Join(certs, pki.KeyFile), "--log-format", "text")
-	serve.Stdout, serve.Stderr = logf, logf
-	serve.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := serve.Start(); err != nil {
-		t.Fatalf("failed to start kubedefender serve: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-serve.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = serve.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-serve.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		_ = logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile)
-			t.Logf("kubedefender serve log:\n%s", b)
-		}
-	})
+		"--tls-cert-file", filepath.Join(certs, pki.CertFile), "--tls-private-key-file", filepath.Join(certs, pki.KeyFile), "--log-format", "text"))
 	framework.Eventually(t, 20*time.Second, "kubedefender serve to be ready", func(ctx context.Context) (bool, error) {
 		v, err := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_requests_total{operation="DELETE",result="allowed"}`)
 		return v >= 0, err

@@ -250,37 +250,11 @@ func startReplica(t *testing.T, bin, name, policyFile, certs, redisURL, kubeconf
 	t.Helper()
 	wp, mp := freePort(t), freePort(t)
 	r := &replica{name: name, webhookURL: fmt.Sprintf("https://127.0.0.1:%d/validate", wp), metricsURL: fmt.Sprintf("http://127.0.0.1:%d", mp)}
-	logFile := filepath.Join(t.TempDir(), name+".log")
-	r.logFile = logFile
-	logf, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", kubeconfig, "--redis-url", redisURL,
 		"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", wp), "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", mp),
 		"--tls-cert-file", filepath.Join(certs, pki.CertFile), "--tls-private-key-file", filepath.Join(certs, pki.KeyFile), "--log-format", "text")
 	cmd.Env = append(os.Environ(), "POD_NAME="+name)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("failed to start %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		_ = logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile)
-			t.Logf("%s log:\n%s", name, b)
-		}
-	})
+	r.logFile = startProcess(t, name, cmd)
 	framework.Eventually(t, 20*time.Second, name+" to serve /status", func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.metricsURL+"/status", nil)
 		resp, err := http.DefaultClient.Do(req)
@@ -357,4 +331,38 @@ func overrideNameFrom(t *testing.T, out string) string {
 	}
 	name, _, _ := strings.Cut(out[i+len(prefix):], " ")
 	return name
+}
+
+// startProcess starts cmd in its own process group with its output in a log
+// file, and stops it when t ends (SIGTERM, then SIGKILL after 10 s), printing
+// the log when t failed. It returns the log file's path.
+func startProcess(t *testing.T, name string, cmd *exec.Cmd) string {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), name+".log")
+	logf, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("failed to start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		_ = logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("%s log:\n%s", name, b)
+		}
+	})
+	return logFile
 }

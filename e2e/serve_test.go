@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -63,31 +62,12 @@ func TestServeProxyAndWebhookTogether(t *testing.T) {
 	certFile, keyFile := cp.IssueServingCert(t, "kubedefender", "127.0.0.1", "localhost")
 	pp, wp, mp := freePort(t), freePort(t), freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", mp)
-	logFile := filepath.Join(dir, "serve.log")
-	logf, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serve := exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig, "--redis-url", redisURL,
+	startProcess(t, "serve", exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig, "--redis-url", redisURL,
 		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", pp), "--upstream", cp.URL, "--upstream-ca-file", cp.CACertFile,
 		"--auth-mode", "front-proxy", "--client-ca-file", cp.CACertFile,
 		"--front-proxy-cert-file", cp.FrontProxyClientCertFile, "--front-proxy-key-file", cp.FrontProxyClientKeyFile,
 		"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", wp), "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", mp),
-		"--tls-cert-file", certFile, "--tls-private-key-file", keyFile, "--log-format", "text")
-	serve.Stdout, serve.Stderr = logf, logf
-	serve.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := serve.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-serve.Process.Pid, syscall.SIGTERM)
-		_ = serve.Wait()
-		_ = logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile)
-			t.Logf("serve log:\n%s", b)
-		}
-	})
+		"--tls-cert-file", certFile, "--tls-private-key-file", keyFile, "--log-format", "text"))
 	framework.Eventually(t, 20*time.Second, "kubedefender serve to be up", func(ctx context.Context) (bool, error) {
 		v, err := scrape(ctx, metricsURL+"/metrics", "kubedefender_policy_rules")
 		return err == nil && v == 4, nil //nolint:nilerr // not up yet
@@ -116,6 +96,7 @@ func TestServeProxyAndWebhookTogether(t *testing.T) {
 
 	// When alice lists pods through the proxy
 	var out, errOut string
+	var err error
 	framework.Eventually(t, 10*time.Second, "alice's RoleBinding to take effect", func(context.Context) (bool, error) {
 		out, errOut, err = cp.Kubectl(t, alice, "-n", ns, "get", "pods", "-o", "name")
 		return err == nil || !strings.Contains(errOut, "forbidden"), nil
