@@ -1,0 +1,96 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func file(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestValidate(t *testing.T) {
+	pol, cert, key := file(t, "p.yaml", "x"), file(t, "tls.crt", "x"), file(t, "tls.key", "x")
+	base := func() *ServeOptions {
+		o := NewServeOptions()
+		o.PolicyFile, o.WebhookListen, o.TLSCertFile, o.TLSPrivateKeyFile = pol, ":8443", cert, key
+		return o
+	}
+	cases := []struct {
+		name    string
+		mutate  func(*ServeOptions)
+		wantErr []string
+	}{
+		{"a webhook with its serving pair is valid", func(*ServeOptions) {}, nil},
+		{"a passthrough proxy needs no client CA or front-proxy pair", func(o *ServeOptions) {
+			o.ProxyListen, o.Upstream, o.AuthMode = ":6443", "https://10.0.0.1:6443", AuthPassthrough
+		}, nil},
+		{"a front-proxy proxy needs the client CA and the front-proxy pair", func(o *ServeOptions) {
+			o.ProxyListen, o.Upstream = ":6443", "https://10.0.0.1:6443"
+		}, []string{"--client-ca-file is required", "--front-proxy-cert-file and --front-proxy-key-file are required"}},
+		{"an http upstream is refused", func(o *ServeOptions) {
+			o.ProxyListen, o.Upstream, o.AuthMode = ":6443", "http://10.0.0.1:6443", AuthPassthrough
+		}, []string{`--upstream "http://10.0.0.1:6443": want https://host:port`}},
+		{"a redis password never appears in an error", func(o *ServeOptions) { o.RedisURL = "mysql://u:hunter2@h" }, []string{"--redis-url", "xxxxx"}},
+		{"redis options need a redis URL", func(o *ServeOptions) { o.RedisKeyPrefix = "kd:v2:" }, []string{"--redis-* options need --redis-url"}},
+		{"a client certificate for redis needs its key", func(o *ServeOptions) {
+			o.RedisURL, o.RedisCertFile = "redis://h:6379", cert
+		}, []string{"--redis-cert-file and --redis-key-file go together"}},
+		{"missing files are named", func(o *ServeOptions) { o.RedisURL, o.RedisCAFile = "redis://h", "/nope/ca.pem" }, []string{"--redis-ca-file: stat /nope/ca.pem"}},
+		{"bad log settings are refused", func(o *ServeOptions) { o.LogLevel, o.LogFormat = "loud", "xml" }, []string{`--log-level "loud"`, `--log-format "xml"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := base()
+			tc.mutate(o)
+			err := o.Validate()
+			if len(tc.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error shows a password:\n%v", err)
+			}
+		})
+	}
+}
+
+func TestCompleteReadsThePasswordFileAndKubeconfig(t *testing.T) {
+	kubeconfig := file(t, "kubeconfig", `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: abc}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`)
+	o := NewServeOptions()
+	o.RedisPasswordFile = file(t, "pw", "s3cret\n")
+	o.Kubeconfig = kubeconfig
+	c, err := o.Complete()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RedisPassword != "s3cret" {
+		t.Errorf("password %q, want it without the newline", c.RedisPassword)
+	}
+	if c.Kube == nil || c.Kube.Host != "https://127.0.0.1:6443" || c.Kube.UserAgent != "kubedefender" {
+		t.Errorf("kube config: %+v", c.Kube)
+	}
+}
