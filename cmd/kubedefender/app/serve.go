@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,9 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"github.com/kubedefender/kubedefender/config"
 	"github.com/kubedefender/kubedefender/limiter"
@@ -68,6 +71,10 @@ type component struct {
 // without a good one), then the store and engine, then the servers.
 func runServe(ctx context.Context, cfg *config.Config) error {
 	log := cfg.Logger
+	// client-go and k8s.io/apiserver log through klog, go-redis through its
+	// own logger: both are process globals, pointed at this logger once, here.
+	klog.SetSlogLogger(log.With("component", "k8s"))
+	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -203,6 +210,14 @@ func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg promet
 		return component{}, err
 	}
 	return component{"overrides", ctrl.Run}, nil
+}
+
+// redisLogger routes go-redis's own messages (dial errors, sentinel changes)
+// into the structured log.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Warn(fmt.Sprintf(format, v...))
 }
 
 // replicaName names this process in status and Events: the pod name when
