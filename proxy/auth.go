@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -241,7 +242,7 @@ func (p *Proxy) buildAuthenticator() error {
 	if p.cfg.TokenReviewClient != nil {
 		cfg.TokenAccessReviewClient = p.cfg.TokenReviewClient
 	}
-	cache := &certCache{entries: map[string]certEntry{}}
+	cache := &certCache{entries: map[[sha256.Size]byte]certEntry{}}
 	if p.cfg.ClientCAFile != "" {
 		ca, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", p.cfg.ClientCAFile)
 		if err != nil {
@@ -272,9 +273,12 @@ func (p *Proxy) buildAuthenticator() error {
 // who a verified certificate is, but a failed certificate falls through to
 // the token). A change of the client CA empties it.
 type certCache struct {
-	next    authenticator.Request
-	mu      sync.Mutex
-	entries map[string]certEntry
+	next authenticator.Request
+	mu   sync.Mutex
+	// entries are keyed by the hash of the whole leaf certificate: its
+	// signature alone is public and could be pasted into a forged certificate
+	// with the attacker's own key (the handshake proves only the key).
+	entries map[[sha256.Size]byte]certEntry
 }
 
 type certEntry struct {
@@ -299,9 +303,10 @@ func (c *certCache) AuthenticateRequest(r *http.Request) (*authenticator.Respons
 		return c.next.AuthenticateRequest(r)
 	}
 	leaf := r.TLS.PeerCertificates[0]
+	key := sha256.Sum256(leaf.Raw)
 	now := time.Now()
 	c.mu.Lock()
-	e, ok := c.entries[string(leaf.Signature)]
+	e, ok := c.entries[key]
 	c.mu.Unlock()
 	if ok && now.Before(e.expires) {
 		return e.resp, true, nil
@@ -318,7 +323,7 @@ func (c *certCache) AuthenticateRequest(r *http.Request) (*authenticator.Respons
 	if len(c.entries) >= certCacheSize {
 		clear(c.entries)
 	}
-	c.entries[string(leaf.Signature)] = certEntry{resp: resp, expires: exp}
+	c.entries[key] = certEntry{resp: resp, expires: exp}
 	c.mu.Unlock()
 	return resp, true, nil
 }

@@ -1,10 +1,17 @@
 package proxy
 
 import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"testing"
+	"time"
 
+	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/user"
 )
 
@@ -41,5 +48,45 @@ func TestCachedIdentityHeadersMatchTheUser(t *testing.T) {
 				t.Errorf("headers = %v, want %v", got, want[tc.u])
 			}
 		})
+	}
+}
+
+// verifyingAuthenticator stands in for the x509 authenticator: it accepts
+// exactly one certificate (by its whole DER) and counts its calls.
+type verifyingAuthenticator struct {
+	accept []byte
+	calls  int
+}
+
+func (v *verifyingAuthenticator) AuthenticateRequest(r *http.Request) (*authenticator.Response, bool, error) {
+	v.calls++
+	if string(r.TLS.PeerCertificates[0].Raw) != string(v.accept) {
+		return nil, false, errors.New("x509: certificate signed by unknown authority")
+	}
+	return &authenticator.Response{User: &user.DefaultInfo{Name: "kubernetes-admin", Groups: []string{"system:masters"}}}, true, nil
+}
+
+// TestCertCacheCannotBeFooledByAPastedSignature: a certificate's signature is
+// public; a forged certificate carrying the victim's signature (and the
+// attacker's own key, which the TLS handshake accepts) must not hit the
+// victim's cache entry.
+func TestCertCacheCannotBeFooledByAPastedSignature(t *testing.T) {
+	victim := &x509.Certificate{Raw: []byte("victim DER"), Signature: []byte("the victim's signature"), NotAfter: time.Now().Add(time.Hour)}
+	forged := &x509.Certificate{Raw: []byte("forged DER with the attacker's key"), Signature: victim.Signature, NotAfter: victim.NotAfter}
+	next := &verifyingAuthenticator{accept: victim.Raw}
+	cache := &certCache{next: next, entries: map[[sha256.Size]byte]certEntry{}}
+	req := func(c *x509.Certificate) *http.Request {
+		r := httptest.NewRequest(http.MethodGet, "/api", nil)
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}}
+		return r
+	}
+	if resp, ok, err := cache.AuthenticateRequest(req(victim)); !ok || err != nil || resp.User.GetName() != "kubernetes-admin" {
+		t.Fatalf("the victim: %v %v %v", resp, ok, err)
+	}
+	if _, ok, _ := cache.AuthenticateRequest(req(forged)); ok {
+		t.Fatal("a forged certificate with the victim's signature was authenticated from the cache")
+	}
+	if _, ok, _ := cache.AuthenticateRequest(req(victim)); !ok || next.calls != 2 {
+		t.Fatalf("the victim's second request: ok=%v, %d verifications, want a cache hit (2 verifications in all)", ok, next.calls)
 	}
 }
