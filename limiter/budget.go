@@ -73,7 +73,12 @@ type budgetState struct {
 // are due at now, without changing st.
 func (st *budgetState) effective(spec *BudgetSpec, now int64) (state BreakerState, since, halfOpenUsed int64) {
 	state, since, halfOpenUsed = st.state, st.since, st.halfOpenUsed
-	if !spec.Breaker.Enabled || spec.Breaker.Manual {
+	if !spec.Breaker.Enabled {
+		// A reload removed the breaker (the windows, and so the state, were
+		// kept): a breaker that no longer exists denies nothing.
+		return Closed, since, 0
+	}
+	if spec.Breaker.Manual {
 		return
 	}
 	cd := int64(spec.Breaker.Cooldown)

@@ -124,7 +124,9 @@ end
 
 local function effective(c)
   local st, ss, sn, ho = c.st, c.ss, c.sn, c.ho
-  if not c.br or c.manual then return st, ss, sn, ho end
+  -- a reload removed the breaker: it denies nothing any more
+  if not c.br then return CLOSED, ss, sn, 0 end
+  if c.manual then return st, ss, sn, ho end
   if st == OPEN and diff(nowS, nowN, ss, sn) >= c.cd then
     st, ho = HALF, 0
     ss, sn = norm(ss, sn + c.cd)

@@ -350,6 +350,18 @@ func testBreakers(t *testing.T, newStore newStoreFunc) {
 				t.Fatal("after the window: want admitted")
 			}
 		}},
+		{"a breaker removed by a reload denies nothing any more", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Manual: true})
+			c := BudgetCheck{Spec: spec, Key: "k"}
+			take(t, s, true, c)
+			take(t, s, true, c) // trips
+			noBreaker := *spec
+			noBreaker.Breaker = BreakerSpec{} // same name and windows, so the same ID and state
+			clk.Step(time.Minute)
+			if res := take(t, s, true, BudgetCheck{Spec: &noBreaker, Key: "k"}).Results[0]; !res.Allowed || res.State != Closed {
+				t.Fatalf("after the breaker was removed: %+v, want allowed and Closed", res)
+			}
+		}},
 		{"resetting every key of a budget closes all its breakers", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
 			spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Manual: true})
 			for _, k := range []string{"a", "b"} {
