@@ -151,6 +151,12 @@ func (o *ServeOptions) Validate() error {
 	if o.BudgetsAt != BudgetsAtWebhook && o.BudgetsAt != BudgetsAtProxy {
 		add("--budgets-at %q: want webhook or proxy", o.BudgetsAt)
 	}
+	if o.BudgetsAt == BudgetsAtProxy && o.WebhookListen != "" {
+		add("--budgets-at=proxy charges budgets in the proxy; with --webhook-listen every delete would be charged twice (use --budgets-at=webhook when the webhook is deployed)")
+	}
+	if o.BudgetsAt == BudgetsAtProxy && o.ProxyListen == "" {
+		add("--budgets-at=proxy needs --proxy-listen")
+	}
 	if o.RedisURL != "" {
 		if u, err := url.Parse(o.RedisURL); err != nil || !strings.HasPrefix(u.Scheme, "redis") {
 			add("--redis-url %q: want redis://, rediss://, redis+sentinel:// or redis+cluster://", redactURL(o.RedisURL))

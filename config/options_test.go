@@ -44,6 +44,8 @@ func TestValidate(t *testing.T) {
 			o.RedisURL, o.RedisCertFile = "redis://h:6379", cert
 		}, []string{"--redis-cert-file and --redis-key-file go together"}},
 		{"missing files are named", func(o *ServeOptions) { o.RedisURL, o.RedisCAFile = "redis://h", "/nope/ca.pem" }, []string{"--redis-ca-file: stat /nope/ca.pem"}},
+		{"budgets charged at the proxy and at the webhook would count twice", func(o *ServeOptions) { o.BudgetsAt = BudgetsAtProxy },
+			[]string{"every delete would be charged twice", "--budgets-at=proxy needs --proxy-listen"}},
 		{"bad log settings are refused", func(o *ServeOptions) { o.LogLevel, o.LogFormat = "loud", "xml" }, []string{`--log-level "loud"`, `--log-format "xml"`}},
 	}
 	for _, tc := range cases {

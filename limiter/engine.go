@@ -151,8 +151,9 @@ type Engine struct {
 	overrides atomic.Pointer[[]Override]
 	pool      sync.Pool
 	// storeDown avoids one log line per request during an outage.
-	storeDown atomic.Bool
-	onceTTL   time.Duration
+	storeDown   atomic.Bool
+	onceTTL     time.Duration
+	ownFallback bool
 }
 
 type engineState struct {
@@ -214,7 +215,8 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if cfg.Store == nil {
 		cfg.Store = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
 	}
-	if cfg.Fallback == nil {
+	ownFallback := cfg.Fallback == nil
+	if ownFallback {
 		cfg.Fallback = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
 	}
 	if cfg.Replicas == nil {
@@ -227,13 +229,14 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		cfg.ChargeOnceTTL = 2 * time.Minute
 	}
 	e := &Engine{
-		onceTTL:  cfg.ChargeOnceTTL,
-		store:    cfg.Store,
-		fallback: cfg.Fallback,
-		replicas: cfg.Replicas,
-		clock:    cfg.Clock,
-		log:      cfg.Logger,
-		metrics:  newMetrics(),
+		onceTTL:     cfg.ChargeOnceTTL,
+		ownFallback: ownFallback,
+		store:       cfg.Store,
+		fallback:    cfg.Fallback,
+		replicas:    cfg.Replicas,
+		clock:       cfg.Clock,
+		log:         cfg.Logger,
+		metrics:     newMetrics(),
 	}
 	e.pool.New = func() any { return &scratch{arena: make([]byte, 0, 512)} }
 	if cfg.Registerer != nil {
@@ -244,6 +247,16 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	e.overrides.Store(&[]Override{})
 	e.SetPolicy(cfg.Policy)
 	return e, nil
+}
+
+// Run keeps the engine's own fallback store tidy (forgetting idle keys)
+// until ctx is done, when the engine made it (EngineConfig.Fallback nil).
+func (e *Engine) Run(ctx context.Context) {
+	if ms, ok := e.fallback.(*MemoryStore); ok && e.ownFallback {
+		ms.Run(ctx)
+		return
+	}
+	<-ctx.Done()
 }
 
 // Store returns the engine's shared store.
@@ -379,6 +392,8 @@ func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes
 		if !d.Allowed {
 			return
 		}
+	} else {
+		e.storeRecovered()
 	}
 	for i, res := range sc.rate.Results {
 		r := sc.rrules[i]
@@ -397,7 +412,7 @@ func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes
 				Kind: KindRateLimit, Rule: r.cr.Name, Key: clone(key), RetryAfter: res.RetryAfter,
 				Message: rateMessage(r, key, res, &a.Attributes, false), Warnings: d.Warnings, Fallback: d.Fallback,
 			}
-			e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", key,
+			e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", d.Key,
 				"verb", a.Verb, "resource", a.Resource, "user", a.User, "retryAfter", res.RetryAfter)
 		}
 	}
@@ -470,8 +485,8 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		if !d.Allowed {
 			return
 		}
-	} else if e.storeDown.Swap(false) {
-		e.log.Info("shared store reachable again; decisions use it")
+	} else {
+		e.storeRecovered()
 	}
 	b := &sc.budget
 	if b.Repeat {
@@ -483,7 +498,8 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		r := sc.rules[i]
 		if commit && res.Prev != res.State {
 			e.metrics.transitions.WithLabelValues(r.cb.Name, res.State.String()).Inc()
-			e.log.Warn("breaker "+res.State.String(), "rule", r.cb.Name, "key", b.Checks[i].Key, "from", res.Prev.String())
+			// Keys live in the pooled arena: a log record gets a copy.
+			e.log.Warn("breaker "+res.State.String(), "rule", r.cb.Name, "key", clone(b.Checks[i].Key), "from", res.Prev.String())
 		}
 		if breakersOnly && res.Reason != BreakerIsOpen && res.Reason != HalfOpenFull {
 			continue
@@ -535,7 +551,7 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 		nd.Code, nd.Reason = http.StatusTooManyRequests, "TooManyRequests"
 	}
 	*d = nd
-	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", key, "verb", a.Verb,
+	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", nd.Key, "verb", a.Verb,
 		"resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User,
 		"window", policy.FormatDuration(nd.Window), "used", nd.Used, "limit", nd.Limit, "breaker", res.State.String(),
 		"dryRun", a.DryRun)
@@ -622,6 +638,13 @@ func (e *Engine) budgetStoreFailure(ctx context.Context, sc *scratch, err error,
 		b.Results[i] = sc.local.Results[j]
 	}
 	b.Admitted, b.Repeat, b.Now = sc.local.Admitted, sc.local.Repeat, sc.local.Now
+}
+
+// storeRecovered logs, once, that the store answers again.
+func (e *Engine) storeRecovered() {
+	if e.storeDown.Load() && e.storeDown.Swap(false) {
+		e.log.Info("shared store reachable again; decisions use it")
+	}
 }
 
 func (e *Engine) noteStoreFailure(op string, err error) {

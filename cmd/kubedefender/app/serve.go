@@ -86,6 +86,11 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	if c, ok := store.(interface{ Close() error }); ok {
+		// Closed only after every server has drained (runAll has returned):
+		// requests finishing during shutdown still reach the store.
+		defer func() { _ = c.Close() }()
+	}
 	engCfg := limiter.EngineConfig{Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg}
 	if rs, ok := store.(*limiter.RedisStore); ok {
 		engCfg.Replicas = rs.Replicas
@@ -97,7 +102,11 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	watcher.Subscribe(engine.SetPolicy)
 	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", storeMode)
 
-	comps := []component{{"policy-watcher", watcher.Run}, storeComp}
+	comps := []component{
+		{"policy-watcher", watcher.Run},
+		storeComp,
+		{"local-fallback", func(ctx context.Context) error { engine.Run(ctx); return nil }},
+	}
 	if cfg.Options.WebhookListen != "" {
 		c, err := newWebhookComponent(cfg, engine, reg)
 		if err != nil {
@@ -115,6 +124,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		log.Warn("no --kubeconfig and not running in a cluster: break-glass overrides are off")
 	}
 	var levels func() []levelStatus
+	ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	if cfg.Options.ProxyListen != "" {
 		p, err := newProxy(cfg, engine, watcher, reg)
 		if err != nil {
@@ -122,12 +132,13 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		}
 		comps = append(comps, component{"proxy", p.Run})
 		levels = func() []levelStatus { return proxyLevels(p) }
+		ready = p.Readyz() // a proxy that cannot reach its upstream is not ready
 	}
 	if cfg.Options.MetricsListen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		mux.Handle("/readyz", ready)
 		mux.Handle("/status", statusHandler(func(ctx context.Context) *replicaStatus {
 			st := &replicaStatus{Replica: replicaName(), Version: version.Version, Store: storeMode,
 				LastReloadError: watcher.LastError(), Engine: engine.Status(ctx, statusKeys)}
@@ -160,8 +171,8 @@ func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Store, com
 		return nil, component{}, "", err
 	}
 	run := func(ctx context.Context) error {
-		rs.Run(ctx)
-		return rs.Close()
+		rs.Run(ctx) // heartbeats and probes; runServe closes the client last
+		return nil
 	}
 	return rs, component{"redis-store", run}, "redis", nil
 }
