@@ -41,7 +41,13 @@
 // minutes and admits repeats without charging them again (result "repeat").
 // That memory is per replica (chargeMemo); the UID also goes to the engine as
 // Attributes.ChargeOnce, so the shared store recognises a repeat that reaches
-// another replica, in the same store call.
+// another replica, in the same store call. A DELETE of an object that already
+// has a deletionTimestamp (the kubelet's final delete after a long grace
+// period, a delete after finalizers) is admitted free: the request that began
+// the deletion was the one charged. Evictions carry no object UID; an
+// eviction is charged once per namespace/name and charge-once period, so the
+// retries of an eviction a PodDisruptionBudget refuses (kubectl drain retries
+// every 5 s) take one token, not one each.
 //
 // # Exemptions: what the webhook never charges
 //

@@ -247,14 +247,28 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
 	}
 	objUID := req.OldObject.Metadata.UID
+	if a.Verb == "delete" && req.OldObject.Metadata.DeletionTimestamp != "" && !a.DryRun {
+		// The object's deletion began earlier (a graceful delete, finalizers):
+		// that request was the one judged and charged. The kubelet's final
+		// DELETE can come long after, past any charge-once memory.
+		h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
+	}
 	if a.Verb == "delete" && objUID != "" && !a.DryRun && h.memo.charged(objUID, time.Now()) {
 		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
-	if a.Verb == "delete" && objUID != "" && !a.DryRun {
+	switch {
+	case a.DryRun:
+	case a.Verb == "delete" && objUID != "":
 		// The memo catches repeats on this replica; the store catches those
 		// that reach another replica sharing it.
 		a.ChargeOnce = string(objUID)
+	case a.Verb == "evict":
+		// An eviction a PodDisruptionBudget refuses is retried (kubectl drain
+		// every 5s) and reaches admission each time: one pod's eviction is
+		// charged once per charge-once period.
+		a.ChargeOnce = "evict/" + a.Namespace + "/" + a.Name
 	}
 	d, ok := h.decide(ctx, a)
 	if !ok {

@@ -78,6 +78,7 @@ func newTestEnv(t testing.TB, cfg Config) *testEnv {
 type reviewSpec struct {
 	uid, op, group, resource, sub, ns, name, user, objUID string
 	dryRun                                                bool
+	deleting                                              bool // oldObject has a deletionTimestamp
 }
 
 func (r reviewSpec) json() string {
@@ -89,7 +90,11 @@ func (r reviewSpec) json() string {
 	}
 	old := "null"
 	if r.objUID != "" {
-		old = fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":%q},"spec":{"containers":[{"name":"app","image":"app:1"}]}}`, r.name, r.ns, r.objUID)
+		dts := ""
+		if r.deleting {
+			dts = `,"deletionTimestamp":"2026-01-01T00:00:30Z","deletionGracePeriodSeconds":300`
+		}
+		old = fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":%q%s},"spec":{"containers":[{"name":"app","image":"app:1"}]}}`, r.name, r.ns, r.objUID, dts)
 	}
 	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":null,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
 		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, old, r.dryRun)
@@ -431,5 +436,34 @@ func TestRepeatsReachingAnotherReplicaAreNotCharged(t *testing.T) {
 	r := reviewSpec{uid: "req-9", op: "DELETE", resource: "pods", ns: "prod", name: "c", objUID: "uid-c"}
 	if resp := decodeResponse(t, post(replicas[0], r.json(), "application/json")); resp.Allowed {
 		t.Fatal("a third object was admitted: the repeats were charged")
+	}
+}
+
+func TestDeletesAndEvictionsAreChargedOnce(t *testing.T) {
+	env := newTestEnv(t, Config{})
+	send := func(r reviewSpec) *admissionv1.AdmissionResponse {
+		t.Helper()
+		return decodeResponse(t, post(env.h, r.json(), "application/json"))
+	}
+	// Given pod-deletes allows 2 per minute in namespace prod
+	// When a PodDisruptionBudget makes kubectl drain retry one pod's eviction five times
+	for i := 0; i < 5; i++ {
+		r := reviewSpec{uid: fmt.Sprintf("evict-%d", i), op: "CREATE", resource: "pods", sub: "eviction", ns: "prod", name: "web-0"}
+		if resp := send(r); !resp.Allowed {
+			t.Fatalf("eviction retry %d denied: %s", i, resp.Result.Message)
+		}
+	}
+	// Then it took one token: one more pod can go
+	if resp := send(reviewSpec{uid: "d-1", op: "DELETE", resource: "pods", ns: "prod", name: "web-1", objUID: "uid-1"}); !resp.Allowed {
+		t.Fatalf("the second token was taken by eviction retries: %s", resp.Result.Message)
+	}
+	if resp := send(reviewSpec{uid: "d-2", op: "DELETE", resource: "pods", ns: "prod", name: "web-2", objUID: "uid-2"}); resp.Allowed {
+		t.Fatal("a third pod was admitted past the budget")
+	}
+	// And the kubelet's final DELETE of a pod whose graceful deletion began earlier is admitted free,
+	// however long after and with the budget spent
+	final := reviewSpec{uid: "d-3", op: "DELETE", resource: "pods", ns: "prod", name: "web-9", objUID: "uid-9", user: "system:node:n1", deleting: true}
+	if resp := send(final); !resp.Allowed {
+		t.Fatalf("the final delete of a pod already being deleted was judged: %s", resp.Result.Message)
 	}
 }

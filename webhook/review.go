@@ -36,10 +36,11 @@ type request struct {
 	Operation   admissionv1.Operation       `json:"operation"`
 	UserInfo    userInfo                    `json:"userInfo"`
 	DryRun      *bool                       `json:"dryRun"`
-	// OldObject is read for its UID only: a DELETE's object.
+	// OldObject is read for its UID and deletion timestamp only: a DELETE's object.
 	OldObject struct {
 		Metadata struct {
-			UID types.UID `json:"uid"`
+			UID               types.UID `json:"uid"`
+			DeletionTimestamp string    `json:"deletionTimestamp"`
 		} `json:"metadata"`
 	} `json:"oldObject"`
 }
