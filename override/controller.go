@@ -75,6 +75,14 @@ type Controller struct {
 type seenOverride struct {
 	phase string
 	ref   *Override
+	// resetPending is set when the override became Active with resetBreaker
+	// and its reset has not succeeded yet (retried every Sync).
+	resetPending bool
+}
+
+type change struct {
+	o             *Override
+	from, to, why string
 }
 
 // NewController builds a controller; Run starts it.
@@ -176,6 +184,7 @@ func (c *Controller) Sync(ctx context.Context) {
 		objs = append(objs, o)
 	}
 	sort.Slice(objs, func(i, j int) bool { return objs[i].Name < objs[j].Name })
+	var changes []change
 	for _, o := range objs {
 		current[o.UID] = true
 		phase, why := PhaseActive, ""
@@ -188,11 +197,14 @@ func (c *Controller) Sync(ctx context.Context) {
 			active = append(active, o.Limiter())
 		}
 		prev := c.seen[o.UID]
-		c.seen[o.UID] = seenOverride{phase: phase, ref: o}
-		if prev.phase == phase {
-			continue
+		next := seenOverride{phase: phase, ref: o, resetPending: prev.resetPending && phase == PhaseActive}
+		if prev.phase != phase {
+			changes = append(changes, change{o: o, from: prev.phase, to: phase, why: why})
+			// Entering Active, from anything (first seen, or fixed after a
+			// rejection), resets once; a failed reset is retried.
+			next.resetPending = phase == PhaseActive && o.Spec.ResetBreaker
 		}
-		c.transition(ctx, o, prev.phase, phase, why, now)
+		c.seen[o.UID] = next
 	}
 	for uid, s := range c.seen {
 		if current[uid] {
@@ -200,11 +212,31 @@ func (c *Controller) Sync(ctx context.Context) {
 		}
 		delete(c.seen, uid)
 		if s.phase == PhaseActive {
-			c.transition(ctx, s.ref, s.phase, PhaseRevoked, "", now)
+			changes = append(changes, change{o: s.ref, from: s.phase, to: PhaseRevoked})
 		}
 	}
+	// Apply first: logging, Events and resets talk to the network, and an
+	// incident (a slow API server) is exactly when an override must not wait.
 	c.cfg.Engine.SetOverrides(active)
 	c.active.Set(float64(len(active)))
+	for _, ch := range changes {
+		c.transition(ctx, ch.o, ch.from, ch.to, ch.why, now)
+	}
+	for uid, s := range c.seen {
+		if !s.resetPending {
+			continue
+		}
+		lo := s.ref.Limiter()
+		attrs := []any{"override", s.ref.Namespace + "/" + s.ref.Name, "targets", s.ref.Targets(), "scope", s.ref.Scope()}
+		if err := c.cfg.Engine.ResetBreakers(ctx, &lo); err != nil {
+			c.log.Error("failed to reset breakers for override; retrying", append(attrs, "err", err)...)
+			continue
+		}
+		s.resetPending = false
+		c.seen[uid] = s
+		c.log.Warn("breakers reset by override", attrs...)
+		c.event(ctx, s.ref, corev1.EventTypeNormal, "BreakerReset", "breakers of "+s.ref.Targets()+" reset on "+c.cfg.Replica, now)
+	}
 }
 
 func (c *Controller) transition(ctx context.Context, o *Override, from, to, why string, now time.Time) {
@@ -219,16 +251,12 @@ func (c *Controller) transition(ctx context.Context, o *Override, from, to, why 
 		evReason, evType = "Activated", corev1.EventTypeWarning
 		msg = fmt.Sprintf("override active on %s until %s (%s left): %s bypassed for %s; requested by %s: %s",
 			c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339), o.Spec.ExpiresAt.Sub(now).Round(time.Second), o.Targets(), o.Scope(), o.Spec.RequestedBy, o.Spec.Reason)
-		if o.Spec.ResetBreaker && from == "" {
-			lo := o.Limiter()
-			if err := c.cfg.Engine.ResetBreakers(ctx, &lo); err != nil {
-				c.log.Error("failed to reset breakers for override", append(attrs, "err", err)...)
-				msg += "; breaker reset failed: " + err.Error()
-			} else {
-				msg += "; breakers reset"
-			}
-		}
 	case PhaseExpired:
+		if from == "" {
+			// Already expired when this replica started: nothing changed here.
+			c.log.Debug("break-glass override seen already expired", attrs...)
+			return
+		}
 		c.log.Info("break-glass override expired", attrs...)
 		evReason, evType = "Expired", corev1.EventTypeNormal
 		msg = fmt.Sprintf("override expired on %s at %s; the rules apply again", c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339))
