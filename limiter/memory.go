@@ -354,8 +354,13 @@ func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit i
 		return nil, nil
 	}
 	now := s.clock.Now().UnixNano()
-	out := make([]BudgetKeyStatus, 0, min(limit, len(t.keys)))
+	out := make([]BudgetKeyStatus, 0, min(inspectScanCap, len(t.keys)))
 	for k, st := range t.keys {
+		// Status holds the lock decisions need: judge a bounded sample (map
+		// order), as the Redis store does with its SCAN cap.
+		if len(out) >= inspectScanCap {
+			break
+		}
 		res := st.judge(spec, now)
 		state, since, _ := st.effective(spec, now)
 		ks := BudgetKeyStatus{Key: k, Used: res.Used, State: state, Since: time.Unix(0, since)}

@@ -13,7 +13,8 @@ import (
 var _ Inspector = (*RedisStore)(nil)
 
 // inspectScanCap bounds how many keys one status request reads per rule, so a
-// status call stays cheap however many keys a rule has.
+// status call stays cheap however many keys a rule has (both stores: the
+// memory store judges them under the lock its decisions need).
 const inspectScanCap = 2000
 
 // InspectBudget implements Inspector: it SCANs the node holding the {b} slot
