@@ -52,7 +52,13 @@
 // authenticated (impersonating) identity, never the impersonated one: the
 // proxy decides before the API server has accepted the impersonation, and a
 // client must not be able to move itself into another user's rate-limit key
-// or fair-queuing flow by sending a header. The impersonated user is logged.
+// or fair-queuing flow by sending a header. (The API server's audit log
+// records the impersonation; the proxy does not log it.)
+//
+// Token reviews: authentication runs before the limits (they key on the
+// user), so a client sending many distinct bearer tokens costs one cached
+// TokenReview each; the API server's own priority and fairness bounds that
+// load, and the proxy's metrics show it as 401s.
 //
 // # Priority levels
 //
