@@ -198,7 +198,9 @@ if commit then
     if dirty then
       if c.stale then
         redis.call('DEL', c.z) -- a log without its hash has lost its base
-      elseif c.card > 0 then
+      elseif c.card > c.used[c.nw] then
+        -- only when something has left the longest window (used[nw] counts
+        -- what is still in it, before this request's push)
         redis.call('ZREMRANGEBYSCORE', c.z, '-inf', c.now - longest)
       end
       local newest = nil
