@@ -148,6 +148,22 @@ func TestBreakGlass(t *testing.T) {
 	if strings.Count(out, name) != 2 {
 		t.Errorf("status shows the override %d times, want once per replica:\n%s", strings.Count(out, name), out)
 	}
+	// And a replica that starts while the override is active (a rolling
+	// update) applies it without resetting the shared counters again
+	framework.Eventually(t, 10*time.Second, "the reset to be recorded on the override", func(ctx context.Context) (bool, error) {
+		raw, err := cp.Client.CoreV1().RESTClient().Get().AbsPath("/apis/kubedefender.io/v1alpha1/namespaces/kubedefender-system/overrides", name).DoRaw(ctx)
+		return err == nil && strings.Contains(string(raw), "kubedefender.io/breakers-reset"), nil //nolint:nilerr // not yet
+	})
+	c := startReplica(t, bin, "replica-c", policyFile, certs, redisURL, cp.AdminKubeconfig)
+	framework.Eventually(t, 10*time.Second, "replica-c to apply the override", func(context.Context) (bool, error) {
+		allowed, _ := review(t, c, caFile, ns, pods[8])
+		return allowed, nil
+	})
+	framework.Eventually(t, 5*time.Second, "replica-c to skip the reset", func(context.Context) (bool, error) {
+		logs, err := os.ReadFile(c.logFile)
+		return err == nil && bytes.Contains(logs, []byte("already reset in the shared store")), nil //nolint:nilerr // not yet
+	})
+
 	// And the metrics count the use
 	ctx := context.Background()
 	if v, err := scrape(ctx, a.metricsURL+"/metrics", `kubedefender_overrides_active`); err != nil || v != 1 {

@@ -2,6 +2,7 @@ package override
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,7 +50,17 @@ type ControllerConfig struct {
 	Registerer prometheus.Registerer
 	// Tick is how often expiry is checked without an event; default 1s.
 	Tick time.Duration
+	// SharedStore says every replica judges on one store (Redis): a
+	// resetBreaker then runs once for the whole deployment, recorded in the
+	// annotation ResetAnnotation, so a replica that starts later (a rolling
+	// update) does not reset the shared counters again. With per-replica
+	// memory stores every replica resets its own.
+	SharedStore bool
 }
+
+// ResetAnnotation records on an Override that its resetBreaker has run
+// against the shared store (value: when, and by which replica).
+const ResetAnnotation = "kubedefender.io/breakers-reset"
 
 // Phases of an override as this controller sees it.
 const (
@@ -228,6 +239,12 @@ func (c *Controller) Sync(ctx context.Context) {
 		}
 		lo := s.ref.Limiter()
 		attrs := []any{"override", s.ref.Namespace + "/" + s.ref.Name, "targets", s.ref.Targets(), "scope", s.ref.Scope()}
+		if done := s.ref.Annotations[ResetAnnotation]; c.cfg.SharedStore && done != "" {
+			s.resetPending = false
+			c.seen[uid] = s
+			c.log.Info("breakers of override already reset in the shared store", append(attrs, "reset", done)...)
+			continue
+		}
 		if err := c.cfg.Engine.ResetBreakers(ctx, &lo); err != nil {
 			c.log.Error("failed to reset breakers for override; retrying", append(attrs, "err", err)...)
 			continue
@@ -235,6 +252,9 @@ func (c *Controller) Sync(ctx context.Context) {
 		s.resetPending = false
 		c.seen[uid] = s
 		c.log.Warn("breakers reset by override", attrs...)
+		if c.cfg.SharedStore {
+			c.recordReset(ctx, s.ref, now)
+		}
 		c.event(ctx, s.ref, corev1.EventTypeNormal, "BreakerReset", "breakers of "+s.ref.Targets()+" reset on "+c.cfg.Replica, now)
 	}
 }
@@ -290,6 +310,23 @@ func (c *Controller) event(ctx context.Context, o *Override, typ, reason, msg st
 	defer cancel()
 	if _, err := c.cfg.Events.Events(o.Namespace).Create(ectx, ev, metav1.CreateOptions{}); err != nil {
 		c.log.Error("failed to record override event", "override", o.Namespace+"/"+o.Name, "reason", reason, "err", err)
+	}
+}
+
+// recordReset marks the override as reset in the shared store (a merge patch,
+// so it never conflicts); a replica that misses it resets once more, which
+// is harmless at activation.
+func (c *Controller) recordReset(ctx context.Context, o *Override, now time.Time) {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		ResetAnnotation: now.UTC().Format(time.RFC3339) + " by " + c.cfg.Replica,
+	}}})
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.cfg.Client.Resource(GVR).Namespace(o.Namespace).Patch(pctx, o.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		c.log.Error("failed to record the breaker reset on the override", "override", o.Namespace+"/"+o.Name, "err", err)
 	}
 }
 

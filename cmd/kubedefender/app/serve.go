@@ -216,6 +216,7 @@ func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg promet
 	ctrl, err := override.NewController(override.ControllerConfig{
 		Client: dyn, Events: kube.CoreV1(), Namespace: engine.Policy().Policy.Spec.BreakGlass.Namespace, Engine: engine,
 		Replica: replicaName(), Logger: cfg.Logger.With("component", "breakglass"), Registerer: reg,
+		SharedStore: cfg.Options.RedisURL != "",
 	})
 	if err != nil {
 		return component{}, err
