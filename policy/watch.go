@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubedefender/kubedefender/filewatch"
 )
 
 // WatcherConfig configures a Watcher.
@@ -150,40 +150,8 @@ func (w *Watcher) Reload() error {
 
 // Run watches the policy file's directory until ctx is done.
 func (w *Watcher) Run(ctx context.Context) error {
-	fw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("failed to watch policy: %w", err)
-	}
-	defer func() { _ = fw.Close() }()
-	dir := filepath.Dir(w.cfg.Path)
-	if err := fw.Add(dir); err != nil {
-		return fmt.Errorf("failed to watch policy directory %s: %w", dir, err)
-	}
-	resync := time.NewTicker(w.cfg.Resync)
-	defer resync.Stop()
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-fw.Events:
-			if !ok {
-				return nil
-			}
-			if ev.Op == fsnotify.Chmod {
-				continue
-			}
-			debounce = time.After(w.cfg.Debounce)
-		case err, ok := <-fw.Errors:
-			if !ok {
-				return nil
-			}
-			w.log.Error("policy watch error", "dir", dir, "err", err)
-		case <-debounce:
-			debounce = nil
-			_ = w.Reload()
-		case <-resync.C:
-			_ = w.Reload()
-		}
-	}
+	return filewatch.Run(ctx, filewatch.Config{
+		Files: []string{w.cfg.Path}, Debounce: w.cfg.Debounce, Resync: w.cfg.Resync,
+		Reload: func() { _ = w.Reload() }, Logger: w.log,
+	})
 }

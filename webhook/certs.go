@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubedefender/kubedefender/filewatch"
 )
 
 // CertConfig configures a CertReloader.
@@ -146,41 +146,8 @@ func (c *CertReloader) load() (changed bool, err error) {
 // Run watches the files' directories until ctx is done, reloading on change
 // and every Interval.
 func (c *CertReloader) Run(ctx context.Context) error {
-	fw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("failed to watch serving certificate: %w", err)
-	}
-	defer func() { _ = fw.Close() }()
-	dirs := map[string]bool{filepath.Dir(c.cfg.CertFile): true, filepath.Dir(c.cfg.KeyFile): true}
-	for d := range dirs {
-		if err := fw.Add(d); err != nil {
-			return fmt.Errorf("failed to watch serving certificate directory %s: %w", d, err)
-		}
-	}
-	tick := time.NewTicker(c.cfg.Interval)
-	defer tick.Stop()
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-fw.Events:
-			if !ok {
-				return nil
-			}
-			if ev.Op != fsnotify.Chmod {
-				debounce = time.After(c.cfg.Debounce)
-			}
-		case err, ok := <-fw.Errors:
-			if !ok {
-				return nil
-			}
-			c.log.Error("serving certificate watch error", "err", err)
-		case <-debounce:
-			debounce = nil
-			_ = c.Reload()
-		case <-tick.C:
-			_ = c.Reload()
-		}
-	}
+	return filewatch.Run(ctx, filewatch.Config{
+		Files: []string{c.cfg.CertFile, c.cfg.KeyFile}, Debounce: c.cfg.Debounce, Resync: c.cfg.Interval,
+		Reload: func() { _ = c.Reload() }, Logger: c.log,
+	})
 }

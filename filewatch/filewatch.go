@@ -1,0 +1,85 @@
+// Package filewatch watches files that Kubernetes mounts from ConfigMaps and
+// Secrets. Such a file is replaced through a symlink swap in its directory, so
+// the directory is watched, not the file; a burst of events is debounced into
+// one reload, and a periodic resync catches anything a watch missed.
+package filewatch
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Config says what to watch and what to do on a change.
+type Config struct {
+	// Files to watch; their directories are watched.
+	Files []string
+	// Debounce groups a burst of events (an editor's, the kubelet's) into one
+	// Reload after the events settle.
+	Debounce time.Duration
+	// Resync calls Reload this often even without events; 0 disables it.
+	Resync time.Duration
+	// Reload is called from Run's goroutine; it reports its own errors.
+	Reload func()
+	// Logger receives watch errors; nil discards.
+	Logger *slog.Logger
+}
+
+// Run watches until ctx is done. It returns an error only when the watch
+// cannot start.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("failed to watch files: %w", err)
+	}
+	defer func() { _ = fw.Close() }()
+	dirs := map[string]bool{}
+	for _, f := range cfg.Files {
+		d := filepath.Dir(f)
+		if dirs[d] {
+			continue
+		}
+		dirs[d] = true
+		if err := fw.Add(d); err != nil {
+			return fmt.Errorf("failed to watch directory %s: %w", d, err)
+		}
+	}
+	var resync <-chan time.Time
+	if cfg.Resync > 0 {
+		t := time.NewTicker(cfg.Resync)
+		defer t.Stop()
+		resync = t.C
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Op != fsnotify.Chmod {
+				debounce = time.After(cfg.Debounce)
+			}
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return nil
+			}
+			log.Error("file watch error", "files", cfg.Files, "err", err)
+		case <-debounce:
+			debounce = nil
+			cfg.Reload()
+		case <-resync:
+			cfg.Reload()
+		}
+	}
+}
