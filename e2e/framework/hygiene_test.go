@@ -87,7 +87,7 @@ func TestNoOrphanProcesses(t *testing.T) {
 	}
 }
 
-func waitForPIDs(t *testing.T, pidFile string, done <-chan error, out fmt.Stringer) []int {
+func waitForPIDs(t *testing.T, pidFile string, done chan error, out fmt.Stringer) []int {
 	t.Helper()
 	deadline := time.After(90 * time.Second)
 	for {
@@ -107,6 +107,12 @@ func waitForPIDs(t *testing.T, pidFile string, done <-chan error, out fmt.String
 		}
 		select {
 		case err := <-done:
+			if b, rerr := os.ReadFile(pidFile); rerr == nil && len(b) > 0 {
+				// The child wrote its pids and ended (the panic case) between
+				// our read and this select: hand its end back to the caller.
+				done <- err
+				continue
+			}
 			t.Fatalf("child test binary ended (%v) before starting a control plane; output:\n%s", err, out.String())
 		case <-deadline:
 			t.Fatalf("child test binary did not start a control plane within 90s; output:\n%s", out.String())
