@@ -61,16 +61,7 @@ func NewCA(o CAOptions) (*CA, error) {
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("failed to generate CA key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
 		NotBefore:             o.Now.Add(-backdate),
 		NotAfter:              o.Now.Add(o.Validity),
@@ -79,19 +70,39 @@ func NewCA(o CAOptions) (*CA, error) {
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("failed to sign CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("failed to parse CA certificate: %w", err)
-	}
-	keyPEM, err := encodeKey(key)
+	p, key, err := sign(tmpl, nil, nil, "CA")
 	if err != nil {
 		return nil, err
 	}
-	return &CA{Cert: cert, Key: key, CertPEM: encodeCert(der), KeyPEM: keyPEM}, nil
+	return &CA{Cert: p.Cert, Key: key, CertPEM: p.CertPEM, KeyPEM: p.KeyPEM}, nil
+}
+
+// sign makes a key for tmpl and signs it with parent and parentKey (nil:
+// self-signed). what names the certificate in errors.
+func sign(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, what string) (*Pair, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to generate %s key: %w", what, err)
+	}
+	if tmpl.SerialNumber, err = serialNumber(); err != nil {
+		return nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to sign %s certificate: %w", what, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to parse %s certificate: %w", what, err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Pair{CertPEM: encodeCert(der), KeyPEM: keyPEM, Cert: cert}, key, nil
 }
 
 // LoadCA reads a CA pair written by WriteFiles (or any PEM CA with an ECDSA,
@@ -186,37 +197,64 @@ func (ca *CA) Issue(o ServingOptions) (*Pair, error) {
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("failed to generate serving key: %w", err)
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
+		DNSNames:    o.DNSNames,
+		IPAddresses: o.IPs,
+		NotBefore:   o.Now.Add(-backdate),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
+	p, _, err := sign(tmpl, ca.Cert, ca.Key, "serving")
+	return p, err
+}
+
+// ClientOptions configure CA.IssueClient.
+type ClientOptions struct {
+	// CommonName is the user name a Kubernetes API server reads; required.
+	CommonName string
+	// Groups become the certificate's organizations (Kubernetes groups).
+	Groups []string
+	// Validity; zero means DefaultServingValidity.
+	Validity time.Duration
+	// Now is the issuing time; zero means time.Now().
+	Now time.Time
+}
+
+// IssueClient signs a client pair (client authentication) for a user.
+func (ca *CA) IssueClient(o ClientOptions) (*Pair, error) {
+	if o.CommonName == "" {
+		return nil, errors.New("failed to issue client certificate: a common name (the user) is required")
+	}
+	if o.Validity <= 0 {
+		o.Validity = DefaultServingValidity
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	notAfter := o.Now.Add(o.Validity)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
-		DNSNames:     o.DNSNames,
-		IPAddresses:  o.IPs,
-		NotBefore:    o.Now.Add(-backdate),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: o.CommonName, Organization: o.Groups},
+		NotBefore:   o.Now.Add(-backdate),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
-	if err != nil {
-		return nil, fmt.Errorf("failed to sign serving certificate: %w", err)
+	p, _, err := sign(tmpl, ca.Cert, ca.Key, "client")
+	return p, err
+}
+
+// Write writes the pair to certFile (0644) and keyFile (0600), each through a
+// temporary file and a rename.
+func (p *Pair) Write(certFile, keyFile string) error {
+	if err := writeAtomic(certFile, p.CertPEM, 0o644); err != nil {
+		return err
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("failed to parse serving certificate: %w", err)
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &Pair{CertPEM: encodeCert(der), KeyPEM: keyPEM, Cert: cert}, nil
+	return writeAtomic(keyFile, p.KeyPEM, 0o600)
 }
 
 // File names WriteFiles uses.

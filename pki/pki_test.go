@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,4 +88,30 @@ func TestWriteFilesAndLoadCA(t *testing.T) {
 			t.Errorf("issued a certificate without names")
 		}
 	})
+}
+
+func TestClientCertificatesCarryTheUserAndGroups(t *testing.T) {
+	ca, err := NewCA(CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.IssueClient(ClientOptions{CommonName: "alice", Groups: []string{"system:masters", "dev"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	if _, err := pair.Cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("a client certificate does not verify for client auth: %v", err)
+	}
+	if _, err := pair.Cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("a client certificate verifies for server auth")
+	}
+	orgs := slices.Sorted(slices.Values(pair.Cert.Subject.Organization))
+	if pair.Cert.Subject.CommonName != "alice" || !slices.Equal(orgs, []string{"dev", "system:masters"}) {
+		t.Errorf("subject %v, want CN=alice O=system:masters,dev", pair.Cert.Subject)
+	}
+	if _, err := ca.IssueClient(ClientOptions{}); err == nil {
+		t.Error("a client certificate without a user was issued")
+	}
 }

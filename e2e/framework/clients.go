@@ -96,7 +96,7 @@ func (cp *ControlPlane) IssueClientCert(t testing.TB, user string, groups ...str
 	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
 		t.Fatalf("failed to create %s: %v", filepath.Dir(certFile), err)
 	}
-	if err := cp.ca.issue(certSpec{commonName: user, organization: groups, client: true}, certFile, keyFile); err != nil {
+	if err := cp.ca.issueClient(user, groups, certFile, keyFile); err != nil {
 		t.Fatalf("failed to issue a client certificate for %q: %v", user, err)
 	}
 	return certFile, keyFile
@@ -123,7 +123,7 @@ func (cp *ControlPlane) IssueServingCert(t testing.TB, name string, hosts ...str
 	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
 		t.Fatalf("failed to create %s: %v", filepath.Dir(certFile), err)
 	}
-	if err := cp.ca.issue(certSpec{commonName: name, hosts: hosts, server: true}, certFile, keyFile); err != nil {
+	if err := cp.ca.issueServing(name, hosts, certFile, keyFile); err != nil {
 		t.Fatalf("failed to issue a serving certificate for %q: %v", name, err)
 	}
 	return certFile, keyFile

@@ -240,15 +240,13 @@ func (cp *ControlPlane) writePKI() error {
 	}
 	cp.CACertFile, cp.CAKeyFile = cp.ca.CertFile, cp.ca.KeyFile
 	cp.ServingCertFile, cp.ServingKeyFile = p("apiserver.crt"), p("apiserver.key")
-	if err := cp.ca.issue(certSpec{
-		commonName: "kube-apiserver",
-		hosts:      []string{"127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"},
-		server:     true,
-	}, cp.ServingCertFile, cp.ServingKeyFile); err != nil {
+	if err := cp.ca.issueServing("kube-apiserver",
+		[]string{"127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"},
+		cp.ServingCertFile, cp.ServingKeyFile); err != nil {
 		return err
 	}
 	cp.AdminCertFile, cp.AdminKeyFile = p("admin.crt"), p("admin.key")
-	if err := cp.ca.issue(certSpec{commonName: "kubedefender-admin", organization: []string{"system:masters"}, client: true},
+	if err := cp.ca.issueClient("kubedefender-admin", []string{"system:masters"},
 		cp.AdminCertFile, cp.AdminKeyFile); err != nil {
 		return err
 	}
@@ -258,7 +256,7 @@ func (cp *ControlPlane) writePKI() error {
 	}
 	cp.FrontProxyCACertFile, cp.FrontProxyCAKeyFile = cp.frontCA.CertFile, cp.frontCA.KeyFile
 	cp.FrontProxyClientCertFile, cp.FrontProxyClientKeyFile = p("front-proxy-client.crt"), p("front-proxy-client.key")
-	if err := cp.frontCA.issue(certSpec{commonName: "front-proxy-client", client: true},
+	if err := cp.frontCA.issueClient("front-proxy-client", nil,
 		cp.FrontProxyClientCertFile, cp.FrontProxyClientKeyFile); err != nil {
 		return err
 	}
@@ -465,11 +463,11 @@ func (cp *ControlPlane) startControllerManager() error {
 		return fmt.Errorf("failed to create %s: %w", dir, err)
 	}
 	certFile, keyFile := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
-	if err := cp.ca.issue(certSpec{commonName: "system:kube-controller-manager", client: true}, certFile, keyFile); err != nil {
+	if err := cp.ca.issueClient("system:kube-controller-manager", nil, certFile, keyFile); err != nil {
 		return err
 	}
 	servingCert, servingKey := filepath.Join(dir, "serving.crt"), filepath.Join(dir, "serving.key")
-	if err := cp.ca.issue(certSpec{commonName: "kube-controller-manager", hosts: []string{"127.0.0.1", "localhost"}, server: true}, servingCert, servingKey); err != nil {
+	if err := cp.ca.issueServing("kube-controller-manager", []string{"127.0.0.1", "localhost"}, servingCert, servingKey); err != nil {
 		return err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
