@@ -3,15 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,66 +19,49 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-// testCA is a certificate authority for tests.
+// testCA is a certificate authority for tests, its certificate in file.
 type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	*pki.CA
 	file string
 }
 
 func newTestCA(t testing.TB, dir, name string) *testCA {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	ca, err := pki.NewCA(pki.CAOptions{CommonName: name, Validity: 24 * time.Hour})
 	if err != nil {
 		t.Fatalf("failed to create CA: %v", err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(dir, name+".crt")}
-	writePEM(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatalf("failed to write %s: %v", path, err)
+	file := filepath.Join(dir, name+".crt")
+	if err := os.WriteFile(file, ca.CertPEM, 0o600); err != nil {
+		t.Fatalf("failed to write %s: %v", file, err)
 	}
+	return &testCA{CA: ca, file: file}
 }
 
-// issue signs a leaf; client leaves carry groups as organizations. It
-// returns the pair's files and the tls.Certificate.
+// issue signs a leaf: a serving pair for 127.0.0.1 and localhost, or a client
+// pair carrying groups as organizations. It returns the pair's files and the
+// tls.Certificate.
 func (ca *testCA) issue(t testing.TB, dir, cn string, groups []string, server bool) (certFile, keyFile string, pair tls.Certificate) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn, Organization: groups},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	var p *pki.Pair
+	var err error
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		tmpl.DNSNames = []string{"localhost"}
+		p, err = ca.Issue(pki.ServingOptions{CommonName: cn, DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	} else {
+		p, err = ca.IssueClient(pki.ClientOptions{CommonName: cn, Groups: groups})
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		t.Fatalf("failed to issue %s: %v", cn, err)
 	}
-	kder, _ := x509.MarshalECPrivateKey(key)
 	certFile, keyFile = filepath.Join(dir, cn+".crt"), filepath.Join(dir, cn+".key")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", kder)
-	pair, err = tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
+	if err := p.Write(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if pair, err = tls.X509KeyPair(p.CertPEM, p.KeyPEM); err != nil {
 		t.Fatalf("failed to load %s: %v", cn, err)
 	}
 	return certFile, keyFile, pair
@@ -92,7 +69,7 @@ func (ca *testCA) issue(t testing.TB, dir, cn string, groups []string, server bo
 
 func (ca *testCA) pool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
+	p.AddCert(ca.Cert)
 	return p
 }
 
