@@ -9,7 +9,7 @@ import (
 
 // GroupKubeDefender is the API group of KubeDefender's own resources
 // (Overrides); the webhook never charges them.
-const GroupKubeDefender = "kubedefender.io"
+const GroupKubeDefender = policy.GroupKubeDefender
 
 // toAttributes maps an admission request to what the engine judges. ok is
 // false for requests no budget verb describes (CONNECT, writes to
@@ -51,18 +51,8 @@ func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
 	}, true
 }
 
-// exemption says why a request is never charged, or "" when it is judged.
-// See the package doc for why each exists.
+// exemption says why a request is never charged, or "" when it is judged:
+// policy.Exemption, the one list shared with the proxy and `policy explain`.
 func exemption(a *policy.Attributes, ownNamespace string) string {
-	switch {
-	case a.APIGroup == GroupKubeDefender:
-		return "kubedefender.io resources (break-glass overrides) are never charged"
-	case ownNamespace != "" && a.Namespace == ownNamespace && !(a.APIGroup == "" && a.Resource == "namespaces"):
-		return "objects in KubeDefender's own namespace are never charged"
-	case a.APIGroup == "coordination.k8s.io" && a.Resource == "leases":
-		return "leases (leader election) are never charged"
-	case a.Resource == "events" && (a.APIGroup == "" || a.APIGroup == "events.k8s.io"):
-		return "events are never charged"
-	}
-	return ""
+	return policy.Exemption(a, ownNamespace)
 }
