@@ -113,6 +113,11 @@ type Decision struct {
 	Fallback bool
 	// Repeat is set when the request repeats one already charged (ChargeOnce).
 	Repeat bool
+	// Charged is set when the request matched at least one budget and was
+	// admitted with a commit (not a dry run, not a repeat; with the store
+	// down, admitted by onStoreFailure): the charge a caller may remember
+	// for ChargeOnce. A request no budget matched charged nothing.
+	Charged bool
 }
 
 // EngineConfig configures an Engine.
@@ -324,6 +329,7 @@ func (e *Engine) Decide(ctx context.Context, a *Attributes) Decision {
 		commit := checks&CheckBudgets != 0 && !a.DryRun
 		e.decideBudgets(ctx, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
 		d.Repeat = sc.budget.Repeat
+		d.Charged = commit && d.Allowed && sc.budget.Admitted && !d.Repeat && len(sc.budget.Checks) > 0
 	}
 	return d
 }

@@ -254,16 +254,23 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
-	if a.Verb == "delete" && objUID != "" && !a.DryRun && h.memo.charged(objUID, time.Now()) {
+	// once is set for a delete that can be charged once: the object it
+	// removes, by UID and by where it lives.
+	var once *chargeKey
+	if a.Verb == "delete" && objUID != "" && !a.DryRun {
+		once = &chargeKey{UID: objUID, Group: a.APIGroup, Resource: a.Resource, Namespace: a.Namespace, Name: a.Name}
+	}
+	if once != nil && h.memo.charged(*once, time.Now()) {
 		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	switch {
 	case a.DryRun:
-	case a.Verb == "delete" && objUID != "":
+	case once != nil:
 		// The memo catches repeats on this replica; the store catches those
-		// that reach another replica sharing it.
-		a.ChargeOnce = string(objUID)
+		// that reach another replica sharing it. The store records the key
+		// only when the batch was admitted and charged.
+		a.ChargeOnce = once.onceKey()
 	case a.Verb == "evict":
 		// An eviction a PodDisruptionBudget refuses is retried (kubectl drain
 		// every 5s) and reaches admission each time: one pod's eviction is
@@ -272,19 +279,18 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	}
 	d, ok := h.decide(ctx, a)
 	if !ok {
-		if a.Verb == "delete" && objUID != "" && !a.DryRun {
-			// The repeats of this delete are admitted at once, not after
-			// another full timeout each.
-			h.memo.remember(objUID, time.Now())
-		}
+		// Nothing is remembered: the engine's late answer may still charge
+		// (and its store then records the charge-once key), but the memo
+		// holds only charges the engine confirmed, so that nothing else (a
+		// review that happened to time out) can make a later delete free.
 		h.log.Error("decision timed out; the request is admitted unjudged", "uid", req.UID, "timeout", h.timeout,
 			"verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true, Warnings: []string{
 			fmt.Sprintf("kubedefender could not judge this request within %s; it was admitted without being charged", h.timeout),
 		}}, ResultTimeout
 	}
-	if d.Allowed && a.Verb == "delete" && objUID != "" && !a.DryRun {
-		h.memo.remember(objUID, time.Now())
+	if once != nil && d.Charged {
+		h.memo.remember(*once, time.Now())
 	}
 	if d.Repeat {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -465,5 +466,103 @@ func TestDeletesAndEvictionsAreChargedOnce(t *testing.T) {
 	final := reviewSpec{uid: "d-3", op: "DELETE", resource: "pods", ns: "prod", name: "web-9", objUID: "uid-9", user: "system:node:n1", deleting: true}
 	if resp := send(final); !resp.Allowed {
 		t.Fatalf("the final delete of a pod already being deleted was judged: %s", resp.Result.Message)
+	}
+}
+
+// TestOnlyARealChargeMakesARepeatFree: the memo and the store's charge-once
+// key let a repeat of a charged delete through free, so they must record
+// nothing but the charge the engine made for that very object. Each case ends
+// with the victim pod's real delete in namespace "a" after the budget there
+// (2 per minute, Manual breaker) is spent: it must be denied.
+func TestOnlyARealChargeMakesARepeatFree(t *testing.T) {
+	type step struct {
+		replica int
+		review  reviewSpec
+	}
+	victim := reviewSpec{op: "DELETE", resource: "pods", ns: "a", name: "victim", objUID: "victim-uid"}
+	spend := []step{
+		{0, reviewSpec{op: "DELETE", resource: "pods", ns: "a", name: "p1", objUID: "uid-1"}},
+		{0, reviewSpec{op: "DELETE", resource: "pods", ns: "a", name: "p2", objUID: "uid-2"}},
+	}
+	cases := []struct {
+		name    string
+		forged  []step
+		replica int // where the victim's delete arrives
+	}{
+		{name: "a review carrying the pod's uid under another name and namespace launders nothing on this replica",
+			forged: []step{{0, reviewSpec{op: "DELETE", resource: "pods", ns: "b", name: "decoy", objUID: "victim-uid"}}}},
+		{name: "a review carrying the pod's uid under another name launders nothing on a replica sharing the store",
+			forged:  []step{{0, reviewSpec{op: "DELETE", resource: "pods", ns: "b", name: "decoy", objUID: "victim-uid"}}},
+			replica: 1},
+		{name: "a review carrying the pod's uid on a resource no budget matches records nothing",
+			forged: []step{{0, reviewSpec{op: "DELETE", resource: "services", ns: "a", name: "victim", objUID: "victim-uid"}}}},
+		{name: "a review carrying the pod's uid on another budgeted resource launders nothing",
+			forged: []step{{0, reviewSpec{op: "DELETE", resource: "secrets", ns: "a", name: "victim", objUID: "victim-uid"}}}},
+		{name: "a dry run of the pod's delete records nothing",
+			forged: []step{{0, reviewSpec{op: "DELETE", resource: "pods", ns: "a", name: "victim", objUID: "victim-uid", dryRun: true}}}},
+	}
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktesting.NewFakeClock(testNow)
+			shared := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
+			replicas := make([]*Handler, 2)
+			for i := range replicas {
+				eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: p, Clock: clk, Store: shared})
+				if err != nil {
+					t.Fatal(err)
+				}
+				replicas[i] = newTestEnv(t, Config{Engine: eng}).h
+			}
+			// Given a forged review, then the budget of namespace a spent by real deletes
+			for i, s := range append(append([]step{}, tc.forged...), spend...) {
+				s.review.uid = fmt.Sprintf("req-%d", i)
+				decodeResponse(t, post(replicas[s.replica], s.review.json(), "application/json"))
+			}
+			// When the victim pod's real delete arrives
+			v := victim
+			v.uid = "real"
+			resp := decodeResponse(t, post(replicas[tc.replica], v.json(), "application/json"))
+			// Then it is judged like any other delete: denied, not waved through as a repeat
+			if resp.Allowed {
+				t.Fatal("the victim's delete was admitted past a spent budget: the forged review marked it as charged")
+			}
+		})
+	}
+}
+
+// TestATimedOutDecisionRecordsNoCharge: a decision that times out admits its
+// request unjudged, and the next validation of the same object is judged
+// again rather than waved through as a repeat.
+func TestATimedOutDecisionRecordsNoCharge(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var calls atomic.Int32
+	eng := engineFunc{policy: p, decide: func(context.Context) limiter.Decision {
+		if calls.Add(1) == 1 {
+			<-release // the first decision hangs past the timeout
+			return limiter.Decision{Allowed: true}
+		}
+		return limiter.Decision{Code: 403, Reason: "Forbidden", Message: "breaker open"}
+	}}
+	env := newTestEnv(t, Config{Engine: eng, DecisionTimeout: 50 * time.Millisecond})
+	r := reviewSpec{uid: "first", op: "DELETE", resource: "pods", ns: "a", name: "p1", objUID: "uid-1"}
+	// Given a delete whose decision timed out and was admitted unjudged
+	if resp := decodeResponse(t, post(env.h, r.json(), "application/json")); !resp.Allowed || len(resp.Warnings) == 0 {
+		t.Fatalf("the timed-out delete: allowed %v warnings %q, want admitted with a warning", resp.Allowed, resp.Warnings)
+	}
+	// When the same object's delete is validated again
+	r.uid = "second"
+	resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
+	// Then the engine judges it
+	if resp.Allowed || calls.Load() != 2 {
+		t.Fatalf("allowed %v after %d engine calls, want the engine's denial on its second call", resp.Allowed, calls.Load())
 	}
 }
