@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -19,6 +20,10 @@ type ServerConfig struct {
 	Handler http.Handler
 	// Certificates supplies the serving certificate; required.
 	Certificates *CertReloader
+	// ClientAuth, when set, authenticates callers by client certificate: a
+	// handshake without a certificate it accepts fails, and no request on
+	// that connection reaches Handler. nil accepts any caller.
+	ClientAuth *ClientAuth
 	// ShutdownTimeout is how long in-flight reviews may take to finish when
 	// Run's context ends; zero means 15s.
 	ShutdownTimeout time.Duration
@@ -70,6 +75,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
+	if cfg.ClientAuth != nil {
+		cfg.ClientAuth.configure(s.srv.TLSConfig)
+	}
 	if !cfg.EnableHTTP2 {
 		// A non-nil, empty map keeps net/http from configuring HTTP/2.
 		s.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
@@ -84,29 +92,43 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // reaches this server on its listening address.
 func (s *Server) URL() string { return "https://" + s.ln.Addr().String() + Path }
 
-// Run serves until ctx is done, reloading the certificate as its files
-// change, then shuts down gracefully. It returns nil after a clean shutdown.
-// Run must be called at most once; the listener is closed when it returns.
+// Run serves until ctx is done, reloading the certificate (and the client
+// CA) as their files change, then shuts down gracefully. It returns nil after
+// a clean shutdown. Run must be called at most once; the listener is closed
+// when it returns.
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var certErr, serveErr error
-	certDone, serveDone := make(chan struct{}), make(chan struct{})
-	go func() { defer close(certDone); certErr = s.cfg.Certificates.Run(ctx) }()
+	watchers := []func(context.Context) error{s.cfg.Certificates.Run}
+	if s.cfg.ClientAuth != nil {
+		watchers = append(watchers, s.cfg.ClientAuth.Run)
+	}
+	// A watcher returns early only when it cannot start; its error stops
+	// the server.
+	watchErr := make(chan error, len(watchers))
+	var watching sync.WaitGroup
+	for _, w := range watchers {
+		watching.Go(func() {
+			if err := w(ctx); err != nil {
+				watchErr <- err
+			}
+		})
+	}
+	var serveErr error
+	serveDone := make(chan struct{})
 	go func() { defer close(serveDone); serveErr = s.srv.ServeTLS(s.ln, "", "") }()
-	s.log.Info("webhook serving", "addr", s.ln.Addr().String(), "path", Path)
+	s.log.Info("webhook serving", "addr", s.ln.Addr().String(), "path", Path, "clientAuth", s.cfg.ClientAuth != nil)
 	select {
 	case <-serveDone:
 		cancel()
-		<-certDone
+		watching.Wait()
 		return fmt.Errorf("failed to serve the webhook: %w", serveErr)
-	case <-certDone:
-		if certErr != nil {
-			_ = s.srv.Close()
-			<-serveDone
-			return certErr
-		}
-		// The watcher stopped without error: ctx is done.
+	case err := <-watchErr:
+		cancel()
+		_ = s.srv.Close()
+		<-serveDone
+		watching.Wait()
+		return err
 	case <-ctx.Done():
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -118,7 +140,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	<-serveDone // ServeTLS returns http.ErrServerClosed
 	cancel()
-	<-certDone
+	watching.Wait()
 	if err != nil {
 		return fmt.Errorf("failed to shut down the webhook: %w", err)
 	}

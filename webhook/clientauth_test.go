@@ -1,0 +1,239 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kubedefender/kubedefender/pki"
+)
+
+// clientAuthEnv is a webhook server over real TLS on a loopback port that
+// requires client certificates from clientCA.
+type clientAuthEnv struct {
+	srv      *Server
+	auth     *ClientAuth
+	served   *pki.CA // signs the serving certificate
+	clientCA *pki.CA
+	caFile   string
+	hits     atomic.Int32 // requests that reached the handler
+	reg      *prometheus.Registry
+}
+
+func newClientAuthEnv(t *testing.T, allowed ...string) *clientAuthEnv {
+	t.Helper()
+	e := &clientAuthEnv{reg: prometheus.NewRegistry()}
+	var err error
+	if e.served, err = pki.NewCA(pki.CAOptions{CommonName: "serving-ca"}); err != nil {
+		t.Fatal(err)
+	}
+	if e.clientCA, err = pki.NewCA(pki.CAOptions{CommonName: "apiserver-client-ca"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writePair(t, dir, e.served)
+	certs, err := NewCertReloader(CertConfig{CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.caFile = filepath.Join(dir, "client-ca.crt")
+	if err := os.WriteFile(e.caFile, e.clientCA.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if e.auth, err = NewClientAuth(ClientAuthConfig{CAFile: e.caFile, AllowedNames: allowed, Registerer: e.reg}); err != nil {
+		t.Fatal(err)
+	}
+	env := newTestEnv(t, Config{})
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { e.hits.Add(1); env.h.ServeHTTP(w, r) })
+	if e.srv, err = NewServer(ServerConfig{Addr: "127.0.0.1:0", Handler: counted, Certificates: certs, ClientAuth: e.auth, ShutdownTimeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v", err)
+		}
+	})
+	return e
+}
+
+// client returns an HTTPS client that trusts the serving CA and presents
+// pair, if any (nil sends no certificate). Each call dials afresh.
+func (e *clientAuthEnv) client(t *testing.T, pair *pki.Pair) *http.Client {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(e.served.CertPEM)
+	cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if pair != nil {
+		c, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+}
+
+func (e *clientAuthEnv) post(t *testing.T, pair *pki.Pair) (*http.Response, error) {
+	t.Helper()
+	resp, err := e.client(t, pair).Post(e.srv.URL(), "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+	if err == nil {
+		_ = resp.Body.Close()
+	}
+	return resp, err
+}
+
+func issueClient(t *testing.T, ca *pki.CA, cn string) *pki.Pair {
+	t.Helper()
+	p, err := ca.IssueClient(pki.ClientOptions{CommonName: cn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestClientAuthRefusesCallersWithoutAnAcceptedCertificate(t *testing.T) {
+	e := newClientAuthEnv(t, "kube-apiserver")
+	otherCA, err := pki.NewCA(pki.CAOptions{CommonName: "attacker-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A serving certificate from the right CA is valid only for server auth.
+	serving, err := e.clientCA.Issue(pki.ServingOptions{CommonName: "kube-apiserver", DNSNames: []string{"kube-apiserver"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name       string
+		pair       *pki.Pair
+		wantReason string // "" : answered with 200
+	}{
+		{name: "a caller without a certificate never reaches the handler", pair: nil, wantReason: RejectNoCertificate},
+		{name: "a certificate from another CA never reaches the handler", pair: issueClient(t, otherCA, "kube-apiserver"), wantReason: RejectUntrusted},
+		{name: "a serving certificate from the client CA is not a client certificate", pair: serving, wantReason: RejectUntrusted},
+		{name: "a common name outside the allowed names never reaches the handler", pair: issueClient(t, e.clientCA, "system:node:n1"), wantReason: RejectNameNotAllowed},
+		{name: "the API server's certificate is answered", pair: issueClient(t, e.clientCA, "kube-apiserver")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hits := e.hits.Load()
+			before := testutil.ToFloat64(e.auth.rejected.WithLabelValues(tc.wantReason))
+			resp, err := e.post(t, tc.pair)
+			if tc.wantReason == "" {
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("got %v %v, want 200", resp, err)
+				}
+				if e.hits.Load() != hits+1 {
+					t.Errorf("the handler saw %d requests, want 1", e.hits.Load()-hits)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got HTTP %d, want the TLS handshake to fail", resp.StatusCode)
+			}
+			if !strings.Contains(err.Error(), "tls") && !strings.Contains(err.Error(), "connection reset") && !strings.Contains(err.Error(), "EOF") {
+				t.Errorf("err = %v, want a TLS failure", err)
+			}
+			if got := e.hits.Load() - hits; got != 0 {
+				t.Errorf("the handler saw %d requests, want none", got)
+			}
+			if got := testutil.ToFloat64(e.auth.rejected.WithLabelValues(tc.wantReason)) - before; got != 1 {
+				t.Errorf("client_certificate_rejections_total{reason=%s} rose by %v, want 1", tc.wantReason, got)
+			}
+		})
+	}
+}
+
+func TestClientAuthWithoutAllowedNamesAcceptsAnyNameFromTheCA(t *testing.T) {
+	e := newClientAuthEnv(t)
+	if resp, err := e.post(t, issueClient(t, e.clientCA, "anything")); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %v %v, want 200", resp, err)
+	}
+}
+
+func TestClientAuthReloadsItsCA(t *testing.T) {
+	e := newClientAuthEnv(t)
+	oldClient := issueClient(t, e.clientCA, "kube-apiserver")
+	next, err := pki.NewCA(pki.CAOptions{CommonName: "next-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newClient := issueClient(t, next, "kube-apiserver")
+
+	// Given the CA file is replaced by a new CA
+	if err := os.WriteFile(e.caFile, next.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	// Then the new CA's certificates are accepted and the old CA's refused
+	if resp, err := e.post(t, newClient); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the new CA's client: %v %v, want 200", resp, err)
+	}
+	if _, err := e.post(t, oldClient); err == nil {
+		t.Fatal("the old CA's client was answered after the CA was replaced")
+	}
+
+	// When a bad edit lands in the file
+	if err := os.WriteFile(e.caFile, []byte("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.auth.Reload(); err == nil {
+		t.Fatal("a broken CA file was accepted")
+	}
+	// Then the running CA stays, and both reloads are counted
+	if resp, err := e.post(t, newClient); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("after a bad edit: %v %v, want 200 with the running CA", resp, err)
+	}
+	for result, want := range map[string]float64{"success": 1, "failure": 1} {
+		if got := testutil.ToFloat64(e.auth.reloads.WithLabelValues(result)); got != want {
+			t.Errorf("client_ca_reloads_total{result=%s} = %v, want %v", result, got, want)
+		}
+	}
+}
+
+func TestParseCABundle(t *testing.T) {
+	ca, err := pki.NewCA(pki.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		data    string
+		wantErr string
+	}{
+		{name: "one certificate parses", data: string(ca.CertPEM)},
+		{name: "an empty file holds no certificate", data: "", wantErr: "holds no PEM certificate"},
+		{name: "a key is not a CA", data: string(ca.KeyPEM), wantErr: `want CERTIFICATE`},
+		{name: "text after the certificates is refused", data: string(ca.CertPEM) + "garbage", wantErr: "not PEM"},
+		{name: "a corrupt certificate is refused", data: "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n", wantErr: "certificate 1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseCABundle([]byte(tc.data))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
