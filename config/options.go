@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 // Auth modes of the proxy.
@@ -33,6 +35,12 @@ type ServeOptions struct {
 	Kubeconfig string
 
 	WebhookListen string
+	// WebhookClientCAFile verifies the client certificates of the webhook's
+	// callers (the API server); empty accepts any caller.
+	WebhookClientCAFile string
+	// WebhookClientAllowedNames, when set, are the only common names the
+	// webhook accepts in a client certificate.
+	WebhookClientAllowedNames []string
 
 	ProxyListen        string
 	Upstream           string
@@ -82,6 +90,8 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PolicyFile, "policy", o.PolicyFile, "DefenderPolicy file, watched and reloaded on change (required)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for TokenReview, Overrides and Events (empty: in-cluster config when running in a pod)")
 	fs.StringVar(&o.WebhookListen, "webhook-listen", o.WebhookListen, "address of the admission webhook (POST /validate), e.g. :8443; empty disables it")
+	fs.StringVar(&o.WebhookClientCAFile, "webhook-client-ca-file", o.WebhookClientCAFile, "CA bundle that verifies the client certificate the API server presents to the webhook (reloaded when it changes); a caller without one fails the TLS handshake. Empty: anyone who can reach --webhook-listen may post reviews")
+	fs.StringSliceVar(&o.WebhookClientAllowedNames, "webhook-client-allowed-names", o.WebhookClientAllowedNames, "common names accepted in the webhook's client certificates, comma-separated (empty: any name signed by --webhook-client-ca-file)")
 	fs.StringVar(&o.ProxyListen, "proxy-listen", o.ProxyListen, "address of the API proxy, e.g. :6443; empty disables it")
 	fs.StringVar(&o.Upstream, "upstream", o.Upstream, "URL of the kube-apiserver the proxy forwards to, e.g. https://10.0.0.1:6443")
 	fs.StringVar(&o.UpstreamCAFile, "upstream-ca-file", o.UpstreamCAFile, "CA bundle that verifies the upstream API server")
@@ -128,6 +138,25 @@ func (o *ServeOptions) Validate() error {
 	}
 	if (o.WebhookListen != "" || o.ProxyListen != "") && (o.TLSCertFile == "" || o.TLSPrivateKeyFile == "") {
 		add("--tls-cert-file and --tls-private-key-file are required to serve the webhook or the proxy (kubedefender certs generate makes a pair)")
+	}
+	if o.WebhookClientCAFile != "" && o.WebhookListen == "" {
+		add("--webhook-client-ca-file needs --webhook-listen")
+	}
+	if len(o.WebhookClientAllowedNames) > 0 && o.WebhookClientCAFile == "" {
+		add("--webhook-client-allowed-names needs --webhook-client-ca-file (names are read from verified client certificates)")
+	}
+	for _, n := range o.WebhookClientAllowedNames {
+		if strings.TrimSpace(n) == "" {
+			add("--webhook-client-allowed-names: an empty name matches no certificate")
+			break
+		}
+	}
+	if o.WebhookClientCAFile != "" {
+		if data, err := os.ReadFile(o.WebhookClientCAFile); err == nil {
+			if _, err := webhook.ParseCABundle(data); err != nil {
+				add("--webhook-client-ca-file %s: %v", o.WebhookClientCAFile, err)
+			}
+		}
 	}
 	if o.ProxyListen != "" {
 		if o.Upstream == "" {
@@ -183,7 +212,7 @@ func (o *ServeOptions) Validate() error {
 	for flag, f := range map[string]string{"--policy": o.PolicyFile, "--upstream-ca-file": o.UpstreamCAFile, "--client-ca-file": o.ClientCAFile,
 		"--front-proxy-cert-file": o.FrontProxyCertFile, "--front-proxy-key-file": o.FrontProxyKeyFile,
 		"--tls-cert-file": o.TLSCertFile, "--tls-private-key-file": o.TLSPrivateKeyFile, "--kubeconfig": o.Kubeconfig,
-		"--redis-password-file": o.RedisPasswordFile, "--redis-ca-file": o.RedisCAFile, "--redis-cert-file": o.RedisCertFile, "--redis-key-file": o.RedisKeyFile} {
+		"--redis-password-file": o.RedisPasswordFile, "--webhook-client-ca-file": o.WebhookClientCAFile, "--redis-ca-file": o.RedisCAFile, "--redis-cert-file": o.RedisCertFile, "--redis-key-file": o.RedisKeyFile} {
 		if f == "" {
 			continue
 		}

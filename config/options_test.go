@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kubedefender/kubedefender/pki"
 )
 
 func file(t *testing.T, name, content string) string {
@@ -18,6 +20,11 @@ func file(t *testing.T, name, content string) string {
 
 func TestValidate(t *testing.T) {
 	pol, cert, key := file(t, "p.yaml", "x"), file(t, "tls.crt", "x"), file(t, "tls.key", "x")
+	ca, err := pki.NewCA(pki.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCA := file(t, "client-ca.crt", string(ca.CertPEM))
 	base := func() *ServeOptions {
 		o := NewServeOptions()
 		o.PolicyFile, o.WebhookListen, o.TLSCertFile, o.TLSPrivateKeyFile = pol, ":8443", cert, key
@@ -46,6 +53,22 @@ func TestValidate(t *testing.T) {
 		{"missing files are named", func(o *ServeOptions) { o.RedisURL, o.RedisCAFile = "redis://h", "/nope/ca.pem" }, []string{"--redis-ca-file: stat /nope/ca.pem"}},
 		{"budgets charged at the proxy and at the webhook would count twice", func(o *ServeOptions) { o.BudgetsAt = BudgetsAtProxy },
 			[]string{"every delete would be charged twice", "--budgets-at=proxy needs --proxy-listen"}},
+		{"a webhook that verifies the API server's client certificate is valid", func(o *ServeOptions) {
+			o.WebhookClientCAFile, o.WebhookClientAllowedNames = clientCA, []string{"kube-apiserver"}
+		}, nil},
+		{"allowed names without a client CA are refused", func(o *ServeOptions) { o.WebhookClientAllowedNames = []string{"kube-apiserver"} },
+			[]string{"--webhook-client-allowed-names needs --webhook-client-ca-file"}},
+		{"an empty allowed name is refused", func(o *ServeOptions) {
+			o.WebhookClientCAFile, o.WebhookClientAllowedNames = clientCA, []string{"kube-apiserver", ""}
+		}, []string{"--webhook-client-allowed-names: an empty name matches no certificate"}},
+		{"a client CA file that holds no certificate is refused", func(o *ServeOptions) { o.WebhookClientCAFile = key },
+			[]string{"--webhook-client-ca-file " + key + ": failed to parse the CA bundle"}},
+		{"a client CA file that does not exist is named", func(o *ServeOptions) { o.WebhookClientCAFile = "/nope/ca.crt" },
+			[]string{"--webhook-client-ca-file: stat /nope/ca.crt"}},
+		{"a client CA without the webhook is refused", func(o *ServeOptions) {
+			o.WebhookListen, o.ProxyListen, o.Upstream, o.AuthMode = "", ":6443", "https://10.0.0.1:6443", AuthPassthrough
+			o.WebhookClientCAFile = clientCA
+		}, []string{"--webhook-client-ca-file needs --webhook-listen"}},
 		{"bad log settings are refused", func(o *ServeOptions) { o.LogLevel, o.LogFormat = "loud", "xml" }, []string{`--log-level "loud"`, `--log-format "xml"`}},
 	}
 	for _, tc := range cases {

@@ -286,8 +286,10 @@ func runAll(ctx context.Context, comps []component) error {
 }
 
 // newWebhookComponent builds the admission webhook: its handler on the engine,
-// a TLS server on --webhook-listen with the serving pair reloaded from disk.
-// It listens at once so that a taken port fails startup.
+// a TLS server on --webhook-listen with the serving pair reloaded from disk,
+// requiring the API server's client certificate with --webhook-client-ca-file
+// (and warning that anyone may call it without). It listens at once so that a
+// taken port fails startup.
 func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
 	log := cfg.Logger.With("component", "webhook")
 	h, err := webhook.NewHandler(webhook.Config{Engine: engine, Logger: log, Registerer: reg})
@@ -300,8 +302,23 @@ func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometh
 	if err != nil {
 		return component{}, err
 	}
+	var clientAuth *webhook.ClientAuth
+	if cfg.Options.WebhookClientCAFile != "" {
+		clientAuth, err = webhook.NewClientAuth(webhook.ClientAuthConfig{
+			CAFile: cfg.Options.WebhookClientCAFile, AllowedNames: cfg.Options.WebhookClientAllowedNames, Logger: log, Registerer: reg,
+		})
+		if err != nil {
+			return component{}, err
+		}
+	} else {
+		log.Warn("the webhook does not authenticate its callers: anyone who can reach --webhook-listen can post AdmissionReviews "+
+			"that charge budgets, trip breakers (a Manual breaker then denies every real delete it covers) and mark objects as already charged; "+
+			"set --webhook-client-ca-file to the CA of the API server's client certificate (see the README's install section)",
+			"addr", cfg.Options.WebhookListen)
+	}
 	srv, err := webhook.NewServer(webhook.ServerConfig{
-		Addr: cfg.Options.WebhookListen, Handler: h, Certificates: certs, ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log,
+		Addr: cfg.Options.WebhookListen, Handler: h, Certificates: certs, ClientAuth: clientAuth,
+		ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log,
 	})
 	if err != nil {
 		return component{}, err
