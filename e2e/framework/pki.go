@@ -10,6 +10,9 @@ import (
 	"os"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
 	"github.com/kubedefender/kubedefender/pki"
 )
 
@@ -90,4 +93,50 @@ func randomToken() (string, error) {
 		return "", fmt.Errorf("failed to generate a token: %w", err)
 	}
 	return fmt.Sprintf("%x", b), nil
+}
+
+// WebhookClientName is the common name of the client certificate the API
+// server presents to admission webhooks (Options.WebhookClientAuth): what a
+// webhook passes to --webhook-client-allowed-names.
+const WebhookClientName = "kube-apiserver-webhook-client"
+
+// admissionConfig points the ValidatingAdmissionWebhook plugin at a kubeconfig
+// whose users are keyed by webhook host (host:port, or "*" for any).
+const admissionConfig = `apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: %q
+`
+
+// writeWebhookClientAuth issues the API server's webhook client pair from a
+// CA of its own, and writes the kubeconfig and the AdmissionConfiguration that
+// make the API server present it to every webhook.
+func (cp *ControlPlane) writeWebhookClientAuth() error {
+	p := func(name string) string { return cp.path("pki", name) }
+	var err error
+	if cp.webhookCA, err = newAuthority("kubedefender-e2e-webhook-client-ca", p("webhook-client-ca.crt"), p("webhook-client-ca.key")); err != nil {
+		return err
+	}
+	cp.WebhookClientCACertFile, cp.WebhookClientCAKeyFile = cp.webhookCA.CertFile, cp.webhookCA.KeyFile
+	cp.WebhookClientCertFile, cp.WebhookClientKeyFile = p("webhook-client.crt"), p("webhook-client.key")
+	if err := cp.webhookCA.issueClient(WebhookClientName, nil, cp.WebhookClientCertFile, cp.WebhookClientKeyFile); err != nil {
+		return err
+	}
+	cfg := clientcmdapi.NewConfig()
+	// "*" matches every webhook host; a real cluster may key users by the
+	// webhook's host:port (its Service name for a service reference).
+	cfg.AuthInfos["*"] = &clientcmdapi.AuthInfo{ClientCertificate: cp.WebhookClientCertFile, ClientKey: cp.WebhookClientKeyFile}
+	cp.WebhookClientKubeconfig = p("webhook-client.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, cp.WebhookClientKubeconfig); err != nil {
+		return fmt.Errorf("failed to write the webhook client kubeconfig: %w", err)
+	}
+	cp.AdmissionConfigFile = cp.path("admission-config.yaml")
+	if err := os.WriteFile(cp.AdmissionConfigFile, fmt.Appendf(nil, admissionConfig, cp.WebhookClientKubeconfig), 0o644); err != nil {
+		return fmt.Errorf("failed to write the admission configuration: %w", err)
+	}
+	return nil
 }
