@@ -1,7 +1,27 @@
 // Package webhook owns the validating admission webhook that charges delete
 // budgets, and the helpers that install it: the ValidatingWebhookConfiguration
 // built from a policy (BuildConfiguration) and a TLS server whose serving
-// certificate is reloaded when its files change (CertReloader, Server).
+// certificate is reloaded when its files change (CertReloader, Server), and
+// that accepts only callers presenting a client certificate from a CA it
+// reloads too (ClientAuth).
+//
+// # Who may call it
+//
+// An AdmissionReview is a claim: "this user is deleting this object". The
+// handler cannot check it, so whoever can post one can charge budgets, trip a
+// breaker (a Manual breaker then denies every real delete it covers) and, if
+// the charge-once memory trusted any review, mark a real object as already
+// charged. With ServerConfig.ClientAuth (serve --webhook-client-ca-file) the
+// TLS handshake requires a client certificate chaining to that CA bundle,
+// valid now and for client authentication, and, when AllowedNames is set,
+// whose common name is listed — the API server's, given to it by an
+// AdmissionConfiguration whose WebhookAdmissionConfiguration kubeconfig names
+// the pair for the webhook's host. A caller without one fails the handshake:
+// no request of its reaches the handler. The checks run in
+// tls.Config.VerifyConnection, on every handshake including resumed ones, so
+// each refusal is counted by reason and a CA removed from the file stops
+// being accepted at once for new connections. Without ClientAuth, serve logs
+// a warning at startup saying what is exposed.
 //
 // # What the API server sends, and how it is judged
 //
@@ -37,11 +57,20 @@
 // update, the storage delete, and a retry whenever its cached copy of the
 // object was stale), each time with a new request UID: against kube-apiserver
 // 1.37 a plain pod delete arrives three times. The handler remembers the
-// objects (oldObject.metadata.uid) whose deletion it charged in the last two
-// minutes and admits repeats without charging them again (result "repeat").
-// That memory is per replica (chargeMemo); the UID also goes to the engine as
+// objects whose deletion it charged in the last two minutes, each by its UID
+// (oldObject.metadata.uid) and its group, resource, namespace and name, and
+// admits repeats without charging them again (result "repeat"). That memory
+// is per replica (chargeMemo); the same key goes to the engine as
 // Attributes.ChargeOnce, so the shared store recognises a repeat that reaches
-// another replica, in the same store call. A DELETE of an object that already
+// another replica, in the same store call. Only what the engine charged is
+// remembered (limiter.Decision.Charged; the store records the key only for an
+// admitted, committed batch): a delete that matched no budget, was denied,
+// was a dry run or whose decision timed out records nothing, and a review
+// carrying a real object's UID under another name or resource marks nothing
+// but the object it names. A decision that times out is not remembered
+// either: its repeats are judged again (each may wait out the timeout once
+// more) rather than let a review that happened to time out make a later
+// delete of the object free. A DELETE of an object that already
 // has a deletionTimestamp (the kubelet's final delete after a long grace
 // period, a delete after finalizers) is admitted free: the request that began
 // the deletion was the one charged. Evictions carry no object UID; an
@@ -97,5 +126,9 @@
 //     (a recovered panic);
 //   - request_duration_seconds{operation}: from the body being read to the
 //     response being written;
-//   - certificate_reloads_total{result}: success or failure.
+//   - certificate_reloads_total{result}: success or failure;
+//   - client_ca_reloads_total{result}: success or failure (with ClientAuth);
+//   - client_certificate_rejections_total{reason}: handshakes refused by
+//     ClientAuth: no_certificate, untrusted (another CA, expired, not for
+//     client authentication) or name_not_allowed.
 package webhook
