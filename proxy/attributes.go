@@ -19,7 +19,10 @@ var requestInfoFactory = &apirequest.RequestInfoFactory{
 // WithRequestAttributes reads the request's verb, group, resource,
 // subresource, namespace and name with k8s.io/apiserver's RequestInfoFactory
 // and fills the attributes the limits and flow schemas match on. A create on
-// pods/eviction is the verb "evict"; dryRun=All marks a dry run.
+// pods/eviction is the verb "evict". A dry run is what the API server will
+// treat as one: for delete and deletecollection the DeleteOptions in the body
+// when there is a body, else in the query (readDeleteOptions); for other
+// verbs a dryRun query parameter.
 func WithRequestAttributes(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r)
@@ -39,23 +42,25 @@ func WithRequestAttributes(next http.Handler) http.Handler {
 			a.User, a.Groups = st.user.GetName(), st.user.GetGroups()
 		}
 		a.UserAgent = headerValue(r.Header, "User-Agent")
-		a.DryRun = isDryRun(r)
+		if info.IsResourceRequest && (info.Verb == "delete" || info.Verb == "deletecollection") {
+			st.deleteOptions = readDeleteOptions(r)
+			a.DryRun = st.deleteOptions.dryRun
+		} else {
+			a.DryRun = isDryRun(r)
+		}
 		st.attrs.Front = limiter.FrontProxy
 		st.longRunning = isLongRunning(r, info)
 		next.ServeHTTP(w, r)
 	})
 }
 
+// isDryRun is the API server's test for a create, update or patch: any
+// dryRun query parameter (validation then admits only All).
 func isDryRun(r *http.Request) bool {
 	if r.URL.RawQuery == "" || !strings.Contains(r.URL.RawQuery, "dryRun") {
 		return false
 	}
-	for _, v := range r.URL.Query()["dryRun"] {
-		if v == "All" {
-			return true
-		}
-	}
-	return false
+	return len(r.URL.Query()["dryRun"]) > 0
 }
 
 // longRunningSubresources hold a connection open after their response starts.

@@ -67,7 +67,15 @@ func WithAuthentication(cfg AuthConfig, next http.Handler) http.Handler {
 			// The authenticators delete the credentials they accept; in
 			// passthrough mode the API server must still get them.
 			authz, proto := r.Header.Values("Authorization"), r.Header.Values("Sec-Websocket-Protocol")
-			resp, ok, err := cfg.Authenticator.AuthenticateRequest(r)
+			ar := r
+			if len(authz) > 0 || hasBearerProtocol(proto) {
+				// The API server acts as the token's user: it never sees the
+				// client certificate, which ends at this proxy. So the
+				// certificate must not decide who the limits see, even when
+				// it is valid and the token is not.
+				ar = withoutClientCert(r)
+			}
+			resp, ok, err := cfg.Authenticator.AuthenticateRequest(ar)
 			restoreHeader(r.Header, "Authorization", authz)
 			restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
 			switch {
@@ -129,6 +137,19 @@ func headerValue(h http.Header, key string) string {
 		return v[0]
 	}
 	return ""
+}
+
+// withoutClientCert returns a shallow copy of r (same headers) whose TLS
+// state carries no client certificate.
+func withoutClientCert(r *http.Request) *http.Request {
+	if !hasClientCert(r) {
+		return r
+	}
+	c := *r
+	cs := *r.TLS
+	cs.PeerCertificates, cs.VerifiedChains = nil, nil
+	c.TLS = &cs
+	return &c
 }
 
 func hasClientCert(r *http.Request) bool { return r.TLS != nil && len(r.TLS.PeerCertificates) > 0 }

@@ -93,6 +93,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// ShutdownTimeout is how long Run lets in-flight requests finish; default 15s.
 	ShutdownTimeout time.Duration
+	// UpstreamHealthInterval is how long an answer of the upstream's /readyz
+	// is reused by Readyz; default 5s.
+	UpstreamHealthInterval time.Duration
 
 	// Logger receives the proxy's logs; nil discards. Bearer tokens never
 	// reach it.
@@ -123,6 +126,7 @@ type Proxy struct {
 	// upgrade requests.
 	upstreamUpgrade, frontUpgrade *http.Transport
 	handler                       http.Handler
+	health                        *upstreamHealth
 }
 
 // New builds a Proxy from cfg and subscribes it to policy reloads.
@@ -157,6 +161,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.buildTransports(); err != nil {
 		return nil, err
 	}
+	p.health = &upstreamHealth{probe: p.checkUpstream, clock: p.clock, interval: cfg.UpstreamHealthInterval}
 	levels, err := newPriorityLevels(p.clock, cfg.MaxQueueWait, p.metrics, p.log)
 	if err != nil {
 		return nil, err
@@ -224,6 +229,9 @@ func (c *Config) defaults() {
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 15 * time.Second
+	}
+	if c.UpstreamHealthInterval <= 0 {
+		c.UpstreamHealthInterval = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -340,38 +348,6 @@ func (p *Proxy) withHealth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		}
 	})
-}
-
-// Readyz answers 200 when the upstream answers its /readyz through the
-// proxy's own connection, 503 otherwise. Mount it on the metrics listener.
-func (p *Proxy) Readyz() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := p.checkUpstream(r.Context()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	})
-}
-
-func (p *Proxy) checkUpstream(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	u := *p.cfg.Upstream
-	u.Path = "/readyz"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("failed to build the upstream probe: %w", err)
-	}
-	resp, err := p.upstreamTransport.RoundTrip(req)
-	if err != nil {
-		return fmt.Errorf("failed to reach the upstream: %w", err)
-	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("failed to get a ready upstream: /readyz answered %s", resp.Status)
-	}
-	return nil
 }
 
 func (p *Proxy) upstreamTLS() (*tls.Config, error) {

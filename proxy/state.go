@@ -28,9 +28,12 @@ type reqState struct {
 	forwardIdentity bool
 	info            *apirequest.RequestInfo
 	attrs           limiter.Attributes
-	longRunning     bool
-	level           string
-	queueWait       time.Duration
+	// deleteOptions of a delete or deletecollection: dry run and
+	// propagationPolicy as the API server reads them.
+	deleteOptions deleteOptions
+	longRunning   bool
+	level         string
+	queueWait     time.Duration
 	// upstream round trip, until response headers (set by the transport wrapper).
 	upstream time.Duration
 
