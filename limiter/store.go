@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 // Sentinel errors, carried by denied Decisions (Decision.Err) and checked with errors.Is.
@@ -118,8 +120,9 @@ const (
 	HalfOpenFull
 )
 
-// MaxWindows is the most windows a budget may have.
-const MaxWindows = 8
+// MaxWindows is the most windows a budget may have: validation refuses more
+// (policy.MaxWindows), and BudgetResult has room for exactly this many.
+const MaxWindows = policy.MaxWindows
 
 // BudgetResult is the outcome of one BudgetCheck.
 type BudgetResult struct {
