@@ -323,8 +323,8 @@ spec:
   - name: lists
     match: {verbs: [list], userAgents: ["^node-agent/"]}
     per: [user, userAgent]
-    qps: 1000000000
-    burst: 1000000000
+    qps: 1000000
+    burst: 1000000
 `)})
 	ctx := context.Background()
 	for _, a := range []*Attributes{
