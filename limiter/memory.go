@@ -422,3 +422,40 @@ func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int)
 	}
 	return topRateKeys(out, limit), nil
 }
+
+// carryBreakers implements breakerCarrier.
+func (s *MemoryStore) carryBreakers(_ context.Context, from, to *BudgetSpec) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.budgets[from.ID]
+	if old == nil || from.ID == to.ID {
+		return nil, nil
+	}
+	now := s.clock.Now().UnixNano()
+	var carried []string
+	table := func() *budgetTable {
+		t := s.budgets[to.ID]
+		if t == nil {
+			t = &budgetTable{spec: to, keys: map[string]*budgetState{}}
+			s.budgets[to.ID] = t
+		}
+		return t
+	}
+	for k, st := range old.keys {
+		state, since, _ := st.effective(from, now)
+		if state != Open {
+			continue
+		}
+		t := table()
+		if t.keys[k] != nil {
+			continue
+		}
+		t.keys[k] = &budgetState{state: Open, since: since}
+		carried = append(carried, k)
+	}
+	if state, since, _ := old.overflow.effective(from, now); state == Open {
+		t := table()
+		t.overflow = budgetState{state: Open, since: since}
+	}
+	return carried, nil
+}

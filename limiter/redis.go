@@ -796,3 +796,72 @@ func (s *RedisStore) Close() error {
 	})
 	return err
 }
+
+// carryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
+// node holding the {b} slot and carries them in one script call per batch.
+// A reload, never a request path.
+func (s *RedisStore) carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error) {
+	if from.ID == to.ID {
+		return nil, nil
+	}
+	if err := s.allow(); err != nil {
+		return nil, err
+	}
+	node, err := s.budgetNode(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("failed to carry breakers of %s: %w", to.Name, err)
+	}
+	base := s.prefix + "{b}:" + from.ID + ":"
+	var carried []string
+	err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
+		keys := make([]string, 0, 3*len(hashes))
+		names := make([]string, 0, len(hashes))
+		for _, h := range hashes {
+			key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
+			oh, oz := s.budgetKeys(from, key)
+			nh, _ := s.budgetKeys(to, key)
+			keys = append(keys, oh, oz, nh)
+			names = append(names, key)
+		}
+		args := s.nowArgs(nil)
+		args = append(args, boolArg(from.Breaker.Manual), int64(from.Breaker.Cooldown), boolArg(to.Breaker.Manual), int64(to.Breaker.Cooldown), s.ttlFloor)
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		res, err := s.scripts.carry.Run(cctx, s.client, keys, args...).Int64Slice()
+		if err != nil {
+			return err
+		}
+		for _, i := range res {
+			if i >= 1 && int(i) <= len(names) {
+				carried = append(carried, names[i-1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return carried, fmt.Errorf("failed to carry breakers of %s: %w", to.Name, err)
+	}
+	return carried, nil
+}
+
+// scanEach calls fn with every batch of keys matching pattern on node, each
+// SCAN call under timeout.
+func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration, fn func([]string) error) error {
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		keys, next, err := node.Scan(cctx, cursor, pattern, 1000).Result()
+		cancel()
+		if err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			if err := fn(keys); err != nil {
+				return err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
+}

@@ -316,6 +316,49 @@ end
 return out
 `
 
+// carryLua carries Open breakers over to a budget's new store ID when a
+// reload changes its windows (breakerCarrier). For each triple it copies an
+// Open breaker (Open at now under the old spec: Manual, or Auto within its
+// cooldown) into the new hash unless that exists, with an empty log, and
+// deletes the old keys, so a later revert of the edit finds no stale state.
+//
+// KEYS: per key: old hash, old log, new hash.
+// ARGV: nowS|"" (empty: Redis TIME), nowNs, fromManual, fromCooldownNs,
+// toManual, toCooldownNs, ttlFloorMs.
+// Returns the 1-based numbers of the triples carried.
+const carryLua = `
+local E9 = 1000000000
+local nowS, nowN
+if ARGV[1] == '' then
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
+end
+local fromManual, fromCd = ARGV[3] == '1', tonumber(ARGV[4])
+local toManual, toCd = ARGV[5] == '1', tonumber(ARGV[6])
+local ttlFloor = tonumber(ARGV[7])
+local out = {}
+for i = 1, math.floor(#KEYS / 3) do
+  local oh, oz, nh = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local f = redis.call('HMGET', oh, 'st', 'ss', 'sn')
+  local st, ss, sn = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
+  local d = (nowS - ss) * E9 + (nowN - sn)
+  if st == 1 and (fromManual or d < fromCd) and redis.call('EXISTS', nh) == 0 then
+    redis.call('HSET', nh, 'b', nowS, 'st', 1, 'ss', ss, 'sn', sn, 'ho', 0, 'q', 0)
+    if toManual then
+      redis.call('PERSIST', nh)
+    else
+      redis.call('PEXPIRE', nh, math.max(math.floor((2 * toCd - d) / 1000000) + 1000, ttlFloor))
+    end
+    redis.call('DEL', oh, oz)
+    out[#out + 1] = i
+  end
+end
+return out
+`
+
 // heartbeatLua records one replica as alive and counts the live ones.
 //
 // KEYS[1]: sorted set of replica ids by last-seen Redis time (ms).
@@ -334,7 +377,7 @@ return redis.call('ZCARD', KEYS[1])
 // redisScripts are the store's scripts, each run with EVALSHA and loaded
 // with EVAL on NOSCRIPT (go-redis Script.Run).
 type redisScripts struct {
-	budget, rate, heartbeat *redis.Script
+	budget, rate, heartbeat, carry *redis.Script
 }
 
 func newRedisScripts() redisScripts {
@@ -342,5 +385,6 @@ func newRedisScripts() redisScripts {
 		budget:    redis.NewScript(budgetLua),
 		rate:      redis.NewScript(rateLua),
 		heartbeat: redis.NewScript(heartbeatLua),
+		carry:     redis.NewScript(carryLua),
 	}
 }
