@@ -32,7 +32,7 @@ func benchPolicy() string {
 	for i := 0; i < 9; i++ {
 		fmt.Fprintf(&b, "  - name: rate-%d\n    match: {verbs: [list, watch], userAgents: [\"^agent-%d/\"]}\n    per: [user, userAgent]\n    qps: 20\n    burst: 40\n", i, i)
 	}
-	b.WriteString("  - name: node-agents\n    match: {verbs: [get, list, watch], userAgents: [\"^node-agent/\"]}\n    per: [user, userAgent]\n    qps: 1000000000\n    burst: 1000000000\n")
+	b.WriteString("  - name: node-agents\n    match: {verbs: [get, list, watch], userAgents: [\"^node-agent/\"]}\n    per: [user, userAgent]\n    qps: 1000000\n    burst: 1000000\n")
 	return b.String()
 }
 

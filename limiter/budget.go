@@ -79,6 +79,12 @@ func (st *budgetState) effective(spec *BudgetSpec, now int64) (state BreakerStat
 		return Closed, since, 0
 	}
 	if spec.Breaker.Manual {
+		if state == HalfOpen {
+			// A reload made an Auto breaker Manual while it was HalfOpen. A
+			// Manual breaker has no probation: it is Closed (the windows still
+			// judge, and exhaustion opens it until an override closes it).
+			return Closed, since, 0
+		}
 		return
 	}
 	cd := int64(spec.Breaker.Cooldown)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +93,8 @@ type Decision struct {
 	Code int
 	// Reason is the Kubernetes StatusReason matching Code.
 	Reason string
-	// Err is ErrBudgetExhausted, ErrBreakerOpen, ErrRateLimited or ErrStoreUnavailable.
+	// Err is ErrBudgetExhausted, ErrBreakerOpen, ErrRateLimited,
+	// ErrStoreUnavailable or ErrEngineFailure.
 	Err  error
 	Kind RuleKind
 	Rule string
@@ -109,7 +111,8 @@ type Decision struct {
 	Warnings []string
 	// Override names the override that let the request bypass a rule, if any.
 	Override string
-	// Fallback is set when the store was unreachable and onStoreFailure decided.
+	// Fallback is set when onStoreFailure decided: the store was unreachable,
+	// or the engine failed on a rule (ErrEngineFailure, decision_panics_total).
 	Fallback bool
 	// Repeat is set when the request repeats one already charged (ChargeOnce).
 	Repeat bool
@@ -152,6 +155,8 @@ type Engine struct {
 	clock     clock.PassiveClock
 	log       *slog.Logger
 	metrics   *metrics
+	guard     *guardMetrics
+	panicHash atomic.Pointer[string] // the policy whose panic was logged last
 	state     atomic.Pointer[engineState]
 	overrides atomic.Pointer[[]Override]
 	pool      sync.Pool
@@ -165,6 +170,9 @@ type engineState struct {
 	policy  *policy.Compiled
 	budgets []*budgetRule
 	rates   []*rateRule
+	// broken is set when a rule's spec is one the stores cannot run (only a
+	// policy that skipped validation has one): Decide then goes rule by rule.
+	broken bool
 }
 
 type budgetRule struct {
@@ -176,6 +184,8 @@ type budgetRule struct {
 	counter ruleCounters
 	near    []prometheus.Counter
 	ratio   []prometheus.Gauge
+	// err says why the stores cannot run spec; such a rule follows onStoreFailure.
+	err error
 }
 
 type rateRule struct {
@@ -185,6 +195,7 @@ type rateRule struct {
 	shadow  bool
 	onFail  policy.StoreFailurePolicy
 	counter ruleCounters
+	err     error // see budgetRule.err
 }
 
 // Results counted per rule.
@@ -242,10 +253,14 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		clock:       cfg.Clock,
 		log:         cfg.Logger,
 		metrics:     newMetrics(),
+		guard:       newGuardMetrics(),
 	}
 	e.pool.New = func() any { return &scratch{arena: make([]byte, 0, 512)} }
 	if cfg.Registerer != nil {
 		if err := e.metrics.register(cfg.Registerer); err != nil {
+			return nil, err
+		}
+		if err := e.guard.register(cfg.Registerer); err != nil {
 			return nil, err
 		}
 	}
@@ -271,7 +286,11 @@ func (e *Engine) Store() Store { return e.store }
 func (e *Engine) Policy() *policy.Compiled { return e.state.Load().policy }
 
 // SetPolicy swaps in a new policy. Counters of rules whose name and windows are
-// unchanged carry over (their store IDs are the same).
+// unchanged carry over (their store IDs are the same). A rule whose windows
+// change starts its counts afresh, but its Open breakers carry over to the new
+// windows (only an override closes a Manual breaker); the line SetPolicy logs
+// names them. A rule the stores cannot run (only a policy that skipped
+// validation has one) is logged and follows its onStoreFailure.
 func (e *Engine) SetPolicy(p *policy.Compiled) {
 	st := &engineState{policy: p}
 	keep := map[string]bool{}
@@ -284,6 +303,7 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 			r.near = append(r.near, e.metrics.nearLimit.WithLabelValues(cb.Name, win))
 			r.ratio = append(r.ratio, e.metrics.remaining.WithLabelValues(cb.Name, win))
 		}
+		r.err = r.spec.check()
 		st.budgets = append(st.budgets, r)
 		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
 	}
@@ -291,25 +311,111 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 		cr := &p.RateLimits[i]
 		r := &rateRule{cr: cr, spec: NewRateSpec(cr.RateLimit), per: cr.Per, shadow: cr.Mode == policy.ModeShadow, onFail: cr.OnStoreFailure}
 		r.counter = e.metrics.ruleCounters(KindRateLimit, cr.Name)
+		r.err = r.spec.checkBounds()
 		st.rates = append(st.rates, r)
 		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
 	}
-	old := e.state.Swap(st)
+	for _, r := range st.budgets {
+		if r.err != nil {
+			st.broken = true
+			e.log.Error("budget cannot run; it follows its onStoreFailure", "rule", r.cb.Name, "onStoreFailure", string(r.onFail), "policyHash", p.Hash, "err", r.err)
+		}
+	}
+	for _, r := range st.rates {
+		if r.err != nil {
+			st.broken = true
+			e.log.Error("rate limit cannot run; it follows its onStoreFailure", "rule", r.cr.Name, "onStoreFailure", string(r.onFail), "policyHash", p.Hash, "err", r.err)
+		}
+	}
+	old := e.state.Load()
+	var carried []string
+	if old != nil {
+		// Before the swap, so no decision creates a new key first.
+		carried = e.carryBreakers(old, st)
+	}
+	e.state.Store(st)
 	if old != nil {
 		e.metrics.forgetRemoved(old.policy, p)
+		e.guard.forgetRemoved(old.policy, p)
+	}
+	specs := map[string]*BudgetSpec{}
+	n := e.replicas()
+	for _, r := range st.budgets {
+		specs[r.spec.ID] = r.spec
+		if sh := r.spec.Share(n); sh != r.spec {
+			specs[sh.ID] = sh
+		}
 	}
 	type retainer interface{ Retain(map[string]bool) }
 	for _, s := range []Store{e.store, e.fallback} {
-		if r, ok := s.(retainer); ok {
+		switch r := s.(type) {
+		case *MemoryStore:
+			r.retain(keep, specs)
+		case retainer:
 			r.Retain(keep)
 		}
 	}
+	if old != nil {
+		e.log.Info("limiter policy applied", "policyHash", p.Hash, "previous", old.policy.Hash, "breakersCarriedOver", carried)
+	}
+}
+
+// carryBreakers copies the Open breakers of every budget whose windows (so
+// store ID) a reload changes to the new ID, in the shared store and in the
+// local fallback, and returns them as "rule key" for the log.
+func (e *Engine) carryBreakers(old, cur *engineState) []string {
+	prev := map[string]*budgetRule{}
+	for _, r := range old.budgets {
+		prev[r.cb.Name] = r
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var carried []string
+	n := e.replicas()
+	for _, r := range cur.budgets {
+		o := prev[r.cb.Name]
+		if o == nil || o.spec.ID == r.spec.ID || o.err != nil || r.err != nil || !o.spec.Breaker.Enabled || !r.spec.Breaker.Enabled {
+			continue
+		}
+		for i, s := range []Store{e.store, e.fallback} {
+			bc, ok := s.(breakerCarrier)
+			if !ok {
+				continue
+			}
+			from, to := o.spec, r.spec
+			if i == 1 {
+				from, to = o.spec.Share(n), r.spec.Share(n)
+			}
+			keys, err := bc.carryBreakers(ctx, from, to)
+			if err != nil {
+				e.log.Error("failed to carry open breakers over to the new windows; they may read Closed until they trip again",
+					"rule", r.cb.Name, "err", err)
+			}
+			if i == 0 {
+				for _, k := range keys {
+					carried = append(carried, r.cb.Name+" "+displayKey(k))
+				}
+			}
+		}
+	}
+	sort.Strings(carried)
+	return carried
 }
 
 // Decide judges one request. It never blocks longer than the store's own
-// timeout, and allocates nothing on the allow path.
-func (e *Engine) Decide(ctx context.Context, a *Attributes) Decision {
+// timeout, and allocates nothing on the allow path. It never panics: a panic
+// while deciding, or a rule the stores cannot run, makes each rule the
+// request matches follow its onStoreFailure (see decideDegraded).
+func (e *Engine) Decide(ctx context.Context, a *Attributes) (d Decision) {
 	st := e.state.Load()
+	if st.broken {
+		return e.decideDegraded(ctx, st, a, nil)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			d = e.decideDegraded(ctx, st, a, p)
+		}
+	}()
 	checks := a.Checks
 	if checks == 0 {
 		checks = CheckBudgets | CheckRateLimits
@@ -317,17 +423,17 @@ func (e *Engine) Decide(ctx context.Context, a *Attributes) Decision {
 	sc := e.pool.Get().(*scratch)
 	defer e.pool.Put(sc)
 	sc.arena = sc.arena[:0]
-	d := Decision{Allowed: true}
+	d = Decision{Allowed: true}
 	ovs := *e.overrides.Load()
 	if checks&CheckRateLimits != 0 && len(st.rates) > 0 {
-		e.decideRates(ctx, st, a, sc, ovs, &d)
+		e.decideRates(ctx, e.store, st, a, sc, ovs, &d)
 		if !d.Allowed {
 			return d
 		}
 	}
 	if checks&(CheckBudgets|CheckBreakers) != 0 && len(st.budgets) > 0 {
 		commit := checks&CheckBudgets != 0 && !a.DryRun
-		e.decideBudgets(ctx, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
+		e.decideBudgets(ctx, e.store, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
 		d.Repeat = sc.budget.Repeat
 		d.Charged = commit && d.Allowed && sc.budget.Admitted && !d.Repeat && len(sc.budget.Checks) > 0
 	}
@@ -367,7 +473,7 @@ func (sc *scratch) key(per []string, a *policy.Attributes) string {
 // maxUserAgentKey bounds the part of a User-Agent that goes into a key.
 const maxUserAgentKey = 256
 
-func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes, sc *scratch, ovs []Override, d *Decision) {
+func (e *Engine) decideRates(ctx context.Context, store Store, st *engineState, a *Attributes, sc *scratch, ovs []Override, d *Decision) {
 	sc.rate.Reset()
 	sc.rrules = sc.rrules[:0]
 	var now time.Time
@@ -392,7 +498,7 @@ func (e *Engine) decideRates(ctx context.Context, st *engineState, a *Attributes
 	if len(sc.rate.Checks) == 0 {
 		return
 	}
-	err := e.askRates(ctx, e.store, &sc.rate)
+	err := e.askRates(ctx, store, &sc.rate)
 	if err != nil {
 		e.rateStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
@@ -455,7 +561,7 @@ func (e *Engine) rateStoreFailure(ctx context.Context, sc *scratch, err error, d
 	}
 }
 
-func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attributes, sc *scratch, ovs []Override, commit, breakersOnly bool, d *Decision) {
+func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState, a *Attributes, sc *scratch, ovs []Override, commit, breakersOnly bool, d *Decision) {
 	sc.budget.Reset()
 	sc.rules = sc.rules[:0]
 	var now time.Time
@@ -486,7 +592,7 @@ func (e *Engine) decideBudgets(ctx context.Context, st *engineState, a *Attribut
 	if commit && a.ChargeOnce != "" {
 		sc.budget.Once, sc.budget.OnceTTL = a.ChargeOnce, e.onceTTL
 	}
-	if err := e.askBudgets(ctx, e.store, &sc.budget); err != nil {
+	if err := e.askBudgets(ctx, store, &sc.budget); err != nil {
 		e.budgetStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
 			return

@@ -281,10 +281,18 @@ func TestEngineReloadKeepsCountersOfUnchangedRules(t *testing.T) {
 	if d := e.Decide(ctx, podDelete("prod", "x")); d.Allowed {
 		t.Fatal("an unrelated reload reset pod-deletes")
 	}
-	// Changed windows: the rule starts afresh.
+	// Changed windows: the counts start afresh, but the Manual breaker that
+	// the 4th delete opened stays Open: only an override closes it.
 	e.SetPolicy(parse(t, strings.Replace(enginePolicy, "{window: 1m, limit: 3}", "{window: 1m, limit: 4}", 1)))
+	d := e.Decide(ctx, podDelete("prod", "x"))
+	if d.Allowed || d.Code != http.StatusForbidden || !strings.Contains(d.Message, "1m: 0/4") {
+		t.Fatalf("after a windows edit: %+v, want the Open Manual breaker carried over (403) with fresh counts (1m: 0/4)", d)
+	}
+	if err := e.ResetBreakers(ctx, &Override{Name: "o", Budgets: []string{"pod-deletes"}, Namespaces: []string{"prod"}, ResetBreaker: true}); err != nil {
+		t.Fatal(err)
+	}
 	if d := e.Decide(ctx, podDelete("prod", "x")); !d.Allowed {
-		t.Fatalf("a rule with new windows kept the old counters: %s", d.Message)
+		t.Fatalf("after the override reset: %s", d.Message)
 	}
 }
 
@@ -323,8 +331,8 @@ spec:
   - name: lists
     match: {verbs: [list], userAgents: ["^node-agent/"]}
     per: [user, userAgent]
-    qps: 1000000000
-    burst: 1000000000
+    qps: 1000000
+    burst: 1000000
 `)})
 	ctx := context.Background()
 	for _, a := range []*Attributes{

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +93,9 @@ func (s *MemoryStore) budgetKey(spec *BudgetSpec, key string) *budgetState {
 		t = &budgetTable{spec: spec, keys: map[string]*budgetState{}}
 		s.budgets[spec.ID] = t
 	}
+	// The same ID after a reload may come with another breaker: Sweep judges
+	// idleness with the spec decisions use now.
+	t.spec = spec
 	if st := t.keys[key]; st != nil {
 		return st
 	}
@@ -118,6 +122,11 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 			}
 			b.Admitted, b.Repeat, b.Now = true, true, time.Unix(0, now)
 			return nil
+		}
+	}
+	for i := range b.Checks {
+		if err := b.Checks[i].Spec.check(); err != nil {
+			return fmt.Errorf("failed to judge budgets: %w", err)
 		}
 	}
 	var states [16]*budgetState
@@ -205,6 +214,10 @@ func (s *MemoryStore) Rates(_ context.Context, b *RateBatch) error {
 			b.Results = append(b.Results, RateResult{Skipped: true})
 			continue
 		}
+		if err := c.Spec.check(); err != nil {
+			b.Results = b.Results[:0]
+			return fmt.Errorf("failed to judge rate limits: %w", err)
+		}
 		t := s.rateTable(c.Spec)
 		sh := &t.shards[fnv32(c.Key)%rateShards]
 		sh.mu.Lock()
@@ -251,10 +264,20 @@ func (s *MemoryStore) ResetBudget(_ context.Context, spec *BudgetSpec, key strin
 // Retain forgets the state of every rule whose ID is not listed (rules removed
 // or changed by a reload).
 func (s *MemoryStore) Retain(ids map[string]bool) {
+	s.retain(ids, nil)
+}
+
+// retain is Retain that also hands the kept budget tables the specs of the
+// new policy (by ID), so Sweep judges with the breaker the policy has now.
+func (s *MemoryStore) retain(ids map[string]bool, specs map[string]*BudgetSpec) {
 	s.mu.Lock()
-	for id := range s.budgets {
+	for id, t := range s.budgets {
 		if !ids[id] {
 			delete(s.budgets, id)
+			continue
+		}
+		if sp := specs[id]; sp != nil {
+			t.spec = sp
 		}
 	}
 	s.mu.Unlock()
@@ -349,6 +372,9 @@ func (s *MemoryStore) Stats() MemoryStats {
 func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := spec.check(); err != nil {
+		return nil, fmt.Errorf("failed to inspect budget: %w", err)
+	}
 	t := s.budgets[spec.ID]
 	if t == nil {
 		return nil, nil
@@ -395,4 +421,41 @@ func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int)
 		sh.mu.Unlock()
 	}
 	return topRateKeys(out, limit), nil
+}
+
+// carryBreakers implements breakerCarrier.
+func (s *MemoryStore) carryBreakers(_ context.Context, from, to *BudgetSpec) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.budgets[from.ID]
+	if old == nil || from.ID == to.ID {
+		return nil, nil
+	}
+	now := s.clock.Now().UnixNano()
+	var carried []string
+	table := func() *budgetTable {
+		t := s.budgets[to.ID]
+		if t == nil {
+			t = &budgetTable{spec: to, keys: map[string]*budgetState{}}
+			s.budgets[to.ID] = t
+		}
+		return t
+	}
+	for k, st := range old.keys {
+		state, since, _ := st.effective(from, now)
+		if state != Open {
+			continue
+		}
+		t := table()
+		if t.keys[k] != nil {
+			continue
+		}
+		t.keys[k] = &budgetState{state: Open, since: since}
+		carried = append(carried, k)
+	}
+	if state, since, _ := old.overflow.effective(from, now); state == Open {
+		t := table()
+		t.overflow = budgetState{state: Open, since: since}
+	}
+	return carried, nil
 }

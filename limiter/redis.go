@@ -419,6 +419,11 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 		b.Admitted, b.Now = true, s.now()
 		return nil
 	}
+	for i := range b.Checks {
+		if err := b.Checks[i].Spec.check(); err != nil {
+			return fmt.Errorf("failed to judge budgets: %w", err)
+		}
+	}
 	if err := s.allow(); err != nil {
 		return err
 	}
@@ -470,6 +475,9 @@ func decodeBudgets(b *BudgetBatch, res []int64) error {
 	p := 3
 	for i := range b.Checks {
 		nw := len(b.Checks[i].Spec.Windows)
+		if nw > MaxWindows {
+			return fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, MaxWindows)
+		}
 		if len(res) < p+8+nw {
 			return fmt.Errorf("script returned %d values for %d checks", len(res), len(b.Checks))
 		}
@@ -497,6 +505,11 @@ func (s *RedisStore) Rates(ctx context.Context, b *RateBatch) error {
 		b.Now = s.now()
 		return nil
 	}
+	for i := range b.Checks {
+		if err := b.Checks[i].Spec.check(); err != nil {
+			return fmt.Errorf("failed to judge rate limits: %w", err)
+		}
+	}
 	if err := s.allow(); err != nil {
 		return err
 	}
@@ -522,7 +535,8 @@ func (s *RedisStore) rateArgs(a *redisArgs, checks []RateCheck) {
 	for i := range checks {
 		c := &checks[i]
 		a.keys = append(a.keys, s.rateKey(c.Spec, c.Key))
-		a.args = append(a.args, boolArg(c.Shadow), int64(c.Spec.Interval), c.Spec.Burst)
+		iv := c.Spec.Interval
+		a.args = append(a.args, boolArg(c.Shadow), int64(iv/time.Second), int64(iv%time.Second), c.Spec.Burst)
 	}
 }
 
@@ -534,18 +548,19 @@ func (s *RedisStore) ratesScript(ctx context.Context, b *RateBatch) error {
 	if err != nil {
 		return err
 	}
-	if len(res) != 2+2*len(b.Checks) {
+	if len(res) != 2+3*len(b.Checks) {
 		return fmt.Errorf("%w: rate script returned %d values for %d checks", ErrStoreUnavailable, len(res), len(b.Checks))
 	}
 	b.Now = time.Unix(res[0], res[1])
 	for i := range b.Checks {
-		b.Results = append(b.Results, rateResult(res[2+2*i], res[3+2*i]))
+		b.Results = append(b.Results, rateResult(res[2+3*i:5+3*i]))
 	}
 	return nil
 }
 
-func rateResult(status, retry int64) RateResult {
-	return RateResult{Allowed: status == 1, Skipped: status == 2, RetryAfter: time.Duration(retry)}
+// rateResult reads one check's status, retryS, retryNs.
+func rateResult(r []int64) RateResult {
+	return RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
 }
 
 // ratesPipelined sends one script per check in one pipeline: on a cluster
@@ -603,13 +618,13 @@ func (s *RedisStore) ratesPipelined(ctx context.Context, b *RateBatch) error {
 		if err != nil {
 			return err
 		}
-		if len(res) != 4 {
+		if len(res) != 5 {
 			return fmt.Errorf("%w: rate script returned %d values", ErrStoreUnavailable, len(res))
 		}
 		if i == 0 {
 			b.Now = time.Unix(res[0], res[1])
 		}
-		r := rateResult(res[2], res[3])
+		r := rateResult(res[2:5])
 		if denied {
 			r = RateResult{Skipped: true}
 		} else if !r.Allowed && !b.Checks[i].Shadow {
@@ -780,4 +795,73 @@ func (s *RedisStore) Close() error {
 		}
 	})
 	return err
+}
+
+// carryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
+// node holding the {b} slot and carries them in one script call per batch.
+// A reload, never a request path.
+func (s *RedisStore) carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error) {
+	if from.ID == to.ID {
+		return nil, nil
+	}
+	if err := s.allow(); err != nil {
+		return nil, err
+	}
+	node, err := s.budgetNode(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("failed to carry breakers of %s: %w", to.Name, err)
+	}
+	base := s.prefix + "{b}:" + from.ID + ":"
+	var carried []string
+	err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
+		keys := make([]string, 0, 3*len(hashes))
+		names := make([]string, 0, len(hashes))
+		for _, h := range hashes {
+			key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
+			oh, oz := s.budgetKeys(from, key)
+			nh, _ := s.budgetKeys(to, key)
+			keys = append(keys, oh, oz, nh)
+			names = append(names, key)
+		}
+		args := s.nowArgs(nil)
+		args = append(args, boolArg(from.Breaker.Manual), int64(from.Breaker.Cooldown), boolArg(to.Breaker.Manual), int64(to.Breaker.Cooldown), s.ttlFloor)
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		res, err := s.scripts.carry.Run(cctx, s.client, keys, args...).Int64Slice()
+		if err != nil {
+			return err
+		}
+		for _, i := range res {
+			if i >= 1 && int(i) <= len(names) {
+				carried = append(carried, names[i-1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return carried, fmt.Errorf("failed to carry breakers of %s: %w", to.Name, err)
+	}
+	return carried, nil
+}
+
+// scanEach calls fn with every batch of keys matching pattern on node, each
+// SCAN call under timeout.
+func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration, fn func([]string) error) error {
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		keys, next, err := node.Scan(cctx, cursor, pattern, 1000).Result()
+		cancel()
+		if err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			if err := fn(keys); err != nil {
+				return err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
 }

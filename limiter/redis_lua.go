@@ -126,7 +126,11 @@ local function effective(c)
   local st, ss, sn, ho = c.st, c.ss, c.sn, c.ho
   -- a reload removed the breaker: it denies nothing any more
   if not c.br then return CLOSED, ss, sn, 0 end
-  if c.manual then return st, ss, sn, ho end
+  if c.manual then
+    -- a reload made an Auto breaker Manual while HalfOpen: no probation, Closed
+    if st == HALF then return CLOSED, ss, sn, 0 end
+    return st, ss, sn, ho
+  end
   if st == OPEN and diff(nowS, nowN, ss, sn) >= c.cd then
     st, ho = HALF, 0
     ss, sn = norm(ss, sn + c.cd)
@@ -252,12 +256,15 @@ return out
 
 // rateLua is GCRA over one or more rate keys, in order, stopping at the
 // first non-shadow denial (later checks are reported skipped, charged nothing).
+// It is rateAllow (budget.go) with durations kept as (seconds, nanoseconds)
+// pairs: burst×interval reaches 10^18 ns, beyond the 2^53 a Lua number holds
+// exactly, and the memory store computes it exactly in int64.
 //
 // KEYS: one string per check holding the theoretical arrival time "S.NNNNNNNNN".
 // ARGV: nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, then per check:
-// shadow, intervalNs, burst.
+// shadow, intervalS, intervalNs (0 to 1e9-1), burst.
 // Returns: nowS, nowNs, then per check: status (1 allowed, 0 denied, 2
-// skipped), retryNs.
+// skipped), retryS, retryNs.
 const rateLua = `
 local E9 = 1000000000
 local nowS, nowN
@@ -269,35 +276,84 @@ else
   nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
 local ttlFloor = tonumber(ARGV[3])
+-- a duration (s, n) with 0 <= n < E9
+local function norm(s, n)
+  local q = math.floor(n / E9)
+  return s + q, n - q * E9
+end
 local out = {nowS, nowN}
 local denied = false
 for i = 1, #KEYS do
-  local p = 4 + (i - 1) * 3
+  local p = 4 + (i - 1) * 4
   if denied then
-    out[#out + 1], out[#out + 2] = 2, 0
+    out[#out + 1], out[#out + 2], out[#out + 3] = 2, 0, 0
   else
-    local interval, burst = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-    local d = 0
+    local iS, iN, burst = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    -- d = max(tat - now, 0)
+    local dS, dN = 0, 0
     local v = redis.call('GET', KEYS[i])
     if v then
       local s, ns = string.match(v, '^(%-?%d+)%.(%d+)$')
       if s then
-        d = (tonumber(s) - nowS) * E9 + (tonumber(ns) - nowN)
-        if d < 0 then d = 0 end
+        dS, dN = norm(tonumber(s) - nowS, tonumber(ns) - nowN)
+        if dS < 0 then dS, dN = 0, 0 end
       end
     end
-    local nxt = d + interval
-    local over = nxt - burst * interval
-    if over > 0 then
-      out[#out + 1], out[#out + 2] = 0, over
+    local xS, xN = norm(dS + iS, dN + iN)           -- next - now
+    local bS, bN = norm(burst * iS, burst * iN)      -- burst × interval
+    local oS, oN = norm(xS - bS, xN - bN)            -- how far next is over
+    if oS > 0 or (oS == 0 and oN > 0) then
+      out[#out + 1], out[#out + 2], out[#out + 3] = 0, oS, oN
       if ARGV[p] ~= '1' then denied = true end
     else
-      local q = math.floor((nowN + nxt) / E9)
-      local v2 = string.format('%.0f.%09.0f', nowS + q, nowN + nxt - q * E9)
-      local ms = math.max(math.floor(nxt / 1000000) + 1000, ttlFloor)
-      redis.call('SET', KEYS[i], v2, 'PX', ms)
-      out[#out + 1], out[#out + 2] = 1, 0
+      local tS, tN = norm(nowS + xS, nowN + xN)
+      local ms = math.max(xS * 1000 + math.floor(xN / 1000000) + 1000, ttlFloor)
+      redis.call('SET', KEYS[i], string.format('%.0f.%09.0f', tS, tN), 'PX', ms)
+      out[#out + 1], out[#out + 2], out[#out + 3] = 1, 0, 0
     end
+  end
+end
+return out
+`
+
+// carryLua carries Open breakers over to a budget's new store ID when a
+// reload changes its windows (breakerCarrier). For each triple it copies an
+// Open breaker (Open at now under the old spec: Manual, or Auto within its
+// cooldown) into the new hash unless that exists, with an empty log, and
+// deletes the old keys, so a later revert of the edit finds no stale state.
+//
+// KEYS: per key: old hash, old log, new hash.
+// ARGV: nowS|"" (empty: Redis TIME), nowNs, fromManual, fromCooldownNs,
+// toManual, toCooldownNs, ttlFloorMs.
+// Returns the 1-based numbers of the triples carried.
+const carryLua = `
+local E9 = 1000000000
+local nowS, nowN
+if ARGV[1] == '' then
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
+end
+local fromManual, fromCd = ARGV[3] == '1', tonumber(ARGV[4])
+local toManual, toCd = ARGV[5] == '1', tonumber(ARGV[6])
+local ttlFloor = tonumber(ARGV[7])
+local out = {}
+for i = 1, math.floor(#KEYS / 3) do
+  local oh, oz, nh = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local f = redis.call('HMGET', oh, 'st', 'ss', 'sn')
+  local st, ss, sn = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
+  local d = (nowS - ss) * E9 + (nowN - sn)
+  if st == 1 and (fromManual or d < fromCd) and redis.call('EXISTS', nh) == 0 then
+    redis.call('HSET', nh, 'b', nowS, 'st', 1, 'ss', ss, 'sn', sn, 'ho', 0, 'q', 0)
+    if toManual then
+      redis.call('PERSIST', nh)
+    else
+      redis.call('PEXPIRE', nh, math.max(math.floor((2 * toCd - d) / 1000000) + 1000, ttlFloor))
+    end
+    redis.call('DEL', oh, oz)
+    out[#out + 1] = i
   end
 end
 return out
@@ -321,7 +377,7 @@ return redis.call('ZCARD', KEYS[1])
 // redisScripts are the store's scripts, each run with EVALSHA and loaded
 // with EVAL on NOSCRIPT (go-redis Script.Run).
 type redisScripts struct {
-	budget, rate, heartbeat *redis.Script
+	budget, rate, heartbeat, carry *redis.Script
 }
 
 func newRedisScripts() redisScripts {
@@ -329,5 +385,6 @@ func newRedisScripts() redisScripts {
 		budget:    redis.NewScript(budgetLua),
 		rate:      redis.NewScript(rateLua),
 		heartbeat: redis.NewScript(heartbeatLua),
+		carry:     redis.NewScript(carryLua),
 	}
 }

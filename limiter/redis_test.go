@@ -333,7 +333,7 @@ func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 	rs := redisFactory(singleOpts(srv), nil)(t, clk)
 	ms := NewMemoryStore(MemoryConfig{Clock: clk})
 	day := 24 * time.Hour
-	spec := testSpec([]WindowSpec{{40 * day, 3}, {90 * day, 4}}, BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})
+	spec := testSpec([]WindowSpec{{40 * day, 3}, {50 * day, 4}}, BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})
 	for i, step := range []time.Duration{0, 20*day + 1, 25*day + 7, 30 * day, time.Nanosecond, 10 * day, 45*day + 3, 60 * day, 100 * day} {
 		clk.Step(step)
 		mb := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
@@ -348,7 +348,7 @@ func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 		if m.Allowed != r.Allowed || m.Used != r.Used || m.RetryAfter != r.RetryAfter || m.State != r.State || !mb.Now.Equal(rb.Now) {
 			t.Fatalf("request %d at +%s:\nmemory %+v\nredis  %+v", i, clk.Now().Sub(testEpoch), m, r)
 		}
-		if i == 6 { // +130 days, entries from +75 days still in the 90-day window: the base has moved
+		if i == 6 { // +130 days, the entry from +85 days still in the 50-day window: the base has moved
 			h, _ := rs.(*RedisStore).budgetKeys(spec, "k")
 			base, err := srv.Client(t).HGet(context.Background(), h, "b").Int64()
 			if err != nil || base < testEpoch.Add(100*day).Unix() {

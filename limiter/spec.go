@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"math"
 	"time"
 
@@ -75,7 +76,7 @@ func NewBudgetSpec(b *policy.Budget) *BudgetSpec {
 // NewRateSpec builds the store spec of a validated rate limit.
 func NewRateSpec(r *policy.RateLimit) *RateSpec {
 	s := &RateSpec{Name: r.Name, QPS: r.QPS, Burst: r.Burst}
-	s.Interval = time.Duration(math.Max(1, float64(time.Second)/r.QPS))
+	s.Interval = interval(r.QPS)
 	h := sha256.New()
 	var buf [16]byte
 	binary.BigEndian.PutUint64(buf[:8], math.Float64bits(r.QPS))
@@ -113,6 +114,61 @@ func (s *RateSpec) Share(n int) *RateSpec {
 	c.ID = s.ID + "/local"
 	c.QPS = s.QPS / float64(n)
 	c.Burst = max(1, s.Burst/int64(n))
-	c.Interval = time.Duration(math.Max(1, float64(time.Second)/c.QPS))
+	c.Interval = interval(c.QPS)
 	return &c
+}
+
+// interval is the refill time of one token at qps, at least 1ns. A qps too
+// small for a Duration gives -1 (check refuses it): converting an
+// out-of-range float to an integer is undefined in Go.
+func interval(qps float64) time.Duration {
+	iv := float64(time.Second) / qps
+	if !(iv < math.MaxInt64) { // also NaN
+		return -1
+	}
+	return time.Duration(max(1, iv))
+}
+
+// check reports whether the stores can run s without indexing past
+// MaxWindows or overflowing a time computation. Validation guarantees it for
+// every policy (policy/bounds.go); stores check again so a spec built any
+// other way fails with an error instead of a panic or a wrong answer.
+func (s *BudgetSpec) check() error {
+	if n := len(s.Windows); n == 0 || n > MaxWindows {
+		return fmt.Errorf("budget %s has %d windows, want 1 to %d", s.Name, n, MaxWindows)
+	}
+	for j, w := range s.Windows {
+		if w.Length <= 0 || w.Length > policy.MaxWindow || w.Limit <= 0 {
+			return fmt.Errorf("budget %s window %d (%s, limit %d): want a length in (0, %s] and a limit above 0",
+				s.Name, j, w.Length, w.Limit, policy.FormatDuration(policy.MaxWindow))
+		}
+	}
+	if br := s.Breaker; br.Enabled && !br.Manual && (br.Cooldown <= 0 || br.Cooldown > policy.MaxCooldown) {
+		return fmt.Errorf("budget %s cooldown %s: want (0, %s]", s.Name, br.Cooldown, policy.FormatDuration(policy.MaxCooldown))
+	}
+	return nil
+}
+
+// maxBucketSpan bounds burst×interval so GCRA arithmetic on unix nanoseconds
+// cannot overflow.
+const maxBucketSpan = int64(1) << 61
+
+// check reports whether the stores can run s without overflowing: a refill
+// interval of at least 1ns and burst×interval within maxBucketSpan.
+func (s *RateSpec) check() error {
+	if s.Interval < 1 || s.Burst < 1 || s.Burst > maxBucketSpan/int64(s.Interval) {
+		return fmt.Errorf("rate limit %s (interval %s, burst %d): want an interval of at least 1ns and burst×interval within %s",
+			s.Name, s.Interval, s.Burst, time.Duration(maxBucketSpan))
+	}
+	return nil
+}
+
+// checkBounds reports whether s is within the bounds validation sets
+// (policy/bounds.go), which also keep the Redis store's arithmetic exact.
+func (s *RateSpec) checkBounds() error {
+	if !(s.QPS >= policy.MinQPS && s.QPS <= policy.MaxQPS) || s.Burst < 1 || s.Burst > policy.MaxBurst {
+		return fmt.Errorf("rate limit %s (qps %v, burst %d): want qps in [%v, %v] and burst in [1, %d]",
+			s.Name, s.QPS, s.Burst, policy.MinQPS, float64(policy.MaxQPS), policy.MaxBurst)
+	}
+	return s.check()
 }

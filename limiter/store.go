@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 // Sentinel errors, carried by denied Decisions (Decision.Err) and checked with errors.Is.
@@ -17,6 +19,9 @@ var (
 	// ErrStoreUnavailable: the shared store could not be reached. Stores return
 	// it (wrapped) when they fail fast; rules then follow onStoreFailure.
 	ErrStoreUnavailable = errors.New("store unavailable")
+	// ErrEngineFailure: the engine failed on a rule (a panic, or a rule the
+	// stores cannot run) and the rule's onStoreFailure is Deny.
+	ErrEngineFailure = errors.New("engine failure")
 )
 
 // Store keeps the counters behind budgets, breakers and rate limits. One call
@@ -37,6 +42,15 @@ type Store interface {
 	// ResetBudget closes the breaker of a budget key and clears its windows.
 	// Key AllKeys resets every key of the budget.
 	ResetBudget(ctx context.Context, spec *BudgetSpec, key string) error
+}
+
+// breakerCarrier is a store that can carry Open breakers over when a reload
+// changes a budget's windows, and so its store ID.
+type breakerCarrier interface {
+	// carryBreakers gives every key of from whose breaker is Open at now a
+	// key of to, Open since the same time, with empty windows (unless to
+	// already has that key), and returns the keys carried.
+	carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error)
 }
 
 // AllKeys names every key of a rule in ResetBudget.
@@ -118,8 +132,9 @@ const (
 	HalfOpenFull
 )
 
-// MaxWindows is the most windows a budget may have.
-const MaxWindows = 8
+// MaxWindows is the most windows a budget may have: validation refuses more
+// (policy.MaxWindows), and BudgetResult has room for exactly this many.
+const MaxWindows = policy.MaxWindows
 
 // BudgetResult is the outcome of one BudgetCheck.
 type BudgetResult struct {

@@ -290,6 +290,32 @@ func testBreakers(t *testing.T, newStore newStoreFunc) {
 				t.Fatalf("after reset: got %+v, want allowed and Closed", res)
 			}
 		}},
+		{"an Auto breaker reloaded as Manual while HalfOpen is Closed, never stuck HalfOpen with a negative retry", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
+			auto := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{Enabled: true, Cooldown: time.Minute, HalfOpenLimit: 1})
+			manual := *auto // same name and windows, so the same ID: the state is kept
+			manual.Breaker = BreakerSpec{Enabled: true, Manual: true}
+			take(t, s, true, BudgetCheck{Spec: auto, Key: "k"})
+			if res := take(t, s, true, BudgetCheck{Spec: auto, Key: "k"}).Results[0]; res.State != Open {
+				t.Fatalf("trip: %+v", res)
+			}
+			clk.Step(time.Minute + time.Second) // cooldown over: HalfOpen, and a probe is admitted
+			if res := take(t, s, true, BudgetCheck{Spec: auto, Key: "k"}).Results[0]; res.State != HalfOpen || !res.Allowed {
+				t.Fatalf("after the cooldown: %+v, want a probe admitted HalfOpen", res)
+			}
+			clk.Step(time.Minute + time.Second) // the window has room again; the reload happens now
+			for i := 0; i < 3; i++ {
+				res := take(t, s, true, BudgetCheck{Spec: &manual, Key: "k"}).Results[0]
+				if res.RetryAfter < 0 || res.State == HalfOpen {
+					t.Fatalf("request %d under Manual: %+v, want no HalfOpen and no negative retry", i, res)
+				}
+				if i == 0 && (!res.Allowed || res.State != Closed) {
+					t.Fatalf("first request under Manual: %+v, want allowed and Closed (the window has room)", res)
+				}
+				if i > 0 && (res.Allowed || res.State != Open || res.RetryAfter != 0) {
+					t.Fatalf("request %d under Manual: %+v, want the exhausted window to open the Manual breaker", i, res)
+				}
+			}
+		}},
 		{"an Auto breaker goes Open, HalfOpen with a probe quota, then Closed", func(t *testing.T, s Store, clk *clocktesting.FakeClock) {
 			spec := testSpec([]WindowSpec{{time.Minute, 3}}, BreakerSpec{Enabled: true, Cooldown: 10 * time.Minute, HalfOpenLimit: 2})
 			c := BudgetCheck{Spec: spec, Key: "k"}

@@ -89,13 +89,13 @@ func TestSetDefaults(t *testing.T) {
 			},
 		},
 		{
-			name: "a huge qps still gets a positive burst",
+			name: "the largest qps gets a burst of one second's worth, within the burst bound",
 			spec: `  rateLimits:
-  - {name: r, match: {verbs: [list]}, qps: 1e20}
+  - {name: r, match: {verbs: [list]}, qps: 1e6}
 `,
 			check: func(t *testing.T, s *Spec) {
-				if got := s.RateLimits[0].Burst; got <= 0 {
-					t.Errorf("burst = %d, want > 0", got)
+				if got := s.RateLimits[0].Burst; got != MaxBurst {
+					t.Errorf("burst = %d, want %d", got, MaxBurst)
 				}
 			},
 		},

@@ -223,10 +223,17 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 	if len(b.Windows) == 0 {
 		errs = append(errs, field.Required(wp, "a budget needs at least one window"))
 	}
+	if len(b.Windows) > MaxWindows {
+		errs = append(errs, field.TooMany(wp, len(b.Windows), MaxWindows))
+	}
 	for j, w := range b.Windows {
 		p := wp.Index(j)
-		if w.Window.Duration <= 0 {
+		switch {
+		case w.Window.Duration <= 0:
 			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration), "must be greater than 0"))
+		case w.Window.Duration > MaxWindow:
+			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration),
+				atMost(MaxWindow)))
 		}
 		if w.Limit <= 0 {
 			errs = append(errs, field.Invalid(p.Child("limit"), w.Limit, "must be greater than 0"))
@@ -254,8 +261,12 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must not be set when recovery is Manual, the default; set recovery: Auto to use it"))
 			}
 		case RecoveryAuto:
-			if br.Cooldown.Duration <= 0 {
+			switch {
+			case br.Cooldown.Duration <= 0:
 				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration), "must be greater than 0"))
+			case br.Cooldown.Duration > MaxCooldown:
+				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration),
+					atMost(MaxCooldown)))
 			}
 			if br.HalfOpenLimit <= 0 {
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must be greater than 0"))
@@ -276,11 +287,12 @@ func validateRateLimit(r *RateLimit, path *field.Path, seen map[string]int, i in
 	}
 	errs = append(errs, validatePer(r.Per, []string{PerUser, PerUserAgent, PerNamespace}, path.Child("per"))...)
 	errs = append(errs, validateStoreFailure(r.OnStoreFailure, path.Child("onStoreFailure"))...)
-	if !(r.QPS > 0) || math.IsInf(r.QPS, 0) {
-		errs = append(errs, field.Invalid(path.Child("qps"), r.QPS, "must be greater than 0"))
+	// The ranges keep 1/qps and burst/qps exact in both stores (policy/bounds.go).
+	if !(r.QPS >= MinQPS && r.QPS <= MaxQPS) {
+		errs = append(errs, field.Invalid(path.Child("qps"), r.QPS, fmt.Sprintf("must be between %v and %d", MinQPS, int64(MaxQPS))))
 	}
-	if r.Burst <= 0 {
-		errs = append(errs, field.Invalid(path.Child("burst"), r.Burst, "must be greater than 0"))
+	if r.Burst < 1 || r.Burst > MaxBurst {
+		errs = append(errs, field.Invalid(path.Child("burst"), r.Burst, fmt.Sprintf("must be between 1 and %d", MaxBurst)))
 	}
 	return errs
 }

@@ -1,0 +1,213 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// The guard must never become the outage through its own bug. Decide
+// recovers a panic from anywhere in a decision (matching, keys, the store,
+// the answer) and re-decides the request rule by rule in decideDegraded:
+// every rule the request matches then follows its onStoreFailure, as when the
+// shared store is unreachable — Allow admits, Deny denies with 503, Local
+// judges the rule alone on this replica's fallback store. The panic is counted
+// per rule in kubedefender_limiter_decision_panics_total and logged once per
+// policy hash, with its stack. A rule whose spec the stores cannot run (a
+// policy that skipped validation: nine windows, qps 1e-11) is never handed to
+// a store: it follows onStoreFailure the same way, and SetPolicy logs it.
+// The fronts' own recover (the webhook's 500) stays as the last resort.
+
+// guardMetrics counts decisions the engine could not make normally.
+type guardMetrics struct {
+	panics *prometheus.CounterVec
+}
+
+func newGuardMetrics() *guardMetrics {
+	return &guardMetrics{panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kubedefender", Subsystem: "limiter", Name: "decision_panics_total",
+		Help: "Rule checks decided by the rule's onStoreFailure because the engine failed on them: a panic while deciding, or a rule the stores cannot run. Any increase is a bug; the log has the policy hash and the stack.",
+	}, []string{"kind", "rule"})}
+}
+
+func (m *guardMetrics) register(r prometheus.Registerer) error {
+	if err := r.Register(m.panics); err != nil {
+		return fmt.Errorf("failed to register limiter metrics: %w", err)
+	}
+	return nil
+}
+
+// forgetRemoved drops the series of rules a reload removed.
+func (m *guardMetrics) forgetRemoved(old, cur *policy.Compiled) {
+	keep := map[string]bool{}
+	for _, b := range cur.Budgets {
+		keep[b.Name] = true
+	}
+	for _, r := range cur.RateLimits {
+		keep[r.Name] = true
+	}
+	for _, b := range old.Budgets {
+		if !keep[b.Name] {
+			m.panics.DeletePartialMatch(prometheus.Labels{"rule": b.Name})
+		}
+	}
+	for _, r := range old.RateLimits {
+		if !keep[r.Name] {
+			m.panics.DeletePartialMatch(prometheus.Labels{"rule": r.Name})
+		}
+	}
+}
+
+// notePanic logs a recovered panic, once per policy hash.
+func (e *Engine) notePanic(st *engineState, a *Attributes, p any) {
+	hash := st.policy.Hash
+	if old := e.panicHash.Load(); old != nil && *old == hash {
+		return
+	}
+	e.panicHash.Store(&hash)
+	e.log.Error("decision panicked; the rules it matched follow their onStoreFailure (logged once per policy)",
+		"policyHash", hash, "front", a.Front.String(), "verb", a.Verb, "resource", a.Resource,
+		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+}
+
+// decideDegraded decides a request rule by rule, each under its own recover.
+// With p set (a panic interrupted Decide) every rule the request matches
+// follows its onStoreFailure: what was charged before the panic stays charged.
+// With p nil (the policy holds rules the stores cannot run) those rules
+// follow onStoreFailure and the others are judged one by one, each all or
+// nothing on its own.
+func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attributes, p any) Decision {
+	if p != nil {
+		e.notePanic(st, a, p)
+	}
+	checks := a.Checks
+	if checks == 0 {
+		checks = CheckBudgets | CheckRateLimits
+	}
+	d := Decision{Allowed: true}
+	ovs := *e.overrides.Load()
+	now := e.clock.Now()
+	keyOf := func(per []string) string { return clone((&scratch{}).key(per, &a.Attributes)) }
+	if checks&CheckRateLimits != 0 {
+		for _, r := range st.rates {
+			if !safeApplies(&r.cr.Rule, &a.Attributes) {
+				continue
+			}
+			if o := coveringOverride(ovs, KindRateLimit, r.cr.Name, &a.Attributes, now); o != nil {
+				d.Override = o.Name
+				continue
+			}
+			one := func(s Store, r *rateRule) (Decision, bool) {
+				return e.decideOne(func(sc *scratch, od *Decision) {
+					e.decideRates(ctx, s, &engineState{policy: st.policy, rates: []*rateRule{r}}, a, sc, nil, od)
+				})
+			}
+			if p == nil && r.err == nil {
+				if rd, ok := one(e.store, r); ok {
+					if !rd.Allowed {
+						return rd
+					}
+					d.Warnings = append(d.Warnings, rd.Warnings...)
+					continue
+				}
+			}
+			e.guard.panics.WithLabelValues(KindRateLimit.String(), r.cr.Name).Inc()
+			d.Fallback = true
+			switch {
+			case r.onFail == policy.StoreFailureDeny && !r.shadow:
+				return engineFailureDecision(KindRateLimit, r.cr.Name, keyOf(r.per))
+			case r.onFail == policy.StoreFailureLocal && r.err == nil:
+				local := *r
+				local.spec, local.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
+				if rd, ok := one(e.fallback, &local); ok && !rd.Allowed {
+					rd.Fallback = true
+					return rd
+				}
+			}
+		}
+	}
+	if checks&(CheckBudgets|CheckBreakers) == 0 {
+		return d
+	}
+	commit := checks&CheckBudgets != 0 && !a.DryRun
+	breakersOnly := checks&CheckBudgets == 0
+	for _, r := range st.budgets {
+		if !safeApplies(&r.cb.Rule, &a.Attributes) {
+			continue
+		}
+		if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
+			d.Override = o.Name
+			continue
+		}
+		one := func(s Store, r *budgetRule) (Decision, bool) {
+			return e.decideOne(func(sc *scratch, od *Decision) {
+				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{r}}, a, sc, nil, commit, breakersOnly, od)
+			})
+		}
+		if p == nil && r.err == nil {
+			if rd, ok := one(e.store, r); ok {
+				if !rd.Allowed {
+					return rd
+				}
+				d.Warnings = append(d.Warnings, rd.Warnings...)
+				continue
+			}
+		}
+		e.guard.panics.WithLabelValues(KindBudget.String(), r.cb.Name).Inc()
+		d.Fallback = true
+		switch {
+		case r.onFail == policy.StoreFailureDeny && !r.shadow:
+			return engineFailureDecision(KindBudget, r.cb.Name, keyOf(r.per))
+		case r.onFail == policy.StoreFailureLocal && r.err == nil:
+			local := *r
+			local.spec, local.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
+			if rd, ok := one(e.fallback, &local); ok && !rd.Allowed {
+				rd.Fallback = true
+				return rd
+			}
+		}
+	}
+	return d
+}
+
+// decideOne runs one single-rule decision under recover; ok is false when it
+// panicked.
+func (e *Engine) decideOne(run func(sc *scratch, d *Decision)) (d Decision, ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			d, ok = Decision{}, false
+		}
+	}()
+	sc := &scratch{}
+	d = Decision{Allowed: true}
+	run(sc, &d)
+	return d, true
+}
+
+// safeApplies is Rule.Applies; a rule whose matching panics applies (its
+// onStoreFailure then decides).
+func safeApplies(r *policy.Rule, a *policy.Attributes) (applies bool) {
+	defer func() {
+		if recover() != nil {
+			applies = true
+		}
+	}()
+	return r.Applies(a)
+}
+
+// engineFailureDecision denies for a rule the engine failed on, whose
+// onStoreFailure is Deny.
+func engineFailureDecision(kind RuleKind, rule, key string) Decision {
+	return Decision{
+		Allowed: false, Code: http.StatusServiceUnavailable, Reason: "ServiceUnavailable", Err: ErrEngineFailure,
+		Kind: kind, Rule: rule, Key: key, RetryAfter: time.Second, Fallback: true,
+		Message: fmt.Sprintf("kubedefender: %s %q (key %s) cannot be checked: the guard failed on this rule (an internal error, logged and counted in kubedefender_limiter_decision_panics_total) and the rule says onStoreFailure: Deny; retry shortly",
+			kind, rule, displayKey(key)),
+	}
+}
