@@ -113,6 +113,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			return err
 		}
 		comps = append(comps, c)
+		engine.DeclareFronts(limiter.FrontWebhook)
 	}
 	if cfg.Kube != nil {
 		c, err := newOverrideComponent(cfg, engine, reg)
@@ -131,6 +132,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			return err
 		}
 		comps = append(comps, component{"proxy", p.Run})
+		engine.DeclareFronts(limiter.FrontProxy)
 		levels = func() []levelStatus { return proxyLevels(p) }
 		ready = p.Readyz() // a proxy that cannot reach its upstream is not ready
 	}
@@ -147,7 +149,8 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			}
 			return st
 		}))
-		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
+		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)},
+			component{"limiter-gauges", func(ctx context.Context) error { engine.RunMetrics(ctx, 0); return nil }})
 	}
 	return runAll(ctx, comps)
 }
