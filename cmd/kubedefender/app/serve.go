@@ -205,8 +205,8 @@ func newProxy(cfg *config.Config, engine *limiter.Engine, watcher *policy.Watche
 }
 
 // newOverrideComponent watches break-glass Overrides in the policy's
-// breakGlass.namespace and applies them to the engine. A change of that
-// namespace takes effect at the next restart.
+// breakGlass.namespace and applies them to the engine; a reload that changes
+// the namespace moves the watch.
 func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
 	dyn, err := dynamic.NewForConfig(cfg.Kube)
 	if err != nil {
@@ -217,7 +217,7 @@ func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg promet
 		return component{}, fmt.Errorf("failed to build the event client: %w", err)
 	}
 	ctrl, err := override.NewController(override.ControllerConfig{
-		Client: dyn, Events: kube.CoreV1(), Namespace: engine.Policy().Policy.Spec.BreakGlass.Namespace, Engine: engine,
+		Client: dyn, Events: kube.CoreV1(), Engine: engine,
 		Replica: replicaName(), Logger: cfg.Logger.With("component", "breakglass"), Registerer: reg,
 		SharedStore: cfg.Options.RedisURL != "",
 	})
