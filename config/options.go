@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/webhook"
 )
 
@@ -187,8 +188,9 @@ func (o *ServeOptions) Validate() error {
 		add("--budgets-at=proxy needs --proxy-listen")
 	}
 	if o.RedisURL != "" {
-		if u, err := url.Parse(o.RedisURL); err != nil || !strings.HasPrefix(u.Scheme, "redis") {
-			add("--redis-url %q: want redis://, rediss://, redis+sentinel:// or redis+cluster://", redactURL(o.RedisURL))
+		// The store's own parser: its errors never show the password.
+		if _, err := limiter.ParseRedisURL(o.RedisURL); err != nil {
+			add("--redis-url: %v", err)
 		}
 	}
 	if (o.RedisCertFile == "") != (o.RedisKeyFile == "") {
@@ -239,15 +241,6 @@ func parseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
-}
-
-// redactURL hides a password in a URL for error messages and logs.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }
 
 // Config is the completed, typed configuration of serve.

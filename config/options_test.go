@@ -45,7 +45,9 @@ func TestValidate(t *testing.T) {
 		{"an http upstream is refused", func(o *ServeOptions) {
 			o.ProxyListen, o.Upstream, o.AuthMode = ":6443", "http://10.0.0.1:6443", AuthPassthrough
 		}, []string{`--upstream "http://10.0.0.1:6443": want https://host:port`}},
-		{"a redis password never appears in an error", func(o *ServeOptions) { o.RedisURL = "mysql://u:hunter2@h" }, []string{"--redis-url", "xxxxx"}},
+		{"a redis password never appears in an error", func(o *ServeOptions) { o.RedisURL = "mysql://u:hunter2@h" }, []string{"--redis-url", `unsupported scheme "mysql"`}},
+		{"a redis password with a slash never appears in an error", func(o *ServeOptions) { o.RedisURL = "redis://:hunter2/x@h:x" }, []string{"--redis-url", "port is not a number"}},
+		{"a password with a slash under an unknown scheme never appears in an error", func(o *ServeOptions) { o.RedisURL = "http://u:12/hunter2@h" }, []string{"--redis-url", `unsupported scheme "http"`}},
 		{"redis options need a redis URL", func(o *ServeOptions) { o.RedisKeyPrefix = "kd:v2:" }, []string{"--redis-* options need --redis-url"}},
 		{"a client certificate for redis needs its key", func(o *ServeOptions) {
 			o.RedisURL, o.RedisCertFile = "redis://h:6379", cert

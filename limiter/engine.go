@@ -183,7 +183,6 @@ type budgetRule struct {
 	onFail  policy.StoreFailurePolicy
 	counter ruleCounters
 	near    []prometheus.Counter
-	ratio   []prometheus.Gauge
 	// err says why the stores cannot run spec; such a rule follows onStoreFailure.
 	err error
 }
@@ -301,7 +300,6 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 		for _, w := range cb.Windows {
 			win := policy.FormatDuration(w.Window.Duration)
 			r.near = append(r.near, e.metrics.nearLimit.WithLabelValues(cb.Name, win))
-			r.ratio = append(r.ratio, e.metrics.remaining.WithLabelValues(cb.Name, win))
 		}
 		r.err = r.spec.check()
 		st.budgets = append(st.budgets, r)
@@ -699,9 +697,6 @@ func (e *Engine) countAllowed(f Front, r *budgetRule, key string, res *BudgetRes
 		used := res.Used[j]
 		if used*5 >= w.Limit*4 {
 			r.near[j].Inc()
-		}
-		if key == "" {
-			r.ratio[j].Set(float64(w.Limit-used) / float64(w.Limit))
 		}
 	}
 }

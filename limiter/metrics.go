@@ -1,9 +1,14 @@
 package limiter
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -14,10 +19,15 @@ type metrics struct {
 	decisions     *prometheus.CounterVec
 	transitions   *prometheus.CounterVec
 	nearLimit     *prometheus.CounterVec
-	remaining     *prometheus.GaugeVec
 	storeErrors   *prometheus.CounterVec
 	storeFallback *prometheus.CounterVec
 	overridesUsed *prometheus.CounterVec
+	// budgets are the gauges read from the store by RefreshMetrics.
+	budgets *budgetGauges
+	// fronts has bit 1<<f set once the process said it runs front f
+	// (DeclareFronts): only those fronts' decision series exist before
+	// their first decision.
+	fronts atomic.Uint32
 }
 
 func newMetrics() *metrics {
@@ -30,20 +40,19 @@ func newMetrics() *metrics {
 			Help: "Breaker transitions per budget, by the state entered (Open, HalfOpen, Closed)."}, []string{"rule", "to"}),
 		nearLimit: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "near_limit_total",
 			Help: "Admitted requests that left a budget window at least 80% used."}, []string{"rule", "window"}),
-		remaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "budget_remaining_ratio",
-			Help: "Share of each window still free after the last admitted request, for cluster-wide budgets (per: [])."}, []string{"rule", "window"}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "store_errors_total",
 			Help: "Decisions the shared store could not answer, by operation (budgets, rates)."}, []string{"op"}),
 		storeFallback: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "store_fallback_total",
 			Help: "Rule checks decided by onStoreFailure because the store was unreachable, by kind and action (Local, Allow, Deny)."}, []string{"kind", "action"}),
 		overridesUsed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "overrides_used_total",
 			Help: "Requests that bypassed a rule through a break-glass override."}, []string{"rule"}),
+		budgets: newBudgetGauges(ns, sub),
 	}
 	return m
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.decisions, m.transitions, m.nearLimit, m.remaining, m.storeErrors, m.storeFallback, m.overridesUsed} {
+	for _, c := range []prometheus.Collector{m.decisions, m.transitions, m.nearLimit, m.budgets, m.storeErrors, m.storeFallback, m.overridesUsed} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("failed to register limiter metrics: %w", err)
 		}
@@ -52,15 +61,81 @@ func (m *metrics) register(r prometheus.Registerer) error {
 }
 
 // ruleCounters resolves a rule's counters once, so the hot path only adds.
+// The series of a front the process runs exist from the start (at zero, so
+// that increase() sees the first decision); the others appear with their
+// first decision. Rate limits are never judged by the webhook.
 func (m *metrics) ruleCounters(kind RuleKind, rule string) ruleCounters {
 	var c ruleCounters
+	declared := m.fronts.Load()
 	for f := Front(0); f < numFronts; f++ {
 		for r := 0; r < numResults; r++ {
-			c[f][r] = m.decisions.WithLabelValues(f.String(), kind.String(), rule, resultNames[r])
+			lc := &lazyCounter{vec: m.decisions, labels: [4]string{f.String(), kind.String(), rule, resultNames[r]}}
+			if declared&(1<<f) != 0 && preinit(kind, f) {
+				lc.resolve()
+			}
+			c[f][r] = lc
 		}
 	}
 	return c
 }
+
+func preinit(kind RuleKind, f Front) bool { return kind != KindRateLimit || f != FrontWebhook }
+
+// DeclareFronts says which fronts this process runs (serve calls it once per
+// front it starts): their decision series are created at zero for every
+// rule, now and after each reload. A front never declared has no series
+// until it decides something (policy explain, or a front built in a test).
+func (e *Engine) DeclareFronts(fronts ...Front) {
+	var bits uint32
+	for _, f := range fronts {
+		bits |= 1 << f
+	}
+	e.metrics.fronts.Or(bits)
+	st := e.state.Load()
+	resolve := func(kind RuleKind, c *ruleCounters) {
+		for _, f := range fronts {
+			if f >= numFronts || !preinit(kind, f) {
+				continue
+			}
+			for _, lc := range c[f] {
+				lc.(*lazyCounter).resolve()
+			}
+		}
+	}
+	for _, r := range st.budgets {
+		resolve(KindBudget, &r.counter)
+	}
+	for _, r := range st.rates {
+		resolve(KindRateLimit, &r.counter)
+	}
+}
+
+// lazyCounter is one decision series, created in its vector at its first
+// use (or when its front is declared). Only Inc and Add are used; the engine
+// never registers it.
+type lazyCounter struct {
+	vec    *prometheus.CounterVec
+	labels [4]string
+	c      atomic.Pointer[prometheus.Counter]
+}
+
+var _ prometheus.Counter = (*lazyCounter)(nil)
+
+func (l *lazyCounter) resolve() prometheus.Counter {
+	if c := l.c.Load(); c != nil {
+		return *c
+	}
+	c := l.vec.WithLabelValues(l.labels[:]...)
+	l.c.Store(&c)
+	return c
+}
+
+func (l *lazyCounter) Inc()                                { l.resolve().Inc() }
+func (l *lazyCounter) Add(v float64)                       { l.resolve().Add(v) }
+func (l *lazyCounter) Desc() *prometheus.Desc              { return l.resolve().Desc() }
+func (l *lazyCounter) Write(m *dto.Metric) error           { return l.resolve().Write(m) }
+func (l *lazyCounter) Describe(ch chan<- *prometheus.Desc) { l.resolve().Describe(ch) }
+func (l *lazyCounter) Collect(ch chan<- prometheus.Metric) { l.resolve().Collect(ch) }
 
 // forgetRemoved drops the series of rules that a reload removed.
 func (m *metrics) forgetRemoved(old, cur *policy.Compiled) {
@@ -78,7 +153,6 @@ func (m *metrics) forgetRemoved(old, cur *policy.Compiled) {
 		m.decisions.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.transitions.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.nearLimit.DeletePartialMatch(prometheus.Labels{"rule": name})
-		m.remaining.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.overridesUsed.DeletePartialMatch(prometheus.Labels{"rule": name})
 	}
 	for _, b := range old.Budgets {
@@ -86,5 +160,143 @@ func (m *metrics) forgetRemoved(old, cur *policy.Compiled) {
 	}
 	for _, r := range old.RateLimits {
 		forget(r.Name)
+	}
+	m.budgets.retain(keep)
+}
+
+// MetricsRefreshInterval is how often serve refreshes the gauges read from
+// the store (RunMetrics).
+const MetricsRefreshInterval = 15 * time.Second
+
+// budgetGauges are kubedefender_limiter_budget_remaining_ratio{rule,window}
+// and kubedefender_limiter_breakers_open{rule,recovery}: a snapshot of the
+// store that RefreshMetrics replaces whole, so a scrape never sees half a
+// refresh and a rule a reload removed leaves no series behind.
+type budgetGauges struct {
+	remaining, open *prometheus.Desc
+	snap            atomic.Pointer[map[string]ruleGauges]
+}
+
+// ruleGauges is what one refresh read of one budget.
+type ruleGauges struct {
+	windows   []string
+	remaining []float64
+	recovery  string // "" without a breaker (no breakers_open series)
+	open      int
+}
+
+func newBudgetGauges(ns, sub string) *budgetGauges {
+	g := &budgetGauges{
+		remaining: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "budget_remaining_ratio"),
+			"Per budget and window, the smallest share still free over the budget's keys (its 2000 busiest at most; 0 for a key whose breaker is Open; 1 when no key has been charged), read from the store every 15s.",
+			[]string{"rule", "window"}, nil),
+		open: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "breakers_open"),
+			"Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.",
+			[]string{"rule", "recovery"}, nil),
+	}
+	g.snap.Store(&map[string]ruleGauges{})
+	return g
+}
+
+func (g *budgetGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- g.remaining
+	ch <- g.open
+}
+
+func (g *budgetGauges) Collect(ch chan<- prometheus.Metric) {
+	for rule, rg := range *g.snap.Load() {
+		for j, w := range rg.windows {
+			ch <- prometheus.MustNewConstMetric(g.remaining, prometheus.GaugeValue, rg.remaining[j], rule, w)
+		}
+		if rg.recovery != "" {
+			ch <- prometheus.MustNewConstMetric(g.open, prometheus.GaugeValue, float64(rg.open), rule, rg.recovery)
+		}
+	}
+}
+
+// retain drops the gauges of rules not in keep.
+func (g *budgetGauges) retain(keep map[string]bool) {
+	for {
+		old := g.snap.Load()
+		next := make(map[string]ruleGauges, len(*old))
+		for rule, rg := range *old {
+			if keep[rule] {
+				next[rule] = rg
+			}
+		}
+		if g.snap.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// RefreshMetrics reads every budget's keys from the store (charging nothing)
+// and replaces the remaining-ratio and open-breaker gauges. A budget the
+// store cannot answer for keeps the values of the last refresh that read it
+// (a Manual breaker does not close because Redis is briefly unreachable).
+// RunMetrics calls it on a timer; it is safe to call concurrently with
+// decisions and reloads.
+func (e *Engine) RefreshMetrics(ctx context.Context) {
+	insp, ok := e.store.(Inspector)
+	if !ok {
+		return
+	}
+	st := e.state.Load()
+	prev := *e.metrics.budgets.snap.Load()
+	next := make(map[string]ruleGauges, len(st.budgets))
+	for _, r := range st.budgets {
+		rg := ruleGauges{}
+		for _, w := range r.spec.Windows {
+			rg.windows = append(rg.windows, policy.FormatDuration(w.Length))
+			rg.remaining = append(rg.remaining, 1)
+		}
+		if r.spec.Breaker.Enabled {
+			rg.recovery = string(policy.RecoveryAuto)
+			if r.spec.Breaker.Manual {
+				rg.recovery = string(policy.RecoveryManual)
+			}
+		}
+		keys, err := insp.InspectBudget(ctx, r.spec, inspectScanCap)
+		if err != nil {
+			if p, ok := prev[r.cb.Name]; ok && slices.Equal(p.windows, rg.windows) && p.recovery == rg.recovery {
+				next[r.cb.Name] = p
+			}
+			continue
+		}
+		for i := range keys {
+			k := &keys[i]
+			if k.State == Open {
+				rg.open++
+			}
+			for j, w := range r.spec.Windows {
+				free := max(0, float64(w.Limit-k.Used[j])/float64(w.Limit))
+				if k.State == Open {
+					free = 0
+				}
+				rg.remaining[j] = min(rg.remaining[j], free)
+			}
+		}
+		next[r.cb.Name] = rg
+	}
+	e.metrics.budgets.snap.Store(&next)
+}
+
+// RunMetrics refreshes the gauges read from the store now and then every
+// interval (MetricsRefreshInterval when ≤ 0) until ctx is done.
+func (e *Engine) RunMetrics(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = MetricsRefreshInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		e.RefreshMetrics(rctx)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

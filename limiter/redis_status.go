@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -60,11 +61,16 @@ func (s *RedisStore) InspectBudget(ctx context.Context, spec *BudgetSpec, limit 
 }
 
 // HottestRates implements Inspector: it SCANs every master for the rule's
-// keys and reads their theoretical arrival times.
+// keys and reads their theoretical arrival times. On a cluster the masters
+// are read concurrently (ForEachMaster runs one goroutine per master): each
+// read builds its own slice and merges it into out under mu.
 func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {
 	base := s.prefix + "{r:" + spec.ID + ":"
 	pattern := globEscape(base) + "*"
-	var out []RateKeyStatus
+	var (
+		mu  sync.Mutex
+		out []RateKeyStatus
+	)
 	read := func(ctx context.Context, node redis.Cmdable) error {
 		keys, err := scanKeys(ctx, node, pattern, s.timeout)
 		if err != nil || len(keys) == 0 {
@@ -87,13 +93,17 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int
 		if s.clock != nil {
 			now = s.clock.Now()
 		}
+		var mine []RateKeyStatus
 		for i, g := range gets {
 			tat, ok := parseTAT(g.Val())
 			if !ok || tat <= now.UnixNano() {
 				continue
 			}
-			out = append(out, rateKeyStatus(spec, strings.TrimSuffix(strings.TrimPrefix(keys[i], base), "}"), tat, now.UnixNano()))
+			mine = append(mine, rateKeyStatus(spec, strings.TrimSuffix(strings.TrimPrefix(keys[i], base), "}"), tat, now.UnixNano()))
 		}
+		mu.Lock()
+		out = append(out, mine...)
+		mu.Unlock()
 		return nil
 	}
 	var err error

@@ -26,15 +26,23 @@ import (
 //	                                                           or replicas); there is no db
 //	rediss+cluster://...                                       the same over TLS
 //
-// User and password are percent-encoded ("p%40ss" for "p@ss"); a password
-// alone is written ":pass@". Query parameters are not accepted: what a URL
-// cannot say (timeouts, CA file, sentinel credentials) is set in RedisConfig.
+// User and password should be percent-encoded ("p%40ss" for "p@ss"); a
+// password alone is written ":pass@". The credentials end at the last '@', so
+// a password with a raw '/', '@', ':', '?' or '#' still reads as intended
+// ('%' must be written %25); an '@' in a master name must be percent-encoded.
+// Query parameters are not accepted: what a URL cannot say (timeouts, CA
+// file, sentinel credentials) is set in RedisConfig.
 // The result is fed to redis.NewUniversalClient: MasterName set means
 // Sentinel, IsClusterMode means Cluster.
+//
+// An error never quotes the URL, its user information or anything the parser
+// could not tell apart from a password: only the scheme (when it is a
+// well-formed scheme), host names, numeric ports and path segments after the
+// credentials.
 func ParseRedisURL(s string) (*redis.UniversalOptions, error) {
 	opts, err := parseRedisURL(s)
 	if err != nil {
-		return nil, fmt.Errorf("failed to parse redis URL %q: %w", redactURL(s), err)
+		return nil, fmt.Errorf("failed to parse redis URL: %w", err)
 	}
 	return opts, nil
 }
@@ -60,21 +68,26 @@ func parseRedisURL(s string) (*redis.UniversalOptions, error) {
 	case "rediss+cluster":
 		mode, useTLS = "cluster", true
 	default:
-		return nil, fmt.Errorf("unsupported scheme %q: want redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster", scheme)
+		const want = "want redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster"
+		if !wellFormedScheme(scheme) {
+			// A "scheme" such as "user:pa" is someone's credentials before a "://" in a password.
+			return nil, errors.New("missing or malformed scheme: " + want)
+		}
+		return nil, fmt.Errorf("unsupported scheme %q: %s", scheme, want)
+	}
+	opts := &redis.UniversalOptions{}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		user, pass, err := parseUserinfo(rest[:at])
+		if err != nil {
+			return nil, err
+		}
+		opts.Username, opts.Password = user, pass
+		rest = rest[at+1:]
 	}
 	if strings.ContainsAny(rest, "?#") {
 		return nil, errors.New("query parameters and fragments are not supported; set options in the configuration instead")
 	}
 	hostPart, path, _ := strings.Cut(rest, "/")
-	opts := &redis.UniversalOptions{}
-	if at := strings.LastIndex(hostPart, "@"); at >= 0 {
-		user, pass, err := parseUserinfo(hostPart[:at])
-		if err != nil {
-			return nil, err
-		}
-		opts.Username, opts.Password = user, pass
-		hostPart = hostPart[at+1:]
-	}
 	defPort := "6379"
 	if mode == "sentinel" {
 		defPort = "26379"
@@ -142,7 +155,8 @@ func parseRedisURL(s string) (*redis.UniversalOptions, error) {
 func parseUserinfo(s string) (user, pass string, err error) {
 	u, p, hasPass := strings.Cut(s, ":")
 	if user, err = url.PathUnescape(u); err != nil {
-		return "", "", fmt.Errorf("bad user name encoding: %w", err)
+		// Not quoted: a password written without its ':' reads as a user name.
+		return "", "", errors.New("bad user name encoding (percent-encode reserved characters)")
 	}
 	if hasPass {
 		if pass, err = url.PathUnescape(p); err != nil {
@@ -152,31 +166,67 @@ func parseUserinfo(s string) (user, pass string, err error) {
 	return user, pass, nil
 }
 
+// parseHostPort checks one host[:port]. Its errors quote the host name and a
+// numeric port only: with the '@' forgotten, "user:secret" reads as a host
+// and a port, and that port is a password.
 func parseHostPort(h, defPort string) (string, error) {
 	if h == "" {
 		return "", errors.New("empty host in host list")
 	}
 	host, port := h, defPort
-	if strings.HasPrefix(h, "[") || strings.Count(h, ":") == 1 {
-		if strings.HasPrefix(h, "[") && !strings.Contains(h, "]:") {
-			host = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-		} else {
-			var err error
-			if host, port, err = net.SplitHostPort(h); err != nil {
-				return "", fmt.Errorf("host %q: %w", h, err)
-			}
+	switch {
+	case strings.HasPrefix(h, "["):
+		end := strings.Index(h, "]")
+		if end < 0 {
+			return "", errors.New("an IPv6 address opens '[' and does not close it")
 		}
-	} else if strings.Contains(h, ":") {
-		return "", fmt.Errorf("host %q: write IPv6 addresses in brackets, e.g. [::1]:6379", h)
+		host = h[1:end]
+		switch after := h[end+1:]; {
+		case after == "":
+		case strings.HasPrefix(after, ":"):
+			port = after[1:]
+		default:
+			return "", fmt.Errorf("host [%s]: want [address]:port", host)
+		}
+	case strings.Count(h, ":") == 1:
+		host, port, _ = strings.Cut(h, ":")
+	case strings.Contains(h, ":"):
+		name, _, _ := strings.Cut(h, ":")
+		return "", fmt.Errorf("host %q followed by more than one ':': write IPv6 addresses in brackets, e.g. [::1]:6379, and percent-encode a password", name)
 	}
 	if host == "" {
-		return "", fmt.Errorf("host %q: empty host name", h)
+		return "", errors.New("empty host name before ':'")
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("host %q: port %q is not a number from 1 to 65535", h, port)
+		if !allDigits(port) {
+			return "", fmt.Errorf("host %q: the port is not a number from 1 to 65535 (a password goes before '@': redis://:password@host:port)", host)
+		}
+		return "", fmt.Errorf("host %q: port %s is not a number from 1 to 65535", host, port)
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// wellFormedScheme reports whether s is a URL scheme as RFC 3986 writes it.
+func wellFormedScheme(s string) bool {
+	for i, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 func parseDB(s string) (int, error) {
@@ -185,27 +235,4 @@ func parseDB(s string) (int, error) {
 		return 0, fmt.Errorf("database %q is not a number ≥ 0", s)
 	}
 	return db, nil
-}
-
-// redactURL hides the password of a redis URL, for error messages and logs.
-func redactURL(s string) string {
-	scheme, rest, ok := strings.Cut(s, "://")
-	if !ok {
-		if strings.Contains(s, "@") {
-			return "<redacted>"
-		}
-		return s
-	}
-	hostPart, path, hasPath := strings.Cut(rest, "/")
-	if at := strings.LastIndex(hostPart, "@"); at >= 0 {
-		user, _, hasPass := strings.Cut(hostPart[:at], ":")
-		if hasPass {
-			hostPart = user + ":xxxxx" + hostPart[at:]
-		}
-	}
-	out := scheme + "://" + hostPart
-	if hasPath {
-		out += "/" + path
-	}
-	return out
 }

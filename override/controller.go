@@ -38,7 +38,10 @@ type ControllerConfig struct {
 	Client dynamic.Interface
 	// Events writes Events about Overrides; nil writes none.
 	Events corev1client.EventsGetter
-	// Namespace holds the Overrides (the policy's breakGlass.namespace).
+	// Namespace, when set, is the one namespace whose Overrides count. Empty
+	// (what serve uses) follows the running policy's breakGlass.namespace:
+	// when a reload changes it, the watch moves within Tick, and the
+	// overrides of the old namespace stop applying.
 	Namespace string
 	Engine    Engine
 	// Replica names this process in Events (e.g. the pod name).
@@ -78,9 +81,14 @@ type Controller struct {
 	transitions *prometheus.CounterVec
 	kick        chan struct{}
 
-	mu    sync.Mutex
-	seen  map[types.UID]seenOverride
-	store cache.Store
+	mu   sync.Mutex
+	seen map[types.UID]seenOverride
+	// store lists the Overrides of watching once its informer has synced;
+	// nil before. While a moved watch syncs, store is nil and moving is
+	// set: no override applies (the old namespace's no longer count).
+	store    cache.Store
+	watching string
+	moving   bool
 }
 
 type seenOverride struct {
@@ -98,8 +106,8 @@ type change struct {
 
 // NewController builds a controller; Run starts it.
 func NewController(cfg ControllerConfig) (*Controller, error) {
-	if cfg.Client == nil || cfg.Engine == nil || cfg.Namespace == "" {
-		return nil, errors.New("failed to build override controller: Client, Engine and Namespace are required")
+	if cfg.Client == nil || cfg.Engine == nil {
+		return nil, errors.New("failed to build override controller: Client and Engine are required")
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
@@ -130,28 +138,84 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	return c, nil
 }
 
-// Run watches Overrides until ctx is done.
-func (c *Controller) Run(ctx context.Context) error {
-	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(c.cfg.Client, 10*time.Minute, c.cfg.Namespace, nil)
+// namespace is where Overrides count now.
+func (c *Controller) namespace() string {
+	if c.cfg.Namespace != "" {
+		return c.cfg.Namespace
+	}
+	return c.cfg.Engine.Policy().Policy.Spec.BreakGlass.Namespace
+}
+
+// nsWatch is an informer on the Overrides of one namespace.
+type nsWatch struct {
+	ns     string
+	inf    cache.SharedIndexInformer
+	stop   context.CancelFunc
+	done   chan struct{}
+	synced bool
+}
+
+func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(c.cfg.Client, 10*time.Minute, ns, nil)
 	inf := factory.ForResource(GVR).Informer()
 	kick := func(any) { c.poke() }
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: kick, UpdateFunc: func(any, any) { c.poke() }, DeleteFunc: kick,
 	}); err != nil {
-		return fmt.Errorf("failed to watch overrides: %w", err)
+		cancel()
+		return nil, fmt.Errorf("failed to watch overrides in %s: %w", ns, err)
 	}
-	c.mu.Lock()
-	c.store = inf.GetStore()
-	c.mu.Unlock()
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return ctx.Err()
-	}
-	c.log.Info("watching break-glass overrides", "namespace", c.cfg.Namespace)
+	w := &nsWatch{ns: ns, inf: inf, stop: cancel, done: make(chan struct{})}
+	factory.Start(wctx.Done())
+	go func() {
+		defer close(w.done)
+		if cache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
+			c.poke()
+		}
+		<-wctx.Done()
+		factory.Shutdown()
+	}()
+	return w, nil
+}
+
+// Run watches Overrides until ctx is done. Every Tick (and on each event) it
+// checks that it watches the policy's breakGlass.namespace, moving the watch
+// when a reload changed it, and applies the overrides.
+func (c *Controller) Run(ctx context.Context) error {
 	tick := c.cfg.Clock.NewTicker(c.cfg.Tick)
 	defer tick.Stop()
+	var w *nsWatch
+	defer func() {
+		if w != nil {
+			w.stop()
+			<-w.done
+		}
+	}()
 	for {
+		if ns := c.namespace(); w == nil || w.ns != ns {
+			if w != nil {
+				w.stop()
+				<-w.done
+				c.log.Warn("breakGlass.namespace changed: watching overrides in the new namespace; those in the old one no longer apply",
+					"from", w.ns, "to", ns)
+			}
+			nw, err := c.watch(ctx, ns)
+			if err != nil {
+				return err
+			}
+			c.mu.Lock()
+			c.store, c.watching, c.moving = nil, ns, w != nil
+			c.mu.Unlock()
+			w = nw
+		}
+		if !w.synced && w.inf.HasSynced() {
+			w.synced = true
+			c.mu.Lock()
+			c.store, c.moving = w.inf.GetStore(), false
+			c.mu.Unlock()
+			c.log.Info("watching break-glass overrides", "namespace", w.ns)
+		}
 		c.Sync(ctx)
 		select {
 		case <-ctx.Done():
@@ -174,15 +238,19 @@ func (c *Controller) poke() {
 func (c *Controller) Sync(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.store == nil {
-		return
+	if c.store == nil && !c.moving {
+		return // not synced yet: keep what applies (nothing, at startup)
 	}
 	now := c.cfg.Clock.Now()
 	pol := c.cfg.Engine.Policy()
 	current := map[types.UID]bool{}
 	var active []limiter.Override
 	var objs []*Override
-	for _, item := range c.store.List() {
+	var items []any
+	if c.store != nil {
+		items = c.store.List()
+	}
+	for _, item := range items {
 		u, ok := item.(*unstructured.Unstructured)
 		if !ok {
 			continue
@@ -223,7 +291,11 @@ func (c *Controller) Sync(ctx context.Context) {
 		}
 		delete(c.seen, uid)
 		if s.phase == PhaseActive {
-			changes = append(changes, change{o: s.ref, from: s.phase, to: PhaseRevoked})
+			why := "deleted"
+			if s.ref.Namespace != c.watching {
+				why = "breakGlass.namespace is now " + c.watching
+			}
+			changes = append(changes, change{o: s.ref, from: s.phase, to: PhaseRevoked, why: why})
 		}
 	}
 	// Apply first: logging, Events and resets talk to the network, and an
@@ -285,8 +357,13 @@ func (c *Controller) transition(ctx context.Context, o *Override, from, to, why 
 		evReason, evType = "Rejected", corev1.EventTypeWarning
 		msg = "override not applied on " + c.cfg.Replica + ": " + why
 	case PhaseRevoked:
-		c.log.Warn("break-glass override revoked (deleted)", attrs...)
-		return // the object is gone: an Event on it would dangle
+		c.log.Warn("break-glass override revoked", append(attrs, "why", why)...)
+		if why == "deleted" {
+			return // the object is gone: an Event on it would dangle
+		}
+		evReason, evType = "Revoked", corev1.EventTypeWarning
+		msg = "override no longer applied on " + c.cfg.Replica + ": " + why
+
 	}
 	c.event(ctx, o, evType, evReason, msg, now)
 }

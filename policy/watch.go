@@ -2,8 +2,10 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +37,14 @@ type Watcher struct {
 	log     *slog.Logger
 	current atomic.Pointer[Compiled]
 	reloads *prometheus.CounterVec
+	lastOK  prometheus.Gauge
 	lastErr atomic.Pointer[string]
+	// read is the digest of the file's bytes at the last reload (zero when
+	// unreadable): bytes seen before are not read again, so a resync, an
+	// event for another file of the directory or one at startup counts no
+	// reload. Guarded by reloadMu, which serializes reloads.
+	reloadMu sync.Mutex
+	read     [sha256.Size]byte
 
 	mu          sync.Mutex
 	subscribers []func(*Compiled)
@@ -63,11 +72,17 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	w.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "kubedefender", Subsystem: "policy", Name: "reloads_total",
-		Help: "Policy reloads by result: success, failure (the running policy was kept) or unchanged.",
+		Help: "Policy reloads after the file changed, by result: success, failure (the running policy was kept) or unchanged (new bytes, same policy).",
 	}, []string{"result"})
 	for _, r := range []string{ReloadSuccess, ReloadFailure, ReloadUnchanged} {
 		w.reloads.WithLabelValues(r)
 	}
+	w.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "kubedefender", Subsystem: "policy", Name: "last_reload_successful",
+		Help: "1 when the policy file on disk is the running policy, 0 while its content is refused (the last good policy runs).",
+	})
+	w.lastOK.Set(1)
+	w.read = digestOf(cfg.Path)
 	c, err := Load(cfg.Path)
 	if err != nil {
 		return nil, err
@@ -81,7 +96,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 			c := w.current.Load()
 			return float64(len(c.Budgets) + len(c.RateLimits) + len(c.FlowSchemas))
 		})
-		if err := registerAll(cfg.Registerer, w.reloads, hash); err != nil {
+		if err := registerAll(cfg.Registerer, w.reloads, w.lastOK, hash); err != nil {
 			return nil, err
 		}
 	}
@@ -117,12 +132,34 @@ func (w *Watcher) Subscribe(fn func(*Compiled)) {
 	w.subscribers = append(w.subscribers, fn)
 }
 
+// digestOf is the SHA-256 of the file's bytes, zero when it cannot be read.
+func digestOf(path string) [sha256.Size]byte {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return [sha256.Size]byte{}
+	}
+	return sha256.Sum256(data)
+}
+
 // Reload reads the file now. A bad file keeps the running policy and returns
-// the validation error.
+// the validation error. A file whose bytes are those of the last reload (or
+// of startup) is not decoded again and counts no reload: it returns the error
+// it had then, if any.
 func (w *Watcher) Reload() error {
+	w.reloadMu.Lock()
+	defer w.reloadMu.Unlock()
+	d := digestOf(w.cfg.Path)
+	if d != [sha256.Size]byte{} && d == w.read {
+		if msg := w.LastError(); msg != "" {
+			return fmt.Errorf("policy file unchanged since it was refused: %s", msg)
+		}
+		return nil
+	}
+	w.read = d
 	c, err := Load(w.cfg.Path)
 	if err != nil {
 		w.reloads.WithLabelValues(ReloadFailure).Inc()
+		w.lastOK.Set(0)
 		msg := err.Error()
 		w.lastErr.Store(&msg)
 		w.log.Error("policy reload refused; the running policy stays", "file", w.cfg.Path, "running", w.Current().Hash, "err", msg)
@@ -130,6 +167,7 @@ func (w *Watcher) Reload() error {
 	}
 	empty := ""
 	w.lastErr.Store(&empty)
+	w.lastOK.Set(1)
 	old := w.current.Load()
 	if old != nil && old.Hash == c.Hash {
 		w.reloads.WithLabelValues(ReloadUnchanged).Inc()

@@ -87,9 +87,9 @@ func (h *watched) notified() []*Compiled {
 }
 
 // startWatcher starts a Watcher on path and returns once its directory watch
-// is live (a probe file in the directory has caused a reload), with the
-// reload counters back at zero.
-func startWatcher(t *testing.T, path string) *watched {
+// is live (touch, which rewrites the policy with new bytes and the same
+// content, has caused an unchanged reload), with the reload counters back at zero.
+func startWatcher(t *testing.T, path string, touch func(n int)) *watched {
 	t.Helper()
 	h := &watched{reg: prometheus.NewRegistry(), dir: filepath.Dir(path)}
 	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: h.reg, Debounce: 10 * time.Millisecond, Resync: time.Hour})
@@ -111,28 +111,28 @@ func startWatcher(t *testing.T, path string) *watched {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	// Any event in the directory makes a reload; an unchanged one proves the watch is on.
-	probe := filepath.Join(h.dir, "probe")
+	n := 0
 	eventually(t, "the watcher sees the directory", func() bool {
-		if err := os.WriteFile(probe, []byte(time.Now().String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		n++
+		touch(n)
 		time.Sleep(20 * time.Millisecond)
 		return h.reloads(ReloadUnchanged) > 0
 	})
-	if err := os.Remove(probe); err != nil {
-		t.Fatal(err)
-	}
 	// Let the probe's last events settle, then start counting from zero.
 	time.Sleep(50 * time.Millisecond)
 	w.reloads.Reset()
 	return h
 }
 
+// rewrite is a touch for startWatcher: content with a comment that changes.
+func rewrite(t *testing.T, path, content string) func(int) {
+	return func(n int) { writeAtomically(t, path, fmt.Sprintf("%s# probe %d\n", content, n)) }
+}
+
 func TestWatcherPicksUpAnEdit(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writeAtomically(t, path, policyWithLimit(10))
-	h := startWatcher(t, path)
+	h := startWatcher(t, path, rewrite(t, path, policyWithLimit(10)))
 	before := h.w.Current()
 
 	writeAtomically(t, path, policyWithLimit(20))
@@ -172,17 +172,22 @@ func TestWatcherPicksUpAConfigMapSymlinkSwap(t *testing.T) {
 	if err := os.Symlink(filepath.Join("..data", "policy.yaml"), path); err != nil {
 		t.Fatal(err)
 	}
-	h := startWatcher(t, path)
+	// The swap: a new timestamped directory, a ..data_tmp link to it renamed over ..data.
+	swap := func(name, content string) {
+		version(name, content)
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := startWatcher(t, path, func(n int) {
+		swap(fmt.Sprintf("..2026_01_01_00_00_00.%09d", n+100), fmt.Sprintf("%s# probe %d\n", policyWithLimit(10), n))
+	})
 	before := h.w.Current()
 
-	// The swap: a new timestamped directory, a ..data_tmp link to it renamed over ..data.
-	version("..2026_01_01_00_01_00.000000002", policyWithLimit(30))
-	if err := os.Symlink("..2026_01_01_00_01_00.000000002", filepath.Join(dir, "..data_tmp")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
+	swap("..2026_01_01_00_01_00.000000002", policyWithLimit(30))
 	if err := os.RemoveAll(filepath.Join(dir, "..2026_01_01_00_00_00.000000001")); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +205,7 @@ func TestWatcherPicksUpAConfigMapSymlinkSwap(t *testing.T) {
 func TestWatcherKeepsTheRunningPolicyOnABrokenEdit(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writeAtomically(t, path, policyWithLimit(10))
-	h := startWatcher(t, path)
+	h := startWatcher(t, path, rewrite(t, path, policyWithLimit(10)))
 	before := h.w.Current()
 
 	writeAtomically(t, path, brokenPolicy)
@@ -217,7 +222,7 @@ func TestWatcherKeepsTheRunningPolicyOnABrokenEdit(t *testing.T) {
 		t.Errorf("subscribers were told about a refused policy")
 	}
 	expected := `
-# HELP kubedefender_policy_reloads_total Policy reloads by result: success, failure (the running policy was kept) or unchanged.
+# HELP kubedefender_policy_reloads_total Policy reloads after the file changed, by result: success, failure (the running policy was kept) or unchanged (new bytes, same policy).
 # TYPE kubedefender_policy_reloads_total counter
 kubedefender_policy_reloads_total{result="failure"} 1
 `
@@ -236,7 +241,7 @@ kubedefender_policy_reloads_total{result="failure"} 1
 func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writeAtomically(t, path, policyWithLimit(10))
-	h := startWatcher(t, path)
+	h := startWatcher(t, path, rewrite(t, path, policyWithLimit(10)))
 	before := h.w.Current()
 
 	// Same content, other formatting: the defaulted policy is the same.
@@ -249,6 +254,65 @@ func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
 	if h.reloads(ReloadSuccess) != 0 || len(h.notified()) != 0 {
 		t.Errorf("unchanged content counted as success (%v) or notified subscribers (%d)", h.reloads(ReloadSuccess), len(h.notified()))
 	}
+}
+
+// TestWatcherCountsNoReloadWhenTheFileDidNotChange: the minute's resync and
+// events for other files of the directory (at startup: a certificate written
+// next to the policy, the kubelet's own files) read the same bytes, which is
+// no reload, and a refused file is not refused again every minute.
+func TestWatcherCountsNoReloadWhenTheFileDidNotChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	reg := prometheus.NewRegistry()
+	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := func(success, failure, unchanged, ok int) string {
+		return fmt.Sprintf(`
+# HELP kubedefender_policy_last_reload_successful 1 when the policy file on disk is the running policy, 0 while its content is refused (the last good policy runs).
+# TYPE kubedefender_policy_last_reload_successful gauge
+kubedefender_policy_last_reload_successful %d
+# HELP kubedefender_policy_reloads_total Policy reloads after the file changed, by result: success, failure (the running policy was kept) or unchanged (new bytes, same policy).
+# TYPE kubedefender_policy_reloads_total counter
+kubedefender_policy_reloads_total{result="failure"} %d
+kubedefender_policy_reloads_total{result="success"} %d
+kubedefender_policy_reloads_total{result="unchanged"} %d
+`, ok, failure, success, unchanged)
+	}
+	check := func(when string, success, failure, unchanged, ok int) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(metrics(success, failure, unchanged, ok)),
+			"kubedefender_policy_reloads_total", "kubedefender_policy_last_reload_successful"); err != nil {
+			t.Errorf("%s: %v", when, err)
+		}
+	}
+	check("at startup", 0, 0, 0, 1)
+	for i := 0; i < 3; i++ {
+		if err := w.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after three reads of the file it started with", 0, 0, 0, 1)
+
+	writeAtomically(t, path, brokenPolicy)
+	for i := 0; i < 3; i++ {
+		if err := w.Reload(); err == nil || !strings.Contains(err.Error(), "limit: Invalid value: 0") {
+			t.Fatalf("reload %d of a broken file: %v, want its validation error", i, err)
+		}
+	}
+	check("after three reads of one broken file", 0, 1, 0, 0)
+
+	writeAtomically(t, path, "# a comment\n"+policyWithLimit(10))
+	if err := w.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	check("after the running policy is written back with a comment", 0, 1, 1, 1)
+	writeAtomically(t, path, policyWithLimit(11))
+	if err := w.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	check("after an edit", 1, 1, 1, 1)
 }
 
 func TestNewWatcherRefusesToStartOnABadPolicy(t *testing.T) {

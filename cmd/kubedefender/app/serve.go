@@ -113,6 +113,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			return err
 		}
 		comps = append(comps, c)
+		engine.DeclareFronts(limiter.FrontWebhook)
 	}
 	if cfg.Kube != nil {
 		c, err := newOverrideComponent(cfg, engine, reg)
@@ -131,6 +132,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			return err
 		}
 		comps = append(comps, component{"proxy", p.Run})
+		engine.DeclareFronts(limiter.FrontProxy)
 		levels = func() []levelStatus { return proxyLevels(p) }
 		ready = p.Readyz() // a proxy that cannot reach its upstream is not ready
 	}
@@ -147,7 +149,8 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			}
 			return st
 		}))
-		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)})
+		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)},
+			component{"limiter-gauges", func(ctx context.Context) error { engine.RunMetrics(ctx, 0); return nil }})
 	}
 	return runAll(ctx, comps)
 }
@@ -202,8 +205,8 @@ func newProxy(cfg *config.Config, engine *limiter.Engine, watcher *policy.Watche
 }
 
 // newOverrideComponent watches break-glass Overrides in the policy's
-// breakGlass.namespace and applies them to the engine. A change of that
-// namespace takes effect at the next restart.
+// breakGlass.namespace and applies them to the engine; a reload that changes
+// the namespace moves the watch.
 func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
 	dyn, err := dynamic.NewForConfig(cfg.Kube)
 	if err != nil {
@@ -214,7 +217,7 @@ func newOverrideComponent(cfg *config.Config, engine *limiter.Engine, reg promet
 		return component{}, fmt.Errorf("failed to build the event client: %w", err)
 	}
 	ctrl, err := override.NewController(override.ControllerConfig{
-		Client: dyn, Events: kube.CoreV1(), Namespace: engine.Policy().Policy.Spec.BreakGlass.Namespace, Engine: engine,
+		Client: dyn, Events: kube.CoreV1(), Engine: engine,
 		Replica: replicaName(), Logger: cfg.Logger.With("component", "breakglass"), Registerer: reg,
 		SharedStore: cfg.Options.RedisURL != "",
 	})

@@ -1,0 +1,94 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// TestRedisClusterStatus reads status from a 3-master cluster. The Makefile's
+// test target runs it with -race: each master is read on its own goroutine.
+func TestRedisClusterStatus(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	opts := func() *redis.UniversalOptions {
+		o, err := ParseRedisURL(cl.URL())
+		if err != nil {
+			panic(err)
+		}
+		return o
+	}
+	ctx := context.Background()
+	t.Run("the hottest rate keys come from every master and none is lost", func(t *testing.T) {
+		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(testEpoch)).(*RedisStore)
+		spec := &RateSpec{Name: "status", ID: "status@test", QPS: 1, Burst: 5, Interval: time.Second}
+		var want []string
+		for i := 0; i < 90; i++ {
+			key := fmt.Sprintf("user=u%02d", i)
+			want = append(want, key)
+			b := &RateBatch{Checks: []RateCheck{{Spec: spec, Key: key}}}
+			if err := s.Rates(ctx, b); err != nil || !b.Results[0].Allowed {
+				t.Fatalf("rate %s: %v %+v", key, err, b.Results)
+			}
+		}
+		for round := 0; round < 5; round++ {
+			hot, err := s.HottestRates(ctx, spec, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, k := range hot {
+				got = append(got, k.Key)
+			}
+			sort.Strings(got)
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("round %d: HottestRates returned %d keys, want all %d:\n%v", round, len(got), len(want), got)
+			}
+		}
+	})
+	t.Run("status and the store gauges read the cluster while decisions run", func(t *testing.T) {
+		clk := clocktesting.NewFakeClock(testEpoch)
+		store := redisFactory(opts, nil)(t, clk)
+		reg := prometheus.NewRegistry()
+		e, err := NewEngine(EngineConfig{Policy: parse(t, enginePolicy), Store: store, Fallback: NewMemoryStore(MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 10; i++ {
+					e.Decide(ctx, &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: fmt.Sprintf("u%d-%d", w, i), UserAgent: "node-agent/1"}, Front: FrontProxy})
+					e.Decide(ctx, podDelete(fmt.Sprintf("w%d", w), "p"))
+					e.RefreshMetrics(ctx)
+					e.Status(ctx, 5)
+				}
+			}()
+		}
+		wg.Wait()
+		e.RefreshMetrics(ctx)
+		checkGauges(t, reg, "four namespaces past their budget", `
+kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
+kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 4
+kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
+kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
+kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
+kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
+`)
+		st := e.Status(ctx, 100)
+		if len(st.Errors) != 0 || len(st.Budgets[0].Keys) != 4 || len(st.RateLimits[0].Hottest) != 40 {
+			t.Fatalf("status: errors %v, %d pod-deletes keys (want 4), %d agent-lists keys (want 40)", st.Errors, len(st.Budgets[0].Keys), len(st.RateLimits[0].Hottest))
+		}
+	})
+}
