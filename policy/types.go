@@ -227,6 +227,11 @@ func durationProblem(s string) string {
 		}
 		return `days must be a whole number such as "1d" (write "36h" for a day and a half)`
 	}
+	if weeks, ok := strings.CutSuffix(s, "w"); ok {
+		if n, err := strconv.ParseInt(weeks, 10, 64); err == nil && n > 0 && n <= maxDays/7 {
+			return fmt.Sprintf(`has no week unit: write "%dd"`, n*7)
+		}
+	}
 	return `must be a duration such as "90s", "5m", "1h" or "1d"`
 }
 
