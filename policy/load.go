@@ -576,3 +576,45 @@ func hashOf(p *DefenderPolicy) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
 }
+
+// Document is one policy found in a file: the file itself, or one data key of
+// a ConfigMap manifest.
+type Document struct {
+	// Name names the document in messages: the path as given, followed by
+	// ":data.KEY" for a ConfigMap key.
+	Name string
+	Data []byte
+}
+
+// Documents returns the policies held by the content of the file name: the
+// content itself when it is a policy (or anything else, which Parse then
+// reports), or, when it is a ConfigMap manifest (the form deploy/ ships), each
+// data key whose name ends in .yaml or .yml or whose value is a
+// DefenderPolicy, in key order. A ConfigMap without such a key is an error.
+func Documents(name string, data []byte) ([]Document, error) {
+	var head struct {
+		APIVersion string            `yaml:"apiVersion"`
+		Kind       string            `yaml:"kind"`
+		Data       map[string]string `yaml:"data"`
+	}
+	if len(data) > MaxFileBytes || goyaml.Unmarshal(data, &head) != nil || head.Kind != "ConfigMap" || head.APIVersion != "v1" {
+		return []Document{{Name: name, Data: data}}, nil
+	}
+	keys := make([]string, 0, len(head.Data))
+	for k := range head.Data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var docs []Document
+	for _, k := range keys {
+		v := head.Data[k]
+		if strings.HasSuffix(k, ".yaml") || strings.HasSuffix(k, ".yml") || strings.Contains(v, "kind: "+Kind) {
+			docs = append(docs, Document{Name: name + ":data." + k, Data: []byte(v)})
+		}
+	}
+	if len(docs) == 0 {
+		return nil, &Error{File: name, Errs: field.ErrorList{fileError(fmt.Sprintf(
+			"a ConfigMap with no policy in its data: put the policy under a key ending in .yaml (keys found: %s)", strings.Join(keys, ", ")))}}
+	}
+	return docs, nil
+}
