@@ -150,7 +150,7 @@ func resourceProblem(entry string, table ResourceTable, discovered bool) (errMsg
 	if group != "" {
 		where = "API group " + group
 	}
-	msg := fmt.Sprintf("%s serves no resource %q, so the rule matches nothing: %s", where, resource, suggestion(resource, group, table))
+	msg := fmt.Sprintf("%s serves no resource %q: %s", where, resource, suggestion(resource, group, table))
 	return msg, ""
 }
 
@@ -284,4 +284,17 @@ func CheckResources(p *DefenderPolicy, served ResourceTable) (errs, warnings fie
 		}
 	})
 	return errs, warnings
+}
+
+// ResourceProblem says why group/resource names nothing the standard API
+// groups serve, with what to write instead ("deployments" is apps/deployments),
+// or "" when it is served or cannot be known from the built-in table (a
+// group outside the standard ones: a CRD or an aggregated API).
+func ResourceProblem(group, resource string) string {
+	entry := resource
+	if group != "" {
+		entry = group + "/" + resource
+	}
+	msg, _ := resourceProblem(entry, builtinResources, false)
+	return msg
 }

@@ -71,7 +71,7 @@ func TestCheckResourcesAgainstTheClusterReportsOnlyWhatTheBuiltinTableCannotKnow
 	served := BuiltinResources()
 	served["example.com"] = []string{"widgets", "gadgets"}
 	errs, warns := CheckResources(c.Policy, served)
-	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `spec.budgets[0].match.resources[2]: Invalid value: "example.com/gadgetz": API group example.com serves no resource "gadgetz", so the rule matches nothing: did you mean "example.com/gadgets"?`) {
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `spec.budgets[0].match.resources[2]: Invalid value: "example.com/gadgetz": API group example.com serves no resource "gadgetz": did you mean "example.com/gadgets"?`) {
 		t.Errorf("errors = %v, want one for example.com/gadgetz", errs)
 	}
 	if len(warns) != 2 || !strings.Contains(warns[0].Error(), `the cluster serves no API group "other.io"`) || !strings.Contains(warns[1].Error(), `no API group of the cluster serves "sprockets"`) {
