@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 func newPolicyCommand(s Streams) *cobra.Command {
@@ -328,13 +331,14 @@ type explainOptions struct {
 	UserAgent  string
 	DryRun     bool
 	Output     string
+	Server     string
 }
 
 func (o *explainOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.PolicyFile, "policy", "", "policy file (required)")
-	f.StringVar(&o.Verb, "verb", "", "verb: get, list, watch, create, update, patch, delete, deletecollection, evict, proxy (required)")
-	f.StringVar(&o.Resource, "resource", "", `resource as "pods" or "apps/deployments", optionally with a subresource "pods/log" (required)`)
+	f.StringVar(&o.Verb, "verb", "", "verb: "+strings.Join(explainVerbs, ", ")+" (required; create on pods/eviction is evict)")
+	f.StringVar(&o.Resource, "resource", "", `resource as "pods" or "apps/deployments", optionally with a subresource "pods/eviction", "apps/deployments/scale" (required)`)
 	f.StringVar(&o.Namespace, "namespace", "", "namespace of the request (empty: cluster-scoped)")
 	f.StringVar(&o.Name, "name", "", "object name")
 	f.StringVar(&o.User, "user", "", "user name, e.g. system:serviceaccount:kube-system:generic-garbage-collector")
@@ -342,18 +346,27 @@ func (o *explainOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.UserAgent, "user-agent", "", "User-Agent header")
 	f.BoolVar(&o.DryRun, "dry-run", false, "judge the request as a server-side dry run")
 	f.StringVarP(&o.Output, "output", "o", "text", "output format: text or json")
+	f.StringVar(&o.Server, "server", "", "a replica's metrics address (http://host:9090): also judge against its live counters, breakers and overrides, read from /status (charges nothing)")
 }
+
+// explainVerbs are the verbs a request can have.
+var explainVerbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "evict", "proxy"}
 
 func (o *explainOptions) Validate() error {
 	var errs []error
 	if o.PolicyFile == "" {
 		errs = append(errs, errors.New("--policy is required"))
 	}
-	if o.Verb == "" {
+	switch {
+	case o.Verb == "":
 		errs = append(errs, errors.New("--verb is required"))
+	case !slices.Contains(explainVerbs, o.Verb):
+		errs = append(errs, fmt.Errorf("--verb %q is not a verb: want one of %s", o.Verb, strings.Join(explainVerbs, ", ")))
 	}
 	if o.Resource == "" {
 		errs = append(errs, errors.New("--resource is required"))
+	} else if _, err := o.attributes(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Output != "text" && o.Output != "json" {
 		errs = append(errs, fmt.Errorf("--output must be text or json, not %q", o.Output))
@@ -361,37 +374,65 @@ func (o *explainOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// attributes turns the flags into request attributes. "apps/deployments",
-// "pods/log" and "apps/deployments/scale" are told apart by whether the first
-// part contains a dot or is a known group-less name.
-func (o *explainOptions) attributes() policy.Attributes {
+// attributes turns the flags into request attributes. "x/y" is a core
+// resource and its subresource when x is a core resource ("pods/eviction"),
+// a group and a resource otherwise ("apps/deployments"); "g/r/s" is a group,
+// resource and subresource. create on pods/eviction is the verb evict, as the
+// webhook reads it. A resource that no standard group serves under that name
+// is refused with what to write instead.
+func (o *explainOptions) attributes() (policy.Attributes, error) {
 	a := policy.Attributes{Verb: o.Verb, Namespace: o.Namespace, Name: o.Name, User: o.User, Groups: o.Groups, UserAgent: o.UserAgent, DryRun: o.DryRun}
 	parts := strings.Split(o.Resource, "/")
+	core := policy.BuiltinResources()
 	switch {
 	case len(parts) == 3:
 		a.APIGroup, a.Resource, a.Subresource = parts[0], parts[1], parts[2]
-	case len(parts) == 2 && (strings.Contains(parts[0], ".") || groupless[parts[0]]):
-		a.APIGroup, a.Resource = parts[0], parts[1]
-	case len(parts) == 2:
+	case len(parts) == 2 && core.Has("", parts[0]):
 		a.Resource, a.Subresource = parts[0], parts[1]
-	default:
+	case len(parts) == 2:
+		a.APIGroup, a.Resource = parts[0], parts[1]
+	case len(parts) == 1:
 		a.Resource = parts[0]
+	default:
+		return a, fmt.Errorf(`--resource %q: want "resource", "group/resource" or either with "/subresource"`, o.Resource)
 	}
-	return a
+	if a.Resource == "" || a.Resource == "*" || a.APIGroup == "*" {
+		return a, fmt.Errorf("--resource %q: name one resource (a request is about one; wildcards are for policies)", o.Resource)
+	}
+	if msg := policy.ResourceProblem(a.APIGroup, a.Resource); msg != "" {
+		return a, fmt.Errorf("--resource %q: %s", o.Resource, msg)
+	}
+	if a.Verb == "create" && a.APIGroup == "" && a.Resource == "pods" && a.Subresource == "eviction" {
+		a.Verb = "evict"
+	}
+	if a.Verb == "evict" && (a.APIGroup != "" || a.Resource != "pods") {
+		return a, fmt.Errorf("--verb evict is a create on pods/eviction; --resource %q is not pods", o.Resource)
+	}
+	if a.Verb == "evict" {
+		a.Subresource = "eviction"
+	}
+	return a, nil
 }
-
-// groupless are API groups whose names have no dot.
-var groupless = map[string]bool{"apps": true, "batch": true, "policy": true, "autoscaling": true, "*": true}
 
 // Explanation is what policy explain reports.
 type Explanation struct {
-	Policy        string         `json:"policy"`
-	Hash          string         `json:"hash"`
+	Policy string `json:"policy"`
+	Hash   string `json:"hash"`
+	// Request is the request as judged, in words.
+	Request string `json:"request"`
+	// Exempt says why no budget ever applies to this request (policy.Exemption,
+	// the webhook's and the proxy's list), or is empty.
+	Exempt        string         `json:"exempt,omitempty"`
 	Budgets       []RuleMatch    `json:"budgets"`
 	RateLimits    []RuleMatch    `json:"rateLimits"`
 	FlowSchema    string         `json:"flowSchema,omitempty"`
 	PriorityLevel string         `json:"priorityLevel,omitempty"`
 	Decision      ExplainVerdict `json:"decision"`
+	// Server is the verdict against a running replica's state (--server).
+	Server *ServerVerdict `json:"server,omitempty"`
+	// Notes say how the fronts see this request (e.g. a patch reaches the
+	// webhook as an update).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // RuleMatch is one rule's verdict on whether it applies.
@@ -399,9 +440,19 @@ type RuleMatch struct {
 	Name    string `json:"name"`
 	Mode    string `json:"mode"`
 	Applies bool   `json:"applies"`
-	// Why is "matched", "excluded" or "no match".
+	// Why is "matched", "excluded", "no match" or "exempt".
 	Why string `json:"why"`
-	Key string `json:"key,omitempty"`
+	// Reason says why in words: which condition failed, what excluded it.
+	Reason string `json:"reason"`
+	Key    string `json:"key,omitempty"`
+	// Front is the enforcement point that judges the rule.
+	Front string `json:"front"`
+	// Windows ("1m: 20") and Breaker describe a budget; Rate a rate limit.
+	Windows []string `json:"windows,omitempty"`
+	Breaker string   `json:"breaker,omitempty"`
+	Rate    string   `json:"rate,omitempty"`
+	// Live is the state of the key on the server (--server).
+	Live string `json:"live,omitempty"`
 }
 
 // ExplainVerdict is the decision on an empty store.
@@ -412,12 +463,28 @@ type ExplainVerdict struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// ServerVerdict is the decision against a running replica's live state.
+type ServerVerdict struct {
+	Server     string `json:"server"`
+	PolicyHash string `json:"policyHash"`
+	Allowed    bool   `json:"allowed"`
+	// Certain is false when a key was not among those the replica reports.
+	Certain bool   `json:"certain"`
+	Message string `json:"message"`
+}
+
 func newPolicyExplainCommand(s Streams) *cobra.Command {
 	o := &explainOptions{}
 	cmd := &cobra.Command{
-		Use:   "explain --policy FILE --verb V --resource R [--namespace N --user U --group G --user-agent UA]",
-		Short: "Show which budgets, rate limits and flow schema match a request, and the decision on an empty store",
-		Args:  cobra.NoArgs,
+		Use:   "explain --policy FILE --verb V --resource R [--namespace N --user U --group G --user-agent UA] [--server URL]",
+		Short: "Show which budgets, rate limits and flow schema match a request and why, and the decision on an empty store (or a running replica's)",
+		Long: `explain judges one request with the engine's own code: the exemptions the webhook and the
+proxy share, each rule's match and exclude (and which condition failed), the budget key
+(User-Agent capped at 256 bytes as the engine does), each budget's windows and breaker and which
+front enforces it, and the decision on an empty store. With --server it also reads a running
+replica's /status (read-only: nothing is charged) and says whether that replica would admit the
+request now.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
 				return err
@@ -426,9 +493,17 @@ func newPolicyExplainCommand(s Streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ex, err := explain(cmd.Context(), c, o.attributes())
+			a, _ := o.attributes()
+			ex, err := explain(cmd.Context(), c, a)
 			if err != nil {
 				return err
+			}
+			if o.Server != "" {
+				st, err := fetchStatus(cmd.Context(), &http.Client{Timeout: 5 * time.Second}, o.Server)
+				if err != nil {
+					return err
+				}
+				judgeLive(ex, c, a, o.Server, st, time.Now())
 			}
 			if o.Output == "json" {
 				enc := json.NewEncoder(s.Out)
@@ -443,39 +518,81 @@ func newPolicyExplainCommand(s Streams) *cobra.Command {
 	return cmd
 }
 
+const (
+	frontBudgets    = "webhook (or the proxy with --budgets-at=proxy)"
+	frontRateLimits = "proxy"
+)
+
+// webhookView is the request as the webhook receives it, or why the webhook
+// never judges it. The API server sends a patch as an update, and each item
+// of a deletecollection as a delete.
+func webhookView(a policy.Attributes) (wa policy.Attributes, unjudged string, notes []string) {
+	wa = a
+	switch a.Verb {
+	case "patch":
+		wa.Verb = "update"
+		notes = append(notes, "the API server sends a patch to the webhook as an update: budgets judge it as update")
+	case "deletecollection":
+		wa.Verb = "delete"
+		notes = append(notes, "the API server calls the webhook once per item of a deletecollection, as a delete: budgets judge each item like this")
+	case "get", "list", "watch", "proxy":
+		return wa, "the webhook never sees " + a.Verb + " (budgets are for writes; use a rate limit)", nil
+	}
+	if a.Subresource != "" && wa.Verb != "evict" && wa.Verb != "delete" {
+		return wa, "the webhook does not judge writes to subresources (" + a.Resource + "/" + a.Subresource + ")", nil
+	}
+	return wa, "", notes
+}
+
 func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Explanation, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ex := &Explanation{Policy: c.Policy.Metadata.Name, Hash: c.Hash, Budgets: []RuleMatch{}, RateLimits: []RuleMatch{}}
-	verdict := func(r *policy.Rule) string {
-		switch {
-		case !r.Match.Matches(&a):
-			return "no match"
-		case !r.Exclude.Empty() && r.Exclude.Matches(&a):
-			return "excluded"
+	ex := &Explanation{Policy: c.Policy.Metadata.Name, Hash: c.Hash, Budgets: []RuleMatch{}, RateLimits: []RuleMatch{}, Request: describeRequest(&a)}
+	wa, unjudged, notes := webhookView(a)
+	ex.Notes = notes
+	spec := &c.Policy.Spec
+	ex.Exempt = policy.Exemption(&wa, spec.BreakGlass.Namespace)
+	if slices.Contains(webhook.DefaultExcludedNamespaces(), a.Namespace) && a.Namespace != "" {
+		ex.Notes = append(ex.Notes, fmt.Sprintf("the default webhook configuration leaves %s out (webhook config --exclude-namespaces): unless it was generated without that, the webhook never sees this request", a.Namespace))
+	}
+	if a.Namespace != "" && spec.NamespaceLabelHonoured() {
+		where := "this namespace"
+		if ns := spec.LabelExemptNamespaces(); len(ns) > 0 && !slices.Contains(ns, a.Namespace) {
+			where = ""
 		}
-		return "matched"
+		if where != "" {
+			ex.Notes = append(ex.Notes, fmt.Sprintf("if namespace %s carries the label %s=true, the webhook is never called for it (spec.exemptions)", a.Namespace, policy.ExemptNamespaceLabel))
+		}
 	}
 	for i := range c.Budgets {
 		b := &c.Budgets[i]
-		m := RuleMatch{Name: b.Name, Mode: string(b.Mode), Why: verdict(&b.Rule)}
-		m.Applies = m.Why == "matched"
+		m := RuleMatch{Name: b.Name, Mode: string(b.Mode), Front: frontBudgets, Windows: windowsOf(b.Budget), Breaker: breakerOf(b.Budget)}
+		switch {
+		case ex.Exempt != "":
+			m.Why, m.Reason = "exempt", "exempt: "+ex.Exempt
+		case unjudged != "":
+			m.Why, m.Reason = "no match", "no match: "+unjudged
+		default:
+			m.Applies, m.Reason = b.Explain(&wa, &b.Budget.Match, b.Budget.Exclude)
+			m.Why, _, _ = strings.Cut(m.Reason, ":")
+		}
 		if m.Applies {
-			m.Key = ruleKey(b.Per, &a)
+			m.Key = limiter.RuleKey(b.Per, &wa)
 		}
 		ex.Budgets = append(ex.Budgets, m)
 	}
 	for i := range c.RateLimits {
 		r := &c.RateLimits[i]
-		m := RuleMatch{Name: r.Name, Mode: string(r.Mode), Why: verdict(&r.Rule)}
-		m.Applies = m.Why == "matched"
+		m := RuleMatch{Name: r.Name, Mode: string(r.Mode), Front: frontRateLimits, Rate: fmt.Sprintf("qps %g, burst %d", r.QPS, r.Burst)}
+		m.Applies, m.Reason = r.Explain(&a, &r.RateLimit.Match, r.RateLimit.Exclude)
+		m.Why, _, _ = strings.Cut(m.Reason, ":")
 		if m.Applies {
-			m.Key = ruleKey(r.Per, &a)
+			m.Key = limiter.RuleKey(r.Per, &a)
 		}
 		ex.RateLimits = append(ex.RateLimits, m)
 	}
-	if len(c.Policy.Spec.PriorityLevels) > 0 {
+	if len(spec.PriorityLevels) > 0 {
 		if fs := c.FlowSchemaFor(&a); fs != nil {
 			ex.FlowSchema, ex.PriorityLevel = fs.Name, fs.PriorityLevel
 		} else {
@@ -486,33 +603,195 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 	if err != nil {
 		return nil, err
 	}
-	d := eng.Decide(ctx, &limiter.Attributes{Attributes: a, Front: limiter.FrontExplain})
+	// The proxy judges rate limits first, then the webhook judges budgets:
+	// the same order, the same engine, on an empty store.
+	d := eng.Decide(ctx, &limiter.Attributes{Attributes: a, Front: limiter.FrontExplain, Checks: limiter.CheckRateLimits})
+	if d.Allowed && ex.Exempt == "" && unjudged == "" {
+		d = eng.Decide(ctx, &limiter.Attributes{Attributes: wa, Front: limiter.FrontExplain, Checks: limiter.CheckBudgets})
+	}
 	ex.Decision = ExplainVerdict{Allowed: d.Allowed, Code: d.Code, Message: d.Message, Warnings: d.Warnings}
 	return ex, nil
 }
 
-func ruleKey(per []string, a *policy.Attributes) string {
-	if len(per) == 0 {
-		return "cluster-wide"
+func describeRequest(a *policy.Attributes) string {
+	r := a.Resource
+	if a.APIGroup != "" {
+		r = a.APIGroup + "/" + r
 	}
-	parts := make([]string, 0, len(per))
-	for _, d := range per {
-		v := ""
-		switch d {
-		case policy.PerNamespace:
-			v = a.Namespace
-		case policy.PerUser:
-			v = a.User
-		case policy.PerUserAgent:
-			v = a.UserAgent
+	if a.Subresource != "" {
+		r += "/" + a.Subresource
+	}
+	s := a.Verb + " " + r
+	if a.Name != "" {
+		s += " " + a.Name
+	}
+	if a.Namespace != "" {
+		s += " in namespace " + a.Namespace
+	} else {
+		s += " (cluster-scoped)"
+	}
+	if a.User != "" {
+		s += " by " + a.User
+	}
+	if a.DryRun {
+		s += " (dry run: judged, charges nothing)"
+	}
+	return s
+}
+
+func windowsOf(b *policy.Budget) []string {
+	out := make([]string, 0, len(b.Windows))
+	for _, w := range b.Windows {
+		out = append(out, fmt.Sprintf("%s: %d", policy.FormatDuration(w.Window.Duration), w.Limit))
+	}
+	return out
+}
+
+func breakerOf(b *policy.Budget) string {
+	switch {
+	case b.Breaker == nil:
+		return "none"
+	case b.Breaker.Recovery == policy.RecoveryAuto:
+		return fmt.Sprintf("Auto (cooldown %s, halfOpenLimit %d)", policy.FormatDuration(b.Breaker.Cooldown.Duration), b.Breaker.HalfOpenLimit)
+	}
+	return "Manual (stays open until a break-glass override resets it)"
+}
+
+// judgeLive reads a replica's /status answer and says, per applying rule and
+// for the request, what that replica would decide now. /status reports the
+// statusKeys fullest keys of each rule: a key not among them is certainly
+// unused when the rule reports fewer, and otherwise at most as full as the
+// last one reported (the verdict is then not certain).
+func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server string, st *replicaStatus, now time.Time) {
+	sv := &ServerVerdict{Server: server, PolicyHash: st.Engine.PolicyHash, Allowed: true, Certain: true}
+	ex.Server = sv
+	var denials, notes []string
+	if st.Engine.PolicyHash != c.Hash {
+		notes = append(notes, fmt.Sprintf("the server runs policy %s (hash %s), not this file's (hash %s): its rules of the same names are read", st.Engine.Policy, st.Engine.PolicyHash, c.Hash))
+	}
+	overrides := make([]limiter.Override, 0, len(st.Engine.Overrides))
+	for _, o := range st.Engine.Overrides {
+		if o.Active {
+			overrides = append(overrides, limiter.Override{Name: o.Name, Namespace: o.Namespace, Budgets: o.Budgets, RateLimits: o.RateLimits,
+				Namespaces: o.Namespaces, Users: o.Users, ExpiresAt: o.ExpiresAt})
 		}
-		parts = append(parts, d+"="+v)
 	}
-	return strings.Join(parts, ",")
+	wa, _, _ := webhookView(a)
+	covered := func(kind limiter.RuleKind, rule string, attrs *policy.Attributes) string {
+		for i := range overrides {
+			if overrides[i].Covers(kind, rule, attrs, now) {
+				return overrides[i].Name
+			}
+		}
+		return ""
+	}
+	for i := range ex.Budgets {
+		m := &ex.Budgets[i]
+		if !m.Applies {
+			continue
+		}
+		if o := covered(limiter.KindBudget, m.Name, &wa); o != "" {
+			m.Live = "bypassed by active override " + o
+			continue
+		}
+		var bs *limiter.BudgetStatus
+		for j := range st.Engine.Budgets {
+			if st.Engine.Budgets[j].Name == m.Name {
+				bs = &st.Engine.Budgets[j]
+			}
+		}
+		if bs == nil {
+			m.Live = "the server runs no budget of this name"
+			continue
+		}
+		var ks *limiter.KeyStatus
+		for j := range bs.Keys {
+			if bs.Keys[j].Key == m.Key {
+				ks = &bs.Keys[j]
+			}
+		}
+		if ks == nil {
+			if len(bs.Keys) < statusKeys {
+				m.Live = "no request counted for this key: room in every window"
+			} else {
+				m.Live = fmt.Sprintf("not among the %d fullest keys the server reports: at most as full as those", statusKeys)
+				sv.Certain = false
+			}
+			continue
+		}
+		var full []string
+		var used []string
+		for _, w := range ks.Windows {
+			used = append(used, fmt.Sprintf("%s %d/%d", w.Window, w.Used, w.Limit))
+			if w.Used >= w.Limit {
+				full = append(full, w.Window)
+			}
+		}
+		m.Live = "breaker " + ks.Breaker + ", windows " + strings.Join(used, "  ")
+		deny := ""
+		switch {
+		case ks.Breaker == limiter.Open.String():
+			deny = fmt.Sprintf("budget %s key %s: breaker Open", m.Name, m.Key)
+		case len(full) > 0:
+			deny = fmt.Sprintf("budget %s key %s: window %s full", m.Name, m.Key, strings.Join(full, ", "))
+		}
+		if deny != "" {
+			if m.Mode == string(policy.ModeShadow) {
+				notes = append(notes, "shadow "+deny+" (would deny; Shadow only reports)")
+			} else {
+				denials = append(denials, deny)
+			}
+		}
+	}
+	for i := range ex.RateLimits {
+		m := &ex.RateLimits[i]
+		if !m.Applies {
+			continue
+		}
+		if o := covered(limiter.KindRateLimit, m.Name, &a); o != "" {
+			m.Live = "bypassed by active override " + o
+			continue
+		}
+		for _, rs := range st.Engine.RateLimits {
+			if rs.Name != m.Name {
+				continue
+			}
+			m.Live = "not among the hottest keys: tokens left"
+			for _, k := range rs.Hottest {
+				if k.Key == m.Key {
+					m.Live = fmt.Sprintf("%.1f tokens left", k.Tokens)
+					if k.Tokens < 1 && m.Mode != string(policy.ModeShadow) {
+						denials = append(denials, fmt.Sprintf("rate limit %s key %s: no token left", m.Name, m.Key))
+					}
+				}
+			}
+		}
+	}
+	if ex.Exempt != "" {
+		denials = nil
+	}
+	switch {
+	case len(denials) > 0:
+		sv.Allowed, sv.Message = false, "denied now: "+strings.Join(denials, "; ")
+	case !sv.Certain:
+		sv.Message = "allowed now, unless a key the server did not report is full"
+	default:
+		sv.Message = "allowed now"
+	}
+	if len(notes) > 0 {
+		sv.Message += " (" + strings.Join(notes, "; ") + ")"
+	}
 }
 
 func printExplanation(w io.Writer, ex *Explanation) {
 	fmt.Fprintf(w, "policy %s (hash %s)\n", ex.Policy, ex.Hash)
+	fmt.Fprintf(w, "request: %s\n", ex.Request)
+	if ex.Exempt != "" {
+		fmt.Fprintf(w, "exempt from every budget: %s\n", ex.Exempt)
+	}
+	for _, n := range ex.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
 	section := func(title string, rules []RuleMatch) {
 		fmt.Fprintf(w, "%s:\n", title)
 		if len(rules) == 0 {
@@ -523,11 +802,22 @@ func printExplanation(w io.Writer, ex *Explanation) {
 			if r.Applies {
 				mark = "✓"
 			}
-			line := fmt.Sprintf("  %s %-24s %-8s %s", mark, r.Name, r.Mode, r.Why)
+			line := fmt.Sprintf("  %s %-24s %-8s %s", mark, r.Name, r.Mode, r.Reason)
 			if r.Key != "" {
 				line += "  key " + r.Key
 			}
 			fmt.Fprintln(w, line)
+			detail := "enforced by " + r.Front
+			if len(r.Windows) > 0 {
+				detail += "; windows " + strings.Join(r.Windows, ", ") + "; breaker " + r.Breaker
+			}
+			if r.Rate != "" {
+				detail += "; " + r.Rate
+			}
+			fmt.Fprintln(w, "      "+detail)
+			if r.Live != "" {
+				fmt.Fprintln(w, "      live: "+r.Live)
+			}
 		}
 	}
 	section("budgets", ex.Budgets)
@@ -544,5 +834,8 @@ func printExplanation(w io.Writer, ex *Explanation) {
 	}
 	for _, warn := range ex.Decision.Warnings {
 		fmt.Fprintln(w, "warning:", warn)
+	}
+	if ex.Server != nil {
+		fmt.Fprintf(w, "decision on %s now (policy hash %s): %s\n", ex.Server.Server, ex.Server.PolicyHash, ex.Server.Message)
 	}
 }
