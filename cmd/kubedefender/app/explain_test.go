@@ -107,7 +107,7 @@ func TestPolicyExplainAgreesWithTheWebhook(t *testing.T) {
 	}
 	type req struct {
 		op, group, resource, sub, ns, user string
-		verb, flagResource               string // as given to explain
+		verb, flagResource                 string // as given to explain
 	}
 	reqs := []req{
 		{op: "DELETE", resource: "pods", ns: "prod", user: "alice", verb: "delete", flagResource: "pods"},
