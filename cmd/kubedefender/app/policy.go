@@ -553,10 +553,11 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 	ex.Notes = notes
 	spec := &c.Policy.Spec
 	ex.Exempt = policy.Exemption(&wa, spec.BreakGlass.Namespace)
-	if slices.Contains(webhook.DefaultExcludedNamespaces(), a.Namespace) && a.Namespace != "" {
+	defaultExcluded := slices.Contains(webhook.DefaultExcludedNamespaces(), a.Namespace)
+	if defaultExcluded && a.Namespace != "" {
 		ex.Notes = append(ex.Notes, fmt.Sprintf("the default webhook configuration leaves %s out (webhook config --exclude-namespaces): unless it was generated without that, the webhook never sees this request", a.Namespace))
 	}
-	if a.Namespace != "" && spec.NamespaceLabelHonoured() {
+	if a.Namespace != "" && !defaultExcluded && ex.Exempt == "" && spec.NamespaceLabelHonoured() {
 		where := "this namespace"
 		if ns := spec.LabelExemptNamespaces(); len(ns) > 0 && !slices.Contains(ns, a.Namespace) {
 			where = ""
