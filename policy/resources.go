@@ -80,14 +80,14 @@ var notGroups = map[string]bool{"core": true, "v1": true, "api": true, "legacy":
 // removedResources are group/resource pairs the API server no longer serves,
 // with where they went and when.
 var removedResources = map[string]string{
-	"extensions/deployments":         "apps/deployments (extensions stopped serving it in Kubernetes 1.16)",
-	"extensions/daemonsets":          "apps/daemonsets (extensions stopped serving it in Kubernetes 1.16)",
-	"extensions/replicasets":         "apps/replicasets (extensions stopped serving it in Kubernetes 1.16)",
-	"extensions/networkpolicies":     "networking.k8s.io/networkpolicies (extensions stopped serving it in Kubernetes 1.16)",
-	"extensions/podsecuritypolicies": "nothing: PodSecurityPolicy was removed in Kubernetes 1.25",
-	"extensions/ingresses":           "networking.k8s.io/ingresses (extensions stopped serving it in Kubernetes 1.22)",
-	"extensions/*":                   "the groups its resources moved to: apps, networking.k8s.io (extensions is not served since Kubernetes 1.22)",
-	"policy/podsecuritypolicies":     "nothing: PodSecurityPolicy was removed in Kubernetes 1.25",
+	"extensions/deployments":         "write apps/deployments (extensions stopped serving it in Kubernetes 1.16)",
+	"extensions/daemonsets":          "write apps/daemonsets (extensions stopped serving it in Kubernetes 1.16)",
+	"extensions/replicasets":         "write apps/replicasets (extensions stopped serving it in Kubernetes 1.16)",
+	"extensions/networkpolicies":     "write networking.k8s.io/networkpolicies (extensions stopped serving it in Kubernetes 1.16)",
+	"extensions/podsecuritypolicies": "remove it (PodSecurityPolicy was removed in Kubernetes 1.25)",
+	"extensions/ingresses":           "write networking.k8s.io/ingresses (extensions stopped serving it in Kubernetes 1.22)",
+	"extensions/*":                   "write the groups its resources moved to, apps and networking.k8s.io (extensions is not served since Kubernetes 1.22)",
+	"policy/podsecuritypolicies":     "remove it (PodSecurityPolicy was removed in Kubernetes 1.25)",
 }
 
 // resourceProblem checks one resources entry (already syntactically valid)
@@ -115,7 +115,7 @@ func resourceProblem(entry string, table ResourceTable, discovered bool) (errMsg
 		return fmt.Sprintf("%q is not an API group: the core group has no name, so core resources are written alone: write %s", group, fix), ""
 	}
 	if to, ok := removedResources[group+"/"+resource]; ok {
-		return fmt.Sprintf("%s/%s is no longer served and matches nothing: write %s", group, resource, to), ""
+		return fmt.Sprintf("%s/%s is no longer served and matches nothing: %s", group, resource, to), ""
 	}
 	if group == "extensions" {
 		return fmt.Sprintf("the extensions group is no longer served (since Kubernetes 1.22) and matches nothing; %s", suggestion(resource, "*", table)), ""
