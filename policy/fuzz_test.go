@@ -29,6 +29,9 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(minimalPolicy))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if docs, err := Documents("fuzz.yaml", data); err == nil && len(docs) == 0 {
+			t.Fatalf("Documents found no document and no error")
+		}
 		c, err := Parse("fuzz.yaml", data)
 		if err != nil {
 			var perr *Error
@@ -45,6 +48,8 @@ func FuzzParse(f *testing.F) {
 		if errs := Validate(c.Policy); len(errs) > 0 {
 			t.Fatalf("a parsed policy does not validate: %v", errs)
 		}
+		_ = Warnings(c.Policy) // must not panic on any valid policy
+		_, _ = CheckResources(c.Policy, BuiltinResources())
 		again, err := Parse("fuzz.yaml", data)
 		if err != nil || again.Hash != c.Hash {
 			t.Fatalf("re-parse: hash %s then %v (err %v)", c.Hash, again, err)

@@ -9,9 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	goyaml "go.yaml.in/yaml/v2"
@@ -61,57 +62,98 @@ func Load(path string) (*Compiled, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to read policy %s: %w", path, err)
 	}
-	return Parse(filepath.Base(path), data)
+	return Parse(path, data)
 }
 
 // Parse decodes, defaults, validates and compiles one policy document. name is
-// the file name used in error messages.
+// the file name used in error messages (the path as the user gave it).
+//
+// Every problem is reported at once: a value of the wrong type (limit: "10",
+// window: 5, window: 1w) is reported and left out, the rest of the document
+// is decoded, defaulted and validated, and validation's complaints about a
+// field already reported as mistyped are dropped (they would be about the
+// zero value standing in for it, not about what the user wrote).
 func Parse(name string, data []byte) (*Compiled, error) {
-	p, err := Decode(name, data)
-	if err != nil {
-		return nil, err
+	p, errs, mistyped := decode(data)
+	if p == nil || !documentKindOK(p) {
+		return nil, &Error{File: name, Errs: errs}
 	}
 	SetDefaults(p)
-	if errs := Validate(p); len(errs) > 0 {
+	for _, fe := range Validate(p) {
+		if !underAny(fe.Field, mistyped) {
+			errs = append(errs, fe)
+		}
+	}
+	if len(errs) > 0 {
 		return nil, &Error{File: name, Errs: errs}
 	}
 	return compile(p, data)
 }
 
+// documentKindOK says whether apiVersion and kind are a policy's: when they
+// are not, the rest of the document is not a policy and is not validated.
+func documentKindOK(p *DefenderPolicy) bool {
+	return p.APIVersion == APIVersion && p.Kind == Kind
+}
+
+// underAny says whether the field path fp is one of paths or below one of them.
+func underAny(fp string, paths []string) bool {
+	for _, p := range paths {
+		if rest, ok := strings.CutPrefix(fp, p); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+			return true
+		}
+	}
+	return false
+}
+
 // Decode strictly decodes a policy document without defaulting or validating
 // it: unknown fields, duplicate keys, wrong types and a wrong apiVersion or
-// kind are errors.
+// kind are errors, all reported at once.
 func Decode(name string, data []byte) (*DefenderPolicy, error) {
-	fail := func(fe *field.Error) error {
-		return &Error{File: name, Errs: field.ErrorList{fe}}
+	p, errs, _ := decode(data)
+	if len(errs) > 0 {
+		return nil, &Error{File: name, Errs: errs}
+	}
+	return p, nil
+}
+
+// decode decodes data as far as it can. p is nil when the file as a whole is
+// unusable (empty, too large, not YAML, not a mapping); otherwise p holds
+// every well-typed value and errs every problem found. mistyped lists the
+// field paths whose values were left out because of their type.
+func decode(data []byte) (p *DefenderPolicy, errs field.ErrorList, mistyped []string) {
+	fail := func(fe *field.Error) (*DefenderPolicy, field.ErrorList, []string) {
+		return nil, field.ErrorList{fe}, nil
 	}
 	if len(data) > MaxFileBytes {
-		return nil, fail(fileError(fmt.Sprintf("the file is larger than %d bytes (1 MiB); a policy is a few kilobytes: is this the right file?", MaxFileBytes)))
+		return fail(fileError(fmt.Sprintf("the file is larger than %d bytes (1 MiB); a policy is a few kilobytes: is this the right file?", MaxFileBytes)))
 	}
 	const empty = "the policy file is empty: it needs apiVersion, kind, metadata and spec"
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, fail(fileError(empty))
+		return fail(fileError(empty))
 	}
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fail(fileError("invalid YAML: " + cleanYAMLError(err)))
+		return fail(fileError("invalid YAML: " + cleanYAMLError(err)))
 	}
 	js = bytes.TrimSpace(js)
 	if bytes.Equal(js, []byte("null")) {
-		return nil, fail(fileError(empty))
+		return fail(fileError(empty))
 	}
 	if !bytes.HasPrefix(js, []byte("{")) {
-		return nil, fail(fileError("not a YAML mapping: a policy starts with apiVersion, kind, metadata and spec"))
+		return fail(fileError("not a YAML mapping: a policy starts with apiVersion, kind, metadata and spec"))
 	}
 	if n := countDocuments(data); n > 1 {
-		return nil, fail(fileError(fmt.Sprintf("holds %d YAML documents separated by ---; a policy file holds exactly one", n)))
+		return fail(fileError(fmt.Sprintf("holds %d YAML documents separated by ---; a policy file holds exactly one", n)))
 	}
-	p := &DefenderPolicy{}
+	// Values of the wrong type stop encoding/json at the first one: find them
+	// all first, report each, and decode the document without them.
+	errs, mistyped, js = pruneMistyped(js)
+	p = &DefenderPolicy{}
 	strict, err := sigsjson.UnmarshalStrict(js, p, sigsjson.DisallowUnknownFields, sigsjson.DisallowDuplicateFields)
 	if err != nil {
-		return nil, fail(decodeError(js, err))
+		return fail(decodeError(js, err))
 	}
-	var errs field.ErrorList
 	for _, se := range strict {
 		errs = append(errs, strictError(se))
 	}
@@ -121,10 +163,138 @@ func Decode(name string, data []byte) (*DefenderPolicy, error) {
 	if p.Kind != Kind {
 		errs = append(errs, field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind}))
 	}
-	if len(errs) > 0 {
-		return nil, &Error{File: name, Errs: errs}
+	return p, errs, mistyped
+}
+
+// pruneMistyped walks the JSON document js against the policy's types and
+// reports every value that would not decode into its field (a string for a
+// number, a number for a duration, a bad duration string, a scalar for a
+// list). It returns the document without those values (js itself when all
+// are well typed, so the strict decoder still sees keys in document order).
+func pruneMistyped(js []byte) (errs field.ErrorList, mistyped []string, out []byte) {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber() // keep int64 values exact through the round trip
+	var tree any
+	if dec.Decode(&tree) != nil {
+		return nil, nil, js
 	}
-	return p, nil
+	report := func(path string, t reflect.Type, v any) {
+		mistyped = append(mistyped, path)
+		var bad any = field.OmitValueType{}
+		switch x := v.(type) {
+		case json.Number:
+			if i, err := x.Int64(); err == nil {
+				bad = i
+			} else if f, err := x.Float64(); err == nil {
+				bad = f
+			}
+			v = bad
+		case string, bool:
+			bad = x
+		}
+		errs = append(errs, &field.Error{Type: field.ErrorTypeInvalid, Field: path, BadValue: bad, Detail: typeDetail(t, v)})
+	}
+	tree, _ = prune(tree, reflect.TypeFor[DefenderPolicy](), "", report)
+	if len(errs) == 0 {
+		return nil, nil, js
+	}
+	b, err := json.Marshal(tree)
+	if err != nil {
+		return errs, mistyped, js
+	}
+	return errs, mistyped, b
+}
+
+// prune checks v against t and returns what to keep of it; keep is false
+// when v itself does not fit t (report has been called for it). Struct
+// fields are visited in declaration order, so reports come in a stable
+// order; unknown keys are kept for the strict decoder to report.
+func prune(v any, t reflect.Type, path string, report func(path string, t reflect.Type, v any)) (kept any, keep bool) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if v == nil {
+		return nil, true // null decodes into anything as its zero value
+	}
+	join := func(key string) string {
+		if path == "" {
+			return key
+		}
+		return path + "." + key
+	}
+	if t == durationType {
+		if s, ok := v.(string); ok {
+			if _, ok := parseDuration(s); ok {
+				return v, true
+			}
+		}
+		report(path, t, v)
+		return nil, false
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			report(path, t, v)
+			return nil, false
+		}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name := jsonName(f)
+			fv, present := m[name]
+			if name == "" || name == "-" || !present {
+				continue
+			}
+			if nv, ok := prune(fv, f.Type, join(name), report); ok {
+				m[name] = nv
+			} else {
+				delete(m, name)
+			}
+		}
+		return m, true
+	case reflect.Slice:
+		l, ok := v.([]any)
+		if !ok {
+			report(path, t, v)
+			return nil, false
+		}
+		for i := range l {
+			if nv, ok := prune(l[i], t.Elem(), fmt.Sprintf("%s[%d]", path, i), report); ok {
+				l[i] = nv
+			} else {
+				l[i] = nil // keep the indexes of the items after it
+			}
+		}
+		return l, true
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			report(path, t, v)
+			return nil, false
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if nv, ok := prune(m[k], t.Elem(), join(k), report); ok {
+				m[k] = nv
+			} else {
+				delete(m, k)
+			}
+		}
+		return m, true
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = json.Unmarshal(b, reflect.New(t).Interface())
+	}
+	if err != nil {
+		report(path, t, v)
+		return nil, false
+	}
+	return v, true
 }
 
 // countDocuments counts the non-empty YAML documents in data. The YAML to JSON
@@ -293,8 +463,14 @@ func typeDetail(t reflect.Type, v any) string {
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if s, ok := v.(string); ok && isNumber(s) {
+			return "must be a whole number, written without quotes"
+		}
 		return "must be a whole number"
 	case reflect.Float32, reflect.Float64:
+		if s, ok := v.(string); ok && isNumber(s) {
+			return "must be a number, written without quotes"
+		}
 		return "must be a number"
 	case reflect.Bool:
 		return "must be true or false"
@@ -306,6 +482,12 @@ func typeDetail(t reflect.Type, v any) string {
 		return "must be a mapping of fields"
 	}
 	return "must be of type " + t.String()
+}
+
+// isNumber says whether s, quoted in the file, would be a number without quotes.
+func isNumber(s string) bool {
+	_, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	return err == nil
 }
 
 // locate walks js in document order and returns the path (with list indexes)
@@ -393,4 +575,46 @@ func hashOf(p *DefenderPolicy) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
+}
+
+// Document is one policy found in a file: the file itself, or one data key of
+// a ConfigMap manifest.
+type Document struct {
+	// Name names the document in messages: the path as given, followed by
+	// ":data.KEY" for a ConfigMap key.
+	Name string
+	Data []byte
+}
+
+// Documents returns the policies held by the content of the file name: the
+// content itself when it is a policy (or anything else, which Parse then
+// reports), or, when it is a ConfigMap manifest (the form deploy/ ships), each
+// data key whose name ends in .yaml or .yml or whose value is a
+// DefenderPolicy, in key order. A ConfigMap without such a key is an error.
+func Documents(name string, data []byte) ([]Document, error) {
+	var head struct {
+		APIVersion string            `yaml:"apiVersion"`
+		Kind       string            `yaml:"kind"`
+		Data       map[string]string `yaml:"data"`
+	}
+	if len(data) > MaxFileBytes || goyaml.Unmarshal(data, &head) != nil || head.Kind != "ConfigMap" || head.APIVersion != "v1" {
+		return []Document{{Name: name, Data: data}}, nil
+	}
+	keys := make([]string, 0, len(head.Data))
+	for k := range head.Data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var docs []Document
+	for _, k := range keys {
+		v := head.Data[k]
+		if strings.HasSuffix(k, ".yaml") || strings.HasSuffix(k, ".yml") || strings.Contains(v, "kind: "+Kind) {
+			docs = append(docs, Document{Name: name + ":data." + k, Data: []byte(v)})
+		}
+	}
+	if len(docs) == 0 {
+		return nil, &Error{File: name, Errs: field.ErrorList{fileError(fmt.Sprintf(
+			"a ConfigMap with no policy in its data: put the policy under a key ending in .yaml (keys found: %s)", strings.Join(keys, ", ")))}}
+	}
+	return docs, nil
 }

@@ -42,6 +42,45 @@ type Spec struct {
 	// priority levels. Defaulted to 400 when priority levels are given.
 	Concurrency int        `json:"concurrency,omitempty"`
 	BreakGlass  BreakGlass `json:"breakGlass,omitempty"`
+	// Exemptions says which namespaces the exempt label may take out of every
+	// budget; nil is the default (see Exemptions).
+	Exemptions *Exemptions `json:"exemptions,omitempty"`
+}
+
+// ExemptNamespaceLabel on a namespace, with the value "true", takes it out of
+// every budget when the policy's exemptions allow it: the webhook
+// configuration's namespaceSelector keeps the API server from calling the
+// webhook for anything in it. Whoever may patch namespaces may add it, so it
+// is as strong as break-glass (without the audit trail of an Override).
+const ExemptNamespaceLabel = "kubedefender.io/exempt"
+
+// Exemptions controls the namespace label exemption.
+//
+// The default (no exemptions field) honours the label on every namespace, as
+// earlier releases did: it is the one lever that works while the webhook is
+// down or broken, because the API server applies it without calling the
+// webhook. Clusters where tenants may patch namespaces should set
+// namespaceLabel: false or list the namespaces allowed to carry it.
+type Exemptions struct {
+	// NamespaceLabel turns the label exemption on (true, the default) or off.
+	NamespaceLabel *bool `json:"namespaceLabel,omitempty"`
+	// Namespaces, when not empty, are the only namespaces the label exempts;
+	// on any other namespace it is ignored.
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// NamespaceLabelHonoured says whether ExemptNamespaceLabel exempts anything.
+func (s *Spec) NamespaceLabelHonoured() bool {
+	return s.Exemptions == nil || s.Exemptions.NamespaceLabel == nil || *s.Exemptions.NamespaceLabel
+}
+
+// LabelExemptNamespaces returns the namespaces allowed to carry the exempt
+// label; nil means any (when NamespaceLabelHonoured).
+func (s *Spec) LabelExemptNamespaces() []string {
+	if s.Exemptions == nil {
+		return nil
+	}
+	return s.Exemptions.Namespaces
 }
 
 // Mode says whether a rule denies (Enforce) or only counts and reports (Shadow).
@@ -226,6 +265,11 @@ func durationProblem(s string) string {
 			return fmt.Sprintf("must be at most %dd", maxDays)
 		}
 		return `days must be a whole number such as "1d" (write "36h" for a day and a half)`
+	}
+	if weeks, ok := strings.CutSuffix(s, "w"); ok {
+		if n, err := strconv.ParseInt(weeks, 10, 64); err == nil && n > 0 && n <= maxDays/7 {
+			return fmt.Sprintf(`has no week unit: write "%dd"`, n*7)
+		}
 	}
 	return `must be a duration such as "90s", "5m", "1h" or "1d"`
 }

@@ -152,6 +152,9 @@ func Validate(p *DefenderPolicy) field.ErrorList {
 	if s.BreakGlass.MaxDuration.Duration < 0 {
 		errs = append(errs, field.Invalid(bg.Child("maxDuration"), FormatDuration(s.BreakGlass.MaxDuration.Duration), "must be greater than 0"))
 	}
+	errs = append(errs, validateResourceNames(s, spec)...)
+	errs = append(errs, validateDeadBudgets(s, spec)...)
+	errs = append(errs, validateExemptions(s, spec)...)
 	return errs
 }
 

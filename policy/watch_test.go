@@ -214,7 +214,7 @@ func TestWatcherKeepsTheRunningPolicyOnABrokenEdit(t *testing.T) {
 	if h.w.Current() != before {
 		t.Errorf("running policy changed to %s after a broken edit", h.w.Current().Hash)
 	}
-	want := "policy.yaml: spec.budgets[0].windows[0].limit: Invalid value: 0: must be greater than 0"
+	want := path + ": spec.budgets[0].windows[0].limit: Invalid value: 0: must be greater than 0"
 	if got := h.w.LastError(); got != want {
 		t.Errorf("LastError = %q, want %q", got, want)
 	}

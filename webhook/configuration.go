@@ -38,9 +38,17 @@ const (
 
 // ExemptLabel on a namespace, with the value "true", keeps the API server from
 // calling the webhook for anything in it (the deploy/ manifests put it on
-// KubeDefender's own namespace). An operator can add it to a namespace in an
-// emergency, which is recorded in the audit log like any other label change.
-const ExemptLabel = "kubedefender.io/exempt"
+// KubeDefender's own namespace), when the policy's spec.exemptions allow it
+// (by default they do, on every namespace). An operator can add it to a
+// namespace in an emergency, which is recorded in the audit log like any
+// other label change; whoever may patch namespaces can, so it is as strong
+// as break-glass.
+const ExemptLabel = policy.ExemptNamespaceLabel
+
+// LabelledWebhookPrefix prefixes the name of the second webhook that
+// BuildConfiguration adds when spec.exemptions.namespaces restricts the
+// exempt label to some namespaces.
+const LabelledWebhookPrefix = "labelled."
 
 // DefaultExcludedNamespaces returns the namespaces the namespaceSelector
 // leaves out unless ConfigurationOptions.ExcludeNamespaces says otherwise:
@@ -86,8 +94,22 @@ type ConfigurationOptions struct {
 //     resources include pods;
 //   - CREATE or UPDATE on the named resources for budgets with those verbs.
 //
-// The namespaceSelector leaves out OwnNamespace, ExcludeNamespaces and every
-// namespace labelled ExemptLabel=true. sideEffects is NoneOnDryRun (a dry run charges nothing), matchPolicy
+// Leases (coordination.k8s.io) and Events (core and events.k8s.io) are never
+// sent, since no budget ever charges them (policy.Exemption): explicit rules
+// for them are dropped, and a rule that would cover them through a wildcard
+// gets matchConditions that leave them out (honoured by Kubernetes 1.28 and
+// later; older API servers ignore the field and the webhook exempts them
+// itself).
+//
+// The namespaceSelector leaves out OwnNamespace, ExcludeNamespaces and, as
+// the policy's spec.exemptions say, namespaces labelled ExemptLabel=true:
+// every such namespace by default, none with namespaceLabel: false. When
+// spec.exemptions.namespaces lists the namespaces allowed to carry the label,
+// a label selector cannot say "not (labelled and listed)", so there are two
+// webhooks with disjoint selectors: the first for every namespace not listed
+// (label ignored), the second (LabelledWebhookPrefix) for the listed ones
+// without the label, on namespaced resources and namespaces only, so that no
+// request is sent to both. sideEffects is NoneOnDryRun (a dry run charges nothing), matchPolicy
 // Equivalent (a request through another API version of a resource is judged
 // too) and admissionReviewVersions [v1]. notes are hints for the operator
 // (e.g. a budget that only the proxy can judge).
@@ -138,18 +160,36 @@ func BuildConfiguration(p *policy.Compiled, o ConfigurationOptions) (cfg *admiss
 		}
 	}
 	sort.Strings(excluded)
-	selector := &metav1.LabelSelector{}
-	if o.NamespaceSelector != nil {
-		selector = o.NamespaceSelector.DeepCopy()
+	spec := &p.Policy.Spec
+	var labelled []string // namespaces where the label is honoured, when restricted
+	for _, ns := range spec.LabelExemptNamespaces() {
+		if !slices.Contains(excluded, ns) && !slices.Contains(labelled, ns) {
+			labelled = append(labelled, ns)
+		}
 	}
-	if len(excluded) > 0 {
+	sort.Strings(labelled)
+	restricted := spec.NamespaceLabelHonoured() && len(spec.LabelExemptNamespaces()) > 0
+	newSelector := func() *metav1.LabelSelector {
+		if o.NamespaceSelector != nil {
+			return o.NamespaceSelector.DeepCopy()
+		}
+		return &metav1.LabelSelector{}
+	}
+	notExempt := metav1.LabelSelectorRequirement{Key: ExemptLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"true"}}
+	selector := newSelector()
+	leftOut := excluded
+	if restricted {
+		leftOut = append(slices.Clone(excluded), labelled...)
+		sort.Strings(leftOut)
+	}
+	if len(leftOut) > 0 {
 		selector.MatchExpressions = append(selector.MatchExpressions, metav1.LabelSelectorRequirement{
-			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: excluded,
+			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: leftOut,
 		})
 	}
-	selector.MatchExpressions = append(selector.MatchExpressions, metav1.LabelSelectorRequirement{
-		Key: ExemptLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"true"},
-	})
+	if spec.NamespaceLabelHonoured() && !restricted {
+		selector.MatchExpressions = append(selector.MatchExpressions, notExempt)
+	}
 
 	sideEffects := admissionregistrationv1.SideEffectClassNoneOnDryRun
 	matchPolicy := admissionregistrationv1.Equivalent
@@ -189,9 +229,82 @@ func BuildConfiguration(p *policy.Compiled, o ConfigurationOptions) (cfg *admiss
 			SideEffects:             &sideEffects,
 			TimeoutSeconds:          &timeout,
 			AdmissionReviewVersions: []string{"v1"},
+			MatchConditions:         exemptConditions(rules),
 		}},
 	}
+	if restricted && len(labelled) > 0 {
+		w := *cfg.Webhooks[0].DeepCopy()
+		w.Name = LabelledWebhookPrefix + o.WebhookName
+		w.Rules = namespacedRules(rules)
+		w.MatchConditions = exemptConditions(w.Rules)
+		sel := newSelector()
+		sel.MatchExpressions = append(sel.MatchExpressions,
+			metav1.LabelSelectorRequirement{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: labelled},
+			notExempt)
+		w.NamespaceSelector = sel
+		cfg.Webhooks = append(cfg.Webhooks, w)
+	}
 	return cfg, notes, nil
+}
+
+// Match conditions that keep exempt resources away from the webhook.
+var (
+	notLeases = admissionregistrationv1.MatchCondition{
+		Name:       "not-leases",
+		Expression: "!(request.resource.group == 'coordination.k8s.io' && request.resource.resource == 'leases')",
+	}
+	notEvents = admissionregistrationv1.MatchCondition{
+		Name:       "not-events",
+		Expression: "!(request.resource.resource == 'events' && (request.resource.group == '' || request.resource.group == 'events.k8s.io'))",
+	}
+)
+
+// exemptConditions returns the match conditions that leave Leases and Events
+// out, for those the rules could cover through a wildcard.
+func exemptConditions(rules []admissionregistrationv1.RuleWithOperations) []admissionregistrationv1.MatchCondition {
+	var leases, events bool
+	for _, r := range rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				leases = leases || ((g == "*" || g == "coordination.k8s.io") && (res == "*" || res == "leases"))
+				events = events || ((g == "*" || g == "" || g == "events.k8s.io") && (res == "*" || res == "events"))
+			}
+		}
+	}
+	var out []admissionregistrationv1.MatchCondition
+	if leases {
+		out = append(out, notLeases)
+	}
+	if events {
+		out = append(out, notEvents)
+	}
+	return out
+}
+
+// namespacedRules narrows rules to namespaced resources, plus the namespaces
+// resource itself (cluster-scoped, but its namespaceSelector is matched
+// against its own labels) where a rule covers it. Any other cluster-scoped
+// object never skips a webhook by namespaceSelector, so the second webhook
+// must not match it, or it would be judged twice.
+func namespacedRules(rules []admissionregistrationv1.RuleWithOperations) []admissionregistrationv1.RuleWithOperations {
+	namespaced, cluster := admissionregistrationv1.NamespacedScope, admissionregistrationv1.ClusterScope
+	var out []admissionregistrationv1.RuleWithOperations
+	for _, r := range rules {
+		nr := *r.DeepCopy()
+		nr.Scope = &namespaced
+		out = append(out, nr)
+		coversNamespaces := (slices.Contains(r.APIGroups, "") || slices.Contains(r.APIGroups, "*")) &&
+			(slices.Contains(r.Resources, "*") || slices.Contains(r.Resources, "namespaces"))
+		if coversNamespaces {
+			out = append(out, admissionregistrationv1.RuleWithOperations{
+				Operations: r.Operations,
+				Rule: admissionregistrationv1.Rule{
+					APIGroups: []string{""}, APIVersions: []string{"*"}, Resources: []string{"namespaces"}, Scope: &cluster,
+				},
+			})
+		}
+	}
+	return out
 }
 
 // rulesFor derives the webhook rules from the policy's budgets: one rule per
@@ -227,6 +340,9 @@ func rulesFor(p *policy.Compiled) ([]admissionregistrationv1.RuleWithOperations,
 		for _, v := range verbs {
 			for _, r := range resources {
 				group, res := splitResource(r)
+				if policy.IsLease(group, res) || policy.IsEvent(group, res) {
+					continue // never charged (policy.Exemption): never sent
+				}
 				switch v {
 				case "delete":
 					add(admissionregistrationv1.Delete, group, res)

@@ -182,3 +182,75 @@ spec:
 		})
 	}
 }
+
+func TestBuildConfigurationNeverSendsExemptResourcesAndHonoursTheExemptionsOfThePolicy(t *testing.T) {
+	doc := func(resources, exemptions string) string {
+		return `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: t}
+spec:
+  budgets:
+  - name: b
+    match: {verbs: [delete], resources: [` + resources + `]}
+    windows: [{window: 1m, limit: 1}]
+` + exemptions
+	}
+	summary := func(w admissionregistrationv1.ValidatingWebhook) string {
+		var parts []string
+		for _, r := range w.Rules {
+			parts = append(parts, string(r.Operations[0])+" "+strings.Join(r.APIGroups, ",")+"/"+strings.Join(r.Resources, ",")+" "+string(*r.Scope))
+		}
+		for _, c := range w.MatchConditions {
+			parts = append(parts, "if "+c.Name)
+		}
+		for _, e := range w.NamespaceSelector.MatchExpressions {
+			parts = append(parts, e.Key+" "+string(e.Operator)+" "+strings.Join(e.Values, ","))
+		}
+		return w.Name + ": " + strings.Join(parts, "; ")
+	}
+	cases := []struct {
+		name   string
+		policy string
+		want   []string // one summary per webhook
+	}{
+		{
+			name:   "a wildcard budget is sent everything but Leases and Events",
+			policy: doc(`"*"`, ""),
+			want:   []string{"budgets.kubedefender.io: DELETE */* *; if not-leases; if not-events; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system; kubedefender.io/exempt NotIn true"},
+		},
+		{
+			name:   "explicit Leases and Events among other resources are not sent",
+			policy: doc(`secrets, coordination.k8s.io/leases, events`, ""),
+			want:   []string{"budgets.kubedefender.io: DELETE /secrets *; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system; kubedefender.io/exempt NotIn true"},
+		},
+		{
+			name:   "namespaceLabel false ignores the exempt label",
+			policy: doc(`pods`, "  exemptions: {namespaceLabel: false}\n"),
+			want:   []string{"budgets.kubedefender.io: DELETE /pods *; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system"},
+		},
+		{
+			name:   "a namespace list honours the label only there, with a second webhook on namespaced resources and namespaces",
+			policy: doc(`pods, namespaces`, "  exemptions: {namespaces: [team-b, team-a, kube-system]}\n"),
+			want: []string{
+				"budgets.kubedefender.io: DELETE /namespaces,pods *; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system,team-a,team-b",
+				"labelled.budgets.kubedefender.io: DELETE /namespaces,pods Namespaced; DELETE /namespaces Cluster; kubernetes.io/metadata.name In team-a,team-b; kubedefender.io/exempt NotIn true",
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _, err := BuildConfiguration(mustParse(t, tc.policy), ConfigurationOptions{URL: "https://127.0.0.1:8443/validate"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Webhooks) != len(tc.want) {
+				t.Fatalf("%d webhooks, want %d", len(cfg.Webhooks), len(tc.want))
+			}
+			for i, w := range tc.want {
+				if got := summary(cfg.Webhooks[i]); got != w {
+					t.Errorf("webhook %d:\n got %s\nwant %s", i, got, w)
+				}
+			}
+		})
+	}
+}

@@ -6,12 +6,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 func newPolicyCommand(s Streams) *cobra.Command {
@@ -23,29 +34,289 @@ func newPolicyCommand(s Streams) *cobra.Command {
 	return cmd
 }
 
+// validateOptions are the flags of policy validate.
+type validateOptions struct {
+	Output     string
+	Strict     bool
+	Kubeconfig string
+	Context    string
+}
+
+func (o *validateOptions) AddFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVarP(&o.Output, "output", "o", "text", "output format: text or json (one object, see the README)")
+	f.BoolVar(&o.Strict, "strict", false, "warnings fail too (exit 1)")
+	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "check resources against this cluster's discovery (default: the built-in table of the standard API groups)")
+	f.StringVar(&o.Context, "context", "", "kubeconfig context (with --kubeconfig)")
+}
+
+func (o *validateOptions) Validate() error {
+	if o.Output != "text" && o.Output != "json" {
+		return fmt.Errorf("--output must be text or json, not %q", o.Output)
+	}
+	return nil
+}
+
+// ValidateReport is what policy validate -o json prints: one object for the
+// whole run. Valid is false when any file has an error (or, with --strict, a
+// warning); the exit code says the same.
+type ValidateReport struct {
+	Valid bool         `json:"valid"`
+	Files []FileReport `json:"files"`
+}
+
+// FileReport is one policy document: a file, stdin ("-") or one data key of a
+// ConfigMap ("FILE:data.KEY").
+type FileReport struct {
+	File   string `json:"file"`
+	Valid  bool   `json:"valid"`
+	Policy string `json:"policy,omitempty"`
+	Hash   string `json:"hash,omitempty"`
+	// Errors and Warnings are never null.
+	Errors   []Problem `json:"errors"`
+	Warnings []Problem `json:"warnings"`
+}
+
+// Problem is one error or warning. Field is the field path (empty for a
+// problem with the file as a whole); Message is the line printed after the
+// file name.
+type Problem struct {
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
 func newPolicyValidateCommand(s Streams) *cobra.Command {
-	return &cobra.Command{
-		Use:   "validate FILE...",
+	o := &validateOptions{}
+	cmd := &cobra.Command{
+		Use:   "validate FILE|DIR|-...",
 		Short: "Check policy files; exit 1 and print every error with its field path when one is bad",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(_ *cobra.Command, files []string) error {
-			bad := 0
-			for _, f := range files {
-				c, err := policy.Load(f)
-				if err != nil {
-					bad++
-					fmt.Fprintln(s.Err, err)
-					continue
-				}
-				fmt.Fprintf(s.Out, "%s: valid (policy %q, hash %s: %d budgets, %d rate limits, %d priority levels, %d flow schemas)\n",
-					f, c.Policy.Metadata.Name, c.Hash, len(c.Budgets), len(c.RateLimits), len(c.Policy.Spec.PriorityLevels), len(c.FlowSchemas))
+		Long: `validate checks policy files and prints every problem of each at once, each with its
+field path, after the file's path as given. A directory validates every *.yaml and *.yml in it
+(not recursively); "-" reads stdin; a ConfigMap manifest (as deploy/ ships it) is checked key by
+key. Resources are checked against the standard API groups, or against a cluster's discovery
+with --kubeconfig. Exit code: 0 when every file is valid (warnings are printed but do not fail,
+unless --strict), 1 otherwise.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Validate(); err != nil {
+				return err
 			}
-			if bad > 0 {
-				return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d policy files are invalid", bad, len(files))}
+			var served policy.ResourceTable
+			if o.Kubeconfig != "" {
+				t, err := discoverResources(o.Kubeconfig, o.Context)
+				if err != nil {
+					return err
+				}
+				served = t
+			}
+			rep := validateAll(args, s.In, served, o.Strict)
+			if o.Output == "json" {
+				enc := json.NewEncoder(s.Out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				printValidateReport(s, rep)
+			}
+			if !rep.Valid {
+				bad := 0
+				for _, f := range rep.Files {
+					if !f.Valid {
+						bad++
+					}
+				}
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d policy files are invalid", bad, len(rep.Files))}
 			}
 			return nil
 		},
 	}
+	o.AddFlags(cmd)
+	return cmd
+}
+
+// validateAll validates every argument: a file, a directory of *.yaml and
+// *.yml files, or "-" for stdin.
+func validateAll(args []string, stdin io.Reader, served policy.ResourceTable, strict bool) *ValidateReport {
+	rep := &ValidateReport{Valid: true, Files: []FileReport{}}
+	add := func(f FileReport) {
+		f.Valid = len(f.Errors) == 0 && (!strict || len(f.Warnings) == 0)
+		rep.Valid = rep.Valid && f.Valid
+		rep.Files = append(rep.Files, f)
+	}
+	fail := func(name string, err error) {
+		add(FileReport{File: name, Errors: []Problem{{Message: err.Error()}}, Warnings: []Problem{}})
+	}
+	for _, arg := range args {
+		if arg == "-" {
+			data, err := io.ReadAll(io.LimitReader(stdin, policy.MaxFileBytes+1))
+			if err != nil {
+				fail(arg, fmt.Errorf("failed to read stdin: %w", err))
+				continue
+			}
+			for _, f := range validateContent(arg, data, served) {
+				add(f)
+			}
+			continue
+		}
+		files := []string{arg}
+		if st, err := os.Stat(arg); err == nil && st.IsDir() {
+			files = nil
+			entries, err := os.ReadDir(arg)
+			if err != nil {
+				fail(arg, fmt.Errorf("failed to read directory: %w", err))
+				continue
+			}
+			for _, e := range entries {
+				if !e.IsDir() && (strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
+					files = append(files, filepath.Join(arg, e.Name()))
+				}
+			}
+			if len(files) == 0 {
+				fail(arg, errors.New("the directory holds no *.yaml or *.yml file"))
+				continue
+			}
+		}
+		for _, name := range files {
+			data, err := readPolicyFile(name)
+			if err != nil {
+				fail(name, err)
+				continue
+			}
+			for _, f := range validateContent(name, data, served) {
+				add(f)
+			}
+		}
+	}
+	return rep
+}
+
+func readPolicyFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open policy: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, policy.MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("failed to read policy %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// validateContent validates the policies in one file's content.
+func validateContent(name string, data []byte, served policy.ResourceTable) []FileReport {
+	docs, err := policy.Documents(name, data)
+	if err != nil {
+		return []FileReport{{File: name, Errors: problems(err), Warnings: []Problem{}}}
+	}
+	var out []FileReport
+	for _, d := range docs {
+		f := FileReport{File: d.Name, Errors: []Problem{}, Warnings: []Problem{}}
+		c, err := policy.Parse(d.Name, d.Data)
+		if err != nil {
+			f.Errors = problems(err)
+			out = append(out, f)
+			continue
+		}
+		f.Policy, f.Hash = c.Policy.Metadata.Name, c.Hash
+		var errs, warns field.ErrorList
+		if served != nil {
+			errs, warns = policy.CheckResources(c.Policy, served)
+		}
+		warns = append(policy.Warnings(c.Policy), warns...)
+		f.Errors = fieldProblems(errs)
+		f.Warnings = fieldProblems(warns)
+		out = append(out, f)
+	}
+	return out
+}
+
+// problems turns a policy error into one Problem per line.
+func problems(err error) []Problem {
+	var perr *policy.Error
+	if !errors.As(err, &perr) {
+		return []Problem{{Message: err.Error()}}
+	}
+	out := []Problem{}
+	for _, fe := range perr.Errs {
+		p := Problem{Field: fe.Field, Message: fe.Error()}
+		if fe.Field == "<file>" {
+			p = Problem{Message: fe.Detail}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func fieldProblems(errs field.ErrorList) []Problem {
+	out := []Problem{}
+	for _, fe := range errs {
+		out = append(out, Problem{Field: fe.Field, Message: fe.Error()})
+	}
+	return out
+}
+
+// printValidateReport prints, per file, "FILE: valid (...)" on stdout or each
+// error as "FILE: MESSAGE" on stderr, and each warning as "FILE: warning:
+// MESSAGE" on stderr.
+func printValidateReport(s Streams, rep *ValidateReport) {
+	for _, f := range rep.Files {
+		for _, e := range f.Errors {
+			fmt.Fprintf(s.Err, "%s: %s\n", f.File, e.Message)
+		}
+		for _, w := range f.Warnings {
+			fmt.Fprintf(s.Err, "%s: warning: %s\n", f.File, w.Message)
+		}
+		if len(f.Errors) == 0 {
+			verdict := "valid"
+			if !f.Valid {
+				verdict = "invalid with --strict (warnings)"
+			}
+			fmt.Fprintf(s.Out, "%s: %s (policy %q, hash %s, %d warnings)\n", f.File, verdict, f.Policy, f.Hash, len(f.Warnings))
+		}
+	}
+}
+
+// discoverResources reads the resources a cluster serves (no subresources).
+// Groups whose discovery fails (an aggregated API that is down) are left out.
+func discoverResources(kubeconfig, kubecontext string) (policy.ResourceTable, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubecontext}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("failed to load kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "kubedefender-policy-validate"
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("failed to build discovery client: %w", err)
+	}
+	_, lists, err := dc.ServerGroupsAndResources()
+	if err != nil && !discovery.IsGroupDiscoveryFailedError(err) {
+		return nil, fmt.Errorf("failed to discover the cluster's resources: %w", err)
+	}
+	return resourceTable(lists), nil
+}
+
+// resourceTable turns discovery lists into a table (subresources left out).
+func resourceTable(lists []*metav1.APIResourceList) policy.ResourceTable {
+	t := policy.ResourceTable{}
+	for _, l := range lists {
+		gv, err := schema.ParseGroupVersion(l.GroupVersion)
+		if err != nil {
+			continue
+		}
+		if _, ok := t[gv.Group]; !ok {
+			t[gv.Group] = nil
+		}
+		for _, r := range l.APIResources {
+			if !strings.Contains(r.Name, "/") && !slices.Contains(t[gv.Group], r.Name) {
+				t[gv.Group] = append(t[gv.Group], r.Name)
+			}
+		}
+	}
+	return t
 }
 
 // explainOptions are the flags of policy explain.
@@ -60,13 +331,14 @@ type explainOptions struct {
 	UserAgent  string
 	DryRun     bool
 	Output     string
+	Server     string
 }
 
 func (o *explainOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.PolicyFile, "policy", "", "policy file (required)")
-	f.StringVar(&o.Verb, "verb", "", "verb: get, list, watch, create, update, patch, delete, deletecollection, evict, proxy (required)")
-	f.StringVar(&o.Resource, "resource", "", `resource as "pods" or "apps/deployments", optionally with a subresource "pods/log" (required)`)
+	f.StringVar(&o.Verb, "verb", "", "verb: "+strings.Join(explainVerbs, ", ")+" (required; create on pods/eviction is evict)")
+	f.StringVar(&o.Resource, "resource", "", `resource as "pods" or "apps/deployments", optionally with a subresource "pods/eviction", "apps/deployments/scale" (required)`)
 	f.StringVar(&o.Namespace, "namespace", "", "namespace of the request (empty: cluster-scoped)")
 	f.StringVar(&o.Name, "name", "", "object name")
 	f.StringVar(&o.User, "user", "", "user name, e.g. system:serviceaccount:kube-system:generic-garbage-collector")
@@ -74,18 +346,27 @@ func (o *explainOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.UserAgent, "user-agent", "", "User-Agent header")
 	f.BoolVar(&o.DryRun, "dry-run", false, "judge the request as a server-side dry run")
 	f.StringVarP(&o.Output, "output", "o", "text", "output format: text or json")
+	f.StringVar(&o.Server, "server", "", "a replica's metrics address (http://host:9090): also judge against its live counters, breakers and overrides, read from /status (charges nothing)")
 }
+
+// explainVerbs are the verbs a request can have.
+var explainVerbs = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "evict", "proxy"}
 
 func (o *explainOptions) Validate() error {
 	var errs []error
 	if o.PolicyFile == "" {
 		errs = append(errs, errors.New("--policy is required"))
 	}
-	if o.Verb == "" {
+	switch {
+	case o.Verb == "":
 		errs = append(errs, errors.New("--verb is required"))
+	case !slices.Contains(explainVerbs, o.Verb):
+		errs = append(errs, fmt.Errorf("--verb %q is not a verb: want one of %s", o.Verb, strings.Join(explainVerbs, ", ")))
 	}
 	if o.Resource == "" {
 		errs = append(errs, errors.New("--resource is required"))
+	} else if _, err := o.attributes(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Output != "text" && o.Output != "json" {
 		errs = append(errs, fmt.Errorf("--output must be text or json, not %q", o.Output))
@@ -93,37 +374,65 @@ func (o *explainOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// attributes turns the flags into request attributes. "apps/deployments",
-// "pods/log" and "apps/deployments/scale" are told apart by whether the first
-// part contains a dot or is a known group-less name.
-func (o *explainOptions) attributes() policy.Attributes {
+// attributes turns the flags into request attributes. "x/y" is a core
+// resource and its subresource when x is a core resource ("pods/eviction"),
+// a group and a resource otherwise ("apps/deployments"); "g/r/s" is a group,
+// resource and subresource. create on pods/eviction is the verb evict, as the
+// webhook reads it. A resource that no standard group serves under that name
+// is refused with what to write instead.
+func (o *explainOptions) attributes() (policy.Attributes, error) {
 	a := policy.Attributes{Verb: o.Verb, Namespace: o.Namespace, Name: o.Name, User: o.User, Groups: o.Groups, UserAgent: o.UserAgent, DryRun: o.DryRun}
 	parts := strings.Split(o.Resource, "/")
+	core := policy.BuiltinResources()
 	switch {
 	case len(parts) == 3:
 		a.APIGroup, a.Resource, a.Subresource = parts[0], parts[1], parts[2]
-	case len(parts) == 2 && (strings.Contains(parts[0], ".") || groupless[parts[0]]):
-		a.APIGroup, a.Resource = parts[0], parts[1]
-	case len(parts) == 2:
+	case len(parts) == 2 && core.Has("", parts[0]):
 		a.Resource, a.Subresource = parts[0], parts[1]
-	default:
+	case len(parts) == 2:
+		a.APIGroup, a.Resource = parts[0], parts[1]
+	case len(parts) == 1:
 		a.Resource = parts[0]
+	default:
+		return a, fmt.Errorf(`--resource %q: want "resource", "group/resource" or either with "/subresource"`, o.Resource)
 	}
-	return a
+	if a.Resource == "" || a.Resource == "*" || a.APIGroup == "*" {
+		return a, fmt.Errorf("--resource %q: name one resource (a request is about one; wildcards are for policies)", o.Resource)
+	}
+	if msg := policy.ResourceProblem(a.APIGroup, a.Resource); msg != "" {
+		return a, fmt.Errorf("--resource %q: %s", o.Resource, msg)
+	}
+	if a.Verb == "create" && a.APIGroup == "" && a.Resource == "pods" && a.Subresource == "eviction" {
+		a.Verb = "evict"
+	}
+	if a.Verb == "evict" && (a.APIGroup != "" || a.Resource != "pods") {
+		return a, fmt.Errorf("--verb evict is a create on pods/eviction; --resource %q is not pods", o.Resource)
+	}
+	if a.Verb == "evict" {
+		a.Subresource = "eviction"
+	}
+	return a, nil
 }
-
-// groupless are API groups whose names have no dot.
-var groupless = map[string]bool{"apps": true, "batch": true, "policy": true, "autoscaling": true, "*": true}
 
 // Explanation is what policy explain reports.
 type Explanation struct {
-	Policy        string         `json:"policy"`
-	Hash          string         `json:"hash"`
+	Policy string `json:"policy"`
+	Hash   string `json:"hash"`
+	// Request is the request as judged, in words.
+	Request string `json:"request"`
+	// Exempt says why no budget ever applies to this request (policy.Exemption,
+	// the webhook's and the proxy's list), or is empty.
+	Exempt        string         `json:"exempt,omitempty"`
 	Budgets       []RuleMatch    `json:"budgets"`
 	RateLimits    []RuleMatch    `json:"rateLimits"`
 	FlowSchema    string         `json:"flowSchema,omitempty"`
 	PriorityLevel string         `json:"priorityLevel,omitempty"`
 	Decision      ExplainVerdict `json:"decision"`
+	// Server is the verdict against a running replica's state (--server).
+	Server *ServerVerdict `json:"server,omitempty"`
+	// Notes say how the fronts see this request (e.g. a patch reaches the
+	// webhook as an update).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // RuleMatch is one rule's verdict on whether it applies.
@@ -131,9 +440,19 @@ type RuleMatch struct {
 	Name    string `json:"name"`
 	Mode    string `json:"mode"`
 	Applies bool   `json:"applies"`
-	// Why is "matched", "excluded" or "no match".
+	// Why is "matched", "excluded", "no match" or "exempt".
 	Why string `json:"why"`
-	Key string `json:"key,omitempty"`
+	// Reason says why in words: which condition failed, what excluded it.
+	Reason string `json:"reason"`
+	Key    string `json:"key,omitempty"`
+	// Front is the enforcement point that judges the rule.
+	Front string `json:"front"`
+	// Windows ("1m: 20") and Breaker describe a budget; Rate a rate limit.
+	Windows []string `json:"windows,omitempty"`
+	Breaker string   `json:"breaker,omitempty"`
+	Rate    string   `json:"rate,omitempty"`
+	// Live is the state of the key on the server (--server).
+	Live string `json:"live,omitempty"`
 }
 
 // ExplainVerdict is the decision on an empty store.
@@ -144,12 +463,28 @@ type ExplainVerdict struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// ServerVerdict is the decision against a running replica's live state.
+type ServerVerdict struct {
+	Server     string `json:"server"`
+	PolicyHash string `json:"policyHash"`
+	Allowed    bool   `json:"allowed"`
+	// Certain is false when a key was not among those the replica reports.
+	Certain bool   `json:"certain"`
+	Message string `json:"message"`
+}
+
 func newPolicyExplainCommand(s Streams) *cobra.Command {
 	o := &explainOptions{}
 	cmd := &cobra.Command{
-		Use:   "explain --policy FILE --verb V --resource R [--namespace N --user U --group G --user-agent UA]",
-		Short: "Show which budgets, rate limits and flow schema match a request, and the decision on an empty store",
-		Args:  cobra.NoArgs,
+		Use:   "explain --policy FILE --verb V --resource R [--namespace N --user U --group G --user-agent UA] [--server URL]",
+		Short: "Show which budgets, rate limits and flow schema match a request and why, and the decision on an empty store (or a running replica's)",
+		Long: `explain judges one request with the engine's own code: the exemptions the webhook and the
+proxy share, each rule's match and exclude (and which condition failed), the budget key
+(User-Agent capped at 256 bytes as the engine does), each budget's windows and breaker and which
+front enforces it, and the decision on an empty store. With --server it also reads a running
+replica's /status (read-only: nothing is charged) and says whether that replica would admit the
+request now.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
 				return err
@@ -158,9 +493,17 @@ func newPolicyExplainCommand(s Streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ex, err := explain(cmd.Context(), c, o.attributes())
+			a, _ := o.attributes()
+			ex, err := explain(cmd.Context(), c, a)
 			if err != nil {
 				return err
+			}
+			if o.Server != "" {
+				st, err := fetchStatus(cmd.Context(), &http.Client{Timeout: 5 * time.Second}, o.Server)
+				if err != nil {
+					return err
+				}
+				judgeLive(ex, c, a, o.Server, st, time.Now())
 			}
 			if o.Output == "json" {
 				enc := json.NewEncoder(s.Out)
@@ -175,39 +518,82 @@ func newPolicyExplainCommand(s Streams) *cobra.Command {
 	return cmd
 }
 
+const (
+	frontBudgets    = "webhook (or the proxy with --budgets-at=proxy)"
+	frontRateLimits = "proxy"
+)
+
+// webhookView is the request as the webhook receives it, or why the webhook
+// never judges it. The API server sends a patch as an update, and each item
+// of a deletecollection as a delete.
+func webhookView(a policy.Attributes) (wa policy.Attributes, unjudged string, notes []string) {
+	wa = a
+	switch a.Verb {
+	case "patch":
+		wa.Verb = "update"
+		notes = append(notes, "the API server sends a patch to the webhook as an update: budgets judge it as update")
+	case "deletecollection":
+		wa.Verb = "delete"
+		notes = append(notes, "the API server calls the webhook once per item of a deletecollection, as a delete: budgets judge each item like this")
+	case "get", "list", "watch", "proxy":
+		return wa, "the webhook never sees " + a.Verb + " (budgets are for writes; use a rate limit)", nil
+	}
+	if a.Subresource != "" && wa.Verb != "evict" && wa.Verb != "delete" {
+		return wa, "the webhook does not judge writes to subresources (" + a.Resource + "/" + a.Subresource + ")", nil
+	}
+	return wa, "", notes
+}
+
 func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Explanation, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ex := &Explanation{Policy: c.Policy.Metadata.Name, Hash: c.Hash, Budgets: []RuleMatch{}, RateLimits: []RuleMatch{}}
-	verdict := func(r *policy.Rule) string {
-		switch {
-		case !r.Match.Matches(&a):
-			return "no match"
-		case !r.Exclude.Empty() && r.Exclude.Matches(&a):
-			return "excluded"
+	ex := &Explanation{Policy: c.Policy.Metadata.Name, Hash: c.Hash, Budgets: []RuleMatch{}, RateLimits: []RuleMatch{}, Request: describeRequest(&a)}
+	wa, unjudged, notes := webhookView(a)
+	ex.Notes = notes
+	spec := &c.Policy.Spec
+	ex.Exempt = policy.Exemption(&wa, spec.BreakGlass.Namespace)
+	defaultExcluded := slices.Contains(webhook.DefaultExcludedNamespaces(), a.Namespace)
+	if defaultExcluded && a.Namespace != "" {
+		ex.Notes = append(ex.Notes, fmt.Sprintf("the default webhook configuration leaves %s out (webhook config --exclude-namespaces): unless it was generated without that, the webhook never sees this request", a.Namespace))
+	}
+	if a.Namespace != "" && !defaultExcluded && ex.Exempt == "" && spec.NamespaceLabelHonoured() {
+		where := "this namespace"
+		if ns := spec.LabelExemptNamespaces(); len(ns) > 0 && !slices.Contains(ns, a.Namespace) {
+			where = ""
 		}
-		return "matched"
+		if where != "" {
+			ex.Notes = append(ex.Notes, fmt.Sprintf("if namespace %s carries the label %s=true, the webhook is never called for it (spec.exemptions)", a.Namespace, policy.ExemptNamespaceLabel))
+		}
 	}
 	for i := range c.Budgets {
 		b := &c.Budgets[i]
-		m := RuleMatch{Name: b.Name, Mode: string(b.Mode), Why: verdict(&b.Rule)}
-		m.Applies = m.Why == "matched"
+		m := RuleMatch{Name: b.Name, Mode: string(b.Mode), Front: frontBudgets, Windows: windowsOf(b.Budget), Breaker: breakerOf(b.Budget)}
+		switch {
+		case ex.Exempt != "":
+			m.Why, m.Reason = "exempt", "exempt: "+ex.Exempt
+		case unjudged != "":
+			m.Why, m.Reason = "no match", "no match: "+unjudged
+		default:
+			m.Applies, m.Reason = b.Explain(&wa, &b.Budget.Match, b.Budget.Exclude)
+			m.Why, _, _ = strings.Cut(m.Reason, ":")
+		}
 		if m.Applies {
-			m.Key = ruleKey(b.Per, &a)
+			m.Key = limiter.RuleKey(b.Per, &wa)
 		}
 		ex.Budgets = append(ex.Budgets, m)
 	}
 	for i := range c.RateLimits {
 		r := &c.RateLimits[i]
-		m := RuleMatch{Name: r.Name, Mode: string(r.Mode), Why: verdict(&r.Rule)}
-		m.Applies = m.Why == "matched"
+		m := RuleMatch{Name: r.Name, Mode: string(r.Mode), Front: frontRateLimits, Rate: fmt.Sprintf("qps %g, burst %d", r.QPS, r.Burst)}
+		m.Applies, m.Reason = r.Explain(&a, &r.RateLimit.Match, r.RateLimit.Exclude)
+		m.Why, _, _ = strings.Cut(m.Reason, ":")
 		if m.Applies {
-			m.Key = ruleKey(r.Per, &a)
+			m.Key = limiter.RuleKey(r.Per, &a)
 		}
 		ex.RateLimits = append(ex.RateLimits, m)
 	}
-	if len(c.Policy.Spec.PriorityLevels) > 0 {
+	if len(spec.PriorityLevels) > 0 {
 		if fs := c.FlowSchemaFor(&a); fs != nil {
 			ex.FlowSchema, ex.PriorityLevel = fs.Name, fs.PriorityLevel
 		} else {
@@ -218,33 +604,195 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 	if err != nil {
 		return nil, err
 	}
-	d := eng.Decide(ctx, &limiter.Attributes{Attributes: a, Front: limiter.FrontExplain})
+	// The proxy judges rate limits first, then the webhook judges budgets:
+	// the same order, the same engine, on an empty store.
+	d := eng.Decide(ctx, &limiter.Attributes{Attributes: a, Front: limiter.FrontExplain, Checks: limiter.CheckRateLimits})
+	if d.Allowed && ex.Exempt == "" && unjudged == "" {
+		d = eng.Decide(ctx, &limiter.Attributes{Attributes: wa, Front: limiter.FrontExplain, Checks: limiter.CheckBudgets})
+	}
 	ex.Decision = ExplainVerdict{Allowed: d.Allowed, Code: d.Code, Message: d.Message, Warnings: d.Warnings}
 	return ex, nil
 }
 
-func ruleKey(per []string, a *policy.Attributes) string {
-	if len(per) == 0 {
-		return "cluster-wide"
+func describeRequest(a *policy.Attributes) string {
+	r := a.Resource
+	if a.APIGroup != "" {
+		r = a.APIGroup + "/" + r
 	}
-	parts := make([]string, 0, len(per))
-	for _, d := range per {
-		v := ""
-		switch d {
-		case policy.PerNamespace:
-			v = a.Namespace
-		case policy.PerUser:
-			v = a.User
-		case policy.PerUserAgent:
-			v = a.UserAgent
+	if a.Subresource != "" {
+		r += "/" + a.Subresource
+	}
+	s := a.Verb + " " + r
+	if a.Name != "" {
+		s += " " + a.Name
+	}
+	if a.Namespace != "" {
+		s += " in namespace " + a.Namespace
+	} else {
+		s += " (cluster-scoped)"
+	}
+	if a.User != "" {
+		s += " by " + a.User
+	}
+	if a.DryRun {
+		s += " (dry run: judged, charges nothing)"
+	}
+	return s
+}
+
+func windowsOf(b *policy.Budget) []string {
+	out := make([]string, 0, len(b.Windows))
+	for _, w := range b.Windows {
+		out = append(out, fmt.Sprintf("%s: %d", policy.FormatDuration(w.Window.Duration), w.Limit))
+	}
+	return out
+}
+
+func breakerOf(b *policy.Budget) string {
+	switch {
+	case b.Breaker == nil:
+		return "none"
+	case b.Breaker.Recovery == policy.RecoveryAuto:
+		return fmt.Sprintf("Auto (cooldown %s, halfOpenLimit %d)", policy.FormatDuration(b.Breaker.Cooldown.Duration), b.Breaker.HalfOpenLimit)
+	}
+	return "Manual (stays open until a break-glass override resets it)"
+}
+
+// judgeLive reads a replica's /status answer and says, per applying rule and
+// for the request, what that replica would decide now. /status reports the
+// statusKeys fullest keys of each rule: a key not among them is certainly
+// unused when the rule reports fewer, and otherwise at most as full as the
+// last one reported (the verdict is then not certain).
+func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server string, st *replicaStatus, now time.Time) {
+	sv := &ServerVerdict{Server: server, PolicyHash: st.Engine.PolicyHash, Allowed: true, Certain: true}
+	ex.Server = sv
+	var denials, notes []string
+	if st.Engine.PolicyHash != c.Hash {
+		notes = append(notes, fmt.Sprintf("the server runs policy %s (hash %s), not this file's (hash %s): its rules of the same names are read", st.Engine.Policy, st.Engine.PolicyHash, c.Hash))
+	}
+	overrides := make([]limiter.Override, 0, len(st.Engine.Overrides))
+	for _, o := range st.Engine.Overrides {
+		if o.Active {
+			overrides = append(overrides, limiter.Override{Name: o.Name, Namespace: o.Namespace, Budgets: o.Budgets, RateLimits: o.RateLimits,
+				Namespaces: o.Namespaces, Users: o.Users, ExpiresAt: o.ExpiresAt})
 		}
-		parts = append(parts, d+"="+v)
 	}
-	return strings.Join(parts, ",")
+	wa, _, _ := webhookView(a)
+	covered := func(kind limiter.RuleKind, rule string, attrs *policy.Attributes) string {
+		for i := range overrides {
+			if overrides[i].Covers(kind, rule, attrs, now) {
+				return overrides[i].Name
+			}
+		}
+		return ""
+	}
+	for i := range ex.Budgets {
+		m := &ex.Budgets[i]
+		if !m.Applies {
+			continue
+		}
+		if o := covered(limiter.KindBudget, m.Name, &wa); o != "" {
+			m.Live = "bypassed by active override " + o
+			continue
+		}
+		var bs *limiter.BudgetStatus
+		for j := range st.Engine.Budgets {
+			if st.Engine.Budgets[j].Name == m.Name {
+				bs = &st.Engine.Budgets[j]
+			}
+		}
+		if bs == nil {
+			m.Live = "the server runs no budget of this name"
+			continue
+		}
+		var ks *limiter.KeyStatus
+		for j := range bs.Keys {
+			if bs.Keys[j].Key == m.Key {
+				ks = &bs.Keys[j]
+			}
+		}
+		if ks == nil {
+			if len(bs.Keys) < statusKeys {
+				m.Live = "no request counted for this key: room in every window"
+			} else {
+				m.Live = fmt.Sprintf("not among the %d fullest keys the server reports: at most as full as those", statusKeys)
+				sv.Certain = false
+			}
+			continue
+		}
+		var full []string
+		var used []string
+		for _, w := range ks.Windows {
+			used = append(used, fmt.Sprintf("%s %d/%d", w.Window, w.Used, w.Limit))
+			if w.Used >= w.Limit {
+				full = append(full, w.Window)
+			}
+		}
+		m.Live = "breaker " + ks.Breaker + ", windows " + strings.Join(used, "  ")
+		deny := ""
+		switch {
+		case ks.Breaker == limiter.Open.String():
+			deny = fmt.Sprintf("budget %s key %s: breaker Open", m.Name, m.Key)
+		case len(full) > 0:
+			deny = fmt.Sprintf("budget %s key %s: window %s full", m.Name, m.Key, strings.Join(full, ", "))
+		}
+		if deny != "" {
+			if m.Mode == string(policy.ModeShadow) {
+				notes = append(notes, "shadow "+deny+" (would deny; Shadow only reports)")
+			} else {
+				denials = append(denials, deny)
+			}
+		}
+	}
+	for i := range ex.RateLimits {
+		m := &ex.RateLimits[i]
+		if !m.Applies {
+			continue
+		}
+		if o := covered(limiter.KindRateLimit, m.Name, &a); o != "" {
+			m.Live = "bypassed by active override " + o
+			continue
+		}
+		for _, rs := range st.Engine.RateLimits {
+			if rs.Name != m.Name {
+				continue
+			}
+			m.Live = "not among the hottest keys: tokens left"
+			for _, k := range rs.Hottest {
+				if k.Key == m.Key {
+					m.Live = fmt.Sprintf("%.1f tokens left", k.Tokens)
+					if k.Tokens < 1 && m.Mode != string(policy.ModeShadow) {
+						denials = append(denials, fmt.Sprintf("rate limit %s key %s: no token left", m.Name, m.Key))
+					}
+				}
+			}
+		}
+	}
+	if ex.Exempt != "" {
+		denials = nil
+	}
+	switch {
+	case len(denials) > 0:
+		sv.Allowed, sv.Message = false, "denied now: "+strings.Join(denials, "; ")
+	case !sv.Certain:
+		sv.Message = "allowed now, unless a key the server did not report is full"
+	default:
+		sv.Message = "allowed now"
+	}
+	if len(notes) > 0 {
+		sv.Message += " (" + strings.Join(notes, "; ") + ")"
+	}
 }
 
 func printExplanation(w io.Writer, ex *Explanation) {
 	fmt.Fprintf(w, "policy %s (hash %s)\n", ex.Policy, ex.Hash)
+	fmt.Fprintf(w, "request: %s\n", ex.Request)
+	if ex.Exempt != "" {
+		fmt.Fprintf(w, "exempt from every budget: %s\n", ex.Exempt)
+	}
+	for _, n := range ex.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
 	section := func(title string, rules []RuleMatch) {
 		fmt.Fprintf(w, "%s:\n", title)
 		if len(rules) == 0 {
@@ -255,11 +803,22 @@ func printExplanation(w io.Writer, ex *Explanation) {
 			if r.Applies {
 				mark = "✓"
 			}
-			line := fmt.Sprintf("  %s %-24s %-8s %s", mark, r.Name, r.Mode, r.Why)
+			line := fmt.Sprintf("  %s %-24s %-8s %s", mark, r.Name, r.Mode, r.Reason)
 			if r.Key != "" {
 				line += "  key " + r.Key
 			}
 			fmt.Fprintln(w, line)
+			detail := "enforced by " + r.Front
+			if len(r.Windows) > 0 {
+				detail += "; windows " + strings.Join(r.Windows, ", ") + "; breaker " + r.Breaker
+			}
+			if r.Rate != "" {
+				detail += "; " + r.Rate
+			}
+			fmt.Fprintln(w, "      "+detail)
+			if r.Live != "" {
+				fmt.Fprintln(w, "      live: "+r.Live)
+			}
 		}
 	}
 	section("budgets", ex.Budgets)
@@ -276,5 +835,8 @@ func printExplanation(w io.Writer, ex *Explanation) {
 	}
 	for _, warn := range ex.Decision.Warnings {
 		fmt.Fprintln(w, "warning:", warn)
+	}
+	if ex.Server != nil {
+		fmt.Fprintf(w, "decision on %s now (policy hash %s): %s\n", ex.Server.Server, ex.Server.PolicyHash, ex.Server.Message)
 	}
 }
