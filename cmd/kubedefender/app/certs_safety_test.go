@@ -123,7 +123,7 @@ func TestCertsGenerateValidatesNamesAndValidity(t *testing.T) {
 		wantErr []string
 	}{
 		{name: "bad DNS names are each reported",
-			args: []string{"--dns", "Kubedefender.svc", "--dns", "under_score.svc", "--dns", "a..b", "--dns", "-lead.svc"},
+			args:    []string{"--dns", "Kubedefender.svc", "--dns", "under_score.svc", "--dns", "a..b", "--dns", "-lead.svc"},
 			wantErr: []string{`--dns "Kubedefender.svc": not a DNS name`, `--dns "under_score.svc"`, `--dns "a..b"`, `--dns "-lead.svc"`}},
 		{name: "a zero validity is refused", args: []string{"--dns", "localhost", "--validity", "0s"}, wantErr: []string{"--validity 0s: want 1h to 87600h0m0s"}},
 		{name: "a negative validity is refused", args: []string{"--dns", "localhost", "--validity", "-24h"}, wantErr: []string{"--validity -24h0m0s: want 1h"}},
