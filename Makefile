@@ -38,6 +38,7 @@ controlplane: ## build (or reuse from the cache) kube-apiserver, kube-controller
 test: deps ## every test: unit, property, fuzz seeds, Redis, end-to-end
 	go test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	go test -count=1 -race -run '^TestRedisClusterStatus' ./limiter/  # status reads every cluster master concurrently
+	cd deploy/monitoring/rulestest && go test -count=1 ./...
 
 unit: ## the fast tests only (no control plane)
 	go test -count=1 $$(go list ./... | grep -v /e2e)

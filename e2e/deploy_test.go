@@ -35,16 +35,20 @@ func TestDeployManifests(t *testing.T) {
 	root := repoRoot(t)
 	// Given a real API server
 	cp := framework.Start(t, framework.Options{})
-	// And the namespace and the CRD, which namespaced objects and Overrides need to exist even in a dry run
-	for _, f := range []string{"deploy/base/namespace.yaml", "deploy/base/crd-override.yaml"} {
+	// And the namespace and the CRDs, which namespaced objects, Overrides and
+	// cert-manager's objects need to exist even in a dry run (cert-manager's
+	// are open-schema stand-ins, e2e/testdata/cert-manager-crds.yaml)
+	for _, f := range []string{"deploy/base/namespace.yaml", "deploy/base/crd-override.yaml", "e2e/testdata/cert-manager-crds.yaml"} {
 		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, f)); err != nil {
 			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
 		}
 	}
-	framework.Eventually(t, framework.KubectlTimeout, "the Override CRD is established", func(context.Context) (bool, error) {
-		out, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "crd", "overrides.kubedefender.io", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
-		return err == nil && out == "True", nil
-	})
+	for _, crd := range []string{"overrides.kubedefender.io", "issuers.cert-manager.io", "certificates.cert-manager.io"} {
+		framework.Eventually(t, framework.KubectlTimeout, "the CRD "+crd+" is established", func(context.Context) (bool, error) {
+			out, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
+			return err == nil && out == "True", nil
+		})
+	}
 
 	cases := []struct {
 		name string
@@ -52,6 +56,8 @@ func TestDeployManifests(t *testing.T) {
 	}{
 		{"the base kustomization applies", []string{"-k", filepath.Join(root, "deploy", "base")}},
 		{"the Redis variant applies", []string{"-k", filepath.Join(root, "deploy", "redis")}},
+		{"the production example (Redis, cert-manager, NetworkPolicies) applies", []string{"-k", filepath.Join(root, "deploy", "production")}},
+		{"base with the cert-manager and NetworkPolicy components applies", []string{"-k", componentsOverlay(t, root, "deploy/base", "deploy/cert-manager", "deploy/networkpolicy")}},
 		{"the break-glass ClusterRole applies on its own", []string{"-f", filepath.Join(root, "deploy", "base", "rbac-breakglass.yaml")}},
 	}
 	for _, tc := range cases {

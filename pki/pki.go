@@ -21,7 +21,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Defaults.
@@ -181,6 +184,11 @@ func (ca *CA) Issue(o ServingOptions) (*Pair, error) {
 	if len(o.DNSNames) == 0 && len(o.IPs) == 0 {
 		return nil, errors.New("failed to issue serving certificate: give at least one DNS name or IP address")
 	}
+	for _, n := range o.DNSNames {
+		if err := ValidateDNSName(n); err != nil {
+			return nil, fmt.Errorf("failed to issue serving certificate for %q: %w", n, err)
+		}
+	}
 	if o.CommonName == "" {
 		if len(o.DNSNames) > 0 {
 			o.CommonName = o.DNSNames[0]
@@ -258,13 +266,51 @@ func (p *Pair) Write(certFile, keyFile string) error {
 	return writeAtomic(keyFile, p.KeyPEM, 0o600)
 }
 
-// File names WriteFiles uses.
+// File names WriteFiles and the certs command use.
 const (
 	CACertFile = "ca.crt"
 	CAKeyFile  = "ca.key"
 	CertFile   = "tls.crt"
 	KeyFile    = "tls.key"
+	// ClientCertFile and ClientKeyFile hold a client pair (e.g. the API
+	// server's, to authenticate to the webhook).
+	ClientCertFile = "client.crt"
+	ClientKeyFile  = "client.key"
 )
+
+// Write writes the CA certificate to certFile (0644) and, when keyFile is not
+// empty, its key to keyFile (0600), each through a temporary file and a rename.
+func (ca *CA) Write(certFile, keyFile string) error {
+	if err := writeAtomic(certFile, ca.CertPEM, 0o644); err != nil {
+		return err
+	}
+	if keyFile == "" {
+		return nil
+	}
+	return writeAtomic(keyFile, ca.KeyPEM, 0o600)
+}
+
+// ValidateDNSName reports why name cannot be a DNS name in a serving
+// certificate: it must be a lowercase RFC 1123 subdomain (at most 253
+// characters, labels of [a-z0-9-] up to 63 characters that start and end
+// with a letter or digit), optionally with a leading "*." wildcard label.
+func ValidateDNSName(name string) error {
+	var msgs []string
+	if strings.HasPrefix(name, "*.") {
+		msgs = validation.IsWildcardDNS1123Subdomain(name)
+	} else {
+		msgs = validation.IsDNS1123Subdomain(name)
+	}
+	for _, label := range strings.Split(strings.TrimPrefix(name, "*."), ".") {
+		if len(label) > validation.DNS1123LabelMaxLength {
+			msgs = append(msgs, fmt.Sprintf("label %.10s… is longer than %d characters", label, validation.DNS1123LabelMaxLength))
+		}
+	}
+	if len(msgs) > 0 {
+		return fmt.Errorf("not a DNS name: %s", strings.Join(msgs, "; "))
+	}
+	return nil
+}
 
 // WriteFiles writes ca.crt, tls.crt and tls.key into dir (created 0700 if
 // missing), and ca.key too when withCAKey is set. Keys are written 0600.

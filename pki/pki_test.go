@@ -115,3 +115,20 @@ func TestClientCertificatesCarryTheUserAndGroups(t *testing.T) {
 		t.Error("a client certificate without a user was issued")
 	}
 }
+
+func TestIssueRefusesWhatIsNotADNSName(t *testing.T) {
+	ca, err := NewCA(CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"UPPER.svc", "a_b.svc", "a..b", "*", "-x.svc", strings.Repeat("a", 64) + ".svc"} {
+		if _, err := ca.Issue(ServingOptions{DNSNames: []string{name}}); err == nil || !strings.Contains(err.Error(), "not a DNS name") {
+			t.Errorf("Issue(%q) = %v, want a refusal that says it is not a DNS name", name, err)
+		}
+	}
+	for _, name := range []string{"localhost", "kubedefender.kubedefender-system.svc", "*.example.com"} {
+		if _, err := ca.Issue(ServingOptions{DNSNames: []string{name}}); err != nil {
+			t.Errorf("Issue(%q): %v", name, err)
+		}
+	}
+}

@@ -229,19 +229,28 @@ spec:
 		args = append(args, "--reason", "DEMO-1: the delete was intended", "--kubeconfig", cp.AdminKubeconfig)
 		step("The way out, as the denial says: %s --reason \"DEMO-1: the delete was intended\"", cmdline)
 		fmt.Print(indent(runCmd(r, dir, bin, args...)))
+		// A server-side dry run is judged by the webhook and deletes nothing:
+		// it is admitted once the override is in force, and the pods the
+		// second kubectl delete finds are exactly those left above.
+		remaining, err := cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		if err != nil || len(remaining.Items) == 0 {
+			r.Fatalf("failed to find a pod left to probe the override with: %v", err)
+		}
+		probe := remaining.Items[0].Name
 		framework.Eventually(r, 20*time.Second, "the override to apply", func(ctx context.Context) (bool, error) {
-			v, err := scrape(ctx, metricsURL, `kubedefender_limiter_decisions_total{front="webhook",kind="budget",result="overridden",rule="pod-deletes"}`)
-			if v > 0 {
-				return true, err
-			}
-			_ = cp.Client.CoreV1().Pods(ns).Delete(ctx, fmt.Sprintf("web-%02d", o.limit), metav1.DeleteOptions{})
-			return false, err
+			err := cp.Client.CoreV1().Pods(ns).Delete(ctx, probe, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
+			return err == nil, nil
 		})
 		stdout, stderr, kerr = cp.Kubectl(r, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
 		if kerr != nil {
 			r.Errorf("kubectl delete under the override: %v\n%s", kerr, stderr)
 		}
-		fmt.Printf("    kubectl delete pods --all -n %s again: %d more deleted; %d pods left\n", ns, strings.Count(stdout, " deleted"), countPods(r, cp, ns))
+		again, final := strings.Count(stdout, " deleted"), countPods(r, cp, ns)
+		fmt.Printf("    kubectl delete pods --all -n %s again: %d more deleted; %d pods left\n", ns, again, final)
+		fmt.Printf("    In all: %d stopped by the breaker's budget + %d under the override = %d of %d pods deleted\n", deleted, again, deleted+again, o.pods)
+		if again != left || final != 0 || deleted+again != o.pods {
+			r.Errorf("the numbers do not add up: %d deleted, then %d of the %d left, %d remain (of %d)", deleted, again, left, final, o.pods)
+		}
 	}
 
 	if o.wait {

@@ -124,6 +124,9 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	} else {
 		log.Warn("no --kubeconfig and not running in a cluster: break-glass overrides are off")
 	}
+	if c, ok := memoryReplicaCheck(cfg, storeMode); ok {
+		comps = append(comps, c) // warns when other replicas run on a memory store
+	}
 	var levels func() []levelStatus
 	ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	if cfg.Options.ProxyListen != "" {

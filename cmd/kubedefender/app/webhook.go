@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -55,13 +57,13 @@ type webhookConfigOptions struct {
 func (o *webhookConfigOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.PolicyFile, "policy", "", "policy file whose budgets decide the webhook's rules (required)")
-	f.StringVar(&o.URL, "url", "", "webhook URL, e.g. https://127.0.0.1:8443/validate (or use --service-*)")
+	f.StringVar(&o.URL, "url", "", "webhook URL, e.g. https://127.0.0.1:8443/validate (or use --service-*); without a path, "+webhook.Path+" is appended")
 	f.StringVar(&o.Service, "service", "", "NAMESPACE/NAME of the Service in front of the webhook (shorthand for --service-namespace and --service-name)")
 	f.StringVar(&o.ServiceNamespace, "service-namespace", "", "namespace of the Service in front of the webhook")
 	f.StringVar(&o.ServiceName, "service-name", "", "name of the Service in front of the webhook")
 	f.Int32Var(&o.ServicePort, "service-port", 443, "port of the Service")
 	f.StringVar(&o.ServicePath, "service-path", webhook.Path, "path of the webhook behind the Service")
-	f.StringVar(&o.CABundleFile, "ca-bundle-file", "", "PEM CA that signed the webhook's serving certificate (e.g. ca.crt from kubedefender certs generate); empty leaves caBundle out, for cert-manager's CA injector to fill")
+	f.StringVar(&o.CABundleFile, "ca-bundle-file", "", "PEM CA certificate(s) that signed the webhook's serving certificate (e.g. ca.crt from kubedefender certs generate; a key or anything else is refused); empty leaves caBundle out, for cert-manager's CA injector to fill")
 	f.StringVar(&o.Name, "name", webhook.DefaultConfigurationName, "name of the ValidatingWebhookConfiguration")
 	f.StringVar(&o.WebhookName, "webhook-name", webhook.DefaultWebhookName, "name of the webhook inside it")
 	f.StringVar(&o.FailurePolicy, "failure-policy", string(webhook.DefaultFailurePolicy),
@@ -101,8 +103,8 @@ func (o *webhookConfigOptions) Validate() error {
 		add("--service-namespace and --service-name go together")
 	}
 	if o.URL != "" {
-		if u, err := url.Parse(o.URL); err != nil || u.Scheme != "https" || u.Host == "" {
-			add("--url %q: want https://host[:port]/path", o.URL)
+		if _, _, err := webhookURL(o.URL); err != nil {
+			add("%w", err)
 		}
 	}
 	if o.FailurePolicy != string(admissionregistrationv1.Ignore) && o.FailurePolicy != string(admissionregistrationv1.Fail) {
@@ -120,8 +122,8 @@ func (o *webhookConfigOptions) Validate() error {
 		add("--output %q: want yaml or json", o.Output)
 	}
 	if o.CABundleFile != "" {
-		if _, err := os.Stat(o.CABundleFile); err != nil {
-			add("--ca-bundle-file: %v", err)
+		if _, err := readCABundle(o.CABundleFile); err != nil {
+			add("%w", err)
 		}
 	}
 	return errors.Join(errs...)
@@ -133,8 +135,14 @@ func (o *webhookConfigOptions) Complete() (*policy.Compiled, webhook.Configurati
 	if err != nil {
 		return nil, webhook.ConfigurationOptions{}, err
 	}
+	u := ""
+	if o.URL != "" {
+		if u, _, err = webhookURL(o.URL); err != nil {
+			return nil, webhook.ConfigurationOptions{}, err
+		}
+	}
 	co := webhook.ConfigurationOptions{
-		Name: o.Name, WebhookName: o.WebhookName, URL: o.URL,
+		Name: o.Name, WebhookName: o.WebhookName, URL: u,
 		FailurePolicy:     admissionregistrationv1.FailurePolicyType(o.FailurePolicy),
 		TimeoutSeconds:    o.TimeoutSeconds,
 		OwnNamespace:      o.OwnNamespace,
@@ -149,8 +157,8 @@ func (o *webhookConfigOptions) Complete() (*policy.Compiled, webhook.Configurati
 		co.Service = &admissionregistrationv1.ServiceReference{Namespace: svcNS, Name: svcName, Path: &path, Port: &port}
 	}
 	if o.CABundleFile != "" {
-		if co.CABundle, err = os.ReadFile(o.CABundleFile); err != nil {
-			return nil, co, fmt.Errorf("failed to read --ca-bundle-file: %w", err)
+		if co.CABundle, err = readCABundle(o.CABundleFile); err != nil {
+			return nil, co, err
 		}
 	}
 	if o.NamespaceSelector != "" {
@@ -185,6 +193,9 @@ func newWebhookConfigCommand(s Streams) *cobra.Command {
 			}
 			if err != nil {
 				return err
+			}
+			if u, appended, _ := webhookURL(o.URL); appended {
+				fmt.Fprintf(s.Err, "note: --url %q has no path: using %s (the webhook serves %s)\n", o.URL, u, webhook.Path)
 			}
 			if co.CABundle == nil {
 				fmt.Fprintln(s.Err, "note: no --ca-bundle-file: caBundle is left out (the API server will not trust the webhook until something, e.g. cert-manager's CA injector, fills it)")
@@ -234,4 +245,66 @@ func applyWebhookConfig(ctx context.Context, s Streams, kubeconfig string, cfg *
 	fmt.Fprintf(s.Out, "validatingwebhookconfiguration.admissionregistration.k8s.io/%s applied (failurePolicy %s, %d rules)\n",
 		out.Name, *out.Webhooks[0].FailurePolicy, len(out.Webhooks[0].Rules))
 	return nil
+}
+
+// webhookURL checks a --url the way the API server will and completes it: an
+// https URL with a host, no user info, query or fragment. A URL without a path
+// (or with "/" alone) gets webhook.Path appended, since the webhook serves
+// nothing else; appended says so.
+func webhookURL(raw string) (u string, appended bool, err error) {
+	p, err := url.Parse(raw)
+	switch {
+	case err != nil || p.Scheme != "https" || p.Host == "" || p.Opaque != "":
+		return "", false, fmt.Errorf("--url %q: want https://host[:port]/path", raw)
+	case p.User != nil:
+		return "", false, fmt.Errorf("--url %q: user info is not allowed (the API server refuses it)", p.Redacted())
+	case p.RawQuery != "" || p.ForceQuery || p.Fragment != "":
+		return "", false, fmt.Errorf("--url %q: a query or fragment is not allowed (the API server refuses it)", raw)
+	}
+	if p.Path == "" || p.Path == "/" {
+		p.Path = webhook.Path
+		return p.String(), true, nil
+	}
+	return raw, false, nil
+}
+
+// readCABundle reads a caBundle file and accepts only what belongs in one:
+// one or more PEM CERTIFICATE blocks, each a CA certificate that has not
+// expired (text between blocks is ignored, as the API server ignores it). A private key is refused first and loudly: the configuration is
+// readable cluster-wide, so a serving key that lands in it is published.
+func readCABundle(file string) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read --ca-bundle-file: %w", err)
+	}
+	var certs int
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if strings.Contains(b.Type, "PRIVATE KEY") {
+			return nil, fmt.Errorf("--ca-bundle-file %s holds a private key (%s): give the CA certificate (ca.crt), never a key; the webhook configuration is readable cluster-wide", file, b.Type)
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("--ca-bundle-file %s holds a PEM %s block: want only CA certificates (CERTIFICATE)", file, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-bundle-file %s: certificate %d does not parse: %w", file, certs+1, err)
+		}
+		if !c.IsCA {
+			return nil, fmt.Errorf("--ca-bundle-file %s: certificate %d (%s) is not a CA certificate: give the CA that signed the serving certificate (ca.crt), not the serving certificate", file, certs+1, c.Subject.CommonName)
+		}
+		if time.Now().After(c.NotAfter) {
+			return nil, fmt.Errorf("--ca-bundle-file %s: CA certificate %d (%s) expired at %s", file, certs+1, c.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339))
+		}
+		certs++
+	}
+	if certs == 0 {
+		return nil, fmt.Errorf("--ca-bundle-file %s holds no PEM certificate: want the PEM CA certificate (ca.crt)", file)
+	}
+	return data, nil
 }

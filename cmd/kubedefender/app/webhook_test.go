@@ -59,7 +59,7 @@ func TestCertsGenerate(t *testing.T) {
 
 func TestWebhookConfig(t *testing.T) {
 	pol := writeFile(t, "policy.yaml", goodPolicy)
-	ca := writeFile(t, "ca.crt", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	ca := writeFile(t, "ca.crt", string(newTestCA(t).CertPEM))
 	cases := []struct {
 		name       string
 		args       []string
