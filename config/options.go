@@ -147,9 +147,11 @@ func (o *ServeOptions) Validate() error {
 		add("--webhook-client-allowed-names needs --webhook-client-ca-file (names are read from verified client certificates)")
 	}
 	for _, n := range o.WebhookClientAllowedNames {
-		if strings.TrimSpace(n) == "" {
+		switch {
+		case n == "":
 			add("--webhook-client-allowed-names: an empty name matches no certificate")
-			break
+		case strings.TrimSpace(n) != n:
+			add("--webhook-client-allowed-names: %q has leading or trailing spaces (write a,b, not a, b)", n)
 		}
 	}
 	if o.WebhookClientCAFile != "" {

@@ -63,6 +63,9 @@ func TestValidate(t *testing.T) {
 		{"an empty allowed name is refused", func(o *ServeOptions) {
 			o.WebhookClientCAFile, o.WebhookClientAllowedNames = clientCA, []string{"kube-apiserver", ""}
 		}, []string{"--webhook-client-allowed-names: an empty name matches no certificate"}},
+		{"an allowed name with spaces around it is refused", func(o *ServeOptions) {
+			o.WebhookClientCAFile, o.WebhookClientAllowedNames = clientCA, []string{"a", " kube-apiserver"}
+		}, []string{`--webhook-client-allowed-names: " kube-apiserver" has leading or trailing spaces`}},
 		{"a client CA file that holds no certificate is refused", func(o *ServeOptions) { o.WebhookClientCAFile = key },
 			[]string{"--webhook-client-ca-file " + key + ": failed to parse the CA bundle"}},
 		{"a client CA file that does not exist is named", func(o *ServeOptions) { o.WebhookClientCAFile = "/nope/ca.crt" },

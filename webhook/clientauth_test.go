@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -235,5 +236,53 @@ func TestParseCABundle(t *testing.T) {
 				t.Errorf("err = %v, want %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
+	e := newClientAuthEnv(t)
+	pair := issueClient(t, e.clientCA, "kube-apiserver")
+	c, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(e.served.CertPEM)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{
+		RootCAs: roots, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{c}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}}}
+	post := func() (*http.Response, error) {
+		resp, err := client.Post(e.srv.URL(), "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+		return resp, err
+	}
+	// Given a client whose second connection resumes the first one's TLS session
+	if _, err := post(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := post()
+	if err != nil || !resp.TLS.DidResume {
+		t.Fatalf("second connection: %v, resumed %v; want a resumed session", err, err == nil && resp.TLS.DidResume)
+	}
+	// When the client CA is replaced
+	next, err := pki.NewCA(pki.CAOptions{CommonName: "next-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.caFile, next.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	// Then a resumed session of a certificate from the old CA is refused too
+	hits := e.hits.Load()
+	if resp, err := post(); err == nil {
+		t.Fatalf("a session resumed after the CA changed was answered: %s (resumed %v)", resp.Status, resp.TLS.DidResume)
+	}
+	if e.hits.Load() != hits {
+		t.Error("the refused request reached the handler")
 	}
 }
