@@ -83,12 +83,13 @@ func decodeDeleteOptionsBody(contentType string, body []byte) deleteOptions {
 func optionsOf(o *metav1.DeleteOptions) deleteOptions {
 	// dryrun.IsDryRun: any value is a dry run (validation admits only All).
 	d := deleteOptions{dryRun: len(o.DryRun) > 0}
+	orphan := o.OrphanDependents //nolint:staticcheck // deprecated, but the API server still honours it
 	switch {
 	case o.PropagationPolicy != nil:
 		d.propagation = *o.PropagationPolicy
-	case o.OrphanDependents != nil && *o.OrphanDependents:
+	case orphan != nil && *orphan:
 		d.propagation = metav1.DeletePropagationOrphan
-	case o.OrphanDependents != nil:
+	case orphan != nil:
 		d.propagation = metav1.DeletePropagationBackground
 	}
 	return d

@@ -38,10 +38,14 @@
 // /version), which go upstream anonymously.
 //
 // passthrough mode: credentials are forwarded untouched. The identity used for
-// limits and flows comes from the same authenticator (a cached TokenReview for
-// tokens; the verified client certificate subject); a request it cannot
-// authenticate is forwarded anyway (the API server answers it) and is limited
-// as system:anonymous. A client certificate cannot cross a TLS-terminating
+// limits and flows is who the API server will act as, from the same
+// authenticator: a request that carries a bearer token (Authorization or a
+// WebSocket bearer protocol) is the token's user, through a cached
+// TokenReview, and its client certificate is not even looked at — the
+// certificate ends at this proxy, the API server only sees the token. A
+// request with no token is the verified client certificate's subject. A
+// request it cannot authenticate is forwarded anyway (the API server answers
+// it) and is limited as system:anonymous. A client certificate cannot cross a TLS-terminating
 // proxy, so in passthrough mode a request authenticated only by a client
 // certificate is forwarded with X-Remote-* headers over the front-proxy
 // connection when a front-proxy certificate is configured, and refused with
@@ -84,13 +88,46 @@
 // chain in process (ns/op, allocs/op) and BenchmarkProxyVersusBareReverseProxy
 // end to end against a bare httputil.ReverseProxy.
 //
+// # Judging what the API server will do
+//
+// The limits judge a request as the API server will execute it (decide,
+// budgetVerb, readDeleteOptions):
+//
+//   - Rate limits and flow schemas see the request's own verb. Budgets and
+//     breakers see the verb admission sees: a patch is an update, and a
+//     deletecollection is one delete (unless no budget applies to it as a
+//     delete while one names deletecollection: then it stays one). When the
+//     two verbs differ the engine is asked twice, rate limits first, each
+//     with its own checks; otherwise once, as before.
+//   - A DELETE's options (dryRun, propagationPolicy) come from where the API
+//     server's handlers read them: the body when it is not empty, decoded
+//     with the meta codecs by Content-Type, else the query. `?dryRun=All`
+//     with a body `{}` is a real delete; `dryRun: [All]` in the body alone is
+//     a dry run. The body is read up to MaxDeleteOptionsBytes and forwarded
+//     whole; a longer, unreadable or undecodable body is judged as a real
+//     delete (the safe side). propagationPolicy is kept on the request state
+//     for the filters that need it.
+//   - policy.Exemption, the webhook's own list, exempts from budgets and
+//     breakers (never from rate limits or priority levels): kubedefender.io
+//     resources, objects in the running policy's breakGlass.namespace,
+//     Leases and Events. So break-glass works through the proxy whatever
+//     breaker is open.
+//
 // # Budgets at the proxy
 //
 // By default (budgets charged by the webhook) the proxy only rejects early the
 // requests whose budget key has an open breaker, charging nothing. With
 // BudgetsAtProxy the proxy charges budgets itself, with these blind spots: a
-// deletecollection is one request to the proxy (its items are not counted one
-// by one), deletions the API server makes on its own (garbage-collector and
-// namespace cascades) never pass through the proxy, and a request is charged
-// before the API server has judged it (a 404 or 403 still takes a token).
+// deletecollection is one request to the proxy, charged one token (the
+// webhook charges each item), deletions the API server makes on its own
+// (garbage-collector and namespace cascades) never pass through the proxy,
+// and a request is charged before the API server has judged it (a 404 or 403
+// still takes a token).
+//
+// # Health
+//
+// /kubedefender/healthz and /kubedefender/readyz are answered on the proxy
+// listener without authentication. Readiness is the upstream's /readyz as
+// last probed, at most once per Config.UpstreamHealthInterval however often
+// it is asked, so probing the proxy never becomes load on the API server.
 package proxy

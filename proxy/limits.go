@@ -53,7 +53,8 @@ func WithLimits(cfg LimitsConfig, next http.Handler) http.Handler {
 
 // decide judges a request as the API server will execute it:
 //
-//   - rate limits (and, later, flow schemas) see the request's own verb;
+//   - rate limits, and the flow schemas of the priority levels after this
+//     filter, see the request's own verb;
 //   - budgets and breakers (budgetChecks) see the verb the API server's
 //     admission sees (budgetVerb: a patch is an update, a deletecollection a
 //     delete), and are skipped for the requests policy.Exemption exempts —
