@@ -16,7 +16,12 @@ const GroupKubeDefender = "kubedefender.io"
 //   - objects in KubeDefender's own namespace (not the namespace object
 //     itself): its own pods can be restarted, evicted and redeployed;
 //   - coordination.k8s.io Leases (leader election) and Events (core and
-//     events.k8s.io): housekeeping, never a workload loss.
+//     events.k8s.io): housekeeping, never a workload loss;
+//   - the review resources of authentication.k8s.io and authorization.k8s.io
+//     (TokenReviews, SelfSubjectReviews, SubjectAccessReviews …): creating
+//     one changes nothing stored, and `kubedefender breakglass grant` asks
+//     a SelfSubjectReview who its caller is, so a budget on creates must not
+//     block it.
 func Exemption(a *Attributes, ownNamespace string) string {
 	switch {
 	case a.APIGroup == GroupKubeDefender:
@@ -27,6 +32,8 @@ func Exemption(a *Attributes, ownNamespace string) string {
 		return "leases (leader election) are never charged"
 	case IsEvent(a.APIGroup, a.Resource):
 		return "events are never charged"
+	case IsReview(a.APIGroup):
+		return "access and token reviews (authentication.k8s.io, authorization.k8s.io) change nothing and are never charged"
 	}
 	return ""
 }
@@ -39,4 +46,10 @@ func IsLease(group, resource string) bool {
 // IsEvent says whether group/resource names Events (core or events.k8s.io).
 func IsEvent(group, resource string) bool {
 	return resource == "events" && (group == "" || group == "events.k8s.io")
+}
+
+// IsReview says whether group holds only review resources, which are created
+// and answered but never stored.
+func IsReview(group string) bool {
+	return group == "authentication.k8s.io" || group == "authorization.k8s.io"
 }

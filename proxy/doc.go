@@ -110,7 +110,7 @@
 //   - policy.Exemption, the webhook's own list, exempts from budgets and
 //     breakers (never from rate limits or priority levels): kubedefender.io
 //     resources, objects in the running policy's breakGlass.namespace,
-//     Leases and Events. So break-glass works through the proxy whatever
+//     Leases, Events and access or token reviews. So break-glass works through the proxy whatever
 //     breaker is open.
 //
 // # Budgets at the proxy
