@@ -597,8 +597,16 @@ func Documents(name string, data []byte) ([]Document, error) {
 		Kind       string            `yaml:"kind"`
 		Data       map[string]string `yaml:"data"`
 	}
-	if len(data) > MaxFileBytes || goyaml.Unmarshal(data, &head) != nil || head.Kind != "ConfigMap" || head.APIVersion != "v1" {
-		return []Document{{Name: name, Data: data}}, nil
+	// Content that is too large or not YAML is handed on whole: Parse reports it.
+	whole := []Document{{Name: name, Data: data}}
+	if len(data) > MaxFileBytes {
+		return whole, nil
+	}
+	if goyaml.Unmarshal(data, &head) != nil {
+		head.Kind = ""
+	}
+	if head.Kind != "ConfigMap" || head.APIVersion != "v1" {
+		return whole, nil
 	}
 	keys := make([]string, 0, len(head.Data))
 	for k := range head.Data {
