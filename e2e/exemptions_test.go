@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kubedefender/kubedefender/cmd/kubedefender/app"
 	"github.com/kubedefender/kubedefender/e2e/framework"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -29,6 +35,7 @@ func TestWebhookConfigurationExemptions(t *testing.T) {
 	}{
 		{"a wildcard budget never sees Leases or Events", wildcardLeasesScenario},
 		{"the exempt label is honoured only in the namespaces the policy lists", labelListScenario},
+		{"policy validate --kubeconfig checks resources against the cluster's discovery", validateDiscoveryScenario},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
@@ -158,5 +165,38 @@ func labelListScenario(t *testing.T, cp *framework.ControlPlane) {
 		if n != want {
 			t.Errorf("deleting a pod in %s (labelled %v) reached the webhook %d times, want %d (exlist-d: %d)", tc.ns, tc.labelled, n, want, baseline)
 		}
+	}
+}
+
+func validateDiscoveryScenario(t *testing.T, cp *framework.ControlPlane) {
+	// Given a policy naming a standard resource and a group the cluster does
+	// not serve (a CRD not installed yet)
+	file := filepath.Join(t.TempDir(), "p.yaml")
+	doc := `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: discovery}
+spec:
+  budgets:
+  - name: b
+    match: {verbs: [delete], resources: [apps/deployments, widgets.example.com/widgets]}
+    windows: [{window: 1m, limit: 10}]
+`
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// When it is validated against the real API server's discovery
+	var out, errOut bytes.Buffer
+	code := app.Main([]string{"policy", "validate", "-o", "json", "--kubeconfig", cp.TokenKubeconfig(t, "admin"), file}, strings.NewReader(""), &out, &errOut)
+	// Then it is valid, with a warning for the group the cluster does not serve
+	if code != 0 {
+		t.Fatalf("exit %d: %s\n%s", code, out.String(), errOut.String())
+	}
+	var rep app.ValidateReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if len(rep.Files) != 1 || len(rep.Files[0].Warnings) != 1 ||
+		!strings.Contains(rep.Files[0].Warnings[0].Message, `the cluster serves no API group "widgets.example.com"`) {
+		t.Errorf("report = %s, want one warning about widgets.example.com", out.String())
 	}
 }
