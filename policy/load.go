@@ -161,7 +161,11 @@ func decode(data []byte) (p *DefenderPolicy, errs field.ErrorList, mistyped []st
 		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), p.APIVersion, []string{APIVersion}))
 	}
 	if p.Kind != Kind {
-		errs = append(errs, field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind}))
+		e := field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind})
+		if p.Kind == "ConfigMap" {
+			e.Detail += " (a ConfigMap manifest: policy validate and explain read the policy in its data; serve reads the policy file itself, as mounted from the ConfigMap)"
+		}
+		errs = append(errs, e)
 	}
 	return p, errs, mistyped
 }
