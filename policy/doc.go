@@ -8,6 +8,15 @@
 //
 //	prod.yaml: spec.budgets[1].windows[2].limit: Invalid value: 0: must be greater than 0
 //
+// A value of the wrong type does not stop decoding: the document is first
+// walked as a generic tree against the policy's types, every mistyped value is
+// reported and left out, and the rest is decoded and validated, so one run
+// reports every mistake of the file. Validation also refuses what can never
+// match or never be enforced: resources the standard API groups do not serve
+// (checked against the built-in table in resources.go, or a cluster's
+// discovery with CheckResources) and budgets every resource of which
+// Exemption exempts. Warnings reports what is valid but probably not meant.
+//
 // Matching is compiled when the policy loads (regular expressions included), so
 // judging a request allocates nothing and compiles nothing. Within one match
 // block every non-empty field must match (fields AND together, the entries of a

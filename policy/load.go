@@ -161,7 +161,11 @@ func decode(data []byte) (p *DefenderPolicy, errs field.ErrorList, mistyped []st
 		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), p.APIVersion, []string{APIVersion}))
 	}
 	if p.Kind != Kind {
-		errs = append(errs, field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind}))
+		e := field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind})
+		if p.Kind == "ConfigMap" {
+			e.Detail += " (a ConfigMap manifest: policy validate and explain read the policy in its data; serve reads the policy file itself, as mounted from the ConfigMap)"
+		}
+		errs = append(errs, e)
 	}
 	return p, errs, mistyped
 }
@@ -597,8 +601,16 @@ func Documents(name string, data []byte) ([]Document, error) {
 		Kind       string            `yaml:"kind"`
 		Data       map[string]string `yaml:"data"`
 	}
-	if len(data) > MaxFileBytes || goyaml.Unmarshal(data, &head) != nil || head.Kind != "ConfigMap" || head.APIVersion != "v1" {
-		return []Document{{Name: name, Data: data}}, nil
+	// Content that is too large or not YAML is handed on whole: Parse reports it.
+	whole := []Document{{Name: name, Data: data}}
+	if len(data) > MaxFileBytes {
+		return whole, nil
+	}
+	if goyaml.Unmarshal(data, &head) != nil {
+		head.Kind = ""
+	}
+	if head.Kind != "ConfigMap" || head.APIVersion != "v1" {
+		return whole, nil
 	}
 	keys := make([]string, 0, len(head.Data))
 	for k := range head.Data {

@@ -129,3 +129,39 @@ func TestEveryGoldenFileHasAFixture(t *testing.T) {
 		}
 	}
 }
+
+func TestAConfigMapGivenAsAPolicySaysWhatItIs(t *testing.T) {
+	_, err := Parse("cm.yaml", []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {policy.yaml: x}\n"))
+	if err == nil || !strings.Contains(err.Error(), `cm.yaml: kind: Unsupported value: "ConfigMap": supported values: "DefenderPolicy" (a ConfigMap manifest: policy validate and explain read the policy in its data`) {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestDocumentsFindsThePoliciesOfAConfigMap(t *testing.T) {
+	tests := []struct {
+		name string
+		data string
+		want []string
+	}{
+		{"a policy file is one document named by the file", "apiVersion: kubedefender.io/v1alpha1\nkind: DefenderPolicy\n", []string{"f.yaml"}},
+		{"not YAML is handed on for Parse to report", "{{{", []string{"f.yaml"}},
+		{"a ConfigMap yields its yaml keys and keys holding a policy, in key order",
+			"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  z.yml: a\n  a.yaml: b\n  notes: hello\n  inline: 'kind: DefenderPolicy'\n",
+			[]string{"f.yaml:data.a.yaml", "f.yaml:data.inline", "f.yaml:data.z.yml"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			docs, err := Documents("f.yaml", []byte(tc.data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, d := range docs {
+				got = append(got, d.Name)
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("documents = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -100,6 +101,14 @@ func TestPolicyExplainSaysWhy(t *testing.T) {
 // TestPolicyExplainAgreesWithTheWebhook sends each request to the real
 // webhook handler on a fresh engine and checks that the budgets and keys it
 // charged are exactly those explain says apply.
+func TestPolicyExplainReadsTheShippedConfigMap(t *testing.T) {
+	cm := filepath.Join("..", "..", "..", "deploy", "base", "policy-configmap.yaml")
+	code, out, errOut := run(t, "policy", "explain", "--policy", cm, "--verb", "delete", "--resource", "pods", "--namespace", "prod")
+	if code != 0 || !strings.Contains(out, "policy production") || !strings.Contains(out, "✓ pod-deletes") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+}
+
 func TestPolicyExplainAgreesWithTheWebhook(t *testing.T) {
 	c, err := policy.Parse("p.yaml", []byte(explainPolicy))
 	if err != nil {

@@ -489,7 +489,7 @@ request now.`,
 			if err := o.Validate(); err != nil {
 				return err
 			}
-			c, err := policy.Load(o.PolicyFile)
+			c, err := loadOnePolicy(o.PolicyFile)
 			if err != nil {
 				return err
 			}
@@ -516,6 +516,27 @@ request now.`,
 	}
 	o.AddFlags(cmd)
 	return cmd
+}
+
+// loadOnePolicy loads the policy in file: a policy file, or a ConfigMap
+// manifest holding exactly one.
+func loadOnePolicy(file string) (*policy.Compiled, error) {
+	data, err := readPolicyFile(file)
+	if err != nil {
+		return nil, err
+	}
+	docs, err := policy.Documents(file, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(docs) != 1 {
+		names := make([]string, 0, len(docs))
+		for _, d := range docs {
+			names = append(names, d.Name)
+		}
+		return nil, fmt.Errorf("failed to load policy: %s holds %d policies (%s): explain judges with one", file, len(docs), strings.Join(names, ", "))
+	}
+	return policy.Parse(docs[0].Name, docs[0].Data)
 }
 
 const (
