@@ -68,7 +68,7 @@ func TestDeployShipsWhatItDocuments(t *testing.T) {
 		"deploy/base":       kustomize(t, filepath.Join(root, "deploy", "base")),
 		"deploy/redis":      kustomize(t, filepath.Join(root, "deploy", "redis")),
 		"deploy/production": kustomize(t, filepath.Join(root, "deploy", "production")),
-		"base+components":   kustomize(t, componentsOverlay(t, root, "deploy/base", "deploy/cert-manager", "deploy/networkpolicy")),
+		"base+components":   kustomize(t, componentsOverlay(t, root, "deploy/base", "deploy/cert-manager", "deploy/networkpolicy", "deploy/webhook-client-auth")),
 	}
 	guard := func(objs []map[string]any) (replicas float64, args []string, pod any) {
 		d := findManifest(t, objs, "Deployment", "kubedefender")
@@ -122,6 +122,23 @@ func TestDeployShipsWhatItDocuments(t *testing.T) {
 			t.Errorf("Redis's NetworkPolicy admits %s; want only KubeDefender's pods", got)
 		}
 		findManifest(t, objs, "PodDisruptionBudget", "kubedefender")
+	})
+
+	t.Run("production authenticates the API server with the CA from the shipped ConfigMap mount", func(t *testing.T) {
+		_, args, pod := guard(builds["deploy/production"])
+		var caFile string
+		for _, a := range args {
+			if v, ok := strings.CutPrefix(a, "--webhook-client-ca-file="); ok {
+				caFile = v
+			}
+		}
+		if caFile == "" || !slices.Contains(args, "--webhook-client-allowed-names=kube-apiserver-webhook-client") {
+			t.Fatalf("args %v: want --webhook-client-ca-file and --webhook-client-allowed-names", args)
+		}
+		mounts, volumes := fmt.Sprint(manifestField(pod, "containers", 0, "volumeMounts")), fmt.Sprint(manifestField(pod, "volumes"))
+		if !strings.Contains(mounts, "mountPath:"+filepath.Dir(caFile)) || !strings.Contains(volumes, "name:kubedefender-webhook-client-ca") {
+			t.Errorf("%s is not on a mount of the ConfigMap kubedefender-webhook-client-ca:\n%s\n%s", caFile, mounts, volumes)
+		}
 	})
 
 	for name, objs := range builds {

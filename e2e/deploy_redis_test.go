@@ -95,15 +95,14 @@ func startRedisWithConfig(t *testing.T, conf string, port int) *redisServer {
 		case err := <-s.done:
 			s.done <- err
 			log, _ := os.ReadFile(filepath.Join(filepath.Dir(conf), "redis.log"))
-			return false, fmt.Errorf("redis-server exited at start: %v\n%s", err, log)
+			return false, fmt.Errorf("redis-server exited at start: %w\n%s", err, log)
 		default:
 		}
-		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			return false, nil
+		c, dialErr := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if dialErr == nil {
+			_ = c.Close()
 		}
-		_ = c.Close()
-		return true, nil
+		return dialErr == nil, nil // not listening yet: try again
 	})
 	return s
 }

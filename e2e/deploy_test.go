@@ -57,7 +57,7 @@ func TestDeployManifests(t *testing.T) {
 		{"the base kustomization applies", []string{"-k", filepath.Join(root, "deploy", "base")}},
 		{"the Redis variant applies", []string{"-k", filepath.Join(root, "deploy", "redis")}},
 		{"the production example (Redis, cert-manager, NetworkPolicies) applies", []string{"-k", filepath.Join(root, "deploy", "production")}},
-		{"base with the cert-manager and NetworkPolicy components applies", []string{"-k", componentsOverlay(t, root, "deploy/base", "deploy/cert-manager", "deploy/networkpolicy")}},
+		{"base with the cert-manager, NetworkPolicy and webhook client auth components applies", []string{"-k", componentsOverlay(t, root, "deploy/base", "deploy/cert-manager", "deploy/networkpolicy", "deploy/webhook-client-auth")}},
 		{"the break-glass ClusterRole applies on its own", []string{"-f", filepath.Join(root, "deploy", "base", "rbac-breakglass.yaml")}},
 	}
 	for _, tc := range cases {

@@ -215,6 +215,16 @@ spec:
 		}
 	}
 
+	allowed, _ := scrape(ctx, metricsURL, `kubedefender_webhook_requests_total{operation="DELETE",result="allowed"}`)
+	denied, _ := scrape(ctx, metricsURL, `kubedefender_webhook_requests_total{operation="DELETE",result="denied"}`)
+	fmt.Printf("\n    allowed %.0f = the %d pods deleted + %.0f server-side dry run(s) the demo sent to see the webhook answer (judged, charged nothing)\n",
+		allowed, deleted, allowed-float64(deleted))
+	fmt.Printf("    denied %.0f = the %d denials kubectl reported; repeat: the API server calls the webhook again for a pod it already judged, charged once\n",
+		denied, denials)
+	if allowed < float64(deleted) || denied != float64(denials) {
+		r.Errorf("the webhook's counters do not match what kubectl saw: allowed %.0f for %d deleted, denied %.0f for %d denials", allowed, deleted, denied, denials)
+	}
+
 	step("Result")
 	if deleted != o.limit || left != o.pods-o.limit {
 		r.Errorf("expected %d pods deleted and %d left, got %d deleted and %d left", o.limit, o.pods-o.limit, deleted, left)
@@ -247,7 +257,7 @@ spec:
 		}
 		again, final := strings.Count(stdout, " deleted"), countPods(r, cp, ns)
 		fmt.Printf("    kubectl delete pods --all -n %s again: %d more deleted; %d pods left\n", ns, again, final)
-		fmt.Printf("    In all: %d stopped by the breaker's budget + %d under the override = %d of %d pods deleted\n", deleted, again, deleted+again, o.pods)
+		fmt.Printf("    In all: %d deleted within the budget + %d under the override = %d of %d pods\n", deleted, again, deleted+again, o.pods)
 		if again != left || final != 0 || deleted+again != o.pods {
 			r.Errorf("the numbers do not add up: %d deleted, then %d of the %d left, %d remain (of %d)", deleted, again, left, final, o.pods)
 		}

@@ -44,6 +44,7 @@ type replicaChecker struct {
 	log            *slog.Logger
 
 	warned     int32 // replica count last warned about (0: none)
+	checked    bool  // a check has succeeded
 	failedOnce bool
 }
 
@@ -62,7 +63,8 @@ func (c *replicaChecker) run(ctx context.Context, interval time.Duration) {
 }
 
 // check logs a warning when the workload asks for more than one replica
-// (once per count), and an info line when it is back to one. A failure to
+// (once per count), and an info line at the first check with one replica or
+// when it is back to one. A failure to
 // read the workload (RBAC, no owner) is logged once, at info: the check is a
 // guard rail, not a requirement.
 func (c *replicaChecker) check(ctx context.Context) {
@@ -74,7 +76,11 @@ func (c *replicaChecker) check(ctx context.Context) {
 		}
 		return
 	}
+	first := !c.checked
+	c.checked = true
 	switch {
+	case n <= 1 && first:
+		c.log.Info("one replica: the memory store's counters are the cluster's", "workload", workload, "replicas", n)
 	case n > 1 && n != c.warned:
 		c.warned = n
 		c.log.Warn("other replicas run on a memory store: each counts alone, so every limit is multiplied by the replica count and a Manual breaker trips on one replica only; share the counters through Redis (--redis-url, deploy/redis) or run one replica",

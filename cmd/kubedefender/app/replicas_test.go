@@ -42,7 +42,8 @@ func TestMemoryStoreWarnsAboutOtherReplicas(t *testing.T) {
 	}{
 		{name: "a Deployment of two replicas is warned about, with the count",
 			objects: deploymentObjects(2), want: []string{`level=WARN msg="other replicas run on a memory store`, `workload=Deployment/kubedefender replicas=2`}},
-		{name: "a Deployment of one replica is not", objects: deploymentObjects(1), notWant: "level=WARN"},
+		{name: "a Deployment of one replica is not, and says so once", objects: deploymentObjects(1),
+			want: []string{`msg="one replica: the memory store's counters are the cluster's" workload=Deployment/kubedefender replicas=1`}, notWant: "level=WARN"},
 		{name: "a StatefulSet of three replicas is warned about",
 			objects: []runtime.Object{
 				&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "kd", Namespace: replicaTestNS}, Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](3)}},

@@ -107,7 +107,8 @@ func TestEveryExpressionParses(t *testing.T) {
 
 // TestAlertMetricsAreDocumented reads the metric names out of every
 // expression's AST and checks each KubeDefender one is in the README's
-// metrics table (an alert on a metric that does not exist never fires).
+// metrics table (an alert on a metric that does not exist never fires), and
+// that every alert is in the README's alerts table.
 func TestAlertMetricsAreDocumented(t *testing.T) {
 	doc, err := os.ReadFile(readme)
 	if err != nil {
@@ -129,6 +130,11 @@ func TestAlertMetricsAreDocumented(t *testing.T) {
 				}
 				return nil
 			})
+		}
+		for _, r := range g.Rules {
+			if !strings.Contains(string(doc), "| `"+r.Alert+"` |") {
+				t.Errorf("alert %s is not in the README's alerts table", r.Alert)
+			}
 		}
 	}
 }
