@@ -95,6 +95,9 @@ type Controller struct {
 	creator atomic.Pointer[string]
 }
 
+// syncWarnAfter is how long Run waits for a watch to sync before it says so.
+const syncWarnAfter = 10 * time.Second
+
 // creatorRecheck is how often Run looks again for the admission policy that
 // makes spec.requestedBy true.
 const creatorRecheck = 5 * time.Minute
@@ -161,6 +164,10 @@ type nsWatch struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	synced bool
+	// since is when the watch started; warned is set once Run has said
+	// that it does not sync (no RBAC in a new breakGlass.namespace?).
+	since  time.Time
+	warned bool
 }
 
 func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
@@ -174,7 +181,7 @@ func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
 		cancel()
 		return nil, fmt.Errorf("failed to watch overrides in %s: %w", ns, err)
 	}
-	w := &nsWatch{ns: ns, inf: inf, stop: cancel, done: make(chan struct{})}
+	w := &nsWatch{ns: ns, inf: inf, stop: cancel, done: make(chan struct{}), since: c.cfg.Clock.Now()}
 	factory.Start(wctx.Done())
 	go func() {
 		defer close(w.done)
@@ -228,6 +235,11 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.store, c.moving = w.inf.GetStore(), false
 			c.mu.Unlock()
 			c.log.Info("watching break-glass overrides", "namespace", w.ns)
+		}
+		if !w.synced && !w.warned && c.cfg.Clock.Since(w.since) > syncWarnAfter {
+			w.warned = true
+			c.log.Error("cannot list break-glass overrides yet; no override applies until it can (may KubeDefender's ServiceAccount list and watch overrides there?)",
+				"namespace", w.ns, "waited", syncWarnAfter)
 		}
 		c.Sync(ctx)
 		select {
