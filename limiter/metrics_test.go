@@ -103,7 +103,8 @@ kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
 `)
 
 	// A reload that removes rules removes their gauges at once.
-	e.SetPolicy(parse(t, strings.Replace(enginePolicy[:strings.Index(enginePolicy, "  - name: node-deletes")], "metadata: {name: test}", "metadata: {name: test2}", 1)))
+	podOnly, _, _ := strings.Cut(enginePolicy, "  - name: node-deletes")
+	e.SetPolicy(parse(t, strings.Replace(podOnly, "metadata: {name: test}", "metadata: {name: test2}", 1)))
 	checkGauges(t, reg, "after a reload that keeps only pod-deletes", `
 kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
 kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0

@@ -26,8 +26,6 @@ type Grant struct {
 	For          time.Duration
 	Reason       string
 	ResetBreaker bool
-	// RequestedBy, when empty, is filled from a SelfSubjectReview.
-	RequestedBy string
 }
 
 // Validate reports every problem with a grant at once.
@@ -57,17 +55,16 @@ func WhoAmI(ctx context.Context, kube kubernetes.Interface) (string, error) {
 	return r.Status.UserInfo.Username, nil
 }
 
-// Create writes a grant as a new Override and returns it.
+// Create writes a grant as a new Override and returns it. Its requestedBy is
+// the caller as the API server authenticates them (a SelfSubjectReview): the
+// admission policy CreatorPolicy refuses any other name.
 func Create(ctx context.Context, dyn dynamic.Interface, kube kubernetes.Interface, g Grant, now time.Time) (*Override, error) {
 	if err := g.Validate(); err != nil {
 		return nil, err
 	}
-	if g.RequestedBy == "" {
-		who, err := WhoAmI(ctx, kube)
-		if err != nil {
-			return nil, err
-		}
-		g.RequestedBy = who
+	who, err := WhoAmI(ctx, kube)
+	if err != nil {
+		return nil, err
 	}
 	o := &Override{
 		ObjectMeta: metav1.ObjectMeta{Name: overrideName(g), Namespace: g.Namespace,
@@ -75,7 +72,7 @@ func Create(ctx context.Context, dyn dynamic.Interface, kube kubernetes.Interfac
 		Spec: Spec{
 			Budgets: g.Budgets, RateLimits: g.RateLimits, Namespaces: g.Namespaces, Users: g.Users,
 			ExpiresAt: metav1.NewTime(now.Add(g.For).UTC().Truncate(time.Second)), Reason: g.Reason,
-			RequestedBy: g.RequestedBy, ResetBreaker: g.ResetBreaker,
+			RequestedBy: who, ResetBreaker: g.ResetBreaker,
 		},
 	}
 	u, err := o.ToUnstructured()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,7 +90,17 @@ type Controller struct {
 	store    cache.Store
 	watching string
 	moving   bool
+
+	// creator is the last CreatorCheck result (nil before the first).
+	creator atomic.Pointer[string]
 }
+
+// syncWarnAfter is how long Run waits for a watch to sync before it says so.
+const syncWarnAfter = 10 * time.Second
+
+// creatorRecheck is how often Run looks again for the admission policy that
+// makes spec.requestedBy true.
+const creatorRecheck = 5 * time.Minute
 
 type seenOverride struct {
 	phase string
@@ -153,6 +164,10 @@ type nsWatch struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	synced bool
+	// since is when the watch started; warned is set once Run has said
+	// that it does not sync (no RBAC in a new breakGlass.namespace?).
+	since  time.Time
+	warned bool
 }
 
 func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
@@ -166,7 +181,7 @@ func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
 		cancel()
 		return nil, fmt.Errorf("failed to watch overrides in %s: %w", ns, err)
 	}
-	w := &nsWatch{ns: ns, inf: inf, stop: cancel, done: make(chan struct{})}
+	w := &nsWatch{ns: ns, inf: inf, stop: cancel, done: make(chan struct{}), since: c.cfg.Clock.Now()}
 	factory.Start(wctx.Done())
 	go func() {
 		defer close(w.done)
@@ -185,6 +200,7 @@ func (c *Controller) watch(ctx context.Context, ns string) (*nsWatch, error) {
 func (c *Controller) Run(ctx context.Context) error {
 	tick := c.cfg.Clock.NewTicker(c.cfg.Tick)
 	defer tick.Stop()
+	var lastCreatorCheck time.Time
 	var w *nsWatch
 	defer func() {
 		if w != nil {
@@ -209,12 +225,21 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.mu.Unlock()
 			w = nw
 		}
+		if now := c.cfg.Clock.Now(); lastCreatorCheck.IsZero() || now.Sub(lastCreatorCheck) >= creatorRecheck {
+			c.checkCreator(ctx)
+			lastCreatorCheck = now
+		}
 		if !w.synced && w.inf.HasSynced() {
 			w.synced = true
 			c.mu.Lock()
 			c.store, c.moving = w.inf.GetStore(), false
 			c.mu.Unlock()
 			c.log.Info("watching break-glass overrides", "namespace", w.ns)
+		}
+		if !w.synced && !w.warned && c.cfg.Clock.Since(w.since) > syncWarnAfter {
+			w.warned = true
+			c.log.Error("cannot list break-glass overrides yet; no override applies until it can (may KubeDefender's ServiceAccount list and watch overrides there?)",
+				"namespace", w.ns, "waited", syncWarnAfter)
 		}
 		c.Sync(ctx)
 		select {
@@ -224,6 +249,34 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-tick.C():
 		}
 	}
+}
+
+// checkCreator looks for the admission policy behind spec.requestedBy and
+// logs when what it finds changes.
+func (c *Controller) checkCreator(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := CreatorCheck(cctx, c.cfg.Client)
+	if prev := c.creator.Swap(&res); prev != nil && *prev == res {
+		return
+	}
+	if res == CreatorVerified {
+		c.log.Info("Override spec.requestedBy is checked at admission against the authenticated creator", "policy", CreatorPolicy)
+		return
+	}
+	attrs := []any{"policy", CreatorPolicy, "requestedBy", creatorNote(res)}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	c.log.Warn("Override spec.requestedBy is not known to be checked at admission: apply deploy/base/crd-override.yaml", attrs...)
+}
+
+// creatorCheck is the last CreatorCheck result.
+func (c *Controller) creatorCheck() string {
+	if p := c.creator.Load(); p != nil {
+		return *p
+	}
+	return CreatorUnknown
 }
 
 func (c *Controller) poke() {
@@ -334,15 +387,17 @@ func (c *Controller) Sync(ctx context.Context) {
 func (c *Controller) transition(ctx context.Context, o *Override, from, to, why string, now time.Time) {
 	c.transitions.WithLabelValues(to).Inc()
 	name := o.Namespace + "/" + o.Name
+	check := c.creatorCheck()
 	attrs := []any{"override", name, "targets", o.Targets(), "scope", o.Scope(), "requestedBy", o.Spec.RequestedBy,
-		"reason", o.Spec.Reason, "expiresAt", o.Spec.ExpiresAt.UTC().Format(time.RFC3339)}
+		"requestedByCheck", check, "reason", o.Spec.Reason, "expiresAt", o.Spec.ExpiresAt.UTC().Format(time.RFC3339)}
 	var msg, evReason, evType string
 	switch to {
 	case PhaseActive:
 		c.log.Warn("break-glass override active", attrs...)
 		evReason, evType = "Activated", corev1.EventTypeWarning
-		msg = fmt.Sprintf("override active on %s until %s (%s left): %s bypassed for %s; requested by %s: %s",
-			c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339), o.Spec.ExpiresAt.Sub(now).Round(time.Second), o.Targets(), o.Scope(), o.Spec.RequestedBy, o.Spec.Reason)
+		msg = fmt.Sprintf("override active on %s until %s (%s left): %s bypassed for %s; requested by %s (%s): %s",
+			c.cfg.Replica, o.Spec.ExpiresAt.UTC().Format(time.RFC3339), o.Spec.ExpiresAt.Sub(now).Round(time.Second), o.Targets(), o.Scope(),
+			o.Spec.RequestedBy, creatorNote(check), o.Spec.Reason)
 	case PhaseExpired:
 		if from == "" {
 			// Already expired when this replica started: nothing changed here.

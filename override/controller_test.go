@@ -142,3 +142,68 @@ func TestControllerFollowsTheBreakGlassNamespaceOnReload(t *testing.T) {
 	}
 	eventually(t, "the new override of bg-b applies", func() bool { return eng.applied() == fmt.Sprintf("bg-b/in-b,bg-b/%s", "second") })
 }
+
+func admissionObject(kind string, spec map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+		"metadata": map[string]any{"name": CreatorPolicy}, "spec": spec,
+	}}
+}
+
+// TestControllerSaysWhetherRequestedByIsVerified: the Activated Event and log
+// line qualify requestedBy by whether the API server checks it.
+func TestControllerSaysWhetherRequestedByIsVerified(t *testing.T) {
+	cases := []struct {
+		name      string
+		admission []runtime.Object
+		want      string
+	}{
+		{name: "with the shipped admission policy and its Deny binding", want: "requested by alice (authenticated at admission)",
+			admission: []runtime.Object{
+				admissionObject("ValidatingAdmissionPolicy", map[string]any{"failurePolicy": "Fail"}),
+				admissionObject("ValidatingAdmissionPolicyBinding", map[string]any{"policyName": CreatorPolicy, "validationActions": []any{"Deny"}}),
+			}},
+		{name: "with a binding that only warns", want: "requested by alice (NOT verified",
+			admission: []runtime.Object{
+				admissionObject("ValidatingAdmissionPolicy", map[string]any{"failurePolicy": "Fail"}),
+				admissionObject("ValidatingAdmissionPolicyBinding", map[string]any{"policyName": CreatorPolicy, "validationActions": []any{"Warn"}}),
+			}},
+		{name: "without the admission policy", want: "requested by alice (NOT verified"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := append([]runtime.Object{testOverride(t, "bg-a", "o", "alice")}, tc.admission...)
+			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+				GVR: "OverrideList", vapGVR: "ValidatingAdmissionPolicyList", vapBindingGVR: "ValidatingAdmissionPolicyBindingList",
+			}, objs...)
+			events := kubefake.NewClientset()
+			eng := &fakeEngine{}
+			eng.pol.Store(policyIn(t, "bg-a"))
+			c, err := NewController(ControllerConfig{Client: dyn, Events: events.CoreV1(), Engine: eng, Replica: "r1", Tick: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- c.Run(ctx) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			}()
+			var msg string
+			eventually(t, "the Activated Event", func() bool {
+				l, err := events.CoreV1().Events("bg-a").List(context.Background(), metav1.ListOptions{})
+				if err != nil || len(l.Items) == 0 {
+					return false
+				}
+				msg = l.Items[0].Message
+				return true
+			})
+			if !strings.Contains(msg, tc.want) {
+				t.Fatalf("Event message %q does not contain %q", msg, tc.want)
+			}
+		})
+	}
+}

@@ -75,6 +75,10 @@ func newGrantCommand(s Streams, ko *kubeOptions) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.Namespace = ko.Namespace
+			if cmd.Flags().Changed("requested-by") {
+				return errors.New("--requested-by is gone: an Override records who created it, as the API server authenticates you " +
+					"(checked at admission); name who asked for it in --reason")
+			}
 			if err := g.Validate(); err != nil {
 				return err
 			}
@@ -100,7 +104,8 @@ func newGrantCommand(s Streams, ko *kubeOptions) *cobra.Command {
 	f.DurationVar(&g.For, "for", 0, "how long the override lasts (at most the policy's breakGlass.maxDuration)")
 	f.StringVar(&g.Reason, "reason", "", "why: a ticket and a sentence (required)")
 	f.BoolVar(&g.ResetBreaker, "reset-breaker", true, "close the targeted breakers and clear their counters when the override activates")
-	f.StringVar(&g.RequestedBy, "requested-by", "", "who asks (default: you, from a SelfSubjectReview)")
+	f.String("requested-by", "", "gone: requestedBy is who you are authenticated as")
+	_ = f.MarkHidden("requested-by")
 	return cmd
 }
 
@@ -114,7 +119,10 @@ type overrideRow struct {
 	Targets     string    `json:"targets"`
 	Scope       string    `json:"scope"`
 	RequestedBy string    `json:"requestedBy"`
-	Reason      string    `json:"reason"`
+	// RequestedByCheck says whether the API server checks requestedBy
+	// against the authenticated creator (override.CreatorCheck).
+	RequestedByCheck string `json:"requestedByCheck"`
+	Reason           string `json:"reason"`
 }
 
 func newListCommand(s Streams, ko *kubeOptions) *cobra.Command {
@@ -135,11 +143,12 @@ func newListCommand(s Streams, ko *kubeOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			check, checkErr := override.CreatorCheck(cmd.Context(), dyn)
 			now := time.Now()
 			rows := make([]overrideRow, 0, len(os))
 			for _, o := range os {
 				r := overrideRow{Name: o.Name, Namespace: o.Namespace, ExpiresAt: o.Spec.ExpiresAt.UTC(), Targets: o.Targets(),
-					Scope: o.Scope(), RequestedBy: o.Spec.RequestedBy, Reason: o.Spec.Reason, State: override.PhaseActive, TimeLeft: "-"}
+					Scope: o.Scope(), RequestedBy: o.Spec.RequestedBy, RequestedByCheck: check, Reason: o.Spec.Reason, State: override.PhaseActive, TimeLeft: "-"}
 				if left := o.Spec.ExpiresAt.Sub(now); left > 0 {
 					r.TimeLeft = left.Round(time.Second).String()
 				} else {
@@ -161,11 +170,27 @@ func newListCommand(s Streams, ko *kubeOptions) *cobra.Command {
 			for _, r := range rows {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.State, r.TimeLeft, r.Targets, r.Scope, r.RequestedBy, oneLine(r.Reason))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(s.Out, creatorFootnote(check, checkErr))
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return cmd
+}
+
+// creatorFootnote says under `breakglass list` what REQUESTED BY is worth.
+func creatorFootnote(check string, err error) string {
+	switch check {
+	case override.CreatorVerified:
+		return "REQUESTED BY is who created the override, as the API server authenticated them (ValidatingAdmissionPolicy " + override.CreatorPolicy + ")."
+	case override.CreatorUnverified:
+		return "warning: REQUESTED BY is NOT verified: ValidatingAdmissionPolicy " + override.CreatorPolicy +
+			" is not installed (apply deploy/base/crd-override.yaml), so anyone who may create Overrides can write any name there."
+	}
+	return fmt.Sprintf("note: could not tell whether REQUESTED BY is verified (ValidatingAdmissionPolicy %s: %v).", override.CreatorPolicy, err)
 }
 
 func oneLine(s string) string {
