@@ -198,11 +198,9 @@ func TestProxyBudgets(t *testing.T) {
 	t.Run("break-glass works under a tripped cluster-wide breaker", func(t *testing.T) {
 		const ns = "pb-trip"
 		oncall := proxyKubeconfig(t, t.TempDir(), proxyURL, cp.CACertFile, cp.Token(t, "oncall"))
-		// Given an override granted before the trouble (on an unrelated scope;
-		// --requested-by skips the CLI's SelfSubjectReview, a create the
-		// cluster-wide budget would charge)
+		// Given an override granted before the trouble (on an unrelated scope)
 		out := kd(t, bin, "breakglass", "grant", "--budget", "pod-deletes", "--namespace", "pb-none", "--for", "30m",
-			"--reason", "INC-7: e2e", "--reset-breaker=false", "--requested-by", "oncall", "--kubeconfig", oncall)
+			"--reason", "INC-7: e2e", "--reset-breaker=false", "--kubeconfig", oncall)
 		early := overrideNameFrom(t, out)
 		// And the cluster-wide breaker over every write tripped
 		for i := range 2 {
@@ -220,9 +218,10 @@ func TestProxyBudgets(t *testing.T) {
 		if _, err := dyn.Resource(gvr).Namespace("kubedefender-system").Get(t.Context(), early, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Fatalf("override %s after `breakglass revoke` (%s): %v, want NotFound", early, strings.TrimSpace(out), err)
 		}
-		// And a new override can be granted and revoked too
+		// And a new override can be granted (its SelfSubjectReview, a create,
+		// is exempt like the Override) and revoked too
 		out = kd(t, bin, "breakglass", "grant", "--budget", "cluster-writes", "--for", "10m", "--reason", "INC-7: e2e",
-			"--reset-breaker=false", "--requested-by", "oncall", "--kubeconfig", oncall)
+			"--reset-breaker=false", "--kubeconfig", oncall)
 		name := overrideNameFrom(t, out)
 		kd(t, bin, "breakglass", "revoke", name, "--kubeconfig", oncall)
 		if _, err := dyn.Resource(gvr).Namespace("kubedefender-system").Get(t.Context(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
