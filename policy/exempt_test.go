@@ -1,6 +1,10 @@
 package policy
 
-import "testing"
+import (
+	"slices"
+	"strings"
+	"testing"
+)
 
 func TestExemption(t *testing.T) {
 	tests := []struct {
@@ -25,6 +29,47 @@ func TestExemption(t *testing.T) {
 			why := Exemption(&tt.a, "kubedefender-system")
 			if (why != "") != tt.exempt {
 				t.Fatalf("Exemption(%+v) = %q, want exempt=%v", tt.a, why, tt.exempt)
+			}
+		})
+	}
+}
+
+func TestExcludedNamespaces(t *testing.T) {
+	const head = "apiVersion: kubedefender.io/v1alpha1\nkind: DefenderPolicy\nmetadata: {name: t}\nspec:\n  budgets:\n  - {name: b, match: {verbs: [delete], resources: [pods]}, windows: [{window: 1m, limit: 1}]}\n"
+	for _, tt := range []struct {
+		name    string
+		spec    string
+		want    []string
+		wantErr string
+	}{
+		{name: "unset is kube-system", want: []string{"kube-system"}},
+		{name: "a list replaces the default", spec: "  exemptions: {excludeNamespaces: [batch, ci]}\n", want: []string{"batch", "ci"}},
+		{name: "an empty list excludes none", spec: "  exemptions: {excludeNamespaces: []}\n", want: []string{}},
+		{name: "a bad name is refused", spec: "  exemptions: {excludeNamespaces: [Bad_NS]}\n", wantErr: `spec.exemptions.excludeNamespaces[0]: Invalid value: "Bad_NS"`},
+		{name: "a duplicate is refused", spec: "  exemptions: {excludeNamespaces: [ci, ci]}\n", wantErr: `spec.exemptions.excludeNamespaces[1]: Duplicate value: "ci"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("p.yaml", []byte(head+tt.spec))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := c.Policy.Spec.ExcludedNamespaces()
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("ExcludedNamespaces() = %q, want %q", got, tt.want)
+			}
+			for _, ns := range tt.want {
+				if !c.Policy.Spec.Excludes(ns) {
+					t.Errorf("Excludes(%q) = false", ns)
+				}
+			}
+			if c.Policy.Spec.Excludes("") {
+				t.Error(`Excludes("") = true`)
 			}
 		})
 	}

@@ -42,7 +42,7 @@ func TestWarningsTellWhatAValidPolicyDoesThatItsAuthorMayNotMean(t *testing.T) {
 		{
 			name: "a budget on kube-system says the webhook configuration leaves it out by default",
 			spec: "  budgets:\n  - {name: b, match: {verbs: [delete], resources: [secrets], namespaces: [kube-system]}, windows: [{window: 1m, limit: 10}]}\n",
-			want: []string{`spec.budgets[0].match.namespaces[0]: Invalid value: "kube-system": ` + "`kubedefender webhook config` leaves kube-system out"},
+			want: []string{`spec.budgets[0].match.namespaces[0]: Invalid value: "kube-system": ` + "spec.exemptions.excludeNamespaces (by default kube-system) takes kube-system out of every budget"},
 		},
 		{
 			name: "a resource of any group close to a standard one suggests it",

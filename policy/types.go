@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"slices"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,6 +69,31 @@ type Exemptions struct {
 	// Namespaces, when not empty, are the only namespaces the label exempts;
 	// on any other namespace it is ignored.
 	Namespaces []string `json:"namespaces,omitempty"`
+	// ExcludeNamespaces are never judged by budgets or breakers, at either
+	// front: the generated webhook configuration leaves them out, and the
+	// proxy skips their budgets and its early breaker reject. Absent means
+	// DefaultExcludedNamespaces (kube-system, whose controllers must keep
+	// working whatever the guard does); [] excludes none.
+	ExcludeNamespaces *[]string `json:"excludeNamespaces,omitempty"`
+}
+
+// DefaultExcludedNamespaces returns the namespaces excluded when the policy
+// says nothing: kube-system.
+func DefaultExcludedNamespaces() []string { return []string{"kube-system"} }
+
+// ExcludedNamespaces returns the namespaces no budget or breaker judges
+// (spec.exemptions.excludeNamespaces, or DefaultExcludedNamespaces).
+func (s *Spec) ExcludedNamespaces() []string {
+	if s.Exemptions == nil || s.Exemptions.ExcludeNamespaces == nil {
+		return DefaultExcludedNamespaces()
+	}
+	return *s.Exemptions.ExcludeNamespaces
+}
+
+// Excludes says whether ns is one of ExcludedNamespaces. The namespace object
+// itself counts as inside it (as the webhook's namespaceSelector sees it).
+func (s *Spec) Excludes(ns string) bool {
+	return ns != "" && slices.Contains(s.ExcludedNamespaces(), ns)
 }
 
 // NamespaceLabelHonoured says whether ExemptNamespaceLabel exempts anything.

@@ -133,6 +133,19 @@ func validateExemptions(s *Spec, spec *field.Path) field.ErrorList {
 		}
 		seen[ns] = true
 	}
+	if ex := s.Exemptions.ExcludeNamespaces; ex != nil {
+		seen := map[string]bool{}
+		for i, ns := range *ex {
+			np := p.Child("excludeNamespaces").Index(i)
+			for _, msg := range validation.IsDNS1123Label(ns) {
+				errs = append(errs, field.Invalid(np, ns, msg))
+			}
+			if seen[ns] {
+				errs = append(errs, field.Duplicate(np, ns))
+			}
+			seen[ns] = true
+		}
+	}
 	if !s.NamespaceLabelHonoured() && len(s.Exemptions.Namespaces) > 0 {
 		errs = append(errs, field.Forbidden(p.Child("namespaces"),
 			"names the namespaces where the "+ExemptNamespaceLabel+" label is honoured, but namespaceLabel is false, so it is honoured nowhere: remove one of the two"))
@@ -166,9 +179,9 @@ func Warnings(p *DefenderPolicy) field.ErrorList {
 			}
 		}
 		for j, ns := range b.Match.Namespaces {
-			if slices.Contains(defaultWebhookExcluded, ns) {
+			if s.Excludes(ns) {
 				warns = append(warns, field.Invalid(bp.Child("match", "namespaces").Index(j), ns,
-					"`kubedefender webhook config` leaves "+ns+" out of the webhook by default, so the webhook never judges it there: pass --exclude-namespaces= (empty) to protect it"))
+					"spec.exemptions.excludeNamespaces (by default kube-system) takes "+ns+" out of every budget, at the webhook and the proxy, so this budget never judges it there: set excludeNamespaces without it to protect it"))
 			}
 		}
 	}
@@ -182,10 +195,6 @@ func Warnings(p *DefenderPolicy) field.ErrorList {
 	})
 	return warns
 }
-
-// defaultWebhookExcluded mirrors webhook.DefaultExcludedNamespaces (the
-// webhook package imports this one, not the other way round).
-var defaultWebhookExcluded = []string{"kube-system"}
 
 // chargesWrites says whether a budget with these verbs charges create or update.
 func chargesWrites(verbs []string) bool {

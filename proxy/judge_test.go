@@ -277,6 +277,9 @@ func TestExemptRequestsPassATrippedBreakerButNotRateLimits(t *testing.T) {
 				{method: "DELETE", path: "/apis/coordination.k8s.io/v1/namespaces/default/leases/l", wantCode: 200},
 				{method: "DELETE", path: "/api/v1/namespaces/default/events/e", wantCode: 200},
 				{method: "DELETE", path: "/apis/events.k8s.io/v1/namespaces/default/events/e", wantCode: 200},
+				{method: "POST", path: "/apis/authentication.k8s.io/v1/selfsubjectreviews", contentType: "application/json", body: `{}`, wantCode: 200},
+				// kube-system is excluded by default (as the webhook configuration leaves it out)
+				{method: "DELETE", path: "/api/v1/namespaces/kube-system/pods/coredns-0", wantCode: 200},
 				// and the rest is refused
 				{method: "DELETE", path: "/api/v1/namespaces/default/pods/p", wantCode: 403},
 				{method: "PATCH", path: "/api/v1/namespaces/default/configmaps/c", contentType: "application/merge-patch+json", body: `{}`, wantCode: 403},
@@ -336,5 +339,42 @@ spec:
 				t.Errorf("step %d, %s: upstream X-Remote-User %q, want %q", i, tc.name, got, tc.wantUser)
 			}
 		}
+	}
+}
+
+// TestExcludedNamespacesFollowThePolicy: spec.exemptions.excludeNamespaces
+// replaces the default (kube-system) at the proxy, as in the webhook
+// configuration, and [] excludes none.
+func TestExcludedNamespacesFollowThePolicy(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		exemptions  string
+		excluded    []string
+		notExcluded []string
+	}{
+		{name: "unset excludes kube-system", excluded: []string{"kube-system"}, notExcluded: []string{"batch"}},
+		{name: "a list replaces the default", exemptions: "  exemptions: {excludeNamespaces: [batch]}\n", excluded: []string{"batch"}, notExcluded: []string{"kube-system"}},
+		{name: "an empty list excludes none", exemptions: "  exemptions: {excludeNamespaces: []}\n", notExcluded: []string{"kube-system", "batch"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{budgets: true, policy: trippablePolicy + tt.exemptions})
+			c := e.client(e.userCert(t, "admin"), false)
+			// Given a tripped cluster-wide Manual breaker
+			e.call(t, c, "DELETE", "/api/v1/namespaces/default/pods/a", "", "")
+			e.call(t, c, "DELETE", "/api/v1/namespaces/default/pods/b", "", "")
+			for _, ns := range tt.excluded {
+				if code, body := e.call(t, c, "DELETE", "/api/v1/namespaces/"+ns+"/pods/p", "", ""); code != 200 {
+					t.Errorf("a delete in excluded namespace %s: code %d, want 200: %s", ns, code, body)
+				}
+				if code, body := e.call(t, c, "DELETE", "/api/v1/namespaces/"+ns, "", ""); code != 200 {
+					t.Errorf("deleting excluded namespace %s itself: code %d, want 200: %s", ns, code, body)
+				}
+			}
+			for _, ns := range tt.notExcluded {
+				if code, body := e.call(t, c, "DELETE", "/api/v1/namespaces/"+ns+"/pods/p", "", ""); code != 403 {
+					t.Errorf("a delete in namespace %s: code %d, want 403 from the open breaker: %s", ns, code, body)
+				}
+			}
+		})
 	}
 }

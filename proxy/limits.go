@@ -59,13 +59,15 @@ func WithLimits(cfg LimitsConfig, next http.Handler) http.Handler {
 //     admission sees (budgetVerb: a patch is an update, a deletecollection a
 //     delete), and are skipped for the requests policy.Exemption exempts —
 //     the very function the webhook calls — so that break-glass and
-//     KubeDefender's own namespace keep working under an open breaker.
+//     KubeDefender's own namespace keep working under an open breaker, and
+//     in the namespaces the policy excludes (spec.exemptions.excludeNamespaces,
+//     kube-system by default), which the webhook configuration leaves out.
 //
 // a is restored before decide returns. When both kinds of rule see the same
 // verb the engine is asked once, as before.
 func decide(ctx context.Context, e *limiter.Engine, a *limiter.Attributes, budgetChecks limiter.Checks) limiter.Decision {
 	p := e.Policy()
-	if policy.Exemption(&a.Attributes, p.Policy.Spec.BreakGlass.Namespace) != "" {
+	if policy.Exemption(&a.Attributes, p.Policy.Spec.BreakGlass.Namespace) != "" || p.Policy.Spec.Excludes(a.Namespace) {
 		a.Checks = limiter.CheckRateLimits
 		return e.Decide(ctx, a)
 	}

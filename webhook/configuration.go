@@ -55,7 +55,7 @@ const LabelledWebhookPrefix = "labelled."
 // kube-system holds the cluster's own components, whose deletion and eviction
 // are the cluster's self-repair (and must keep working while the webhook is
 // down).
-func DefaultExcludedNamespaces() []string { return []string{"kube-system"} }
+func DefaultExcludedNamespaces() []string { return policy.DefaultExcludedNamespaces() }
 
 // ConfigurationOptions describe the ValidatingWebhookConfiguration.
 type ConfigurationOptions struct {
@@ -76,8 +76,9 @@ type ConfigurationOptions struct {
 	// means the policy's breakGlass.namespace.
 	OwnNamespace string
 	// ExcludeNamespaces are left out by the namespaceSelector; nil means
-	// DefaultExcludedNamespaces, an empty non-nil slice excludes only
-	// OwnNamespace.
+	// the policy's spec.exemptions.excludeNamespaces (itself
+	// DefaultExcludedNamespaces when unset), an empty non-nil slice excludes
+	// only OwnNamespace.
 	ExcludeNamespaces []string
 	// NamespaceSelector further narrows the namespaces (e.g. opt-in by
 	// label); its requirements are ANDed with the exclusions.
@@ -145,7 +146,7 @@ func BuildConfiguration(p *policy.Compiled, o ConfigurationOptions) (cfg *admiss
 		o.OwnNamespace = p.Policy.Spec.BreakGlass.Namespace
 	}
 	if o.ExcludeNamespaces == nil {
-		o.ExcludeNamespaces = DefaultExcludedNamespaces()
+		o.ExcludeNamespaces = p.Policy.Spec.ExcludedNamespaces()
 	}
 
 	rules, notes := rulesFor(p)

@@ -224,6 +224,16 @@ spec:
 			want:   []string{"budgets.kubedefender.io: DELETE /secrets *; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system; kubedefender.io/exempt NotIn true"},
 		},
 		{
+			name:   "excludeNamespaces replaces kube-system",
+			policy: doc(`pods`, "  exemptions: {excludeNamespaces: [batch]}\n"),
+			want:   []string{"budgets.kubedefender.io: DELETE /pods *; kubernetes.io/metadata.name NotIn batch,kubedefender-system; kubedefender.io/exempt NotIn true"},
+		},
+		{
+			name:   "an empty excludeNamespaces leaves out only the own namespace",
+			policy: doc(`pods`, "  exemptions: {excludeNamespaces: []}\n"),
+			want:   []string{"budgets.kubedefender.io: DELETE /pods *; kubernetes.io/metadata.name NotIn kubedefender-system; kubedefender.io/exempt NotIn true"},
+		},
+		{
 			name:   "namespaceLabel false ignores the exempt label",
 			policy: doc(`pods`, "  exemptions: {namespaceLabel: false}\n"),
 			want:   []string{"budgets.kubedefender.io: DELETE /pods *; kubernetes.io/metadata.name NotIn kube-system,kubedefender-system"},

@@ -22,7 +22,6 @@ import (
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
-	"github.com/kubedefender/kubedefender/webhook"
 )
 
 func newPolicyCommand(s Streams) *cobra.Command {
@@ -574,11 +573,10 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 	ex.Notes = notes
 	spec := &c.Policy.Spec
 	ex.Exempt = policy.Exemption(&wa, spec.BreakGlass.Namespace)
-	defaultExcluded := slices.Contains(webhook.DefaultExcludedNamespaces(), a.Namespace)
-	if defaultExcluded && a.Namespace != "" {
-		ex.Notes = append(ex.Notes, fmt.Sprintf("the default webhook configuration leaves %s out (webhook config --exclude-namespaces): unless it was generated without that, the webhook never sees this request", a.Namespace))
+	if ex.Exempt == "" && spec.Excludes(a.Namespace) {
+		ex.Exempt = fmt.Sprintf("namespace %s is in spec.exemptions.excludeNamespaces (kube-system when unset): the generated webhook configuration never sends its requests and the proxy skips its budgets and breakers", a.Namespace)
 	}
-	if a.Namespace != "" && !defaultExcluded && ex.Exempt == "" && spec.NamespaceLabelHonoured() {
+	if a.Namespace != "" && ex.Exempt == "" && spec.NamespaceLabelHonoured() {
 		where := "this namespace"
 		if ns := spec.LabelExemptNamespaces(); len(ns) > 0 && !slices.Contains(ns, a.Namespace) {
 			where = ""

@@ -70,7 +70,7 @@ func (o *webhookConfigOptions) AddFlags(cmd *cobra.Command) {
 		"what the API server does when the webhook cannot answer: Ignore admits the request (default: a dead guard must not stall rollouts, drains and garbage collection), Fail denies it (run several replicas and alert on them)")
 	f.Int32Var(&o.TimeoutSeconds, "timeout-seconds", webhook.DefaultTimeoutSeconds, "how long the API server waits for the webhook (1-30)")
 	f.StringVar(&o.OwnNamespace, "own-namespace", "", "namespace KubeDefender runs in, always left out (default: the policy's breakGlass.namespace)")
-	f.StringSliceVar(&o.ExcludeNamespaces, "exclude-namespaces", webhook.DefaultExcludedNamespaces(), "namespaces the webhook is never called for; pass --exclude-namespaces= to protect kube-system too")
+	f.StringSliceVar(&o.ExcludeNamespaces, "exclude-namespaces", nil, "namespaces the webhook is never called for (default: the policy's spec.exemptions.excludeNamespaces, itself kube-system when unset; the proxy skips the same ones, so prefer setting them in the policy); pass --exclude-namespaces= to exclude none")
 	f.StringVar(&o.NamespaceSelector, "namespace-selector", "", "label selector namespaces must also match, e.g. kubedefender.io/protect=true (opt-in)")
 	f.StringVarP(&o.Output, "output", "o", "yaml", "output format: yaml or json")
 	f.BoolVar(&o.Apply, "apply", false, "apply the configuration to the cluster (server-side apply) instead of only printing it")
@@ -146,7 +146,7 @@ func (o *webhookConfigOptions) Complete() (*policy.Compiled, webhook.Configurati
 		FailurePolicy:     admissionregistrationv1.FailurePolicyType(o.FailurePolicy),
 		TimeoutSeconds:    o.TimeoutSeconds,
 		OwnNamespace:      o.OwnNamespace,
-		ExcludeNamespaces: append([]string{}, o.ExcludeNamespaces...),
+		ExcludeNamespaces: o.ExcludeNamespaces, // nil: the policy's
 	}
 	svcNS, svcName := o.ServiceNamespace, o.ServiceName
 	if o.Service != "" {
