@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 func TestMemoryStoreSemantics(t *testing.T) {
@@ -98,5 +100,32 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 	}
 	if !take(t, s, true, BudgetCheck{Spec: drop, Key: "k"}).Admitted {
 		t.Fatal("a dropped rule kept its counters")
+	}
+}
+
+// TestMemoryStoreRateKeysSurviveTheReuseOfTheirLookupString: found by the
+// random-policy property test. Assigning to an existing map key stores the
+// lookup string as the key; the engine's keys live in a pooled arena that the
+// next request overwrites, so a client's bucket was lost (its next request
+// got a full bucket) as soon as another client of the same key length came.
+func TestMemoryStoreRateKeysSurviveTheReuseOfTheirLookupString(t *testing.T) {
+	e, _ := newTestEngine(t, EngineConfig{Policy: parse(t, `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: ua}
+spec:
+  rateLimits:
+  - {name: per-agent, match: {verbs: [list]}, per: [userAgent], qps: 0.001, burst: 1}
+`)})
+	list := func(ua string) Decision {
+		return e.Decide(context.Background(), &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", UserAgent: ua}, Front: FrontProxy})
+	}
+	if d := list("agent/a"); !d.Allowed {
+		t.Fatalf("first request: %s", d.Message)
+	}
+	list("agent/a") // denied: its bucket is empty, and the map key is touched
+	list("agent/b") // reuses the arena bytes
+	if d := list("agent/a"); d.Allowed {
+		t.Fatal("agent/a got a full bucket again: its key was overwritten by agent/b's")
 	}
 }
