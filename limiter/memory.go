@@ -101,10 +101,10 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 		clock:    cfg.Clock,
 		maxKeys:  cfg.MaxKeysPerRule,
 		rateIdle: int64(cfg.RateKeyIdle.Truncate(time.Millisecond)),
-		sweep:   cfg.SweepInterval,
-		budgets: map[string]*budgetTable{},
-		once:    map[string]int64{},
-		rates:   map[string]*rateTable{},
+		sweep:    cfg.SweepInterval,
+		budgets:  map[string]*budgetTable{},
+		once:     map[string]int64{},
+		rates:    map[string]*rateTable{},
 	}
 }
 

@@ -109,8 +109,8 @@ func drawPolicy(t *rapid.T) *policy.DefenderPolicy {
 	for i := rapid.IntRange(0, 4).Draw(t, "budgets"); i > 0; i-- {
 		b := policy.Budget{
 			Name: fmt.Sprintf("b%d", i), Mode: rapid.SampledFrom(propModes).Draw(t, "mode"),
-			Match: drawMatch(t, []string{"delete", "deletecollection", "evict", "create", "update", "*"}, false),
-			Per:   rapid.SampledFrom([][]string{nil, {"namespace"}, {"user"}, {"namespace", "user"}, {"user", "namespace"}}).Draw(t, "per"),
+			Match:   drawMatch(t, []string{"delete", "deletecollection", "evict", "create", "update", "*"}, false),
+			Per:     rapid.SampledFrom([][]string{nil, {"namespace"}, {"user"}, {"namespace", "user"}, {"user", "namespace"}}).Draw(t, "per"),
 			Windows: drawWindows(t), Breaker: drawBreaker(t), OnStoreFailure: rapid.SampledFrom(propOnFail).Draw(t, "onFail"),
 		}
 		if rapid.IntRange(0, 3).Draw(t, "exclude") == 0 {
