@@ -92,7 +92,7 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int
 			if !ok || tat <= now.UnixNano() {
 				continue
 			}
-			out = append(out, rateKeyStatus(spec, strings.TrimSuffix(strings.TrimPrefix(keys[i], base), "}"), tat, now.UnixNano()))
+			out = append(out, rateKeyStatus(spec, rateKeyName(keys[i]), tat, now.UnixNano()))
 		}
 		return nil
 	}
