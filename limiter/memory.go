@@ -509,3 +509,21 @@ func (s *MemoryStore) pruneRates(sh *rateShard, now int64) {
 	}
 	sh.nextIdle = next
 }
+
+// resetBudgetKeys implements keyResetter.
+func (s *MemoryStore) resetBudgetKeys(_ context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.budgets[spec.ID]
+	if t == nil {
+		return nil, nil
+	}
+	var reset []string
+	for k := range t.keys {
+		if match(k) {
+			delete(t.keys, k)
+			reset = append(reset, k)
+		}
+	}
+	return reset, nil
+}

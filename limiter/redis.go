@@ -913,3 +913,39 @@ func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout t
 		}
 	}
 }
+
+// resetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
+// node holding the {b} slot, and a DEL of those that match. A break-glass
+// operation, not a hot path.
+func (s *RedisStore) resetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+	if err := s.allow(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	node, err := s.budgetNode(ctx)
+	var reset []string
+	if err == nil {
+		base := s.prefix + "{b}:" + spec.ID + ":"
+		err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
+			var del []string
+			for _, h := range hashes {
+				key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
+				if match(key) {
+					hk, zk := s.budgetKeys(spec, key)
+					del = append(del, hk, zk)
+					reset = append(reset, key)
+				}
+			}
+			if len(del) == 0 {
+				return nil
+			}
+			cctx, cancel := context.WithTimeout(ctx, s.timeout)
+			defer cancel()
+			return node.Del(cctx, del...).Err()
+		})
+	}
+	if err = s.done(ctx, opReset, start, err); err != nil {
+		return reset, fmt.Errorf("failed to reset budget %s: %w", spec.Name, err)
+	}
+	return reset, nil
+}
