@@ -107,7 +107,7 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 // random-policy property test. Assigning to an existing map key stores the
 // lookup string as the key; the engine's keys live in a pooled arena that the
 // next request overwrites, so a client's bucket was lost (its next request
-// got a full bucket) as soon as another client of the same key length came.
+// got a full bucket) once a request laid its keys out differently.
 func TestMemoryStoreRateKeysSurviveTheReuseOfTheirLookupString(t *testing.T) {
 	e, _ := newTestEngine(t, EngineConfig{Policy: parse(t, `
 apiVersion: kubedefender.io/v1alpha1
@@ -115,17 +115,18 @@ kind: DefenderPolicy
 metadata: {name: ua}
 spec:
   rateLimits:
+  - {name: per-user, match: {verbs: [list]}, per: [user], qps: 1000, burst: 1000}
   - {name: per-agent, match: {verbs: [list]}, per: [userAgent], qps: 0.001, burst: 1}
 `)})
-	list := func(ua string) Decision {
-		return e.Decide(context.Background(), &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", UserAgent: ua}, Front: FrontProxy})
+	list := func(user string) Decision {
+		return e.Decide(context.Background(), &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: user, UserAgent: "agent/a"}, Front: FrontProxy})
 	}
-	if d := list("agent/a"); !d.Allowed {
+	if d := list("bob"); !d.Allowed {
 		t.Fatalf("first request: %s", d.Message)
 	}
-	list("agent/a") // denied: its bucket is empty, and the map key is touched
-	list("agent/b") // reuses the arena bytes
-	if d := list("agent/a"); d.Allowed {
-		t.Fatal("agent/a got a full bucket again: its key was overwritten by agent/b's")
+	list("bob") // denied by per-agent: its map entry is updated with the arena's key
+	// alice's key is longer than bob's: the agent key now sits elsewhere in the arena.
+	if d := list("alice"); d.Allowed {
+		t.Fatal("agent/a got a full bucket again: its stored key was overwritten by the next request's keys")
 	}
 }
