@@ -133,8 +133,9 @@ const (
 // {b}, so a request's whole budget batch (any number of rules) is one script
 // in one slot, judged all or nothing. Budgets guard deletions, which are few,
 // so one slot (one master of a cluster) carries them. Rate limits carry much
-// more traffic, so each rule+key has its own tag {r:<rule>:<key>} and load
-// spreads over the masters. A rate batch is one script on a single node or
+// more traffic, so a rule's keys are spread over 32 tags {r:<rule>:<shard>}
+// (the shards of its key bound, MaxKeysPerRule) and load spreads over the
+// masters. A rate batch is one script on a single node or
 // Sentinel; on a cluster it is one pipeline (one round trip, one script per
 // check, each on its own master), and there a check after a denial is still
 // charged (it is reported skipped): that can only deny more, never admit
