@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // budgetPolicy is a one-budget policy on pod deletes per namespace.
@@ -377,7 +378,12 @@ func policyReloadScenario(t *testing.T, cp *framework.ControlPlane) {
 		return d.Watcher.Current().Hash != old, nil
 	})
 
-	// Then the new budget applies at once (a changed window starts afresh)
+	// Then the counts start afresh, but the Manual breaker the denial opened
+	// stays Open (only an override closes it); once reset, the new budget applies
+	wantDenied(t, deletePod(context.Background(), cp.Client, ns, pods[2]), 403, "the breaker is Open", "1m: 0/5")
+	if err := d.Engine.ResetBreakers(context.Background(), &limiter.Override{Name: "reset", Budgets: []string{"pod-deletes"}, Namespaces: []string{ns}, ResetBreaker: true}); err != nil {
+		t.Fatal(err)
+	}
 	mustDelete(t, cp.Client, ns, pods[2:5]...)
 
 	// When a broken edit is written

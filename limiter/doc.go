@@ -28,6 +28,18 @@
 // # Rate limits
 //
 // A token bucket per key, kept as GCRA: one theoretical arrival time per key.
+// A rule keeps a bounded number of keys (32 shards, each with an overflow
+// bucket that new keys of a full shard share); a key stays for RateKeyIdle
+// after its bucket refilled, so clients that keep asking keep their bucket
+// however many new keys (user agents) a flood brings.
+//
+// # Never the outage
+//
+// Validation bounds every number (policy/bounds.go) so that both stores run
+// every valid policy exactly and alike; a property test checks it on random
+// valid policies against the memory store and a real Redis. Should a decision
+// still panic, each rule the request matched follows its onStoreFailure
+// (guard.go), counted and logged once per policy.
 //
 // # One decision, one store call
 //

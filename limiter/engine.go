@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"sort"
 	"sync"
@@ -679,7 +680,7 @@ func stronger(x, y *BudgetResult) bool {
 
 // tightest returns the window with the least room left.
 func tightest(spec *BudgetSpec, res *BudgetResult) int {
-	best, bestRoom := 0, int64(1<<62)
+	best, bestRoom := 0, int64(math.MaxInt64)
 	for j, w := range spec.Windows {
 		if room := w.Limit - res.Used[j]; room < bestRoom {
 			best, bestRoom = j, room
@@ -695,7 +696,7 @@ func (e *Engine) countAllowed(f Front, r *budgetRule, key string, res *BudgetRes
 	}
 	for j, w := range r.spec.Windows {
 		used := res.Used[j]
-		if used*5 >= w.Limit*4 {
+		if used >= w.Limit-w.Limit/5 { // used*5 >= limit*4, without overflowing for huge limits
 			r.near[j].Inc()
 		}
 	}

@@ -352,3 +352,24 @@ spec:
 		}
 	}
 }
+
+// TestEngineNearLimitHoldsForHugeLimits: limit×4 overflowed for limits above
+// 2^61, so every admission counted as near the limit.
+func TestEngineNearLimitHoldsForHugeLimits(t *testing.T) {
+	e, _ := newTestEngine(t, EngineConfig{Registerer: prometheus.NewRegistry(), Policy: parse(t, `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: huge}
+spec:
+  budgets:
+  - name: huge
+    match: {verbs: [delete]}
+    windows: [{window: 1m, limit: 9223372036854775807}]
+`)})
+	if d := e.Decide(context.Background(), podDelete("prod", "x")); !d.Allowed {
+		t.Fatal(d.Message)
+	}
+	if n := testutil.ToFloat64(e.metrics.nearLimit.WithLabelValues("huge", "1m")); n != 0 {
+		t.Fatalf("near_limit_total = %v after 1 of 2^63-1, want 0", n)
+	}
+}

@@ -104,7 +104,7 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 				continue
 			}
 			one := func(s Store, r *rateRule) (Decision, bool) {
-				return e.decideOne(func(sc *scratch, od *Decision) {
+				return e.decideOne(st, a, func(sc *scratch, od *Decision) {
 					e.decideRates(ctx, s, &engineState{policy: st.policy, rates: []*rateRule{r}}, a, sc, nil, od)
 				})
 			}
@@ -146,7 +146,7 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 			continue
 		}
 		one := func(s Store, r *budgetRule) (Decision, bool) {
-			return e.decideOne(func(sc *scratch, od *Decision) {
+			return e.decideOne(st, a, func(sc *scratch, od *Decision) {
 				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{r}}, a, sc, nil, commit, breakersOnly, od)
 			})
 		}
@@ -177,10 +177,11 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 }
 
 // decideOne runs one single-rule decision under recover; ok is false when it
-// panicked.
-func (e *Engine) decideOne(run func(sc *scratch, d *Decision)) (d Decision, ok bool) {
+// panicked (logged once per policy, as a panic of Decide).
+func (e *Engine) decideOne(st *engineState, a *Attributes, run func(sc *scratch, d *Decision)) (d Decision, ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
+			e.notePanic(st, a, p)
 			d, ok = Decision{}, false
 		}
 	}()

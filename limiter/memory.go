@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,15 @@ type MemoryConfig struct {
 	// MaxKeysPerRule bounds the keys one rule keeps (default 100000). When a
 	// rule is full, requests with new keys share one overflow key: memory stays
 	// bounded and a flood of distinct keys is limited together, never freed.
+	// A rate limit's keys are split into 32 shards by a hash of the key, each
+	// bounded by MaxKeysPerRule/32 with its own overflow key, as in Redis.
 	MaxKeysPerRule int
+	// RateKeyIdle is how long a rate-limit key is kept after its bucket
+	// refilled (default 1m, whole milliseconds): a client that keeps asking
+	// keeps its own bucket, so a flood of new keys (user agents are chosen by
+	// the client) fills the overflow key, never the buckets of clients that
+	// were already there.
+	RateKeyIdle time.Duration
 	// SweepInterval is how often Run forgets idle keys (default 30s).
 	SweepInterval time.Duration
 }
@@ -26,11 +35,15 @@ type MemoryConfig struct {
 // DefaultMaxKeysPerRule is the default bound on keys per rule.
 const DefaultMaxKeysPerRule = 100000
 
+// DefaultRateKeyIdle is how long a refilled rate-limit key is kept by default.
+const DefaultRateKeyIdle = time.Minute
+
 // MemoryStore is the in-process Store for one replica. Budgets are judged under
 // one lock (all-or-nothing across rules); rate limits use sharded locks.
 type MemoryStore struct {
 	clock    clock.PassiveClock
 	maxKeys  int
+	rateIdle int64 // ns, whole milliseconds
 	sweep    time.Duration
 	overflow atomic.Int64
 
@@ -58,10 +71,16 @@ type rateTable struct {
 }
 
 type rateShard struct {
-	mu       sync.Mutex
-	tat      map[string]int64
+	mu sync.Mutex
+	// tat holds each key's theoretical arrival time. Values are pointers: an
+	// update writes through the pointer, because assigning to an existing map
+	// key replaces the stored key with the (pooled, reused) lookup string.
+	tat      map[string]*int64
 	overflow int64
-	_        [40]byte // keep shards on their own cache lines
+	// nextIdle is the earliest time a key of the shard may become idle
+	// (tat+RateKeyIdle), so a full shard is pruned only when something can go.
+	nextIdle int64
+	_        [32]byte // keep shards on their own cache lines
 }
 
 // NewMemoryStore returns an empty store.
@@ -75,13 +94,17 @@ func NewMemoryStore(cfg MemoryConfig) *MemoryStore {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
 	}
+	if cfg.RateKeyIdle <= 0 {
+		cfg.RateKeyIdle = DefaultRateKeyIdle
+	}
 	return &MemoryStore{
-		clock:   cfg.Clock,
-		maxKeys: cfg.MaxKeysPerRule,
-		sweep:   cfg.SweepInterval,
-		budgets: map[string]*budgetTable{},
-		once:    map[string]int64{},
-		rates:   map[string]*rateTable{},
+		clock:    cfg.Clock,
+		maxKeys:  cfg.MaxKeysPerRule,
+		rateIdle: int64(cfg.RateKeyIdle.Truncate(time.Millisecond)),
+		sweep:    cfg.SweepInterval,
+		budgets:  map[string]*budgetTable{},
+		once:     map[string]int64{},
+		rates:    map[string]*rateTable{},
 	}
 }
 
@@ -184,7 +207,7 @@ func (s *MemoryStore) rateTable(spec *RateSpec) *rateTable {
 	if t = s.rates[spec.ID]; t == nil {
 		t = &rateTable{spec: spec}
 		for i := range t.shards {
-			t.shards[i].tat = map[string]int64{}
+			t.shards[i].tat = map[string]*int64{}
 		}
 		s.rates[spec.ID] = t
 	}
@@ -221,20 +244,32 @@ func (s *MemoryStore) Rates(_ context.Context, b *RateBatch) error {
 		t := s.rateTable(c.Spec)
 		sh := &t.shards[fnv32(c.Key)%rateShards]
 		sh.mu.Lock()
-		tat, ok := sh.tat[c.Key]
-		overflow := !ok && len(sh.tat) >= max(1, perShard)
-		if overflow {
+		p := sh.tat[c.Key]
+		if p == nil && len(sh.tat) >= max(1, perShard) {
+			s.pruneRates(sh, now)
+		}
+		overflow := p == nil && len(sh.tat) >= max(1, perShard)
+		var tat int64
+		switch {
+		case overflow:
 			tat = sh.overflow
 			s.overflow.Add(1)
+		case p != nil:
+			tat = *p
 		}
 		newTat, allowed, retry := rateAllow(c.Spec, tat, now)
 		switch {
 		case overflow:
 			sh.overflow = newTat
-		case ok:
-			sh.tat[c.Key] = newTat
+		case p != nil:
+			*p = newTat
 		default:
-			sh.tat[strings.Clone(c.Key)] = newTat
+			v := new(int64) // not &newTat, which would move newTat to the heap on every call
+			*v = newTat
+			sh.tat[strings.Clone(c.Key)] = v
+			if len(sh.tat) == 1 || newTat+s.rateIdle < sh.nextIdle {
+				sh.nextIdle = newTat + s.rateIdle
+			}
 		}
 		sh.mu.Unlock()
 		b.Results = append(b.Results, RateResult{Allowed: allowed, RetryAfter: retry})
@@ -315,11 +350,7 @@ func (s *MemoryStore) Sweep() {
 		for i := range t.shards {
 			sh := &t.shards[i]
 			sh.mu.Lock()
-			for k, tat := range sh.tat {
-				if tat <= now {
-					delete(sh.tat, k)
-				}
-			}
+			s.pruneRates(sh, now)
 			sh.mu.Unlock()
 		}
 	}
@@ -414,8 +445,8 @@ func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int)
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		for k, tat := range sh.tat {
-			if tat > now {
-				out = append(out, rateKeyStatus(spec, k, tat, now))
+			if *tat > now {
+				out = append(out, rateKeyStatus(spec, k, *tat, now))
 			}
 		}
 		sh.mu.Unlock()
@@ -458,4 +489,41 @@ func (s *MemoryStore) carryBreakers(_ context.Context, from, to *BudgetSpec) ([]
 		t.overflow = budgetState{state: Open, since: since}
 	}
 	return carried, nil
+}
+
+// pruneRates forgets the shard's idle keys: those whose bucket refilled more
+// than RateKeyIdle ago (in whole milliseconds, as the Redis store counts).
+// It scans only when nextIdle says a key can go. Caller holds sh.mu.
+func (s *MemoryStore) pruneRates(sh *rateShard, now int64) {
+	nowMs := now / int64(time.Millisecond)
+	if nowMs < sh.nextIdle/int64(time.Millisecond) || len(sh.tat) == 0 {
+		return
+	}
+	next := int64(math.MaxInt64)
+	for k, tat := range sh.tat {
+		if idle := *tat + s.rateIdle; idle/int64(time.Millisecond) <= nowMs {
+			delete(sh.tat, k)
+		} else {
+			next = min(next, idle)
+		}
+	}
+	sh.nextIdle = next
+}
+
+// resetBudgetKeys implements keyResetter.
+func (s *MemoryStore) resetBudgetKeys(_ context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.budgets[spec.ID]
+	if t == nil {
+		return nil, nil
+	}
+	var reset []string
+	for k := range t.keys {
+		if match(k) {
+			delete(t.keys, k)
+			reset = append(reset, k)
+		}
+	}
+	return reset, nil
 }

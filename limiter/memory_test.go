@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 func TestMemoryStoreSemantics(t *testing.T) {
@@ -98,5 +100,33 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 	}
 	if !take(t, s, true, BudgetCheck{Spec: drop, Key: "k"}).Admitted {
 		t.Fatal("a dropped rule kept its counters")
+	}
+}
+
+// TestMemoryStoreRateKeysSurviveTheReuseOfTheirLookupString: found by the
+// random-policy property test. Assigning to an existing map key stores the
+// lookup string as the key; the engine's keys live in a pooled arena that the
+// next request overwrites, so a client's bucket was lost (its next request
+// got a full bucket) once a request laid its keys out differently.
+func TestMemoryStoreRateKeysSurviveTheReuseOfTheirLookupString(t *testing.T) {
+	e, _ := newTestEngine(t, EngineConfig{Policy: parse(t, `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: ua}
+spec:
+  rateLimits:
+  - {name: per-user, match: {verbs: [list]}, per: [user], qps: 1000, burst: 1000}
+  - {name: per-agent, match: {verbs: [list]}, per: [userAgent], qps: 0.001, burst: 1}
+`)})
+	list := func(user string) Decision {
+		return e.Decide(context.Background(), &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: user, UserAgent: "agent/a"}, Front: FrontProxy})
+	}
+	if d := list("bob"); !d.Allowed {
+		t.Fatalf("first request: %s", d.Message)
+	}
+	list("bob") // denied by per-agent: its map entry is updated with the arena's key
+	// alice's key is longer than bob's: the agent key now sits elsewhere in the arena.
+	if d := list("alice"); d.Allowed {
+		t.Fatal("agent/a got a full bucket again: its stored key was overwritten by the next request's keys")
 	}
 }

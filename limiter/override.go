@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kubedefender/kubedefender/policy"
@@ -74,46 +75,169 @@ func (e *Engine) SetOverrides(ovs []Override) {
 func (e *Engine) Overrides() []Override { return *e.overrides.Load() }
 
 // ResetBreakers closes the breakers an override targets and clears their
-// counters, in the shared store and in the local fallback. The scope narrows
-// the reset when it names the budget key exactly (per [namespace] with
-// namespaces, per [user] with users); otherwise every key of the budget resets.
+// counters, in the shared store and in the local fallback. The override's
+// scope narrows the reset to the keys it covers: with namespaces, only keys of
+// those namespaces; with users, only keys of those users — for any budget key
+// (per [namespace], [user], [namespace, user] in either order). A dimension
+// the scope does not name matches every value; a budget keyed on neither of
+// the scoped dimensions resets every key.
 func (e *Engine) ResetBreakers(ctx context.Context, o *Override) error {
 	st := e.state.Load()
 	var errs []error
+	by := o.Namespace + "/" + o.Name
 	for _, r := range st.budgets {
 		if !o.targets(KindBudget, r.cb.Name) {
 			continue
 		}
-		for _, key := range resetKeys(r.per, o) {
+		keys, match := resetPlan(r.per, o)
+		if match != nil {
+			n, err := e.resetMatching(ctx, r, match)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("failed to reset budget %s keys %s: %w", r.cb.Name, scopeString(o), err))
+			}
+			e.metrics.transitions.WithLabelValues(r.cb.Name, "Closed").Inc()
+			e.log.Warn("breakers reset by override", "rule", r.cb.Name, "scope", scopeString(o), "keys", n, "override", by,
+				"requestedBy", o.RequestedBy, "reason", o.Reason)
+			continue
+		}
+		for _, key := range keys {
 			if err := e.store.ResetBudget(ctx, r.spec, key); err != nil {
 				errs = append(errs, fmt.Errorf("failed to reset budget %s key %s: %w", r.cb.Name, displayKey(key), err))
 			}
 			// The local fallback keeps this replica's share under its own ID.
 			_ = e.fallback.ResetBudget(ctx, r.spec.Share(e.replicas()), key)
 			e.metrics.transitions.WithLabelValues(r.cb.Name, "Closed").Inc()
-			e.log.Warn("breaker reset by override", "rule", r.cb.Name, "key", displayKey(key), "override", o.Namespace+"/"+o.Name,
+			e.log.Warn("breaker reset by override", "rule", r.cb.Name, "key", displayKey(key), "override", by,
 				"requestedBy", o.RequestedBy, "reason", o.Reason)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func resetKeys(per []string, o *Override) []string {
-	switch {
-	case len(per) == 0:
-		return []string{""}
-	case len(per) == 1 && per[0] == policy.PerNamespace && len(o.Namespaces) > 0:
-		keys := make([]string, 0, len(o.Namespaces))
-		for _, ns := range o.Namespaces {
-			keys = append(keys, policy.PerNamespace+"="+ns)
+// resetMatching resets the keys of r that match, in the shared store and the
+// local fallback, and returns how many the shared store reset. A store that
+// cannot select keys resets them all.
+func (e *Engine) resetMatching(ctx context.Context, r *budgetRule, match func(string) bool) (int, error) {
+	n := 0
+	var err error
+	for i, s := range []Store{e.store, e.fallback} {
+		spec := r.spec
+		if i == 1 {
+			spec = r.spec.Share(e.replicas())
 		}
-		return keys
-	case len(per) == 1 && per[0] == policy.PerUser && len(o.Users) > 0:
-		keys := make([]string, 0, len(o.Users))
-		for _, u := range o.Users {
-			keys = append(keys, policy.PerUser+"="+u)
+		var keys []string
+		var ferr error
+		if kr, ok := s.(keyResetter); ok {
+			keys, ferr = kr.resetBudgetKeys(ctx, spec, match)
+		} else {
+			ferr = s.ResetBudget(ctx, spec, AllKeys)
 		}
-		return keys
+		if i == 0 {
+			n, err = len(keys), ferr
+		}
 	}
-	return []string{AllKeys}
+	return n, err
+}
+
+// resetPlan says which keys of a budget keyed per an override resets: exact
+// keys when the scope names every dimension of the key (or the budget is
+// cluster-wide), otherwise a predicate over keys (nil keys), or AllKeys when
+// the scope names none of them.
+func resetPlan(per []string, o *Override) (keys []string, match func(string) bool) {
+	if len(per) == 0 {
+		return []string{""}, nil
+	}
+	values := func(dim string) []string {
+		switch dim {
+		case policy.PerNamespace:
+			return o.Namespaces
+		case policy.PerUser:
+			return o.Users
+		}
+		return nil
+	}
+	named := 0
+	for _, d := range per {
+		if len(values(d)) > 0 {
+			named++
+		}
+	}
+	switch named {
+	case 0:
+		return []string{AllKeys}, nil
+	case len(per):
+		keys = []string{""}
+		for i, d := range per {
+			var next []string
+			for _, k := range keys {
+				for _, v := range values(d) {
+					if i > 0 {
+						next = append(next, k+","+d+"="+v)
+					} else {
+						next = append(next, d+"="+v)
+					}
+				}
+			}
+			keys = next
+		}
+		return keys, nil
+	}
+	return nil, func(key string) bool {
+		got, ok := parseBudgetKey(per, key)
+		if !ok {
+			return false
+		}
+		for i, d := range per {
+			if vs := values(d); len(vs) > 0 && !slices.Contains(vs, got[i]) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// parseBudgetKey splits a budget key ("namespace=prod,user=alice") into its
+// values, one per dimension of per (namespace and user). A namespace never
+// holds a comma; a user name may hold anything, so it is what is left.
+func parseBudgetKey(per []string, key string) ([]string, bool) {
+	out := make([]string, len(per))
+	rest := key
+	for i, d := range per {
+		p := d + "="
+		if i > 0 {
+			p = "," + p
+		}
+		if !strings.HasPrefix(rest, p) {
+			return nil, false
+		}
+		rest = rest[len(p):]
+		if i == len(per)-1 {
+			out[i] = rest
+			break
+		}
+		var end int
+		if d == policy.PerNamespace {
+			end = strings.IndexByte(rest, ',')
+		} else {
+			// a user followed by the remaining dimensions: they hold no commas
+			// (namespace), so the user ends at the last comma that starts them
+			end = strings.LastIndex(rest, ","+per[i+1]+"=")
+		}
+		if end < 0 {
+			return nil, false
+		}
+		out[i], rest = rest[:end], rest[end:]
+	}
+	return out, true
+}
+
+func scopeString(o *Override) string {
+	var parts []string
+	if len(o.Namespaces) > 0 {
+		parts = append(parts, "namespaces="+strings.Join(o.Namespaces, ","))
+	}
+	if len(o.Users) > 0 {
+		parts = append(parts, "users="+strings.Join(o.Users, ","))
+	}
+	return strings.Join(parts, " ")
 }

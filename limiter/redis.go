@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,14 @@ type RedisConfig struct {
 	DialTimeout time.Duration
 	// ReadTimeout and WriteTimeout bound one socket read or write (default Timeout).
 	ReadTimeout, WriteTimeout time.Duration
+	// MaxKeysPerRule bounds the keys of one rate limit in Redis, as
+	// MemoryConfig.MaxKeysPerRule does in memory (default 100000): 32 shards
+	// of MaxKeysPerRule/32 keys, new keys of a full shard share its overflow
+	// bucket. RateKeyIdle is how long a key is kept after its bucket refilled
+	// (default 1m), so clients that keep asking keep their own bucket.
+	MaxKeysPerRule int
+	RateKeyIdle    time.Duration
+
 	// PoolSize is the most connections per Redis node (default 64, or
 	// 10×GOMAXPROCS when larger): one decision holds one connection for one
 	// round trip.
@@ -124,8 +133,9 @@ const (
 // {b}, so a request's whole budget batch (any number of rules) is one script
 // in one slot, judged all or nothing. Budgets guard deletions, which are few,
 // so one slot (one master of a cluster) carries them. Rate limits carry much
-// more traffic, so each rule+key has its own tag {r:<rule>:<key>} and load
-// spreads over the masters. A rate batch is one script on a single node or
+// more traffic, so a rule's keys are spread over 32 tags {r:<rule>:<shard>}
+// (the shards of its key bound, MaxKeysPerRule) and load spreads over the
+// masters. A rate batch is one script on a single node or
 // Sentinel; on a cluster it is one pipeline (one round trip, one script per
 // check, each on its own master), and there a check after a denial is still
 // charged (it is reported skipped): that can only deny more, never admit
@@ -156,11 +166,15 @@ type RedisStore struct {
 	metrics   *redisMetrics
 	threshold int32
 	probe     time.Duration
+	perShard  int   // rate keys per shard of a rule
+	rateIdle  int64 // ms
 
 	replicasFixed int
 	replicaID     string
 	heartbeat     time.Duration
 	replicas      atomic.Int64
+
+	overflowed atomic.Int64
 
 	fails    atomic.Int32
 	open     atomic.Bool
@@ -202,6 +216,8 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 		replicaID:     cfg.ReplicaID,
 		heartbeat:     cfg.HeartbeatInterval,
 		stop:          make(chan struct{}),
+		perShard:      max(1, cfg.MaxKeysPerRule/rateShards),
+		rateIdle:      cfg.RateKeyIdle.Milliseconds(),
 	}
 	s.hbKey = s.prefix + "{hb}:replicas"
 	s.exec = s.client
@@ -278,8 +294,14 @@ func (cfg *RedisConfig) clientOptions() (*redis.UniversalOptions, error) {
 			}
 		}
 	}
-	if cfg.FailureThreshold < 0 || cfg.Replicas < 0 || cfg.PoolSize < 0 {
-		errs = append(errs, errors.New("failure threshold, replicas and pool size must not be negative"))
+	if cfg.FailureThreshold < 0 || cfg.Replicas < 0 || cfg.PoolSize < 0 || cfg.MaxKeysPerRule < 0 || cfg.RateKeyIdle < 0 {
+		errs = append(errs, errors.New("failure threshold, replicas, pool size, max keys per rule and rate key idle must not be negative"))
+	}
+	if cfg.MaxKeysPerRule == 0 {
+		cfg.MaxKeysPerRule = DefaultMaxKeysPerRule
+	}
+	if cfg.RateKeyIdle < time.Millisecond {
+		cfg.RateKeyIdle = DefaultRateKeyIdle
 	}
 	if cfg.FailureThreshold == 0 {
 		cfg.FailureThreshold = DefaultRedisFailures
@@ -407,8 +429,27 @@ func (s *RedisStore) budgetKeys(spec *BudgetSpec, key string) (h, z string) {
 	return base + ":h", base + ":z"
 }
 
-func (s *RedisStore) rateKey(spec *RateSpec, key string) string {
-	return s.prefix + "{r:" + spec.ID + ":" + key + "}"
+// rateKeys returns the bucket, index and overflow keys of one rate key:
+// <prefix>{r:<rule id>:<shard>}k:<key>, …}i and …}o, the shard (the hash tag)
+// being the memory store's (fnv32(key) mod 32).
+func (s *RedisStore) rateKeys(spec *RateSpec, key string) (bucket, index, overflow string) {
+	base := s.prefix + "{r:" + spec.ID + ":" + strconv.Itoa(int(fnv32(key)%rateShards)) + "}"
+	return base + "k:" + key, base + "i", base + "o"
+}
+
+// rateKeyName returns the rate key a Redis bucket key holds, "(overflow)" for
+// a shard's overflow bucket, "" for anything else.
+func rateKeyName(redisKey string) string {
+	_, rest, ok := strings.Cut(redisKey, "}")
+	switch {
+	case !ok:
+		return ""
+	case strings.HasPrefix(rest, "k:"):
+		return rest[2:]
+	case rest == "o":
+		return "(overflow)"
+	}
+	return ""
 }
 
 // Budgets implements Store: one EVALSHA for the whole batch.
@@ -531,10 +572,11 @@ func (s *RedisStore) Rates(ctx context.Context, b *RateBatch) error {
 
 func (s *RedisStore) rateArgs(a *redisArgs, checks []RateCheck) {
 	a.args = s.nowArgs(a.args)
-	a.args = append(a.args, s.ttlFloor)
+	a.args = append(a.args, s.ttlFloor, s.rateIdle, s.perShard)
 	for i := range checks {
 		c := &checks[i]
-		a.keys = append(a.keys, s.rateKey(c.Spec, c.Key))
+		bucket, index, overflow := s.rateKeys(c.Spec, c.Key)
+		a.keys = append(a.keys, bucket, index, overflow)
 		iv := c.Spec.Interval
 		a.args = append(a.args, boolArg(c.Shadow), int64(iv/time.Second), int64(iv%time.Second), c.Spec.Burst)
 	}
@@ -548,20 +590,27 @@ func (s *RedisStore) ratesScript(ctx context.Context, b *RateBatch) error {
 	if err != nil {
 		return err
 	}
-	if len(res) != 2+3*len(b.Checks) {
+	if len(res) != 2+4*len(b.Checks) {
 		return fmt.Errorf("%w: rate script returned %d values for %d checks", ErrStoreUnavailable, len(res), len(b.Checks))
 	}
 	b.Now = time.Unix(res[0], res[1])
 	for i := range b.Checks {
-		b.Results = append(b.Results, rateResult(res[2+3*i:5+3*i]))
+		b.Results = append(b.Results, s.rateResult(res[2+4*i:6+4*i]))
 	}
 	return nil
 }
 
-// rateResult reads one check's status, retryS, retryNs.
-func rateResult(r []int64) RateResult {
+// rateResult reads one check's status, retryS, retryNs, overflowed.
+func (s *RedisStore) rateResult(r []int64) RateResult {
+	if r[3] == 1 {
+		s.overflowed.Add(1)
+	}
 	return RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
 }
+
+// Overflowed counts rate checks judged on a shard's overflow bucket because
+// the shard was full (as MemoryStats.Overflowed).
+func (s *RedisStore) Overflowed() int64 { return s.overflowed.Load() }
 
 // ratesPipelined sends one script per check in one pipeline: on a cluster
 // the checks' keys are in different slots. Checks after the first non-shadow
@@ -618,13 +667,13 @@ func (s *RedisStore) ratesPipelined(ctx context.Context, b *RateBatch) error {
 		if err != nil {
 			return err
 		}
-		if len(res) != 5 {
+		if len(res) != 6 {
 			return fmt.Errorf("%w: rate script returned %d values", ErrStoreUnavailable, len(res))
 		}
 		if i == 0 {
 			b.Now = time.Unix(res[0], res[1])
 		}
-		r := rateResult(res[2:5])
+		r := s.rateResult(res[2:6])
 		if denied {
 			r = RateResult{Skipped: true}
 		} else if !r.Allowed && !b.Checks[i].Shadow {
@@ -864,4 +913,40 @@ func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout t
 			return nil
 		}
 	}
+}
+
+// resetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
+// node holding the {b} slot, and a DEL of those that match. A break-glass
+// operation, not a hot path.
+func (s *RedisStore) resetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+	if err := s.allow(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	node, err := s.budgetNode(ctx)
+	var reset []string
+	if err == nil {
+		base := s.prefix + "{b}:" + spec.ID + ":"
+		err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
+			var del []string
+			for _, h := range hashes {
+				key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
+				if match(key) {
+					hk, zk := s.budgetKeys(spec, key)
+					del = append(del, hk, zk)
+					reset = append(reset, key)
+				}
+			}
+			if len(del) == 0 {
+				return nil
+			}
+			cctx, cancel := context.WithTimeout(ctx, s.timeout)
+			defer cancel()
+			return node.Del(cctx, del...).Err()
+		})
+	}
+	if err = s.done(ctx, opReset, start, err); err != nil {
+		return reset, fmt.Errorf("failed to reset budget %s: %w", spec.Name, err)
+	}
+	return reset, nil
 }

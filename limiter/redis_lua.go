@@ -260,11 +260,19 @@ return out
 // pairs: burst×interval reaches 10^18 ns, beyond the 2^53 a Lua number holds
 // exactly, and the memory store computes it exactly in int64.
 //
-// KEYS: one string per check holding the theoretical arrival time "S.NNNNNNNNN".
-// ARGV: nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, then per check:
-// shadow, intervalS, intervalNs (0 to 1e9-1), burst.
+// Keys per rule are bounded as in the memory store: a rule's keys are split
+// into 32 shards by a hash of the key (the shard is the hash tag), and each
+// shard indexes its keys in a sorted set scored by when the key goes idle
+// (its bucket refilled RateKeyIdle ago, in ms). A key not in the index joins
+// it if the shard has fewer than maxPerShard live keys; otherwise it shares
+// the shard's overflow bucket. A key in the index keeps its own bucket, so a
+// flood of new keys never takes the bucket of a client that was there.
+//
+// KEYS: per check: bucket, index, overflow (one shard, one slot).
+// ARGV: nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, idleMs, maxPerShard,
+// then per check: shadow, intervalS, intervalNs (0 to 1e9-1), burst.
 // Returns: nowS, nowNs, then per check: status (1 allowed, 0 denied, 2
-// skipped), retryS, retryNs.
+// skipped), retryS, retryNs, overflowed (1 when judged on the overflow bucket).
 const rateLua = `
 local E9 = 1000000000
 local nowS, nowN
@@ -275,7 +283,8 @@ if ARGV[1] == '' then
 else
   nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
-local ttlFloor = tonumber(ARGV[3])
+local ttlFloor, idleMs, maxPerShard = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local nowMs = nowS * 1000 + math.floor(nowN / 1000000)
 -- a duration (s, n) with 0 <= n < E9
 local function norm(s, n)
   local q = math.floor(n / E9)
@@ -283,15 +292,29 @@ local function norm(s, n)
 end
 local out = {nowS, nowN}
 local denied = false
-for i = 1, #KEYS do
-  local p = 4 + (i - 1) * 4
+for i = 1, #KEYS / 3 do
+  local p = 6 + (i - 1) * 4
   if denied then
-    out[#out + 1], out[#out + 2], out[#out + 3] = 2, 0, 0
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = 2, 0, 0, 0
   else
+    local bucket, index, overflow = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local own = true
+    local sc = tonumber(redis.call('ZSCORE', index, bucket))
+    if not sc or sc <= nowMs then
+      -- forget the shard's idle keys (their buckets are full again)
+      local idle = redis.call('ZRANGEBYSCORE', index, '-inf', nowMs)
+      if #idle > 0 then
+        for k = 1, #idle, 1000 do redis.call('DEL', unpack(idle, k, math.min(k + 999, #idle))) end
+        redis.call('ZREMRANGEBYSCORE', index, '-inf', nowMs)
+      end
+      if redis.call('ZCARD', index) >= maxPerShard then own = false end
+    end
+    local key = bucket
+    if not own then key = overflow end
     local iS, iN, burst = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     -- d = max(tat - now, 0)
     local dS, dN = 0, 0
-    local v = redis.call('GET', KEYS[i])
+    local v = redis.call('GET', key)
     if v then
       local s, ns = string.match(v, '^(%-?%d+)%.(%d+)$')
       if s then
@@ -302,14 +325,21 @@ for i = 1, #KEYS do
     local xS, xN = norm(dS + iS, dN + iN)           -- next - now
     local bS, bN = norm(burst * iS, burst * iN)      -- burst × interval
     local oS, oN = norm(xS - bS, xN - bN)            -- how far next is over
+    local ov = own and 0 or 1
     if oS > 0 or (oS == 0 and oN > 0) then
-      out[#out + 1], out[#out + 2], out[#out + 3] = 0, oS, oN
+      out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = 0, oS, oN, ov
       if ARGV[p] ~= '1' then denied = true end
     else
       local tS, tN = norm(nowS + xS, nowN + xN)
-      local ms = math.max(xS * 1000 + math.floor(xN / 1000000) + 1000, ttlFloor)
-      redis.call('SET', KEYS[i], string.format('%.0f.%09.0f', tS, tN), 'PX', ms)
-      out[#out + 1], out[#out + 2], out[#out + 3] = 1, 0, 0
+      -- the key goes idle idleMs after its bucket refills; it lives 1s longer
+      local idleAt = tS * 1000 + math.floor(tN / 1000000) + idleMs
+      local ms = math.max(idleAt - nowMs + 1000, ttlFloor)
+      redis.call('SET', key, string.format('%.0f.%09.0f', tS, tN), 'PX', ms)
+      if own then
+        redis.call('ZADD', index, idleAt, bucket)
+        if redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, ms) end
+      end
+      out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = 1, 0, 0, ov
     end
   end
 end

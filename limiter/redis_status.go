@@ -99,7 +99,7 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int
 			if !ok || tat <= now.UnixNano() {
 				continue
 			}
-			mine = append(mine, rateKeyStatus(spec, strings.TrimSuffix(strings.TrimPrefix(keys[i], base), "}"), tat, now.UnixNano()))
+			mine = append(mine, rateKeyStatus(spec, rateKeyName(keys[i]), tat, now.UnixNano()))
 		}
 		mu.Lock()
 		out = append(out, mine...)

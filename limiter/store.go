@@ -53,6 +53,15 @@ type breakerCarrier interface {
 	carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error)
 }
 
+// keyResetter is a store that can reset the keys of a budget that a predicate
+// selects (an override scoped to some namespaces of a per [namespace, user]
+// budget).
+type keyResetter interface {
+	// resetBudgetKeys resets, as ResetBudget, every key of spec for which
+	// match is true, and returns them.
+	resetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(key string) bool) ([]string, error)
+}
+
 // AllKeys names every key of a rule in ResetBudget.
 const AllKeys = "*"
 
