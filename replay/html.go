@@ -59,8 +59,8 @@ svg{background:#fff;border:1px solid #ddd;margin:.3em 0}h2{margin-top:1.6em;bord
 		fmt.Fprintf(&b, "<h2 id=\"%s\">%s %s</h2>\n", esc(anchor(rr)), rr.Kind, esc(rr.Name))
 		if rr.Denied > 0 {
 			fd := rr.FirstDenied
-			fmt.Fprintf(&b, "<p><span class=\"over\">%d would-be denials</span>, first at %s: %s %s/%s by %s.<br>Keys: %s<br>Users: %s<br>User-Agents: %s</p>\n",
-				rr.Denied, esc(stamp(fd.At)), esc(fd.Request.Verb), esc(fd.Request.Namespace), esc(fd.Request.Name), esc(fd.Request.User),
+			fmt.Fprintf(&b, "<p><span class=\"over\">%d would-be denials</span>, first at %s: %s %s by %s.<br>Keys: %s<br>Users: %s<br>User-Agents: %s</p>\n",
+				rr.Denied, esc(stamp(fd.At)), esc(fd.Request.Verb), esc(fd.Request.Target()), esc(fd.Request.User),
 				esc(counts(rr.TopKeys)), esc(counts(rr.TopUsers)), esc(counts(rr.TopUserAgent)))
 		} else {
 			fmt.Fprintf(&b, "<p>%d checks, nothing would have been denied.</p>\n", rr.Matched)

@@ -84,8 +84,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw.Flush()
 		if rr.Denied > 0 {
 			fd := rr.FirstDenied
-			fmt.Fprintf(b, "  first denied: %s %s %s/%s by %s (%s, %s)\n", stamp(fd.At), fd.Request.Verb, fd.Request.Namespace,
-				fd.Request.Name, fd.Request.User, fd.Request.AuditID, fd.Request.Source)
+			fmt.Fprintf(b, "  first denied: %s %s %s by %s (%s, %s)\n", stamp(fd.At), fd.Request.Verb, fd.Request.Target(),
+				fd.Request.User, fd.Request.AuditID, fd.Request.Source)
 			fmt.Fprintf(b, "  denied keys: %s\n  denied users: %s\n  denied user agents: %s\n", counts(rr.TopKeys), counts(rr.TopUsers), counts(rr.TopUserAgent))
 		}
 		for i, t := range rr.BreakerTrips {
@@ -93,8 +93,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 				fmt.Fprintf(b, "  ... %d more breaker trips\n", len(rr.BreakerTrips)-10)
 				break
 			}
-			fmt.Fprintf(b, "  breaker %s -> Open at %s, key %s, by %s %s/%s (%s)\n", t.From, stamp(t.At), t.Key, t.Request.Verb,
-				t.Request.Namespace, t.Request.Name, t.Request.User)
+			fmt.Fprintf(b, "  breaker %s -> Open at %s, key %s, by %s %s (%s)\n", t.From, stamp(t.At), t.Key, t.Request.Verb,
+				t.Request.Target(), t.Request.User)
 		}
 	}
 	if len(r.FlowSchemas) > 0 {
@@ -110,4 +110,18 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return fmt.Errorf("failed to write report: %w", err)
 	}
 	return nil
+}
+
+// Target names what a request was about: resource namespace/name.
+func (r RequestRef) Target() string {
+	s := r.Resource
+	switch {
+	case r.Namespace != "" && r.Name != "":
+		s += " " + r.Namespace + "/" + r.Name
+	case r.Namespace != "":
+		s += " in " + r.Namespace
+	case r.Name != "":
+		s += " " + r.Name
+	}
+	return s
 }
