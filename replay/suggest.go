@@ -2,6 +2,7 @@ package replay
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -79,7 +80,15 @@ func (r *Report) Suggest(in *policy.DefenderPolicy, headroom float64) (*policy.D
 // WriteSuggestion writes a suggested policy as YAML with a header saying
 // where its numbers come from.
 func (r *Report) WriteSuggestion(w io.Writer, p *policy.DefenderPolicy, headroom float64) error {
-	js, err := yaml.Marshal(p)
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("failed to write the suggested policy: %w", err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return fmt.Errorf("failed to write the suggested policy: %w", err)
+	}
+	js, err := yaml.Marshal(prune(doc))
 	if err != nil {
 		return fmt.Errorf("failed to write the suggested policy: %w", err)
 	}
@@ -93,4 +102,32 @@ func (r *Report) WriteSuggestion(w io.Writer, p *policy.DefenderPolicy, headroom
 		return fmt.Errorf("failed to write the suggested policy: %w", err)
 	}
 	return nil
+}
+
+// prune drops what the decoded policy holds only as zero values (the
+// durations cooldown and maxDuration at "0s", objects left empty), so the
+// suggestion reads like the input.
+func prune(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if (k == "cooldown" || k == "maxDuration") && e == "0s" {
+				delete(x, k)
+				continue
+			}
+			if m, ok := e.(map[string]any); ok && prune(m) == nil {
+				delete(x, k)
+				continue
+			}
+			prune(e)
+		}
+		if len(x) == 0 {
+			return nil
+		}
+	case []any:
+		for _, e := range x {
+			prune(e)
+		}
+	}
+	return v
 }
