@@ -151,12 +151,12 @@ func TestMalformedLinesAreReportedWithFileAndLine(t *testing.T) {
 // ev is one synthetic audit event.
 type ev struct {
 	id, stage, verb, ns, name, resource, group, sub, user, ua, uri string
-	groups                                                       []string
-	at                                                           time.Duration // after t0
-	code                                                         int
-	msg                                                          string
-	forbid                                                       bool
-	response                                                     string
+	groups                                                         []string
+	at                                                             time.Duration // after t0
+	code                                                           int
+	msg                                                            string
+	forbid                                                         bool
+	response                                                       string
 }
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -238,10 +238,10 @@ func TestBudgetsAreJudgedAsTheWebhookWould(t *testing.T) {
 				del(time.Second, "p"),
 			}, wantMatched: 1},
 		{name: "a 403 from an admission webhook is judged", verbs: "delete",
-			evs: []ev{del(0, "p"), {verb: "delete", resource: "pods", ns: "a", name: "q", at: time.Second, code: 403, msg: `admission webhook "kd" denied the request: breaker open`}},
+			evs:         []ev{del(0, "p"), {verb: "delete", resource: "pods", ns: "a", name: "q", at: time.Second, code: 403, msg: `admission webhook "kd" denied the request: breaker open`}},
 			wantMatched: 2, wantDenied: 1},
 		{name: "a deletecollection counts the items of its response body", verbs: "delete",
-			evs: []ev{{verb: "deletecollection", resource: "pods", ns: "a", code: 200, response: `{"kind":"PodList","items":[{"metadata":{"name":"p1"}},{"metadata":{"name":"p2"}},{"metadata":{"name":"p3"}}]}`}},
+			evs:         []ev{{verb: "deletecollection", resource: "pods", ns: "a", code: 200, response: `{"kind":"PodList","items":[{"metadata":{"name":"p1"}},{"metadata":{"name":"p2"}},{"metadata":{"name":"p3"}}]}`}},
 			wantMatched: 3, wantDenied: 2},
 		{name: "a deletecollection without a body counts one", verbs: "delete",
 			evs:         []ev{{verb: "deletecollection", resource: "pods", ns: "a", code: 200}},
@@ -261,7 +261,7 @@ func TestBudgetsAreJudgedAsTheWebhookWould(t *testing.T) {
 				{verb: "delete", resource: "pods", ns: "kubedefender-system", name: "kd", code: 200}},
 			wantMatched: 0},
 		{name: "a dry run is judged and charges nothing", verbs: "delete",
-			evs: []ev{{verb: "delete", resource: "pods", ns: "a", name: "p", code: 200, uri: "/api/v1/namespaces/a/pods/p?dryRun=All"}, del(time.Second, "q")},
+			evs:         []ev{{verb: "delete", resource: "pods", ns: "a", name: "p", code: 200, uri: "/api/v1/namespaces/a/pods/p?dryRun=All"}, del(time.Second, "q")},
 			wantMatched: 2},
 		{name: "a second delete of the same object (the kubelet's final delete) is free", verbs: "delete",
 			evs:         []ev{del(0, "p"), del(30*time.Second, "p"), del(40*time.Second, "q")},
