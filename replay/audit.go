@@ -96,6 +96,7 @@ type source struct {
 	next     *event
 	nextLine int
 	report   func(Problem)
+	intern   interner
 }
 
 // openSource opens a file ("-" is stdin), gunzipping a .gz file (or any
@@ -199,7 +200,10 @@ func (s *source) advance() (bool, error) {
 			continue
 		}
 		ev := &event{}
-		if err := decodeEvent(line, ev); err != nil {
+		if s.intern == nil {
+			s.intern = interner{}
+		}
+		if err := decodeEvent(line, ev, s.intern); err != nil {
 			s.report(Problem{File: s.name, Line: s.line, Err: "failed to decode audit event: " + err.Error()})
 			continue
 		}

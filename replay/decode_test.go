@@ -32,7 +32,7 @@ func TestDecodeEventAgreesWithEncodingJSON(t *testing.T) {
 	)
 	for i, line := range lines {
 		var fast, slow event
-		ferr := decodeEvent(line, &fast)
+		ferr := decodeEvent(line, &fast, interner{})
 		serr := json.Unmarshal(line, &slow)
 		if (ferr == nil) != (serr == nil) {
 			t.Fatalf("line %d: decodeEvent err %v, encoding/json err %v", i+1, ferr, serr)
@@ -56,7 +56,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		var fast event
 		d := walker{b: line}
 		if err := d.event(&fast); err != nil {
-			_ = decodeEvent(line, &fast)
+			_ = decodeEvent(line, &fast, interner{})
 			return
 		}
 		var slow event
@@ -73,9 +73,10 @@ func FuzzDecodeEvent(f *testing.F) {
 func BenchmarkDecode(b *testing.B) {
 	lines := fixtureLines(b, "testdata/recorded.log")
 	b.Run("walker", func(b *testing.B) {
+		in := interner{}
 		for i := range b.N {
 			var ev event
-			_ = decodeEvent(lines[i%len(lines)], &ev)
+			_ = decodeEvent(lines[i%len(lines)], &ev, in)
 		}
 	})
 	b.Run("encoding/json", func(b *testing.B) {

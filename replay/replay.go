@@ -238,6 +238,9 @@ func (rp *replayer) problem(p Problem) {
 	}
 }
 
+// sweepEvery is how often, in the log's time, the stores forget idle keys.
+const sweepEvery = 10 * time.Minute
+
 // judge replays one request.
 func (rp *replayer) judge(r *request) {
 	rep := rp.report
@@ -255,7 +258,7 @@ func (rp *replayer) judge(r *request) {
 		now = rp.clock.Now()
 	}
 	rp.clock.SetTime(now)
-	if now.Sub(rp.lastSweep) > time.Minute {
+	if now.Sub(rp.lastSweep) > sweepEvery {
 		for _, s := range rp.stores {
 			s.Sweep()
 		}
