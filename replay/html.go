@@ -131,16 +131,24 @@ func writeChart(b *bytes.Buffer, r *Report, rs *ruleState, j int) {
 	fmt.Fprintf(b, `<text x="%d" y="%.1f" font-size="11" fill="#c0392b" text-anchor="end">limit %d</text>`+"\n", chartW-padR, y(limit)-3, limit)
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="11">%s</text>`, padL, chartH-8, esc(stamp(r.From)))
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="11" text-anchor="end">%s</text>`+"\n", chartW-padR, chartH-8, esc(stamp(r.To)))
+	win := int64(rs.windows[j])
 	for i, s := range lines {
 		var pts strings.Builder
-		prev := int64(0)
 		for k, p := range s.pts {
-			// A step line: usage holds until the next point.
-			if k > 0 {
-				fmt.Fprintf(&pts, "%.1f,%.1f ", x(p.t), y(prev))
-			}
+			// A step line: usage holds until the next point, or until the
+			// window has slid past the point without a new one (then the
+			// window is empty: a point is the most the window held then).
 			fmt.Fprintf(&pts, "%.1f,%.1f ", x(p.t), y(p.used[j]))
-			prev = p.used[j]
+			next := t1
+			if k+1 < len(s.pts) {
+				next = s.pts[k+1].t
+			}
+			if end := p.t + win; end < next {
+				fmt.Fprintf(&pts, "%.1f,%.1f %.1f,%.1f ", x(end), y(p.used[j]), x(end), y(0))
+				fmt.Fprintf(&pts, "%.1f,%.1f ", x(next), y(0))
+			} else {
+				fmt.Fprintf(&pts, "%.1f,%.1f ", x(next), y(p.used[j]))
+			}
 		}
 		fmt.Fprintf(b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"><title>%s</title></polyline>`+"\n",
 			lineColors[i%len(lineColors)], strings.TrimSpace(pts.String()), esc(displayKey(s.key)))
