@@ -176,6 +176,9 @@ func (s *source) advance() (bool, error) {
 				s.report(Problem{File: s.name, Line: s.pline, Err: "failed to decode an item of an EventList: " + err.Error()})
 				continue
 			}
+			if ev.Verb != "deletecollection" {
+				ev.Response = nil // see decodeEvent
+			}
 			if p := ev.check(); p != "" {
 				s.report(Problem{File: s.name, Line: s.pline, Err: p})
 				continue
@@ -292,6 +295,17 @@ func (r *request) merge(ev *event) {
 	}
 }
 
+// needsStatus says whether judging r needs its final status: only budgets
+// look at it, and they judge only writes. A read (a watch ends long after it
+// starts) is released after the reorder delay whether it completed or not.
+func (r *request) needsStatus() bool {
+	switch r.verb {
+	case "delete", "deletecollection", "create", "update", "patch":
+		return true
+	}
+	return false
+}
+
 func newRequest(ev *event, file string, line int) *request {
 	r := &request{
 		id: ev.AuditID, received: ev.Received, verb: ev.Verb, uri: ev.URI,
@@ -360,7 +374,7 @@ func (o *reorder) pop(flush bool) *request {
 	r := o.heap[0]
 	if !flush {
 		age := o.mark.Sub(r.received)
-		if age < o.delay || (!r.complete && age < o.maxWait) {
+		if age < o.delay || (!r.complete && r.needsStatus() && age < o.maxWait) {
 			return nil
 		}
 	}

@@ -34,6 +34,9 @@ func TestDecodeEventAgreesWithEncodingJSON(t *testing.T) {
 		var fast, slow event
 		ferr := decodeEvent(line, &fast, interner{})
 		serr := json.Unmarshal(line, &slow)
+		if slow.Verb != "deletecollection" {
+			slow.Response = nil // decodeEvent keeps only a deletecollection's body
+		}
 		if (ferr == nil) != (serr == nil) {
 			t.Fatalf("line %d: decodeEvent err %v, encoding/json err %v", i+1, ferr, serr)
 		}
@@ -59,9 +62,13 @@ func FuzzDecodeEvent(f *testing.F) {
 			_ = decodeEvent(line, &fast, interner{})
 			return
 		}
+		fast.Response = append(json.RawMessage(nil), fast.Response...)
 		var slow event
 		if err := json.Unmarshal(line, &slow); err != nil {
 			return // the walker is lenient about skipped literals
+		}
+		if len(slow.Response) == 0 && len(fast.Response) == 0 {
+			fast.Response, slow.Response = nil, nil
 		}
 		if !reflect.DeepEqual(fast, slow) && fast.AuditID == slow.AuditID {
 			t.Fatalf("decodeEvent\n%+v\nencoding/json\n%+v", fast, slow)

@@ -347,3 +347,26 @@ func TestTableNamesTheFirstDenial(t *testing.T) {
 		}
 	}
 }
+
+func TestReorderHoldsOnlyWritesForTheirStatus(t *testing.T) {
+	o := newReorder(5*time.Second, time.Minute)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	o.add(&event{AuditID: "watch", Stage: stageRequestReceived, Verb: "watch", Received: at(0), StageTime: at(0)}, "f", 1)
+	o.add(&event{AuditID: "del", Stage: stageRequestReceived, Verb: "delete", Received: at(time.Second), StageTime: at(time.Second)}, "f", 2)
+	o.add(&event{AuditID: "get", Stage: stageResponseComplete, Verb: "get", Received: at(10 * time.Second), StageTime: at(10 * time.Second)}, "f", 3)
+	if r := o.pop(false); r == nil || r.id != "watch" {
+		t.Fatalf("popped %+v, want the watch: a read is not held for its ResponseComplete", r)
+	}
+	if r := o.pop(false); r != nil {
+		t.Fatalf("popped %+v, want the delete held until its ResponseComplete (or a minute)", r)
+	}
+	o.add(&event{AuditID: "del", Stage: stageResponseComplete, Verb: "delete", Received: at(time.Second), StageTime: at(11 * time.Second), Status: &status{Code: 404}}, "f", 4)
+	if r := o.pop(false); r == nil || r.id != "del" || r.code != 404 {
+		t.Fatalf("popped %+v, want the delete with its 404", r)
+	}
+	// A late stage of a request already released merges into nothing.
+	o.add(&event{AuditID: "watch", Stage: stageResponseComplete, Verb: "watch", Received: at(0), StageTime: at(12 * time.Second)}, "f", 5)
+	if r := o.pop(true); r == nil || r.id != "get" || o.pop(true) != nil || o.late != 0 {
+		t.Fatalf("popped %+v (late %d), want only the get left", r, o.late)
+	}
+}
