@@ -11,8 +11,9 @@ import (
 )
 
 // decodeEvent decodes one audit event line into ev. It reads only the
-// fields replay needs and skips the rest without building them, about
-// three times faster than encoding/json on a typical line (BenchmarkDecode);
+// fields replay needs and skips the rest without building them: on the
+// recorded lines 12.7µs a line against 29µs for encoding/json into the same
+// struct and 41µs into k8s.io/apiserver's audit/v1.Event (BenchmarkDecode);
 // an EventList, or anything this walker does not expect, goes through
 // encoding/json instead, so both accept the same input (FuzzDecodeEvent).
 func decodeEvent(line []byte, ev *event, in interner) error {

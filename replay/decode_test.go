@@ -6,6 +6,8 @@ import (
 	"os"
 	"reflect"
 	"testing"
+
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 )
 
 func fixtureLines(t testing.TB, path string) [][]byte {
@@ -89,6 +91,12 @@ func BenchmarkDecode(b *testing.B) {
 	b.Run("encoding/json", func(b *testing.B) {
 		for i := range b.N {
 			var ev event
+			_ = json.Unmarshal(lines[i%len(lines)], &ev)
+		}
+	})
+	b.Run("encoding/json into k8s.io/apiserver audit/v1.Event", func(b *testing.B) {
+		for i := range b.N {
+			var ev auditv1.Event
 			_ = json.Unmarshal(lines[i%len(lines)], &ev)
 		}
 	})

@@ -370,3 +370,16 @@ func TestReorderHoldsOnlyWritesForTheirStatus(t *testing.T) {
 		t.Fatalf("popped %+v (late %d), want only the get left", r, o.late)
 	}
 }
+
+func TestALineOverTheBoundIsReportedAndSkipped(t *testing.T) {
+	huge := ev{id: "huge", verb: "delete", resource: "pods", ns: "a", name: "p", code: 200, response: `"` + strings.Repeat("x", maxLine) + `"`}.line()
+	p := filepath.Join(t.TempDir(), "audit.log")
+	small := ev{id: "small", verb: "delete", resource: "pods", ns: "a", name: "q", code: 200, at: time.Second}.line()
+	if err := os.WriteFile(p, []byte(huge+"\n"+small+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep := run(t, parsePolicy(t, fmt.Sprintf(oneBudget, "delete")), p)
+	if rep.Skipped != 1 || len(rep.Problems) != 1 || rep.Problems[0].Line != 1 || !strings.Contains(rep.Problems[0].Err, "longer than 16 MiB") || rep.Events != 1 {
+		t.Errorf("skipped %d %v, events %d; want line 1 skipped as too long and the next replayed", rep.Skipped, rep.Problems, rep.Events)
+	}
+}
