@@ -37,7 +37,9 @@
 // Rate limits and flow schemas are judged as the proxy judges them: on the
 // request's own verb (a create on pods/eviction is evict), with the
 // User-Agent, user and groups of the event (the impersonated user when
-// there is one). The replay assumes every request went through the proxy.
+// there is one); a request the API server could not authenticate (401) is
+// not charged, as the proxy authenticates first. The replay assumes every
+// request went through the proxy.
 //
 // Budgets are judged as the webhook judges them: a delete is a delete, a
 // deletecollection is one delete per item of its response body when the

@@ -288,7 +288,9 @@ func (rp *replayer) judge(r *request) {
 		}
 		f.Matched++
 	}
-	if len(rp.pol.RateLimits) > 0 {
+	// The proxy authenticates before it limits: a request the API server
+	// could not authenticate (401) would not have been charged.
+	if len(rp.pol.RateLimits) > 0 && r.code != 401 {
 		a.Front, a.Checks = limiter.FrontProxy, limiter.CheckRateLimits
 		rp.engine.Decide(ctx, &a)
 	}

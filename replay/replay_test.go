@@ -305,6 +305,7 @@ spec:
 		evs = append(evs, ev{verb: "list", resource: "pods", ua: "agent/1", user: "u2", code: 200, at: time.Duration(i) * 10 * time.Millisecond})
 		evs = append(evs, ev{verb: "list", resource: "pods", ua: "kubectl/1", user: "u1", code: 200, at: time.Duration(i) * 10 * time.Millisecond})
 	}
+	evs = append(evs, ev{verb: "list", resource: "pods", ua: "agent/1", user: "system:anonymous", code: 401, at: 30 * time.Millisecond})
 	r := run(t, pol, writeLog(t, evs)).Rules[0]
 	if r.Matched != 6 || r.Denied != 4 || len(r.TopUsers) != 2 || r.TopUserAgent[0].Value != "agent/1" {
 		t.Errorf("matched %d, denied %d, users %v, user agents %v; want 6, 4 (two per user)", r.Matched, r.Denied, r.TopUsers, r.TopUserAgent)
