@@ -48,6 +48,7 @@ isolates traffic with APF-style priority levels. See the README for the policy r
 		newCertsCommand(s),
 		newBreakglassCommand(s),
 		newStatusCommand(s),
+		newReplayCommand(s),
 		newVersionCommand(s),
 	)
 	return root
