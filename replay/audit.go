@@ -152,7 +152,7 @@ func (s *source) readLine() (line []byte, tooLong bool, err error) {
 			s.buf = append(s.buf, chunk...)
 		}
 		switch {
-		case err == bufio.ErrBufferFull:
+		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case err == io.EOF && (len(s.buf) > 0 || tooLong):
 			s.line++
@@ -187,7 +187,7 @@ func (s *source) advance() (bool, error) {
 			return true, nil
 		}
 		line, tooLong, err := s.readLine()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			s.next = nil
 			return false, nil
 		}

@@ -351,7 +351,7 @@ func TestTableNamesTheFirstDenial(t *testing.T) {
 
 func TestReorderHoldsOnlyWritesForTheirStatus(t *testing.T) {
 	o := newReorder(5*time.Second, time.Minute)
-	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	at := t0.Add
 	o.add(&event{AuditID: "watch", Stage: stageRequestReceived, Verb: "watch", Received: at(0), StageTime: at(0)}, "f", 1)
 	o.add(&event{AuditID: "del", Stage: stageRequestReceived, Verb: "delete", Received: at(time.Second), StageTime: at(time.Second)}, "f", 2)
 	o.add(&event{AuditID: "get", Stage: stageResponseComplete, Verb: "get", Received: at(10 * time.Second), StageTime: at(10 * time.Second)}, "f", 3)
