@@ -21,9 +21,9 @@ type rootMemory struct {
 }
 
 type memEntry struct {
-	deleted bool            // a charged delete removed the object
-	credit  int             // pods a charged scale-down paid for, not yet spent
-	taints  []corev1.Taint  // NoExecute taints charged on a node
+	deleted bool           // a charged delete removed the object
+	credit  int            // pods a charged scale-down paid for, not yet spent
+	taints  []corev1.Taint // NoExecute taints charged on a node
 	expires time.Time
 }
 
