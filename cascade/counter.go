@@ -134,7 +134,9 @@ func (c *Counter) Start(ctx context.Context) {
 			return pods.Watch(ctx, o)
 		},
 	}
-	r := cache.NewReflectorWithOptions(lw, &corev1.Pod{}, c.pods, cache.ReflectorOptions{Name: "cascade-pods"})
+	// The wrapper lets the reflector see whether the client streams lists
+	// (fake clients do not).
+	r := cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, c.cfg.Client), &corev1.Pod{}, c.pods, cache.ReflectorOptions{Name: "cascade-pods"})
 	go r.RunWithContext(ctx)
 }
 
@@ -248,7 +250,7 @@ func (c *Counter) track(gvr schema.GroupVersionResource) (*nsCountStore, error) 
 	}
 	s := newNSCountStore()
 	c.objects[gvr] = s
-	r := cache.NewReflectorWithOptions(lw, &metav1.PartialObjectMetadata{}, s, cache.ReflectorOptions{Name: "cascade-" + gvr.String()})
+	r := cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, c.cfg.Metadata), &metav1.PartialObjectMetadata{}, s, cache.ReflectorOptions{Name: "cascade-" + gvr.String()})
 	go r.RunWithContext(c.ctx)
 	return s, nil
 }

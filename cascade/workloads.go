@@ -82,7 +82,6 @@ func stripObject(obj any) (any, error) {
 }
 
 var workloadIndexers = cache.Indexers{
-	cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
 	byUID: func(obj any) ([]string, error) {
 		m, err := metaOf(obj)
 		if err != nil {
