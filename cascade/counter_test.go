@@ -284,4 +284,3 @@ func TestAnUnstartedCounterIsNotSynced(t *testing.T) {
 		t.Errorf("FollowUp before sync = %s, want no follow-up (callers judge PerObject)", r)
 	}
 }
-

@@ -205,7 +205,9 @@ func TestRecordRootRefusesWhatItCannotRemember(t *testing.T) {
 
 func TestRootMemoryIsBoundedAndForgets(t *testing.T) {
 	now := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-	nsRoot := func(name string) Root { return Root{Op: RootDelete, Object: ObjectRef{Kind: KindNamespace, Name: name}} }
+	nsRoot := func(name string) Root {
+		return Root{Op: RootDelete, Object: ObjectRef{Kind: KindNamespace, Name: name}}
+	}
 	remembered := func(c *Counter, ns string) bool { return c.namespaceGoing(ns) }
 
 	t.Run("a root is forgotten after the TTL", func(t *testing.T) {
