@@ -410,21 +410,27 @@ func (c *Counter) PodsEvictedByTaint(node string, taint corev1.Taint) Removal {
 	if n == nil {
 		return r
 	}
+	// Pods share a few interned toleration lists: decide once per list.
+	decided := map[*tolSet]bool{}
 	for _, p := range n.pods {
-		if !p.deleting() && c.evicts(p, &taint) {
+		if p.deleting() {
+			continue
+		}
+		evicted, ok := decided[p.tols]
+		if !ok {
+			var tols []corev1.Toleration
+			if p.tols != nil {
+				tols = p.tols.list
+			}
+			e, _ := EvictionFor(tols, &taint, c.cfg.TolerationComparisonOperators)
+			evicted = e != Tolerated
+			decided[p.tols] = evicted
+		}
+		if evicted {
 			r.add(p.ns.name, 1)
 		}
 	}
 	return r
-}
-
-func (c *Counter) evicts(p *podRec, taint *corev1.Taint) bool {
-	var tols []corev1.Toleration
-	if p.tols != nil {
-		tols = p.tols.list
-	}
-	e, _ := EvictionFor(tols, taint, c.cfg.TolerationComparisonOperators)
-	return e != Tolerated
 }
 
 // ScaleDown returns the pods a change of spec.replicas from old to new
