@@ -90,7 +90,7 @@ func BenchmarkCounterMemoryPerPod(b *testing.B) {
 			before := heapInUse()
 			idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{
 				cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
-				"node": func(obj any) ([]string, error) { return []string{obj.(*corev1.Pod).Spec.NodeName}, nil },
+				"node":               func(obj any) ([]string, error) { return []string{obj.(*corev1.Pod).Spec.NodeName}, nil },
 				"owner": func(obj any) ([]string, error) {
 					if ref := controllerOf(obj.(*corev1.Pod).OwnerReferences); ref != nil {
 						return []string{string(ref.UID)}, nil
