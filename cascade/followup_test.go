@@ -261,3 +261,40 @@ func TestRootMemoryIsBoundedAndForgets(t *testing.T) {
 		}
 	})
 }
+
+func TestQueriesAreSafeWhileTheWatchUpdates(t *testing.T) {
+	w := newWorld()
+	c, client := startCounter(t, Config{MaxRoots: 8}, w.objects...)
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			p := podOf("prod", fmt.Sprintf("churn-%d", i), "n1", w.rsNew)
+			if _, err := client.CoreV1().Pods("prod").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Errorf("failed to create pod: %v", err)
+				return
+			}
+			if i%2 == 0 {
+				if err := client.CoreV1().Pods("prod").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+					t.Errorf("failed to delete pod: %v", err)
+					return
+				}
+			}
+		}
+	}()
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+			eventually(t, "the churned pods are counted", func() bool { return c.PodsInNamespace("prod") == 15+100 })
+			return
+		default:
+		}
+		_ = c.PodsInNamespace("prod")
+		_, _ = c.PodsOwnedBy(ObjectRef{Kind: KindDeployment, Namespace: "prod", Name: "web"})
+		_ = c.PodsOnNode("n1")
+		_ = c.PodsEvictedByTaint("n1", corev1.Taint{Key: "k", Effect: corev1.TaintEffectNoExecute})
+		_ = c.RecordRoot(Root{Op: RootScaleDown, Object: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-new"}, Pods: 1})
+		_, _ = c.FollowUp(FollowUpDelete, pod("prod", fmt.Sprintf("churn-%d", i%200)))
+	}
+}
