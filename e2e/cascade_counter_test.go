@@ -7,7 +7,9 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -168,4 +170,97 @@ func TestCascadeCounter(t *testing.T) {
 		r, _ := counter.FollowUp(cascade.FollowUpDelete, cascade.ObjectRef{Kind: cascade.KindPod, Namespace: leaving, Name: "held"})
 		return r == cascade.ReasonNamespaceTerminating, nil
 	})
+}
+
+// TestCascadeDefaultPropagation pins cascade.Propagation to the API server:
+// a delete without options orphans the pods of exactly the kinds it says.
+// Admission sees the options as sent, so the webhook cannot learn the
+// default from the request.
+func TestCascadeDefaultPropagation(t *testing.T) {
+	// Given a control plane whose garbage collector runs, and one workload of
+	// each kind (their own controllers do not run) that owns one pod
+	cp := framework.Start(t, framework.Options{ControllerManager: true})
+	ctx := t.Context()
+	c := cp.Client
+	const ns = "propagation"
+	cp.CreateNamespace(t, ns)
+	sel := map[string]string{"app": "x"}
+	tmpl := corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: sel}, Spec: pod("", nil).Spec}
+	jobTmpl := *tmpl.DeepCopy()
+	jobTmpl.Spec.RestartPolicy = corev1.RestartPolicyNever
+	labelSel := &metav1.LabelSelector{MatchLabels: sel}
+	type workload struct {
+		kind, apiVersion string
+		create           func() (metav1.Object, error)
+		remove           func() error
+	}
+	opts := metav1.DeleteOptions{} // no propagation: the server's default
+	workloads := []workload{
+		{cascade.KindDeployment, "apps/v1", func() (metav1.Object, error) {
+			return c.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "deploy"}, Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](0), Selector: labelSel, Template: tmpl}}, metav1.CreateOptions{})
+		}, func() error { return c.AppsV1().Deployments(ns).Delete(ctx, "deploy", opts) }},
+		{cascade.KindStatefulSet, "apps/v1", func() (metav1.Object, error) {
+			return c.AppsV1().StatefulSets(ns).Create(ctx, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "sts"}, Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](0), Selector: labelSel, Template: tmpl}}, metav1.CreateOptions{})
+		}, func() error { return c.AppsV1().StatefulSets(ns).Delete(ctx, "sts", opts) }},
+		{cascade.KindDaemonSet, "apps/v1", func() (metav1.Object, error) {
+			return c.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ds"}, Spec: appsv1.DaemonSetSpec{Selector: labelSel, Template: tmpl}}, metav1.CreateOptions{})
+		}, func() error { return c.AppsV1().DaemonSets(ns).Delete(ctx, "ds", opts) }},
+		{cascade.KindCronJob, "batch/v1", func() (metav1.Object, error) {
+			return c.BatchV1().CronJobs(ns).Create(ctx, &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Name: "cj"}, Spec: batchv1.CronJobSpec{Schedule: "0 0 1 1 *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: jobTmpl}}}}, metav1.CreateOptions{})
+		}, func() error { return c.BatchV1().CronJobs(ns).Delete(ctx, "cj", opts) }},
+		{cascade.KindJob, "batch/v1", func() (metav1.Object, error) {
+			return c.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "job"}, Spec: batchv1.JobSpec{Template: jobTmpl}}, metav1.CreateOptions{})
+		}, func() error { return c.BatchV1().Jobs(ns).Delete(ctx, "job", opts) }},
+		{cascade.KindReplicationController, "v1", func() (metav1.Object, error) {
+			return c.CoreV1().ReplicationControllers(ns).Create(ctx, &corev1.ReplicationController{ObjectMeta: metav1.ObjectMeta{Name: "rc"}, Spec: corev1.ReplicationControllerSpec{Replicas: ptr.To[int32](0), Selector: sel, Template: &tmpl}}, metav1.CreateOptions{})
+		}, func() error { return c.CoreV1().ReplicationControllers(ns).Delete(ctx, "rc", opts) }},
+	}
+	for _, w := range workloads {
+		obj, err := w.create()
+		if err != nil {
+			t.Fatalf("failed to create the %s: %v", w.kind, err)
+		}
+		p := pod("pod-of-"+obj.GetName(), nil)
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: w.apiVersion, Kind: w.kind, Name: obj.GetName(), UID: obj.GetUID(), Controller: ptr.To(true)}}
+		if _, err := c.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("failed to create the pod of the %s: %v", w.kind, err)
+		}
+	}
+
+	// When each workload is deleted without options
+	for _, w := range workloads {
+		if err := w.remove(); err != nil {
+			t.Fatalf("failed to delete the %s: %v", w.kind, err)
+		}
+	}
+
+	// Then the garbage collector removes or orphans each pod as
+	// cascade.Propagation says
+	removed := map[string]bool{}
+	framework.Eventually(t, 60*time.Second, "every pod is removed or orphaned", func(ctx context.Context) (bool, error) {
+		for _, w := range workloads {
+			name := "pod-of-" + map[string]string{
+				cascade.KindDeployment: "deploy", cascade.KindStatefulSet: "sts", cascade.KindDaemonSet: "ds",
+				cascade.KindCronJob: "cj", cascade.KindJob: "job", cascade.KindReplicationController: "rc",
+			}[w.kind]
+			p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				removed[w.kind] = true
+			case err != nil:
+				return false, err
+			case len(p.OwnerReferences) == 0:
+				removed[w.kind] = false
+			default:
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	for _, w := range workloads {
+		want := cascade.RemovesPods(cascade.Propagation(w.kind, &opts))
+		if removed[w.kind] != want {
+			t.Errorf("a %s delete without options removed its pod = %v; cascade.Propagation says %v", w.kind, removed[w.kind], want)
+		}
+	}
 }
