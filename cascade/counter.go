@@ -403,11 +403,18 @@ func (c *Counter) PodsOnNode(node string) Removal {
 // EvictionFor). A taint that is not NoExecute evicts nothing. O(pods on the
 // node).
 func (c *Counter) PodsEvictedByTaint(node string, taint corev1.Taint) Removal {
+	return c.PodsEvictedByTaints(node, []corev1.Taint{taint})
+}
+
+// PodsEvictedByTaints is PodsEvictedByTaint for an update that adds several
+// taints at once: a pod is counted once if any of them evicts it. Use
+// AddedNoExecuteTaints to get the taints a node update adds.
+func (c *Counter) PodsEvictedByTaints(node string, taints []corev1.Taint) Removal {
 	var r Removal
 	c.pods.mu.RLock()
 	defer c.pods.mu.RUnlock()
 	n := c.pods.nodes[node]
-	if n == nil {
+	if n == nil || len(taints) == 0 {
 		return r
 	}
 	// Pods share a few interned toleration lists: decide once per list.
@@ -422,8 +429,12 @@ func (c *Counter) PodsEvictedByTaint(node string, taint corev1.Taint) Removal {
 			if p.tols != nil {
 				tols = p.tols.list
 			}
-			e, _ := EvictionFor(tols, &taint, c.cfg.TolerationComparisonOperators)
-			evicted = e != Tolerated
+			for i := range taints {
+				if e, _ := EvictionFor(tols, &taints[i], c.cfg.TolerationComparisonOperators); e != Tolerated {
+					evicted = true
+					break
+				}
+			}
 			decided[p.tols] = evicted
 		}
 		if evicted {
@@ -431,6 +442,29 @@ func (c *Counter) PodsEvictedByTaint(node string, taint corev1.Taint) Removal {
 		}
 	}
 	return r
+}
+
+// AddedNoExecuteTaints returns the NoExecute taints in updated that old does
+// not have (same key and value), the taints a node update adds and the
+// taint manager will act on.
+func AddedNoExecuteTaints(old, updated []corev1.Taint) []corev1.Taint {
+	var out []corev1.Taint
+	for _, t := range updated {
+		if t.Effect != corev1.TaintEffectNoExecute {
+			continue
+		}
+		had := false
+		for _, o := range old {
+			if o.MatchTaint(&t) && o.Value == t.Value {
+				had = true
+				break
+			}
+		}
+		if !had {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // ScaleDown returns the pods a change of spec.replicas from old to new

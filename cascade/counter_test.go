@@ -284,3 +284,41 @@ func TestAnUnstartedCounterIsNotSynced(t *testing.T) {
 		t.Errorf("FollowUp before sync = %s, want no follow-up (callers judge PerObject)", r)
 	}
 }
+
+func TestAddedNoExecuteTaints(t *testing.T) {
+	broken := corev1.Taint{Key: "broken", Value: "yes", Effect: corev1.TaintEffectNoExecute}
+	for _, tc := range []struct {
+		name     string
+		old, new []corev1.Taint
+		want     []corev1.Taint
+	}{
+		{name: "a new NoExecute taint is added", new: []corev1.Taint{broken}, want: []corev1.Taint{broken}},
+		{name: "a taint the node already had is not", old: []corev1.Taint{broken}, new: []corev1.Taint{broken}},
+		{name: "a changed value is a new taint", old: []corev1.Taint{{Key: "broken", Value: "no", Effect: corev1.TaintEffectNoExecute}}, new: []corev1.Taint{broken}, want: []corev1.Taint{broken}},
+		{name: "a NoSchedule taint is ignored", new: []corev1.Taint{{Key: "k", Effect: corev1.TaintEffectNoSchedule}}},
+		{name: "removing taints adds none", old: []corev1.Taint{broken}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := AddedNoExecuteTaints(tc.old, tc.new)
+			if len(got) != len(tc.want) || (len(got) > 0 && got[0] != tc.want[0]) {
+				t.Errorf("AddedNoExecuteTaints = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPodsEvictedByTaintsCountsEachPodOnce(t *testing.T) {
+	w := newWorld()
+	c, _ := startCounter(t, Config{}, w.objects...)
+	taints := []corev1.Taint{
+		{Key: "a", Effect: corev1.TaintEffectNoExecute},
+		{Key: "b", Effect: corev1.TaintEffectNoExecute},
+	}
+	// n1 holds 6 live pods; only the DaemonSet's tolerates everything.
+	if got := c.PodsEvictedByTaints("n1", taints); got.Total != 5 {
+		t.Errorf("PodsEvictedByTaints(n1, two taints) = %d, want 5", got.Total)
+	}
+	if got := c.PodsEvictedByTaints("n1", nil); got.Total != 0 {
+		t.Errorf("PodsEvictedByTaints(n1, no taints) = %d, want 0", got.Total)
+	}
+}

@@ -17,15 +17,18 @@
 //	  DaemonSet, ReplicationController, Job, CronJob  controller ownerReference chain
 //	                                                  (PodsOwnedBy); Deployment resolves
 //	                                                  through ReplicaSets, CronJob through
-//	                                                  Jobs. The caller reads the
-//	                                                  propagation policy: Orphan removes
-//	                                                  nothing and must not call it.
+//	                                                  Jobs. Orphan removes nothing: the
+//	                                                  caller resolves the propagation with
+//	                                                  Propagation (Jobs and RCs still
+//	                                                  default to Orphan) and asks only
+//	                                                  when RemovesPods.
 //	scale-down of a Deployment, ReplicaSet,           old minus new replicas (ScaleDown),
 //	  StatefulSet, ReplicationController or scale     never below zero; a rollout (same
 //	                                                  replicas, new template) is not one
 //	DELETE Node                                       the pods bound to it (PodsOnNode)
 //	NoExecute taint added to a Node                   its pods that do not tolerate it
-//	                                                  forever (PodsEvictedByTaint)
+//	                                                  forever (PodsEvictedByTaints of
+//	                                                  AddedNoExecuteTaints(old, new))
 //	DELETE/evict one pod                              one, as today (nothing to ask here)
 //
 // Pods that already carry a deletionTimestamp are never counted: they are on
