@@ -182,10 +182,39 @@ func (r Removal) Namespaces() []string {
 	return out
 }
 
-// PodRef names one pod.
-type PodRef struct {
+// PodInfo is what the counter holds of one pod.
+type PodInfo struct {
 	Namespace, Name string
 	UID             types.UID
+	// Controller is the pod's controller owner; Kind is "" when it has none.
+	Controller ObjectRef
+	// Node is spec.nodeName; "" when the pod is not bound.
+	Node string
+	// Deleting is whether the pod carries a deletionTimestamp.
+	Deleting bool
+}
+
+// Pod returns the cached pod namespace/name, for the requests that do not
+// carry it (an eviction's object is the Eviction, not the pod).
+func (c *Counter) Pod(namespace, name string) (PodInfo, bool) {
+	c.pods.mu.RLock()
+	defer c.pods.mu.RUnlock()
+	ns := c.pods.namespaces[namespace]
+	if ns == nil {
+		return PodInfo{}, false
+	}
+	p := ns.pods[name]
+	if p == nil {
+		return PodInfo{}, false
+	}
+	info := PodInfo{Namespace: ns.name, Name: p.name, UID: c.pods.uidOf(p), Deleting: p.deleting()}
+	if o := p.owner; o != nil {
+		info.Controller = ObjectRef{Kind: o.kind, Namespace: o.ns, Name: o.name, UID: o.uid}
+	}
+	if p.node != nil {
+		info.Node = p.node.name
+	}
+	return info, true
 }
 
 // PodsInNamespace returns the pods a delete of namespace ns removes: its pods

@@ -322,3 +322,33 @@ func TestPodsEvictedByTaintsCountsEachPodOnce(t *testing.T) {
 		t.Errorf("PodsEvictedByTaints(n1, no taints) = %d, want 0", got.Total)
 	}
 }
+
+func TestPod(t *testing.T) {
+	w := newWorld()
+	c, _ := startCounter(t, Config{}, w.objects...)
+	for _, tc := range []struct {
+		name      string
+		ns, pod   string
+		want      PodInfo
+		wantFound bool
+	}{
+		{name: "an owned, bound pod shows its controller and node", ns: "prod", pod: "web-new-1", wantFound: true, want: PodInfo{
+			Namespace: "prod", Name: "web-new-1", UID: uidFor("prod/web-new-1"), Node: "n1",
+			Controller: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-new", UID: w.rsNew.UID},
+		}},
+		{name: "a pod being deleted says so", ns: "prod", pod: "web-new-gone", wantFound: true, want: PodInfo{
+			Namespace: "prod", Name: "web-new-gone", UID: uidFor("prod/web-new-gone"), Node: "n1", Deleting: true,
+			Controller: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-new", UID: w.rsNew.UID},
+		}},
+		{name: "an unowned, unbound pod", ns: "dev", pod: "scratch-3", wantFound: true, want: PodInfo{Namespace: "dev", Name: "scratch-3", UID: uidFor("dev/scratch-3")}},
+		{name: "an unknown pod", ns: "dev", pod: "nope"},
+		{name: "an unknown namespace", ns: "nope", pod: "scratch-3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, found := c.Pod(tc.ns, tc.pod)
+			if found != tc.wantFound || got != tc.want {
+				t.Errorf("Pod(%s, %s) = %+v, %v; want %+v, %v", tc.ns, tc.pod, got, found, tc.want, tc.wantFound)
+			}
+		})
+	}
+}
