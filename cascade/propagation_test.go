@@ -21,7 +21,7 @@ func TestPropagation(t *testing.T) {
 		{name: "a ReplicationController delete defaults to Orphan", kind: KindReplicationController, want: metav1.DeletePropagationOrphan},
 		{name: "an explicit policy wins over the default", kind: KindJob, opts: &metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)}, want: metav1.DeletePropagationBackground},
 		{name: "an explicit Foreground is kept", kind: KindDeployment, opts: &metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationForeground)}, want: metav1.DeletePropagationForeground},
-		{name: "orphanDependents true is Orphan", kind: KindDeployment, opts: &metav1.DeleteOptions{OrphanDependents: ptr.To(true)}, want: metav1.DeletePropagationOrphan}, //nolint:staticcheck // deprecated, but the API server still honours it
+		{name: "orphanDependents true is Orphan", kind: KindDeployment, opts: &metav1.DeleteOptions{OrphanDependents: ptr.To(true)}, want: metav1.DeletePropagationOrphan},                      //nolint:staticcheck // deprecated, but the API server still honours it
 		{name: "orphanDependents false is Background", kind: KindReplicationController, opts: &metav1.DeleteOptions{OrphanDependents: ptr.To(false)}, want: metav1.DeletePropagationBackground}, //nolint:staticcheck // deprecated, but the API server still honours it
 	} {
 		t.Run(tc.name, func(t *testing.T) {
