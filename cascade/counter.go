@@ -380,7 +380,7 @@ func (c *Counter) podOwners(ref ObjectRef) ([]types.UID, error) {
 // Deployment → ReplicaSets → Pods, CronJob → Jobs → Pods, and StatefulSet,
 // DaemonSet, ReplicationController, ReplicaSet, Job → Pods. An Orphan delete
 // removes no pods; the caller reads the propagation policy and does not ask.
-// O(owned ReplicaSets or Jobs + owned pods). It fails with ErrNotFound when
+// O(owned ReplicaSets or Jobs). It fails with ErrNotFound when
 // ref.UID is empty and the workload is not in the cache, and ErrUnknownKind
 // for other kinds.
 func (c *Counter) PodsOwnedBy(ref ObjectRef) (Removal, error) {
@@ -396,19 +396,9 @@ func (c *Counter) PodsOwnedBy(ref ObjectRef) (Removal, error) {
 		if o == nil {
 			continue
 		}
-		r.add(o.ns, countLive(o.pods))
+		r.add(o.ns, o.live)
 	}
 	return r, nil
-}
-
-func countLive(pods []*podRec) int {
-	n := 0
-	for _, p := range pods {
-		if !p.deleting() {
-			n++
-		}
-	}
-	return n
 }
 
 // PodsOnNode returns the pods a delete of node removes: the pods bound to it

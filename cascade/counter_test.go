@@ -215,7 +215,7 @@ func TestReplicas(t *testing.T) {
 	}{
 		{name: "a Deployment's replicas", ref: ObjectRef{Kind: KindDeployment, Namespace: "prod", Name: "web"}, want: 4},
 		{name: "a StatefulSet's replicas", ref: ObjectRef{Kind: KindStatefulSet, Namespace: "prod", Name: "db"}, want: 2},
-		{name: "unset replicas default to one", ref: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "bare"}, want: 1},
+		{name: "unset replicas default to one", ref: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "doomed-1"}, want: 1},
 		{name: "a DaemonSet has no replicas", ref: ObjectRef{Kind: KindDaemonSet, Namespace: "prod", Name: "agent"}, wantErr: ErrUnknownKind},
 		{name: "a missing workload", ref: ObjectRef{Kind: KindDeployment, Namespace: "prod", Name: "nope"}, wantErr: ErrNotFound},
 	} {

@@ -51,6 +51,11 @@
 //     a credit of as many pods as it paid for, and each follow-up pod delete
 //     under that owner spends one, so a charged 10→9 does not make a hundred
 //     hand-made deletes free;
+//   - its ReplicaSet, StatefulSet or ReplicationController has more live pods
+//     than spec.replicas: its controller is deleting the surplus, after a
+//     charged scale-down or in a Deployment rollout (which maxUnavailable
+//     governs, not a budget). This frees at most the surplus, plus what the
+//     watch has not shown deleted yet;
 //   - a ReplicaSet scale whose controller is a Deployment: the Deployment
 //     controller scales it (a charged scale-down or a rollout governed by
 //     maxUnavailable);

@@ -87,7 +87,7 @@ func newWorld() *world {
 	w.deploy = &appsv1.Deployment{ObjectMeta: meta("prod", "web", nil), Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](4)}}
 	w.rsNew = &appsv1.ReplicaSet{ObjectMeta: meta("prod", "web-new", w.deploy), Spec: appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](3)}}
 	w.rsOld = &appsv1.ReplicaSet{ObjectMeta: meta("prod", "web-old", w.deploy), Spec: appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](1)}}
-	w.rsBare = &appsv1.ReplicaSet{ObjectMeta: meta("prod", "bare", nil)}
+	w.rsBare = &appsv1.ReplicaSet{ObjectMeta: meta("prod", "bare", nil), Spec: appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](2)}}
 	w.sts = &appsv1.StatefulSet{ObjectMeta: meta("prod", "db", nil), Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](2)}}
 	w.ds = &appsv1.DaemonSet{ObjectMeta: meta("prod", "agent", nil)}
 	w.rc = &corev1.ReplicationController{ObjectMeta: meta("prod", "legacy", nil), Spec: corev1.ReplicationControllerSpec{Replicas: ptr.To[int32](1)}}

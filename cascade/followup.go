@@ -43,6 +43,7 @@ const (
 	ReasonOwnerDeleting        Reason = "OwnerDeleting"
 	ReasonRootDeleted          Reason = "RootDeleted"
 	ReasonScaledDown           Reason = "ScaledDown"
+	ReasonOverReplicas         Reason = "OverReplicas"
 	ReasonManagedByDeployment  Reason = "ManagedByDeployment"
 	ReasonNodeGone             Reason = "NodeGone"
 	ReasonNodeTainted          Reason = "NodeTainted"
@@ -203,7 +204,37 @@ func (c *Counter) podFollowUp(ref ObjectRef) (Reason, bool) {
 			return r, true
 		}
 	}
-	return c.chainFollowUp(owner, true)
+	if r, ok := c.chainFollowUp(owner, true); ok {
+		return r, true
+	}
+	if c.overReplicas(owner) {
+		return ReasonOverReplicas, true
+	}
+	return "", false
+}
+
+// overReplicas reports whether the ReplicaSet, StatefulSet or
+// ReplicationController owner has more live pods than its spec.replicas: its
+// controller is deleting the surplus (after a charged scale-down, or in a
+// Deployment rollout, which maxUnavailable governs), so a pod delete there
+// removes no more pods than will go anyway. It frees at most the surplus,
+// less what the watch has not yet shown deleted.
+func (c *Counter) overReplicas(owner types.UID) bool {
+	if owner == "" {
+		return false
+	}
+	obj := c.byUID(owner)
+	if obj == nil {
+		return false
+	}
+	replicas, ok := replicasOf(obj)
+	if !ok {
+		return false
+	}
+	c.pods.mu.RLock()
+	defer c.pods.mu.RUnlock()
+	o := c.pods.owners[owner]
+	return o != nil && o.live > int(replicas)
 }
 
 func (c *Counter) nodeFollowUp(node string, tols []corev1.Toleration) (Reason, bool) {

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 )
 
 func pod(ns, name string) ObjectRef { return ObjectRef{Kind: KindPod, Namespace: ns, Name: name} }
@@ -296,5 +297,48 @@ func TestQueriesAreSafeWhileTheWatchUpdates(t *testing.T) {
 		_ = c.PodsEvictedByTaint("n1", corev1.Taint{Key: "k", Effect: corev1.TaintEffectNoExecute})
 		_ = c.RecordRoot(Root{Op: RootScaleDown, Object: ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-new"}, Pods: 1})
 		_, _ = c.FollowUp(FollowUpDelete, pod("prod", fmt.Sprintf("churn-%d", i%200)))
+	}
+}
+
+func TestFollowUpWhileAReplicaSetIsOverItsReplicas(t *testing.T) {
+	// Given a Deployment whose controller scales its old ReplicaSet to zero
+	// (a rollout, which no root is charged for)
+	w := newWorld()
+	c, client := startCounter(t, Config{}, w.objects...)
+	rs := w.rsOld.DeepCopy()
+	rs.Spec.Replicas = ptr.To[int32](0)
+	if _, err := client.AppsV1().ReplicaSets("prod").Update(context.Background(), rs, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Then the ReplicaSet controller's delete of the surplus pod is free
+	eventually(t, "the old ReplicaSet's pod is over its replicas", func() bool {
+		r, _ := c.FollowUp(FollowUpDelete, pod("prod", "web-old-0"))
+		return r == ReasonOverReplicas
+	})
+	// And a pod of a ReplicaSet at its replicas is not
+	if r, ok := c.FollowUp(FollowUpDelete, pod("prod", "web-new-0")); ok {
+		t.Errorf("FollowUp(web-new-0) = %q, want no follow-up", r)
+	}
+	// When the surplus pod is gone
+	if err := client.CoreV1().Pods("prod").Delete(context.Background(), "web-old-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Then nothing more is free: a new pod at the replicas is charged
+	p := podOf("prod", "web-old-new", "", w.rsOld)
+	if _, err := client.CoreV1().Pods("prod").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rs.Spec.Replicas = ptr.To[int32](1)
+	if _, err := client.AppsV1().ReplicaSets("prod").Update(context.Background(), rs, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ReplicaSet is at its replicas again", func() bool {
+		r, err := c.Replicas(ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-old"})
+		info, found := c.Pod("prod", "web-old-new")
+		_, oldGone := c.Pod("prod", "web-old-0")
+		return err == nil && r == 1 && found && info.Controller.UID == w.rsOld.UID && !oldGone
+	})
+	if r, ok := c.FollowUp(FollowUpDelete, pod("prod", "web-old-new")); ok {
+		t.Errorf("FollowUp(web-old-new) = %q, want no follow-up", r)
 	}
 }

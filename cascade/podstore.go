@@ -44,6 +44,7 @@ type ownerPods struct {
 	kind string
 	name string
 	ns   string
+	live int // pods without a deletionTimestamp
 	pods []*podRec
 }
 
@@ -184,6 +185,9 @@ func (s *podStore) upsertLocked(pod *corev1.Pod) {
 		}
 		rec.owner, rec.ownerPos = o, int32(len(o.pods))
 		o.pods = append(o.pods, rec)
+		if !rec.deleting() {
+			o.live++
+		}
 	}
 	if pod.Spec.NodeName != "" {
 		n := s.nodes[pod.Spec.NodeName]
@@ -203,6 +207,9 @@ func (s *podStore) unindex(rec *podRec) {
 		rec.ns.live--
 	}
 	if o := rec.owner; o != nil {
+		if !rec.deleting() {
+			o.live--
+		}
 		last := o.pods[len(o.pods)-1]
 		o.pods[rec.ownerPos], last.ownerPos = last, rec.ownerPos
 		o.pods[len(o.pods)-1] = nil

@@ -199,6 +199,9 @@ func checkInvariants(rt *rapid.T, s *podStore) {
 		if len(o.pods) == 0 {
 			rt.Fatalf("owner %s is empty but indexed", uid)
 		}
+		if n := countLive(o.pods); n != o.live {
+			rt.Fatalf("owner %s live = %d, counted %d", uid, o.live, n)
+		}
 	}
 	for name, n := range s.nodes {
 		if len(n.pods) == 0 {
@@ -257,4 +260,14 @@ func TestPodStoreRejectsOtherTypes(t *testing.T) {
 	if s.hasSynced() {
 		t.Error("a failed Replace marked the store synced")
 	}
+}
+
+func countLive(pods []*podRec) int {
+	n := 0
+	for _, p := range pods {
+		if !p.deleting() {
+			n++
+		}
+	}
+	return n
 }
