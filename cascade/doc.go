@@ -83,6 +83,21 @@
 // ready, and AtRoot budgets must judge as PerObject (and log that they do):
 // a count from a half-filled cache would under-charge.
 //
+// # Limits (for the wiring)
+//
+//   - StatefulSet and DaemonSet rolling updates delete pods while the
+//     workload is at its replicas (to recreate them); FollowUp does not
+//     recognise these, so they would be charged as pod deletes. Until it
+//     does (pod revision against status.updateRevision), keep the exclusions
+//     of those two controllers.
+//   - Controllers also make roots of their own: the CronJob controller
+//     deletes old Jobs beyond its history limits, the TTL-after-finished
+//     controller deletes finished Jobs. They are counted like anyone's
+//     (their pods are usually Succeeded or Failed, still pods).
+//   - A dependent whose owner left the cache without a recorded root (the
+//     owner was deleted while budgets judged PerObject, or before a restart)
+//     is not a follow-up: absence from a watch cache is not proof of deletion.
+//
 // # Memory
 //
 // Pods are the only resource that reaches the hundreds of thousands, so they
