@@ -232,7 +232,16 @@ func (c *Counter) PodsInNamespace(ns string) int {
 // a delete of the namespace removes. The first call for a gvr starts its
 // metadata-only watch (Track does it up front) and returns ErrNotSynced
 // until that watch has listed.
+//
+// Pods are answered from the pod store (PodsInNamespace), never by a second
+// watch.
 func (c *Counter) ObjectsInNamespace(gvr schema.GroupVersionResource, ns string) (int, error) {
+	if gvr.Group == "" && gvr.Resource == "pods" {
+		if !c.pods.hasSynced() {
+			return 0, fmt.Errorf("failed to count pods in namespace %s: %w", ns, ErrNotSynced)
+		}
+		return c.PodsInNamespace(ns), nil
+	}
 	s, err := c.track(gvr)
 	if err != nil {
 		return 0, err
@@ -249,6 +258,9 @@ func (c *Counter) ObjectsInNamespace(gvr schema.GroupVersionResource, ns string)
 // must be called after Start.
 func (c *Counter) Track(gvrs ...schema.GroupVersionResource) error {
 	for _, gvr := range gvrs {
+		if gvr.Group == "" && gvr.Resource == "pods" {
+			continue // the pod store counts them
+		}
 		if _, err := c.track(gvr); err != nil {
 			return err
 		}

@@ -258,6 +258,21 @@ func TestObjectsInNamespace(t *testing.T) {
 		}
 	}
 
+	t.Run("pods are counted by the pod store, not a second watch", func(t *testing.T) {
+		pods := schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+		w := newWorld()
+		c, _ := startCounter(t, Config{}, w.objects...)
+		if err := c.Track(pods); err != nil {
+			t.Fatalf("Track(pods) failed: %v", err)
+		}
+		if got, err := c.ObjectsInNamespace(pods, "prod"); err != nil || got != 15 {
+			t.Errorf("ObjectsInNamespace(pods, prod) = %d, %v; want 15", got, err)
+		}
+		if len(c.objects) != 0 {
+			t.Errorf("a metadata watch was started for pods")
+		}
+	})
+
 	t.Run("a counter without a metadata client cannot count other resources", func(t *testing.T) {
 		c, _ := startCounter(t, Config{})
 		if _, err := c.ObjectsInNamespace(services, "prod"); err == nil {
