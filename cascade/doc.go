@@ -69,7 +69,7 @@
 //
 // The memory of charged roots is small and bounded: at most Config.MaxRoots
 // entries, each forgotten after Config.RootTTL. A follow-up that arrives after
-// its root was forgotten is charged as a root of its own, which is safe (too
+// its root was forgotten is charged like any other delete, which is safe (too
 // strict, never too lenient) and only happens when controllers lag by more
 // than the TTL.
 //
