@@ -197,15 +197,27 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	h.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
-// readBody appends the request body to buf, growing it once when the
-// Content-Length is known. Nothing decoded keeps a reference to buf.
+// bodyChunk is the least a body buffer grows by.
+const bodyChunk = 16 << 10
+
+// readBody appends the request body to buf, growing buf only as data
+// arrives: by a quarter of what it holds, at least bodyChunk, and never past
+// the declared Content-Length (+1, to see the end). A declared length is a
+// bound, never an allocation: a caller that declares 7 MiB and sends one
+// byte holds the pooled buffer it started with (maxPooledBody at most), so
+// the memory a connection pins is what it sent (plus a quarter and a chunk)
+// until the server's read timeout (readTimeout) cuts it. Nothing decoded
+// keeps a reference to buf.
 func readBody(r *http.Request, buf []byte) ([]byte, error) {
-	if n := int(r.ContentLength); n > 0 && cap(buf) < n+1 {
-		buf = make([]byte, 0, n+1)
-	}
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			grow := max(len(buf)/4, bodyChunk)
+			if cl := r.ContentLength; cl > 0 && int64(len(buf)) < cl {
+				grow = int(min(int64(grow), cl-int64(len(buf))+1))
+			}
+			nb := make([]byte, len(buf), len(buf)+grow)
+			copy(nb, buf)
+			buf = nb
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
