@@ -14,6 +14,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -286,10 +287,27 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	case a.Verb == "evict":
 		// An eviction a PodDisruptionBudget refuses is retried (kubectl drain
 		// every 5s) and reaches admission each time: one pod's eviction is
-		// charged once per charge-once period.
-		a.ChargeOnce = "evict/" + a.Namespace + "/" + a.Name
+		// charged once per charge-once period. The review does not carry the
+		// pod's UID; an Eviction conditioned on one (deleteOptions.
+		// preconditions.uid, enforced by the API server) is keyed on it, so a
+		// pod recreated under the same name is a new eviction.
+		a.ChargeOnce = evictOnceKey(a.Namespace, a.Name, req.Object.podUID())
 	}
 	d, ok := h.decide(ctx, a)
+	if ok && d.Repeat && a.Verb == "evict" {
+		// The charge-once key of an eviction without a UID names a pod, not
+		// that pod's incarnation: a StatefulSet pod recreated under the name
+		// of a pod evicted within the charge-once period is a repeat. A repeat
+		// is not charged, but it still meets the breakers: an open breaker
+		// stops every eviction it covers, repeats included (a drain retrying
+		// past a PodDisruptionBudget waits for the breaker like any other).
+		switch bd, bok := h.decide(ctx, breakersOf(a)); {
+		case !bok:
+			ok = false
+		case !bd.Allowed:
+			d = bd
+		}
+	}
 	if !ok {
 		// Nothing is remembered: the engine's late answer may still charge
 		// (and its store then records the charge-once key), but the memo
@@ -340,6 +358,24 @@ func (h *Handler) answer(req *request, a *limiter.Attributes, d *limiter.Decisio
 		resp.AuditAnnotations["key"] = d.Key
 	}
 	return resp, ResultDenied
+}
+
+// evictOnceKey is the charge-once key of a pod's eviction: by namespace and
+// name, and by the pod's UID when the Eviction is conditioned on one.
+func evictOnceKey(namespace, name string, podUID types.UID) string {
+	k := "evict/" + namespace + "/" + name
+	if podUID != "" {
+		k += "/" + string(podUID)
+	}
+	return k
+}
+
+// breakersOf is a copy of a that only meets the breakers, charging nothing
+// (limiter.CheckBreakers).
+func breakersOf(a *limiter.Attributes) *limiter.Attributes {
+	b := *a
+	b.Checks, b.ChargeOnce = limiter.CheckBreakers, ""
+	return &b
 }
 
 type decided struct {

@@ -46,6 +46,10 @@ spec:
     match: {verbs: [delete], resources: ["coordination.k8s.io/leases", events, "kubedefender.io/overrides", secrets]}
     windows: [{window: 1m, limit: 1}]
     breaker: {recovery: Manual}
+  - name: deployment-updates
+    match: {verbs: [update], resources: [apps/deployments]}
+    windows: [{window: 1m, limit: 1}]
+    breaker: {recovery: Manual}
 `
 
 type testEnv struct {
@@ -79,7 +83,18 @@ func newTestEnv(t testing.TB, cfg Config) *testEnv {
 type reviewSpec struct {
 	uid, op, group, resource, sub, ns, name, user, objUID string
 	dryRun                                                bool
-	deleting                                              bool // oldObject has a deletionTimestamp
+	deleting                                              bool   // oldObject has a deletionTimestamp
+	object                                                string // the request's object; empty is null
+}
+
+// eviction is a review of pod name's eviction whose object is an Eviction of
+// apiVersion with deleteOptions (JSON, "" for none).
+func eviction(ns, name, apiVersion, deleteOptions string) reviewSpec {
+	obj := fmt.Sprintf(`{"apiVersion":%q,"kind":"Eviction","metadata":{"name":%q,"namespace":%q,"creationTimestamp":null}`, apiVersion, name, ns)
+	if deleteOptions != "" {
+		obj += `,"deleteOptions":` + deleteOptions
+	}
+	return reviewSpec{op: "CREATE", resource: "pods", sub: "eviction", ns: ns, name: name, object: obj + "}"}
 }
 
 func (r reviewSpec) json() string {
@@ -97,8 +112,12 @@ func (r reviewSpec) json() string {
 		}
 		old = fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":%q%s},"spec":{"containers":[{"name":"app","image":"app:1"}]}}`, r.name, r.ns, r.objUID, dts)
 	}
-	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":null,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
-		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, old, r.dryRun)
+	obj := r.object
+	if obj == "" {
+		obj = "null"
+	}
+	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":%s,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
+		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, obj, old, r.dryRun)
 }
 
 func post(h http.Handler, body, contentType string) *httptest.ResponseRecorder {
@@ -196,6 +215,53 @@ func TestHandlerJudgesReviews(t *testing.T) {
 		{name: "other objects are not exempt",
 			before: []reviewSpec{{op: "DELETE", resource: "secrets", ns: "a", name: "s1"}},
 			review: reviewSpec{op: "DELETE", resource: "secrets", ns: "a", name: "s2"},
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an eviction whose deleteOptions ask for a dry run charges nothing (kubectl drain --dry-run=server)",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"dryRun":["All"]}`), eviction("a", "p2", "policy/v1", `{"dryRun":["All"]}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a policy/v1beta1 eviction whose deleteOptions ask for a dry run charges nothing",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1beta1", `{"dryRun":["All"]}`), eviction("a", "p2", "policy/v1beta1", `{"dryRun":["All"]}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "an eviction whose deleteOptions ask for no dry run is charged",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"dryRun":[],"gracePeriodSeconds":30}`), eviction("a", "p2", "policy/v1", `{}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an object of another kind with a deleteOptions field is not read as an eviction",
+			before: []reviewSpec{
+				{op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p1", object: `{"apiVersion":"v1","kind":"Pod","deleteOptions":{"dryRun":["All"]}}`},
+				{op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p2", object: `{"apiVersion":"policy/v1","kind":"Eviction","deleteOptions":"not options"}`}},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "a create whose object has a deleteOptions field of another type is judged, not refused",
+			review: reviewSpec{op: "CREATE", resource: "configmaps", ns: "a", name: "c1", object: `{"apiVersion":"v1","kind":"ConfigMap","deleteOptions":42}`},
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a repeated eviction of a pod is admitted without a charge while no breaker is open",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", "")},
+			review: eviction("a", "p1", "policy/v1", ""),
+			want:   want{allowed: true, result: ResultRepeat}},
+		{name: "a repeated eviction of a pod is denied by an open Manual breaker (a StatefulSet pod recreated under the name)",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", ""), eviction("a", "p2", "policy/v1", ""), eviction("a", "p3", "policy/v1", "")},
+			review: eviction("a", "p1", "policy/v1", ""),
+			want:   want{code: 403, result: ResultDenied, message: []string{`budget "pod-deletes"`}}},
+		{name: "an eviction conditioned on another pod UID under the same name is charged again",
+			before: []reviewSpec{
+				eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`),
+				eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-2"}}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an eviction conditioned on the same pod UID is a repeat",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`)},
+			review: eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`),
+			want:   want{allowed: true, result: ResultRepeat}},
+		{name: "an update of a deployment's scale subresource is judged as a deployment update (kubectl scale)",
+			before: []reviewSpec{{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d1"}},
+			review: reviewSpec{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d2"},
+			want:   want{code: 403, result: ResultDenied, message: []string{`budget "deployment-updates"`}}},
+		{name: "a scale update and a plain update of deployments share one budget",
+			before: []reviewSpec{{op: "UPDATE", group: "apps", resource: "deployments", ns: "a", name: "d1"}},
+			review: reviewSpec{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d1"},
 			want:   want{code: 403, result: ResultDenied}},
 		{name: "a write to a status subresource is not judged",
 			review: reviewSpec{op: "UPDATE", resource: "pods", sub: "status", ns: "a", name: "p1"},
