@@ -71,16 +71,15 @@ type Config struct {
 // Handler serves POST /validate (AdmissionReview admission.k8s.io/v1) and
 // GET /healthz. It is safe for concurrent use.
 type Handler struct {
-	engine       Engine
-	namespace    string
-	timeout      time.Duration
-	storeTimeout time.Duration
-	maxBody      int64
-	log          *slog.Logger
-	metrics      *metrics
-	memo         *chargeMemo
-	bodies       sync.Pool // *[]byte
-	chain        http.Handler
+	engine    Engine
+	namespace string
+	timeout   time.Duration
+	maxBody   int64
+	log       *slog.Logger
+	metrics   *metrics
+	memo      *chargeMemo
+	bodies    sync.Pool // *[]byte
+	chain     http.Handler
 }
 
 // Repeated validations of one delete are recognised for this long (longer
@@ -111,13 +110,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 		engine:    cfg.Engine,
 		namespace: cfg.Namespace,
 		timeout:   cfg.DecisionTimeout,
-		// The store gets most of the budget; the rest is for the engine to
-		// apply onStoreFailure after a store timeout and for the answer.
-		storeTimeout: cfg.DecisionTimeout * 4 / 5,
-		maxBody:      cfg.MaxBodyBytes,
-		log:          cfg.Logger,
-		metrics:      newMetrics(),
-		memo:         newChargeMemo(memoTTL, memoMax),
+		maxBody:   cfg.MaxBodyBytes,
+		log:       cfg.Logger,
+		metrics:   newMetrics(),
+		memo:      newChargeMemo(memoTTL, memoMax),
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -293,7 +289,8 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// pod recreated under the same name is a new eviction.
 		a.ChargeOnce = evictOnceKey(a.Namespace, a.Name, req.Object.podUID())
 	}
-	d, ok := h.decide(ctx, a)
+	began := time.Now()
+	d, ok := h.decide(ctx, a, h.timeout)
 	if ok && d.Repeat && a.Verb == "evict" {
 		// The charge-once key of an eviction without a UID names a pod, not
 		// that pod's incarnation: a StatefulSet pod recreated under the name
@@ -301,7 +298,8 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// is not charged, but it still meets the breakers: an open breaker
 		// stops every eviction it covers, repeats included (a drain retrying
 		// past a PodDisruptionBudget waits for the breaker like any other).
-		switch bd, bok := h.decide(ctx, breakersOf(a)); {
+		// Both decisions share the one decision timeout.
+		switch bd, bok := h.decide(ctx, breakersOf(a), h.timeout-time.Since(began)); {
 		case !bok:
 			ok = false
 		case !bd.Allowed:
@@ -384,10 +382,14 @@ type decided struct {
 }
 
 // decide asks the engine with a deadline. ok is false when the engine did not
-// answer within the decision timeout; its late answer is dropped (tokens it
-// took stay taken).
-func (h *Handler) decide(parent context.Context, a *limiter.Attributes) (d limiter.Decision, ok bool) {
-	ctx, cancel := context.WithTimeout(parent, h.storeTimeout)
+// answer within timeout; its late answer is dropped (tokens it took stay
+// taken). The store gets four fifths of timeout; the rest is for the engine
+// to apply onStoreFailure after a store timeout and for the answer.
+func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout time.Duration) (d limiter.Decision, ok bool) {
+	if timeout <= 0 {
+		return limiter.Decision{}, false
+	}
+	ctx, cancel := context.WithTimeout(parent, timeout*4/5)
 	done := make(chan decided, 1)
 	go func() {
 		defer cancel()
@@ -398,7 +400,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes) (d limit
 		}()
 		done <- decided{d: h.engine.Decide(ctx, a)}
 	}()
-	t := time.NewTimer(h.timeout)
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case r := <-done:

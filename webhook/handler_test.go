@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -630,5 +632,87 @@ func TestATimedOutDecisionRecordsNoCharge(t *testing.T) {
 	// Then the engine judges it
 	if resp.Allowed || calls.Load() != 2 {
 		t.Fatalf("allowed %v after %d engine calls, want the engine's denial on its second call", resp.Allowed, calls.Load())
+	}
+}
+
+// repeatEngine answers an eviction with a charge-once key as a repeat, and
+// a breakers-only check with breakers.
+type repeatEngine struct {
+	policy   *policy.Compiled
+	breakers func(ctx context.Context) limiter.Decision
+	mu       sync.Mutex
+	calls    []limiter.Attributes
+}
+
+func (e *repeatEngine) Decide(ctx context.Context, a *limiter.Attributes) limiter.Decision {
+	e.mu.Lock()
+	e.calls = append(e.calls, *a)
+	e.mu.Unlock()
+	if a.ChargeOnce != "" {
+		return limiter.Decision{Allowed: true, Repeat: true}
+	}
+	return e.breakers(ctx)
+}
+func (e *repeatEngine) Policy() *policy.Compiled { return e.policy }
+
+func TestARepeatedEvictionMeetsTheBreakers(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	cases := []struct {
+		name        string
+		breakers    func(ctx context.Context) limiter.Decision
+		wantAllowed bool
+		wantResult  string
+		wantText    string
+	}{
+		{name: "a repeat is admitted uncharged when no breaker is open",
+			breakers:    func(context.Context) limiter.Decision { return limiter.Decision{Allowed: true} },
+			wantAllowed: true, wantResult: ResultRepeat},
+		{name: "a repeat is denied by an open breaker with the breaker's answer",
+			breakers: func(context.Context) limiter.Decision {
+				return limiter.Decision{Code: 403, Reason: "Forbidden", Message: "the breaker is Open", Rule: "pod-deletes"}
+			},
+			wantResult: ResultDenied, wantText: "the breaker is Open"},
+		{name: "a breaker check that does not answer in time admits the repeat with the timeout warning",
+			breakers: func(context.Context) limiter.Decision {
+				<-release
+				return limiter.Decision{Allowed: true}
+			},
+			wantAllowed: true, wantResult: ResultTimeout, wantText: "could not judge this request within 100ms"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			eng := &repeatEngine{policy: p, breakers: tc.breakers}
+			env := newTestEnv(t, Config{Engine: eng, DecisionTimeout: 100 * time.Millisecond})
+			r := eviction("a", "p1", "policy/v1", "")
+			r.uid = "the-uid"
+			resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
+			if resp.Allowed != tc.wantAllowed {
+				t.Errorf("allowed = %v, want %v (%+v)", resp.Allowed, tc.wantAllowed, resp.Result)
+			}
+			text := strings.Join(resp.Warnings, " ")
+			if resp.Result != nil {
+				text += resp.Result.Message
+			}
+			if !strings.Contains(text, tc.wantText) {
+				t.Errorf("answer %q lacks %q", text, tc.wantText)
+			}
+			if got := testutil.ToFloat64(env.h.metrics.requests.WithLabelValues("CREATE", tc.wantResult)); got != 1 {
+				t.Errorf("requests_total{result=%s} = %v, want 1", tc.wantResult, got)
+			}
+			eng.mu.Lock()
+			calls := slices.Clone(eng.calls)
+			eng.mu.Unlock()
+			if len(calls) != 2 {
+				t.Fatalf("the engine was asked %d times, want the charge then the breakers", len(calls))
+			}
+			if c := calls[1]; c.Checks != limiter.CheckBreakers || c.ChargeOnce != "" || c.Verb != "evict" || c.Name != "p1" {
+				t.Errorf("the second question was %+v, want the same eviction with breakers only and no charge-once key", c)
+			}
+		})
 	}
 }
