@@ -13,9 +13,17 @@ const GroupKubeDefender = policy.GroupKubeDefender
 
 // toAttributes maps an admission request to what the engine judges. ok is
 // false for requests no budget verb describes (CONNECT, writes to
-// subresources other than pods/eviction); those are admitted unjudged.
+// subresources other than pods/eviction and scale); those are admitted
+// unjudged.
+//
+// An update of a scale subresource (kubectl scale, the HPA) is judged as an
+// update of its resource, as the proxy judges it: scaling a deployment to
+// zero is as much a deployment update as editing its replicas. An eviction is
+// a dry run when the Eviction's deleteOptions.dryRun says so (kubectl drain
+// --dry-run=server), whatever the request's dryRun.
 func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
 	var verb string
+	dryRun := r.DryRun != nil && *r.DryRun
 	switch r.Operation {
 	case admissionv1.Delete:
 		verb = "delete"
@@ -23,11 +31,12 @@ func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
 		switch {
 		case r.Resource.Group == "" && r.Resource.Resource == "pods" && r.SubResource == "eviction":
 			verb = "evict"
+			dryRun = dryRun || r.Object.dryRun()
 		case r.SubResource == "":
 			verb = "create"
 		}
 	case admissionv1.Update:
-		if r.SubResource == "" {
+		if r.SubResource == "" || r.SubResource == "scale" {
 			verb = "update"
 		}
 	}
@@ -44,7 +53,7 @@ func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
 			Name:        r.Name,
 			User:        r.UserInfo.Username,
 			Groups:      r.UserInfo.Groups,
-			DryRun:      r.DryRun != nil && *r.DryRun,
+			DryRun:      dryRun,
 		},
 		Front:  limiter.FrontWebhook,
 		Checks: limiter.CheckBudgets,

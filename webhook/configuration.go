@@ -93,7 +93,11 @@ type ConfigurationOptions struct {
 //     deletecollection, so both verbs need the DELETE rule);
 //   - CREATE on pods/eviction for a budget with verb evict (or "*") whose
 //     resources include pods;
-//   - CREATE or UPDATE on the named resources for budgets with those verbs.
+//   - CREATE or UPDATE on the named resources for budgets with those verbs,
+//     and UPDATE on <resource>/scale for those that may have a scale
+//     subresource (deployments, replicasets, statefulsets,
+//     replicationcontrollers, custom resources, "*" as "*/scale"): the
+//     webhook judges a scale update as an update of the resource.
 //
 // Leases (coordination.k8s.io) and Events (core and events.k8s.io) are never
 // sent, since no budget ever charges them (policy.Exemption): explicit rules
@@ -351,6 +355,11 @@ func rulesFor(p *policy.Compiled) ([]admissionregistrationv1.RuleWithOperations,
 					add(admissionregistrationv1.Create, group, res)
 				case "update":
 					add(admissionregistrationv1.Update, group, res)
+					if hasScale(group, res) {
+						// kubectl scale and the HPA write <resource>/scale,
+						// judged as an update of the resource (toAttributes).
+						add(admissionregistrationv1.Update, group, res+"/scale")
+					}
 				case "evict":
 					if (group == "" || group == "*") && (res == "pods" || res == "*") {
 						add(admissionregistrationv1.Create, "", "pods/eviction")
@@ -379,11 +388,11 @@ func rulesFor(p *policy.Compiled) ([]admissionregistrationv1.RuleWithOperations,
 		}
 		sort.Strings(res)
 		if slices.Contains(res, "*") {
-			// "*" covers every resource of the group (not subresources, except
-			// the pods/eviction rule, which is kept).
+			// "*" covers every resource of the group (not subresources: the
+			// pods/eviction and scale rules are kept, "*/scale" for all).
 			kept := []string{"*"}
 			for _, r := range res {
-				if strings.Contains(r, "/") {
+				if strings.Contains(r, "/") && !(strings.HasSuffix(r, "/scale") && r != "*/scale" && slices.Contains(res, "*/scale")) {
 					kept = append(kept, r)
 				}
 			}
@@ -397,6 +406,43 @@ func rulesFor(p *policy.Compiled) ([]admissionregistrationv1.RuleWithOperations,
 		})
 	}
 	return rules, notes
+}
+
+// scalable are the built-in resources with a scale subresource, by group.
+var scalable = map[string][]string{
+	"":     {"replicationcontrollers"},
+	"apps": {"deployments", "replicasets", "statefulsets"},
+	// The old groups of the same workloads, reached through matchPolicy
+	// Equivalent anyway, are listed for a policy that names them.
+	"extensions": {"deployments", "replicasets", "replicationcontrollers"},
+}
+
+// hasScale says whether group/resource (either may be "*") may have a scale
+// subresource: a built-in workload, a wildcard, or a resource of a group that
+// is not built in (a custom resource may declare one; a rule naming a
+// subresource that does not exist matches nothing).
+func hasScale(group, resource string) bool {
+	if resource == "*" {
+		return true
+	}
+	if group == "*" {
+		for _, rs := range scalable {
+			if slices.Contains(rs, resource) {
+				return true
+			}
+		}
+		return false
+	}
+	if rs, ok := scalable[group]; ok {
+		return slices.Contains(rs, resource)
+	}
+	return !builtinGroup(group)
+}
+
+// builtinGroup says whether group is one of Kubernetes' own API groups: the
+// core group, an unqualified one (apps, batch, policy …) or one under k8s.io.
+func builtinGroup(group string) bool {
+	return !strings.Contains(group, ".") || group == "k8s.io" || strings.HasSuffix(group, ".k8s.io")
 }
 
 // splitResource reads a policy resource: "pods" (core), "apps/deployments",

@@ -33,12 +33,16 @@
 //     the webhook as one DELETE per item, so each item is judged and charged
 //     on its own.
 //   - CREATE of pods/eviction is the verb "evict" on resource "pods".
-//   - CREATE and UPDATE of a resource (not a subresource) are "create" and
-//     "update", so budgets on those verbs work too; other subresources and
-//     CONNECT are admitted without being judged.
+//   - CREATE and UPDATE of a resource are "create" and "update", so budgets
+//     on those verbs work too; an UPDATE of its scale subresource (kubectl
+//     scale, the HPA) is an "update" of the resource, as the proxy judges it;
+//     other subresources and CONNECT are admitted without being judged.
 //   - the user and groups come from userInfo (a service account is the user
-//     system:serviceaccount:NS:NAME), dryRun from the request: a dry run is
-//     judged (the client sees what would happen) but charges nothing.
+//     system:serviceaccount:NS:NAME), dryRun from the request, and for an
+//     eviction from the Eviction's deleteOptions.dryRun too (the API server
+//     dry-runs the eviction it asks for, kubectl drain --dry-run=server): a
+//     dry run is judged (the client sees what would happen) but charges
+//     nothing.
 //
 // A denial carries the Decision's HTTP code (429 window exhausted or Auto
 // breaker, 403 Manual breaker, 503 store down with onStoreFailure: Deny), its
@@ -74,9 +78,13 @@
 // has a deletionTimestamp (the kubelet's final delete after a long grace
 // period, a delete after finalizers) is admitted free: the request that began
 // the deletion was the one charged. Evictions carry no object UID; an
-// eviction is charged once per namespace/name and charge-once period, so the
-// retries of an eviction a PodDisruptionBudget refuses (kubectl drain retries
-// every 5 s) take one token, not one each.
+// eviction is charged once per namespace/name (and pod UID, when the Eviction
+// is conditioned on one: deleteOptions.preconditions.uid) and charge-once
+// period, so the retries of an eviction a PodDisruptionBudget refuses
+// (kubectl drain retries every 5 s) take one token, not one each. A pod
+// recreated under an evicted pod's name within that period is a repeat too,
+// so a repeated eviction still meets the breakers (limiter.CheckBreakers,
+// charging nothing): an open breaker denies it like any other.
 //
 // # Exemptions: what the webhook never charges
 //

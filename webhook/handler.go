@@ -14,6 +14,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -70,16 +71,15 @@ type Config struct {
 // Handler serves POST /validate (AdmissionReview admission.k8s.io/v1) and
 // GET /healthz. It is safe for concurrent use.
 type Handler struct {
-	engine       Engine
-	namespace    string
-	timeout      time.Duration
-	storeTimeout time.Duration
-	maxBody      int64
-	log          *slog.Logger
-	metrics      *metrics
-	memo         *chargeMemo
-	bodies       sync.Pool // *[]byte
-	chain        http.Handler
+	engine    Engine
+	namespace string
+	timeout   time.Duration
+	maxBody   int64
+	log       *slog.Logger
+	metrics   *metrics
+	memo      *chargeMemo
+	bodies    sync.Pool // *[]byte
+	chain     http.Handler
 }
 
 // Repeated validations of one delete are recognised for this long (longer
@@ -110,13 +110,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 		engine:    cfg.Engine,
 		namespace: cfg.Namespace,
 		timeout:   cfg.DecisionTimeout,
-		// The store gets most of the budget; the rest is for the engine to
-		// apply onStoreFailure after a store timeout and for the answer.
-		storeTimeout: cfg.DecisionTimeout * 4 / 5,
-		maxBody:      cfg.MaxBodyBytes,
-		log:          cfg.Logger,
-		metrics:      newMetrics(),
-		memo:         newChargeMemo(memoTTL, memoMax),
+		maxBody:   cfg.MaxBodyBytes,
+		log:       cfg.Logger,
+		metrics:   newMetrics(),
+		memo:      newChargeMemo(memoTTL, memoMax),
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -197,15 +194,27 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	h.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
-// readBody appends the request body to buf, growing it once when the
-// Content-Length is known. Nothing decoded keeps a reference to buf.
+// bodyChunk is the least a body buffer grows by.
+const bodyChunk = 16 << 10
+
+// readBody appends the request body to buf, growing buf only as data
+// arrives: by a quarter of what it holds, at least bodyChunk, and never past
+// the declared Content-Length (+1, to see the end). A declared length is a
+// bound, never an allocation: a caller that declares 7 MiB and sends one
+// byte holds the pooled buffer it started with (maxPooledBody at most), so
+// the memory a connection pins is what it sent (plus a quarter and a chunk)
+// until the server's read timeout (readTimeout) cuts it. Nothing decoded
+// keeps a reference to buf.
 func readBody(r *http.Request, buf []byte) ([]byte, error) {
-	if n := int(r.ContentLength); n > 0 && cap(buf) < n+1 {
-		buf = make([]byte, 0, n+1)
-	}
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			grow := max(len(buf)/4, bodyChunk)
+			if cl := r.ContentLength; cl > 0 && int64(len(buf)) < cl {
+				grow = int(min(int64(grow), cl-int64(len(buf))+1))
+			}
+			nb := make([]byte, len(buf), len(buf)+grow)
+			copy(nb, buf)
+			buf = nb
 		}
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -274,10 +283,29 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	case a.Verb == "evict":
 		// An eviction a PodDisruptionBudget refuses is retried (kubectl drain
 		// every 5s) and reaches admission each time: one pod's eviction is
-		// charged once per charge-once period.
-		a.ChargeOnce = "evict/" + a.Namespace + "/" + a.Name
+		// charged once per charge-once period. The review does not carry the
+		// pod's UID; an Eviction conditioned on one (deleteOptions.
+		// preconditions.uid, enforced by the API server) is keyed on it, so a
+		// pod recreated under the same name is a new eviction.
+		a.ChargeOnce = evictOnceKey(a.Namespace, a.Name, req.Object.podUID())
 	}
-	d, ok := h.decide(ctx, a)
+	began := time.Now()
+	d, ok := h.decide(ctx, a, h.timeout)
+	if ok && d.Repeat && a.Verb == "evict" {
+		// The charge-once key of an eviction without a UID names a pod, not
+		// that pod's incarnation: a StatefulSet pod recreated under the name
+		// of a pod evicted within the charge-once period is a repeat. A repeat
+		// is not charged, but it still meets the breakers: an open breaker
+		// stops every eviction it covers, repeats included (a drain retrying
+		// past a PodDisruptionBudget waits for the breaker like any other).
+		// Both decisions share the one decision timeout.
+		switch bd, bok := h.decide(ctx, breakersOf(a), h.timeout-time.Since(began)); {
+		case !bok:
+			ok = false
+		case !bd.Allowed:
+			d = bd
+		}
+	}
 	if !ok {
 		// Nothing is remembered: the engine's late answer may still charge
 		// (and its store then records the charge-once key), but the memo
@@ -330,16 +358,38 @@ func (h *Handler) answer(req *request, a *limiter.Attributes, d *limiter.Decisio
 	return resp, ResultDenied
 }
 
+// evictOnceKey is the charge-once key of a pod's eviction: by namespace and
+// name, and by the pod's UID when the Eviction is conditioned on one.
+func evictOnceKey(namespace, name string, podUID types.UID) string {
+	k := "evict/" + namespace + "/" + name
+	if podUID != "" {
+		k += "/" + string(podUID)
+	}
+	return k
+}
+
+// breakersOf is a copy of a that only meets the breakers, charging nothing
+// (limiter.CheckBreakers).
+func breakersOf(a *limiter.Attributes) *limiter.Attributes {
+	b := *a
+	b.Checks, b.ChargeOnce = limiter.CheckBreakers, ""
+	return &b
+}
+
 type decided struct {
 	d     limiter.Decision
 	panic any
 }
 
 // decide asks the engine with a deadline. ok is false when the engine did not
-// answer within the decision timeout; its late answer is dropped (tokens it
-// took stay taken).
-func (h *Handler) decide(parent context.Context, a *limiter.Attributes) (d limiter.Decision, ok bool) {
-	ctx, cancel := context.WithTimeout(parent, h.storeTimeout)
+// answer within timeout; its late answer is dropped (tokens it took stay
+// taken). The store gets four fifths of timeout; the rest is for the engine
+// to apply onStoreFailure after a store timeout and for the answer.
+func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout time.Duration) (d limiter.Decision, ok bool) {
+	if timeout <= 0 {
+		return limiter.Decision{}, false
+	}
+	ctx, cancel := context.WithTimeout(parent, timeout*4/5)
 	done := make(chan decided, 1)
 	go func() {
 		defer cancel()
@@ -350,7 +400,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes) (d limit
 		}()
 		done <- decided{d: h.engine.Decide(ctx, a)}
 	}()
-	t := time.NewTimer(h.timeout)
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case r := <-done:

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -46,6 +48,10 @@ spec:
     match: {verbs: [delete], resources: ["coordination.k8s.io/leases", events, "kubedefender.io/overrides", secrets]}
     windows: [{window: 1m, limit: 1}]
     breaker: {recovery: Manual}
+  - name: deployment-updates
+    match: {verbs: [update], resources: [apps/deployments]}
+    windows: [{window: 1m, limit: 1}]
+    breaker: {recovery: Manual}
 `
 
 type testEnv struct {
@@ -79,7 +85,18 @@ func newTestEnv(t testing.TB, cfg Config) *testEnv {
 type reviewSpec struct {
 	uid, op, group, resource, sub, ns, name, user, objUID string
 	dryRun                                                bool
-	deleting                                              bool // oldObject has a deletionTimestamp
+	deleting                                              bool   // oldObject has a deletionTimestamp
+	object                                                string // the request's object; empty is null
+}
+
+// eviction is a review of pod name's eviction whose object is an Eviction of
+// apiVersion with deleteOptions (JSON, "" for none).
+func eviction(ns, name, apiVersion, deleteOptions string) reviewSpec {
+	obj := fmt.Sprintf(`{"apiVersion":%q,"kind":"Eviction","metadata":{"name":%q,"namespace":%q,"creationTimestamp":null}`, apiVersion, name, ns)
+	if deleteOptions != "" {
+		obj += `,"deleteOptions":` + deleteOptions
+	}
+	return reviewSpec{op: "CREATE", resource: "pods", sub: "eviction", ns: ns, name: name, object: obj + "}"}
 }
 
 func (r reviewSpec) json() string {
@@ -97,8 +114,12 @@ func (r reviewSpec) json() string {
 		}
 		old = fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":%q%s},"spec":{"containers":[{"name":"app","image":"app:1"}]}}`, r.name, r.ns, r.objUID, dts)
 	}
-	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":null,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
-		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, old, r.dryRun)
+	obj := r.object
+	if obj == "" {
+		obj = "null"
+	}
+	return fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":%q,"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":%q,"version":"v1","resource":%q},"subResource":%q,"requestKind":{"group":"","version":"v1","kind":"Pod"},"requestResource":{"group":%q,"version":"v1","resource":%q},"name":%q,"namespace":%q,"operation":%q,"userInfo":{"username":%q,"uid":"u-1","groups":["system:authenticated"]},"object":%s,"oldObject":%s,"dryRun":%t,"options":{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1"}}}`,
+		r.uid, r.group, r.resource, r.sub, r.group, r.resource, r.name, r.ns, r.op, r.user, obj, old, r.dryRun)
 }
 
 func post(h http.Handler, body, contentType string) *httptest.ResponseRecorder {
@@ -196,6 +217,53 @@ func TestHandlerJudgesReviews(t *testing.T) {
 		{name: "other objects are not exempt",
 			before: []reviewSpec{{op: "DELETE", resource: "secrets", ns: "a", name: "s1"}},
 			review: reviewSpec{op: "DELETE", resource: "secrets", ns: "a", name: "s2"},
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an eviction whose deleteOptions ask for a dry run charges nothing (kubectl drain --dry-run=server)",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"dryRun":["All"]}`), eviction("a", "p2", "policy/v1", `{"dryRun":["All"]}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a policy/v1beta1 eviction whose deleteOptions ask for a dry run charges nothing",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1beta1", `{"dryRun":["All"]}`), eviction("a", "p2", "policy/v1beta1", `{"dryRun":["All"]}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "an eviction whose deleteOptions ask for no dry run is charged",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"dryRun":[],"gracePeriodSeconds":30}`), eviction("a", "p2", "policy/v1", `{}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an object of another kind with a deleteOptions field is not read as an eviction",
+			before: []reviewSpec{
+				{op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p1", object: `{"apiVersion":"v1","kind":"Pod","deleteOptions":{"dryRun":["All"]}}`},
+				{op: "CREATE", resource: "pods", sub: "eviction", ns: "a", name: "p2", object: `{"apiVersion":"policy/v1","kind":"Eviction","deleteOptions":"not options"}`}},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "a create whose object has a deleteOptions field of another type is judged, not refused",
+			review: reviewSpec{op: "CREATE", resource: "configmaps", ns: "a", name: "c1", object: `{"apiVersion":"v1","kind":"ConfigMap","deleteOptions":42}`},
+			want:   want{allowed: true, result: ResultAllowed}},
+		{name: "a repeated eviction of a pod is admitted without a charge while no breaker is open",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", "")},
+			review: eviction("a", "p1", "policy/v1", ""),
+			want:   want{allowed: true, result: ResultRepeat}},
+		{name: "a repeated eviction of a pod is denied by an open Manual breaker (a StatefulSet pod recreated under the name)",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", ""), eviction("a", "p2", "policy/v1", ""), eviction("a", "p3", "policy/v1", "")},
+			review: eviction("a", "p1", "policy/v1", ""),
+			want:   want{code: 403, result: ResultDenied, message: []string{`budget "pod-deletes"`}}},
+		{name: "an eviction conditioned on another pod UID under the same name is charged again",
+			before: []reviewSpec{
+				eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`),
+				eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-2"}}`)},
+			review: pods("DELETE", "a", "p3"),
+			want:   want{code: 403, result: ResultDenied}},
+		{name: "an eviction conditioned on the same pod UID is a repeat",
+			before: []reviewSpec{eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`)},
+			review: eviction("a", "p1", "policy/v1", `{"preconditions":{"uid":"uid-1"}}`),
+			want:   want{allowed: true, result: ResultRepeat}},
+		{name: "an update of a deployment's scale subresource is judged as a deployment update (kubectl scale)",
+			before: []reviewSpec{{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d1"}},
+			review: reviewSpec{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d2"},
+			want:   want{code: 403, result: ResultDenied, message: []string{`budget "deployment-updates"`}}},
+		{name: "a scale update and a plain update of deployments share one budget",
+			before: []reviewSpec{{op: "UPDATE", group: "apps", resource: "deployments", ns: "a", name: "d1"}},
+			review: reviewSpec{op: "UPDATE", group: "apps", resource: "deployments", sub: "scale", ns: "a", name: "d1"},
 			want:   want{code: 403, result: ResultDenied}},
 		{name: "a write to a status subresource is not judged",
 			review: reviewSpec{op: "UPDATE", resource: "pods", sub: "status", ns: "a", name: "p1"},
@@ -564,5 +632,87 @@ func TestATimedOutDecisionRecordsNoCharge(t *testing.T) {
 	// Then the engine judges it
 	if resp.Allowed || calls.Load() != 2 {
 		t.Fatalf("allowed %v after %d engine calls, want the engine's denial on its second call", resp.Allowed, calls.Load())
+	}
+}
+
+// repeatEngine answers an eviction with a charge-once key as a repeat, and
+// a breakers-only check with breakers.
+type repeatEngine struct {
+	policy   *policy.Compiled
+	breakers func(ctx context.Context) limiter.Decision
+	mu       sync.Mutex
+	calls    []limiter.Attributes
+}
+
+func (e *repeatEngine) Decide(ctx context.Context, a *limiter.Attributes) limiter.Decision {
+	e.mu.Lock()
+	e.calls = append(e.calls, *a)
+	e.mu.Unlock()
+	if a.ChargeOnce != "" {
+		return limiter.Decision{Allowed: true, Repeat: true}
+	}
+	return e.breakers(ctx)
+}
+func (e *repeatEngine) Policy() *policy.Compiled { return e.policy }
+
+func TestARepeatedEvictionMeetsTheBreakers(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	cases := []struct {
+		name        string
+		breakers    func(ctx context.Context) limiter.Decision
+		wantAllowed bool
+		wantResult  string
+		wantText    string
+	}{
+		{name: "a repeat is admitted uncharged when no breaker is open",
+			breakers:    func(context.Context) limiter.Decision { return limiter.Decision{Allowed: true} },
+			wantAllowed: true, wantResult: ResultRepeat},
+		{name: "a repeat is denied by an open breaker with the breaker's answer",
+			breakers: func(context.Context) limiter.Decision {
+				return limiter.Decision{Code: 403, Reason: "Forbidden", Message: "the breaker is Open", Rule: "pod-deletes"}
+			},
+			wantResult: ResultDenied, wantText: "the breaker is Open"},
+		{name: "a breaker check that does not answer in time admits the repeat with the timeout warning",
+			breakers: func(context.Context) limiter.Decision {
+				<-release
+				return limiter.Decision{Allowed: true}
+			},
+			wantAllowed: true, wantResult: ResultTimeout, wantText: "could not judge this request within 100ms"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			eng := &repeatEngine{policy: p, breakers: tc.breakers}
+			env := newTestEnv(t, Config{Engine: eng, DecisionTimeout: 100 * time.Millisecond})
+			r := eviction("a", "p1", "policy/v1", "")
+			r.uid = "the-uid"
+			resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
+			if resp.Allowed != tc.wantAllowed {
+				t.Errorf("allowed = %v, want %v (%+v)", resp.Allowed, tc.wantAllowed, resp.Result)
+			}
+			text := strings.Join(resp.Warnings, " ")
+			if resp.Result != nil {
+				text += resp.Result.Message
+			}
+			if !strings.Contains(text, tc.wantText) {
+				t.Errorf("answer %q lacks %q", text, tc.wantText)
+			}
+			if got := testutil.ToFloat64(env.h.metrics.requests.WithLabelValues("CREATE", tc.wantResult)); got != 1 {
+				t.Errorf("requests_total{result=%s} = %v, want 1", tc.wantResult, got)
+			}
+			eng.mu.Lock()
+			calls := slices.Clone(eng.calls)
+			eng.mu.Unlock()
+			if len(calls) != 2 {
+				t.Fatalf("the engine was asked %d times, want the charge then the breakers", len(calls))
+			}
+			if c := calls[1]; c.Checks != limiter.CheckBreakers || c.ChargeOnce != "" || c.Verb != "evict" || c.Name != "p1" {
+				t.Errorf("the second question was %+v, want the same eviction with breakers only and no charge-once key", c)
+			}
+		})
 	}
 }

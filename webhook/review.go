@@ -43,6 +43,60 @@ type request struct {
 			DeletionTimestamp string    `json:"deletionTimestamp"`
 		} `json:"metadata"`
 	} `json:"oldObject"`
+	// Object is read only for an Eviction's deleteOptions (pods/eviction).
+	Object evictionObject `json:"object"`
+}
+
+// evictionObject is what the webhook reads of a pods/eviction CREATE's object,
+// a policy/v1 (or v1beta1) Eviction: the API server dry-runs an eviction whose
+// deleteOptions.dryRun is set whatever the request's own dryRun (which comes
+// from the CreateOptions), and deletes the pod only if its UID matches
+// deleteOptions.preconditions.uid when one is given.
+type evictionObject struct {
+	APIVersion    string `json:"apiVersion"`
+	Kind          string `json:"kind"`
+	DeleteOptions *struct {
+		DryRun        []string `json:"dryRun"`
+		Preconditions *struct {
+			UID *types.UID `json:"uid"`
+		} `json:"preconditions"`
+	} `json:"deleteOptions"`
+}
+
+// deleteOptionsKey is how an object that may be an Eviction is recognised
+// before it is decoded: any other object (up to 3 MiB) is skipped unread.
+var deleteOptionsKey = []byte(`"deleteOptions"`)
+
+// UnmarshalJSON reads an Eviction and skips anything else. It never fails:
+// an object that is not an Eviction of the expected shape (a custom resource
+// with a deleteOptions field of another type) leaves it zero, which reads as
+// a real eviction without a UID precondition.
+func (e *evictionObject) UnmarshalJSON(data []byte) error {
+	if !bytes.Contains(data, deleteOptionsKey) {
+		return nil
+	}
+	type plain evictionObject
+	var p plain
+	if json.Unmarshal(data, &p) == nil && p.Kind == "Eviction" &&
+		(p.APIVersion == "policy/v1" || p.APIVersion == "policy/v1beta1") {
+		*e = evictionObject(p)
+	}
+	return nil
+}
+
+// dryRun says whether the Eviction asks only for a dry run: the API server's
+// eviction REST treats any deleteOptions.dryRun as one (propagateDryRun).
+func (e *evictionObject) dryRun() bool {
+	return e.DeleteOptions != nil && len(e.DeleteOptions.DryRun) > 0
+}
+
+// podUID is the pod UID the Eviction is conditioned on, or "": the API server
+// evicts the pod only if it is that UID.
+func (e *evictionObject) podUID() types.UID {
+	if e.DeleteOptions == nil || e.DeleteOptions.Preconditions == nil || e.DeleteOptions.Preconditions.UID == nil {
+		return ""
+	}
+	return *e.DeleteOptions.Preconditions.UID
 }
 
 type userInfo struct {

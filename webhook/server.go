@@ -38,6 +38,15 @@ type ServerConfig struct {
 	EnableHTTP2 bool
 }
 
+// How long a caller may take to send a request's headers, and the whole
+// request. The API server sends a review at once and waits for the answer at
+// most its webhook timeout (30s at most, 5s by default); a caller that
+// trickles a body holds what it sent (readBody) for readTimeout at most.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+)
+
 // Server serves a handler over TLS with a reloading certificate.
 type Server struct {
 	cfg ServerConfig
@@ -69,8 +78,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: cfg.Certificates.GetCertificate,
 		},
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),

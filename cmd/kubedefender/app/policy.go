@@ -558,7 +558,9 @@ func webhookView(a policy.Attributes) (wa policy.Attributes, unjudged string, no
 	case "get", "list", "watch", "proxy":
 		return wa, "the webhook never sees " + a.Verb + " (budgets are for writes; use a rate limit)", nil
 	}
-	if a.Subresource != "" && wa.Verb != "evict" && wa.Verb != "delete" {
+	if a.Subresource == "scale" && wa.Verb == "update" {
+		notes = append(notes, "the webhook judges an update of "+a.Resource+"/scale as an update of "+a.Resource)
+	} else if a.Subresource != "" && wa.Verb != "evict" && wa.Verb != "delete" {
 		return wa, "the webhook does not judge writes to subresources (" + a.Resource + "/" + a.Subresource + ")", nil
 	}
 	return wa, "", notes

@@ -316,6 +316,12 @@ func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometh
 		if err != nil {
 			return component{}, err
 		}
+		if len(cfg.Options.WebhookClientAllowedNames) == 0 {
+			log.Warn("the webhook accepts any client certificate its client CA signed: if --webhook-client-ca-file is the cluster CA, "+
+				"every kubelet's and user's certificate can post AdmissionReviews that charge budgets and trip breakers; "+
+				"set --webhook-client-allowed-names to the API server's client certificate name (e.g. kube-apiserver)",
+				"clientCA", cfg.Options.WebhookClientCAFile)
+		}
 	} else {
 		log.Warn("the webhook does not authenticate its callers: anyone who can reach --webhook-listen can post AdmissionReviews "+
 			"that charge budgets, trip breakers (a Manual breaker then denies every real delete it covers) and mark objects as already charged; "+

@@ -31,20 +31,25 @@ func TestTheWebhookWarnsWhenItAcceptsAnyCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const warning = "the webhook does not authenticate its callers"
+	const (
+		anyCaller = "the webhook does not authenticate its callers"
+		anyName   = "the webhook accepts any client certificate its client CA signed"
+	)
 	cases := []struct {
-		name     string
-		caFile   string
-		wantWarn bool
+		name         string
+		caFile       string
+		allowedNames []string
+		wantWarn     string // "" when no warning is wanted
 	}{
-		{name: "without --webhook-client-ca-file serve warns what is exposed", wantWarn: true},
-		{name: "with --webhook-client-ca-file serve does not warn", caFile: filepath.Join(dir, pki.CACertFile)},
+		{name: "without --webhook-client-ca-file serve warns what is exposed", wantWarn: anyCaller},
+		{name: "with a client CA but no allowed names serve warns that any certificate of that CA may call", caFile: filepath.Join(dir, pki.CACertFile), wantWarn: anyName},
+		{name: "with a client CA and allowed names serve does not warn", caFile: filepath.Join(dir, pki.CACertFile), allowedNames: []string{"kube-apiserver"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
 			o := config.NewServeOptions()
-			o.WebhookListen, o.WebhookClientCAFile = "127.0.0.1:0", tc.caFile
+			o.WebhookListen, o.WebhookClientCAFile, o.WebhookClientAllowedNames = "127.0.0.1:0", tc.caFile, tc.allowedNames
 			o.TLSCertFile, o.TLSPrivateKeyFile = filepath.Join(dir, pki.CertFile), filepath.Join(dir, pki.KeyFile)
 			cfg := &config.Config{Options: *o, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: p})
@@ -60,11 +65,12 @@ func TestTheWebhookWarnsWhenItAcceptsAnyCaller(t *testing.T) {
 			if err := comp.run(ctx); err != nil {
 				t.Errorf("the webhook did not shut down cleanly: %v", err)
 			}
-			got := strings.Contains(logs.String(), warning)
-			if got != tc.wantWarn {
-				t.Errorf("warned %v, want %v; logs:\n%s", got, tc.wantWarn, logs.String())
+			for _, w := range []string{anyCaller, anyName} {
+				if got, want := strings.Contains(logs.String(), w), w == tc.wantWarn; got != want {
+					t.Errorf("warned %q: %v, want %v; logs:\n%s", w, got, want, logs.String())
+				}
 			}
-			if tc.wantWarn && !strings.Contains(logs.String(), "trip breakers") {
+			if tc.wantWarn != "" && !strings.Contains(logs.String(), "trip breakers") {
 				t.Errorf("the warning does not say what is exposed:\n%s", logs.String())
 			}
 		})
