@@ -167,6 +167,7 @@ func TestHelmChartFilesAreUpToDate(t *testing.T) {
 	}{
 		{"the webhook rules are generated from BuildConfiguration for the default policy", generatedTemplate, func(t *testing.T) []byte { return []byte(generatedWebhookTemplate(t)) }},
 		{"the PrometheusRule's alerts are deploy/monitoring/alerts.yaml", chartDir + "/files/alerts.yaml", func(t *testing.T) []byte { return readRepoFile(t, "deploy/monitoring/alerts.yaml") }},
+		{"the dashboard ConfigMap holds deploy/grafana/kubedefender.json", chartDir + "/files/kubedefender.json", func(t *testing.T) []byte { return readRepoFile(t, "deploy/grafana/kubedefender.json") }},
 		{"the Override CRD is deploy/base's", chartDir + "/crds/override.yaml", func(t *testing.T) []byte { return readRepoFile(t, "deploy/base/crd-override.yaml") }},
 	}
 	for _, tc := range cases {
@@ -489,6 +490,10 @@ func TestHelmChartOnAnAPIServer(t *testing.T) {
 			if !kinds[k] {
 				t.Errorf("the release has no %s", k)
 			}
+		}
+		dash := findManifest(t, objs, "ConfigMap", "kubedefender-dashboard")
+		if manifestField(dash, "metadata", "labels", "grafana_dashboard") != "1" || !strings.Contains(fmt.Sprint(manifestField(dash, "data", "kubedefender.json")), "kubedefender_limiter_decisions_total") {
+			t.Errorf("the dashboard ConfigMap lacks the sidecar label or the dashboard: %v", dash["metadata"])
 		}
 		file := commaFreeFile(t, "manifest.yaml", manifest)
 		got, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "-f", file, "-o", "name")
