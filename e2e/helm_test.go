@@ -520,3 +520,26 @@ func TestHelmChartOnAnAPIServer(t *testing.T) {
 		}
 	})
 }
+
+// TestHelmChartPrometheusRuleIsTheAlertsFile checks that the PrometheusRule
+// the chart renders holds exactly the groups of deploy/monitoring/alerts.yaml
+// (the file deploy/monitoring/rulestest evaluates), through helm's YAML
+// round trip.
+func TestHelmChartPrometheusRuleIsTheAlertsFile(t *testing.T) {
+	// Given the alerts file
+	var alerts struct {
+		Groups any `json:"groups"`
+	}
+	if err := yaml.Unmarshal(readRepoFile(t, "deploy/monitoring/alerts.yaml"), &alerts); err != nil {
+		t.Fatal(err)
+	}
+	// When the chart is rendered where the Prometheus Operator's API exists
+	objs := splitManifests(t, []byte(helmTemplate(t, writeValues(t, "{}"))))
+	rule := findManifest(t, objs, "PrometheusRule", helmRelease)
+	// Then its groups are the file's
+	want, _ := json.Marshal(alerts.Groups)
+	got, _ := json.Marshal(manifestField(rule, "spec", "groups"))
+	if string(want) != string(got) {
+		t.Errorf("the chart's PrometheusRule differs from alerts.yaml\nwant %s\ngot  %s", want, got)
+	}
+}
