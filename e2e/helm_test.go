@@ -16,6 +16,7 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -542,4 +543,82 @@ func TestHelmChartPrometheusRuleIsTheAlertsFile(t *testing.T) {
 	if string(want) != string(got) {
 		t.Errorf("the chart's PrometheusRule differs from alerts.yaml\nwant %s\ngot  %s", want, got)
 	}
+}
+
+// TestHelmChartWebhookStopsAMassDelete renders the chart's webhook
+// configuration pointed by URL at a locally running `kubedefender serve`
+// (with the chart's default policy), applies it to a real API server, and
+// deletes every pod of a namespace.
+func TestHelmChartWebhookStopsAMassDelete(t *testing.T) {
+	// Given a control plane and serve running the chart's default policy
+	cp := framework.Start(t, framework.Options{})
+	bin := buildKubedefender(t)
+	text, pol := defaultChartPolicy(t)
+	var limit int
+	for _, b := range pol.Policy.Spec.Budgets {
+		if b.Name == "pod-deletes" {
+			limit = int(b.Windows[0].Limit)
+		}
+	}
+	if limit == 0 {
+		t.Fatal("the chart's default policy has no pod-deletes budget")
+	}
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	writePolicy(t, policyFile, text)
+	certFile, keyFile := cp.IssueServingCert(t, "kubedefender", "127.0.0.1")
+	wp, mp := freePort(t), freePort(t)
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", mp)
+	startProcess(t, "serve", exec.Command(bin, "serve", "--policy", policyFile, "--webhook-listen", fmt.Sprintf("127.0.0.1:%d", wp),
+		"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", mp), "--tls-cert-file", certFile, "--tls-private-key-file", keyFile))
+	framework.Eventually(t, 20*time.Second, "kubedefender serve to be up", func(ctx context.Context) (bool, error) {
+		v, err := scrape(ctx, metricsURL, "kubedefender_policy_rules")
+		return err == nil && v > 0, nil //nolint:nilerr // not up yet
+	})
+	// And the chart's webhook configuration, by URL, failing closed, with the control plane's CA
+	ca := readRepoFileAbs(t, cp.CACertFile)
+	values := fmt.Sprintf("webhook: {url: %q, failurePolicy: Fail}\ntls: {mode: existingSecret, secretName: unused, caBundle: %q}\n",
+		fmt.Sprintf("https://127.0.0.1:%d/validate", wp), ca)
+	vwc := findManifest(t, splitManifests(t, []byte(helmTemplate(t, writeValues(t, values)))), "ValidatingWebhookConfiguration", helmRelease)
+	data, err := json.Marshal(vwc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "-f", commaFreeFile(t, "vwc.json", string(data))); err != nil {
+		t.Fatalf("%v\n%s%s", err, out, errOut)
+	}
+	const ns = "helm-mass-delete"
+	createNamespace(t, cp, ns, "helm")
+	createPods(t, cp.Client, ns, "web", limit+5)
+	framework.Eventually(t, 30*time.Second, "the API server to call the webhook", func(ctx context.Context) (bool, error) {
+		_, _, _ = cp.Kubectl(t, cp.AdminKubeconfig, "-n", ns, "delete", "pod", "web-0", "--dry-run=server")
+		v, err := scrape(ctx, metricsURL, `kubedefender_webhook_requests_total{operation="DELETE",result="allowed"}`)
+		return v > 0, err
+	})
+
+	// When every pod of the namespace is deleted
+	out, errOut, _ := cp.Kubectl(t, cp.AdminKubeconfig, "-n", ns, "delete", "pods", "--all", "--wait=false")
+
+	// Then as many as the budget's 1m limit are deleted and the rest refused, naming break-glass
+	if got := strings.Count(out, "deleted"); got != limit {
+		t.Errorf("%d pods deleted, want the 1m limit %d:\n%s\n%s", got, limit, out, errOut)
+	}
+	if !strings.Contains(errOut, "kubedefender breakglass grant --budget pod-deletes") {
+		t.Errorf("the refusals do not say how to break the glass:\n%s", errOut)
+	}
+	left, err := cp.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left.Items) != 5 {
+		t.Errorf("%d pods left, want 5", len(left.Items))
+	}
+}
+
+func readRepoFileAbs(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
