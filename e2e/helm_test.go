@@ -622,3 +622,96 @@ func readRepoFileAbs(t *testing.T, path string) string {
 	}
 	return string(data)
 }
+
+// TestHelmChartSelfSignedCertificateJobs runs what the chart's certificate
+// Jobs run, outside a pod (there is no kubelet): the generate container's
+// kubedefender arguments, then the store and inject scripts with kubectl
+// acting as the Jobs' ServiceAccount, so their RBAC is what is tested.
+func TestHelmChartSelfSignedCertificateJobs(t *testing.T) {
+	root := repoRoot(t)
+	// Given a real API server with the chart's default rendering applied, Jobs aside
+	cp := framework.Start(t, framework.Options{})
+	if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy/base/namespace.yaml"), "-f", filepath.Join(root, "deploy/base/crd-override.yaml")); err != nil {
+		t.Fatalf("%v\n%s%s", err, out, errOut)
+	}
+	objs := splitManifests(t, []byte(helmTemplate(t, writeValues(t, "{}"))))
+	var rest []string
+	for _, o := range objs {
+		if k := o["kind"]; k == "Job" || k == "ServiceMonitor" || k == "PrometheusRule" {
+			continue // (no Prometheus Operator CRDs here)
+		}
+		data, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rest = append(rest, string(data))
+	}
+	if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "-f", commaFreeFile(t, "objects.json", `{"apiVersion":"v1","kind":"List","items":[`+strings.Join(rest, ",")+`]}`)); err != nil {
+		t.Fatalf("%v\n%s%s", err, out, errOut)
+	}
+	generate := findManifest(t, objs, "Job", "kubedefender-certs-generate")
+	inject := findManifest(t, objs, "Job", "kubedefender-certs-inject")
+	certs := t.TempDir()
+	// kubectl on PATH acts as the Jobs' ServiceAccount
+	bin := t.TempDir()
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(bin, "kubectl"), fmt.Sprintf("#!/bin/sh\nexec %s --kubeconfig=%s --as=system:serviceaccount:%s:kubedefender-certs \"$@\"\n", kubectl, cp.AdminKubeconfig, helmNamespace))
+	if err := os.Chmod(filepath.Join(bin, "kubectl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := func(job map[string]any, container string) string {
+		for _, c := range manifestField(job, "spec", "template", "spec", "containers").([]any) {
+			if manifestField(c, "name") == container {
+				return strings.ReplaceAll(manifestField(c, "command", 2).(string), "/certs/", certs+"/")
+			}
+		}
+		t.Fatalf("no container %s", container)
+		return ""
+	}
+	runScript := func(s string) string {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", s)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("the Job's script failed: %v\n%s\nscript:\n%s", err, out, s)
+		}
+		return string(out)
+	}
+
+	// When the generate Job's kubedefender command runs
+	var args []string
+	for _, a := range manifestField(generate, "spec", "template", "spec", "initContainers", 0, "args").([]any) {
+		args = append(args, strings.Replace(a.(string), "--out-dir=/certs", "--out-dir="+certs, 1))
+	}
+	kd(t, buildKubedefender(t), args...)
+	// And its store script, twice (an upgrade runs it again)
+	runScript(script(generate, "store"))
+	second := runScript(script(generate, "store"))
+	// And the inject Job's script
+	runScript(script(inject, "inject"))
+
+	// Then the Secret holds the pair and its CA, and the second run kept it
+	ca := readRepoFileAbs(t, filepath.Join(certs, "ca.crt"))
+	sec, err := cp.Client.CoreV1().Secrets(helmNamespace).Get(context.Background(), "kubedefender-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec.Type != "kubernetes.io/tls" || string(sec.Data["ca.crt"]) != ca || len(sec.Data["tls.key"]) == 0 {
+		t.Errorf("the Secret is %s with ca.crt %q, want kubernetes.io/tls with the generated CA", sec.Type, sec.Data["ca.crt"])
+	}
+	if !strings.Contains(second, "kept") {
+		t.Errorf("the second store run did not keep the Secret: %s", second)
+	}
+	// And the webhook configuration's caBundle is that CA
+	vwc, err := cp.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(context.Background(), helmRelease, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(vwc.Webhooks[0].ClientConfig.CABundle); got != ca {
+		t.Errorf("caBundle %q, want the generated CA", got)
+	}
+}
