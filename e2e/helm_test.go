@@ -386,20 +386,26 @@ func TestHelmChartLintsAndRendersWebhookConfig(t *testing.T) {
 func TestHelmChartRefusesBadValues(t *testing.T) {
 	chart := filepath.Join(repoRoot(t), chartDir)
 	cases := []struct {
-		name   string
-		values string
-		want   string
+		name      string
+		values    string
+		want      string
+		namespace string // empty: helmNamespace
 	}{
-		{"a replica count that is not a number fails the schema", "replicas: two\n", "replicas"},
-		{"an unknown key fails the schema", "replica: 2\n", "replica"},
-		{"a failure policy other than Ignore or Fail fails the schema", "webhook: {failurePolicy: Deny}\n", "failurePolicy"},
-		{"two replicas on the memory store are refused", "replicas: 2\n", "needs a shared store"},
-		{"a front-proxy without its Secret is refused", "proxy: {enabled: true}\n", "frontProxySecret"},
-		{"a changed policy without webhook rules is refused", "policy:\n  inline: |\n" + indent(otherPolicy, "    "), "set webhook.rules"},
+		{"a replica count that is not a number fails the schema", "replicas: two\n", "replicas", ""},
+		{"an unknown key fails the schema", "replica: 2\n", "replica", ""},
+		{"a failure policy other than Ignore or Fail fails the schema", "webhook: {failurePolicy: Deny}\n", "failurePolicy", ""},
+		{"two replicas on the memory store are refused", "replicas: 2\n", "needs a shared store", ""},
+		{"a front-proxy without its Secret is refused", "proxy: {enabled: true}\n", "frontProxySecret", ""},
+		{"a changed policy without webhook rules is refused", "policy:\n  inline: |\n" + indent(otherPolicy, "    "), "set webhook.rules", ""},
+		{"a release namespace other than the policy's break-glass namespace is refused", "{}", "want the release namespace \"elsewhere\"", "elsewhere"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, errOut, err := runHelm(t, "template", helmRelease, chart, "--namespace", helmNamespace, "-f", writeValues(t, tc.values))
+			ns := tc.namespace
+			if ns == "" {
+				ns = helmNamespace
+			}
+			_, errOut, err := runHelm(t, "template", helmRelease, chart, "--namespace", ns, "-f", writeValues(t, tc.values))
 			if err == nil || !strings.Contains(errOut, tc.want) {
 				t.Fatalf("want an error mentioning %q; err %v\n%s", tc.want, err, errOut)
 			}

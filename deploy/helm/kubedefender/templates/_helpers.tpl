@@ -57,7 +57,7 @@ when the API server serves the resource's group version. */}}
 {{- if not .Values.policy.existingConfigMap -}}
 {{- $p := fromYaml .Values.policy.inline -}}
 {{- if hasKey $p "Error" -}}{{- fail (printf "policy.inline is not YAML: %s" $p.Error) -}}{{- end -}}
-{{- $ns := dig "spec" "breakGlass" "namespace" "" $p -}}
+{{- $ns := dig "spec" "breakGlass" "namespace" "" $p | default "kubedefender-system" -}}{{- /* the policy's default (policy.DefaultBreakGlassNS) */ -}}
 {{- if ne $ns .Release.Namespace -}}
 {{- fail (printf "policy.inline: spec.breakGlass.namespace is %q, want the release namespace %q (Overrides are watched there)" $ns .Release.Namespace) -}}
 {{- end -}}
