@@ -397,6 +397,8 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"two replicas on the memory store are refused", "replicas: 2\n", "needs a shared store", ""},
 		{"a front-proxy without its Secret is refused", "proxy: {enabled: true}\n", "frontProxySecret", ""},
 		{"a changed policy without webhook rules is refused", "policy:\n  inline: |\n" + indent(otherPolicy, "    "), "set webhook.rules", ""},
+		{"no webhook without budgets at the proxy is refused", "webhook: {enabled: false}\n", "charges budgets nowhere", ""},
+		{"budgets at the proxy beside the webhook are refused", "proxy: {enabled: true, authMode: passthrough, budgetsAt: proxy}\n", "charged twice", ""},
 		{"a release namespace other than the policy's break-glass namespace is refused", "{}", "want the release namespace \"elsewhere\"", "elsewhere"},
 	}
 	for _, tc := range cases {

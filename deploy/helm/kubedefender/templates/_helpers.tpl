@@ -65,6 +65,12 @@ when the API server serves the resource's group version. */}}
 {{- if and .Values.proxy.enabled (eq .Values.proxy.authMode "front-proxy") (not .Values.proxy.frontProxySecret) -}}
 {{- fail "proxy.authMode front-proxy needs proxy.frontProxySecret (client-ca.crt, tls.crt, tls.key)" -}}
 {{- end -}}
+{{- if and (not .Values.webhook.enabled) (not (and .Values.proxy.enabled (eq .Values.proxy.budgetsAt "proxy"))) -}}
+{{- fail "webhook.enabled false charges budgets nowhere: set proxy.enabled and proxy.budgetsAt: proxy" -}}
+{{- end -}}
+{{- if and .Values.webhook.enabled .Values.proxy.enabled (eq .Values.proxy.budgetsAt "proxy") -}}
+{{- fail "proxy.budgetsAt proxy is for a deployment without the webhook: set webhook.enabled false (or budgetsAt webhook), or every delete is charged twice" -}}
+{{- end -}}
 {{- if and (eq .Values.tls.mode "existingSecret") (not .Values.tls.secretName) -}}
 {{- fail "tls.mode existingSecret needs tls.secretName" -}}
 {{- end -}}
