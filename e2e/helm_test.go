@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -721,5 +722,73 @@ func TestHelmChartSelfSignedCertificateJobs(t *testing.T) {
 	}
 	if got := string(vwc.Webhooks[0].ClientConfig.CABundle); got != ca {
 		t.Errorf("caBundle %q, want the generated CA", got)
+	}
+}
+
+// redisDirectives returns a redis.conf's directive lines, comments and blank
+// lines left out.
+func redisDirectives(conf string) []string {
+	var out []string
+	for _, line := range strings.Split(conf, "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// TestHelmChartBundledRedisIsTheShippedOne checks that the chart's bundled
+// Redis runs deploy/redis's configuration (the one
+// TestShippedRedisKeepsAManualBreakerOpenAcrossARestart proves keeps an Open
+// Manual breaker across a restart): the same redis.conf directives, the
+// password from a Secret on the command line, the data on a claim, and
+// KubeDefender reading the password from a file.
+func TestHelmChartBundledRedisIsTheShippedOne(t *testing.T) {
+	shippedObjs := splitManifests(t, readRepoFile(t, "deploy/redis/redis.yaml"))
+	shipped, _ := manifestField(findManifest(t, shippedObjs, "ConfigMap", "kubedefender-redis-config"), "data", "redis.conf").(string)
+	objs := splitManifests(t, []byte(helmTemplate(t, writeValues(t, "replicas: 2\nredis: {enabled: true}\n"))))
+	chart, _ := manifestField(findManifest(t, objs, "ConfigMap", "kubedefender-redis-config"), "data", "redis.conf").(string)
+	if want, got := strings.Join(redisDirectives(shipped), "\n"), strings.Join(redisDirectives(chart), "\n"); want != got {
+		t.Errorf("the chart's redis.conf differs from deploy/redis's\nwant:\n%s\ngot:\n%s", want, got)
+	}
+	redis := manifestField(findManifest(t, objs, "Deployment", "kubedefender-redis"), "spec", "template", "spec")
+	shippedRedis := manifestField(findManifest(t, shippedObjs, "Deployment", "kubedefender-redis"), "spec", "template", "spec")
+	if got, want := fmt.Sprint(manifestField(redis, "containers", 0, "command")), fmt.Sprint(manifestField(shippedRedis, "containers", 0, "command")); got != want {
+		t.Errorf("the chart's Redis command %s, want deploy/redis's %s", got, want)
+	}
+	if got := fmt.Sprint(manifestField(redis, "volumes")); !strings.Contains(got, "claimName:kubedefender-redis-data") {
+		t.Errorf("the chart's Redis volumes %s: want the data on the claim", got)
+	}
+	secret := findManifest(t, objs, "Secret", "kubedefender-redis")
+	if pw, _ := manifestField(secret, "data", "password").(string); len(pw) < 40 {
+		t.Errorf("the Redis Secret's password is %d base64 characters, want a generated one", len(pw))
+	}
+	args := fmt.Sprint(manifestField(findManifest(t, objs, "Deployment", "kubedefender"), "spec", "template", "spec", "containers", 0, "args"))
+	for _, want := range []string{"--redis-url=redis://kubedefender-redis.kubedefender-system.svc:6379/0", "--redis-password-file=/etc/kubedefender/redis/password"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("serve's args %s lack %s", args, want)
+		}
+	}
+}
+
+// TestHelmChartPassesOnlyServeFlags checks every flag the chart gives
+// `kubedefender serve`, in every value set, is one serve has.
+func TestHelmChartPassesOnlyServeFlags(t *testing.T) {
+	help := kd(t, buildKubedefender(t), "serve", "--help")
+	flag := regexp.MustCompile(`^--[a-z0-9-]+`)
+	for _, tc := range helmCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := splitManifests(t, []byte(helmTemplate(t, writeValues(t, tc.values))))
+			args, _ := manifestField(findManifest(t, objs, "Deployment", helmRelease), "spec", "template", "spec", "containers", 0, "args").([]any)
+			if len(args) < 2 || args[0] != "serve" {
+				t.Fatalf("args %v: want serve and its flags", args)
+			}
+			for _, a := range args[1:] {
+				name := flag.FindString(fmt.Sprint(a))
+				if name == "" || !strings.Contains(help, "  "+name+" ") && !strings.Contains(help, " "+name+" ") {
+					t.Errorf("serve has no flag %q (from %q)", name, a)
+				}
+			}
+		})
 	}
 }
