@@ -792,3 +792,18 @@ func TestHelmChartPassesOnlyServeFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestHelmChartDefaultPolicyIsDeployBases checks the chart's default policy
+// is deploy/base's (the README says so, and both are tuned together).
+func TestHelmChartDefaultPolicyIsDeployBases(t *testing.T) {
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(readRepoFile(t, "deploy/base/policy-configmap.yaml"), &cm); err != nil {
+		t.Fatal(err)
+	}
+	chart, _ := defaultChartPolicy(t)
+	if base := cm.Data["policy.yaml"]; chart != base {
+		t.Errorf("values.yaml's policy.inline differs from deploy/base/policy-configmap.yaml's policy.yaml; copy it over (then go test ./e2e -run TestHelmChartFilesAreUpToDate -update-helm)\nbase:\n%s\nchart:\n%s", base, chart)
+	}
+}
