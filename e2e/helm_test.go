@@ -518,6 +518,16 @@ func TestHelmChartOnAnAPIServer(t *testing.T) {
 		if err != nil || len(pw) < 40 {
 			t.Errorf("the Redis Secret's password is %d base64 characters (%v), want a generated one", len(pw), err)
 		}
+
+		// When the release is upgraded with the same values
+		if out, errOut, err := runHelm(t, "upgrade", helmRelease, chart, "--kubeconfig", cp.AdminKubeconfig, "--namespace", helmNamespace, "-f", writeValues(t, tc.values), "--timeout", "2m"); err != nil {
+			t.Fatalf("%v\n%s%s", err, out, errOut)
+		}
+		// Then the Redis password is kept (a new one would lock KubeDefender out of the running Redis)
+		after, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "-n", helmNamespace, "get", "secret", "kubedefender-redis", "-o", "jsonpath={.data.password}")
+		if err != nil || after != pw {
+			t.Errorf("the Redis password changed on upgrade (%v)", err)
+		}
 	})
 
 	t.Run("helm install with a bad value fails on the schema", func(t *testing.T) {
