@@ -130,7 +130,7 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 }
 
 // metricFamilies returns the sorted kubedefender_* families of a scrape, as
-// "name type".
+// "name type label,label,..." (the label names its series carry, le aside).
 func metricFamilies(t *testing.T, url string) []string {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -143,13 +143,40 @@ func metricFamilies(t *testing.T, url string) []string {
 		t.Fatal(err)
 	}
 	family := regexp.MustCompile(`^# TYPE (kubedefender_[a-z_]+) ([a-z]+)$`)
-	var out []string
+	series := regexp.MustCompile(`^(kubedefender_[a-z_]+?)(?:_bucket|_sum|_count)?\{(.*)\} `)
+	labelName := regexp.MustCompile(`(?:^|,)([a-zA-Z_][a-zA-Z0-9_]*)="`)
+	types := map[string]string{}
+	labels := map[string]map[string]bool{}
 	sc := bufio.NewScanner(&body)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		if m := family.FindStringSubmatch(sc.Text()); m != nil {
-			out = append(out, m[1]+" "+m[2])
+			types[m[1]] = m[2]
+			labels[m[1]] = map[string]bool{}
+			continue
 		}
+		m := series.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		name := m[1]
+		if _, ok := types[name]; !ok {
+			continue
+		}
+		for _, l := range labelName.FindAllStringSubmatch(m[2], -1) {
+			if l[1] != "le" {
+				labels[name][l[1]] = true
+			}
+		}
+	}
+	var out []string
+	for name, typ := range types {
+		var ls []string
+		for l := range labels[name] {
+			ls = append(ls, l)
+		}
+		sort.Strings(ls)
+		out = append(out, strings.TrimSpace(name+" "+typ+" "+strings.Join(ls, ",")))
 	}
 	sort.Strings(out)
 	return out

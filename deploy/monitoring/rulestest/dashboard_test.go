@@ -52,20 +52,32 @@ func readDashboard(t *testing.T) dashboard {
 	return d
 }
 
-// scrapedFamilies reads the golden scrape: family name to type.
-func scrapedFamilies(t *testing.T) map[string]string {
+// family is one metric family of the golden scrape.
+type family struct {
+	typ    string
+	labels map[string]bool
+}
+
+// scrapedFamilies reads the golden scrape ("name type label,label" lines).
+func scrapedFamilies(t *testing.T) map[string]family {
 	t.Helper()
 	data, err := os.ReadFile(metricsGolden)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
+	out := map[string]family{}
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		name, typ, ok := strings.Cut(line, " ")
-		if !ok {
+		f := strings.Fields(line)
+		if len(f) < 2 || len(f) > 3 {
 			t.Fatalf("%s: bad line %q", metricsGolden, line)
 		}
-		out[name] = typ
+		fam := family{typ: f[1], labels: map[string]bool{}}
+		if len(f) == 3 {
+			for _, l := range strings.Split(f[2], ",") {
+				fam.labels[l] = true
+			}
+		}
+		out[f[0]] = fam
 	}
 	if len(out) < 10 {
 		t.Fatalf("%s lists %d families; regenerate it", metricsGolden, len(out))
@@ -76,19 +88,22 @@ func scrapedFamilies(t *testing.T) map[string]string {
 // grafanaVars stands in for Grafana's variables so that the parser sees PromQL.
 var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__interval", "1m", "$__range", "1h", "${job}", "kubedefender", "$job", "kubedefender")
 
-// exists says whether a series name is one the scrape exposes: a family, or
-// a histogram's _bucket, _sum or _count.
-func exists(families map[string]string, name string) bool {
-	if _, ok := families[name]; ok {
-		return families[name] != "histogram"
+// lookup returns the family a series name belongs to: a family, or a
+// histogram's _bucket, _sum or _count.
+func lookup(families map[string]family, name string) (family, bool) {
+	if f, ok := families[name]; ok {
+		return f, f.typ != "histogram"
 	}
 	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
-		if base, ok := strings.CutSuffix(name, suffix); ok && families[base] == "histogram" {
-			return true
+		if base, ok := strings.CutSuffix(name, suffix); ok && families[base].typ == "histogram" {
+			return families[base], true
 		}
 	}
-	return false
+	return family{}, false
 }
+
+// Labels every series has once scraped (target labels), and le on buckets.
+var targetLabels = map[string]bool{"job": true, "instance": true, "le": true}
 
 // TestDashboardQueriesParseAndNameRealMetrics parses every PromQL expression
 // of the Grafana dashboard (panels and variables) with Prometheus's parser
@@ -105,13 +120,42 @@ func TestDashboardQueriesParseAndNameRealMetrics(t *testing.T) {
 		}
 		n := 0
 		parser.Inspect(e, func(node parser.Node, _ []parser.Node) error {
-			vs, ok := node.(*parser.VectorSelector)
-			if !ok {
-				return nil
-			}
-			n++
-			if !foreignMetrics[vs.Name] && !exists(families, vs.Name) {
-				t.Errorf("%s: %s is not in a real scrape of serve (%s)", where, vs.Name, metricsGolden)
+			switch node := node.(type) {
+			case *parser.VectorSelector:
+				n++
+				if foreignMetrics[node.Name] {
+					return nil
+				}
+				f, ok := lookup(families, node.Name)
+				if !ok {
+					t.Errorf("%s: %s is not in a real scrape of serve (%s)", where, node.Name, metricsGolden)
+					return nil
+				}
+				for _, m := range node.LabelMatchers {
+					if m.Name != "__name__" && !targetLabels[m.Name] && !f.labels[m.Name] {
+						t.Errorf("%s: %s has no label %s in a real scrape", where, node.Name, m.Name)
+					}
+				}
+			case *parser.AggregateExpr:
+				if node.Without {
+					return nil
+				}
+				// every grouping label is one of the aggregated series'
+				have := map[string]bool{}
+				parser.Inspect(node.Expr, func(inner parser.Node, _ []parser.Node) error {
+					if vs, ok := inner.(*parser.VectorSelector); ok {
+						f, _ := lookup(families, vs.Name)
+						for l := range f.labels {
+							have[l] = true
+						}
+					}
+					return nil
+				})
+				for _, l := range node.Grouping {
+					if !targetLabels[l] && !have[l] {
+						t.Errorf("%s: groups by %s, which the series it aggregates do not have", where, l)
+					}
+				}
 			}
 			return nil
 		})
