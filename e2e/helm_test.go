@@ -225,7 +225,7 @@ spec:
   breakGlass: {namespace: kubedefender-system, maxDuration: 1h}
 `
 
-func serviceRef() *admissionregistrationv1.ServiceReference {
+func helmServiceRef() *admissionregistrationv1.ServiceReference {
 	return &admissionregistrationv1.ServiceReference{Namespace: helmNamespace, Name: helmRelease, Path: ptr.To("/validate"), Port: ptr.To[int32](443)}
 }
 
@@ -236,7 +236,7 @@ func helmCases(t *testing.T) []helmCase {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCfg, _, err := webhook.BuildConfiguration(other, webhook.ConfigurationOptions{Service: serviceRef()})
+	otherCfg, _, err := webhook.BuildConfiguration(other, webhook.ConfigurationOptions{Service: helmServiceRef()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func helmCases(t *testing.T) []helmCase {
 			name:   "the defaults: one replica, memory store, self-signed certificates",
 			values: `{}`,
 			opts: func(t *testing.T) webhook.ConfigurationOptions {
-				return webhook.ConfigurationOptions{Service: serviceRef(), OwnNamespace: helmNamespace, ExcludeNamespaces: []string{"kube-system"}}
+				return webhook.ConfigurationOptions{Service: helmServiceRef(), OwnNamespace: helmNamespace, ExcludeNamespaces: []string{"kube-system"}}
 			},
 			pol: func(t *testing.T) *policy.Compiled { return defaultPol },
 		},
@@ -264,7 +264,7 @@ networkPolicy: {enabled: true, controlPlaneCIDRs: [10.0.0.0/24], proxyClientCIDR
 proxy: {enabled: true, authMode: passthrough}
 `,
 			opts: func(t *testing.T) webhook.ConfigurationOptions {
-				return webhook.ConfigurationOptions{Service: serviceRef(), OwnNamespace: helmNamespace,
+				return webhook.ConfigurationOptions{Service: helmServiceRef(), OwnNamespace: helmNamespace,
 					FailurePolicy: admissionregistrationv1.Fail, TimeoutSeconds: 3, ExcludeNamespaces: []string{"kube-system", "monitoring"}}
 			},
 			pol: func(t *testing.T) *policy.Compiled { return defaultPol },
@@ -397,7 +397,7 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"a failure policy other than Ignore or Fail fails the schema", "webhook: {failurePolicy: Deny}\n", "failurePolicy", ""},
 		{"two replicas on the memory store are refused", "replicas: 2\n", "needs a shared store", ""},
 		{"a front-proxy without its Secret is refused", "proxy: {enabled: true}\n", "frontProxySecret", ""},
-		{"a changed policy without webhook rules is refused", "policy:\n  inline: |\n" + indent(otherPolicy, "    "), "set webhook.rules", ""},
+		{"a changed policy without webhook rules is refused", "policy:\n  inline: |\n" + helmIndent(otherPolicy, "    "), "set webhook.rules", ""},
 		{"no webhook without budgets at the proxy is refused", "webhook: {enabled: false}\n", "charges budgets nowhere", ""},
 		{"budgets at the proxy beside the webhook are refused", "proxy: {enabled: true, authMode: passthrough, budgetsAt: proxy}\n", "charged twice", ""},
 		{"a release namespace other than the policy's break-glass namespace is refused", "{}", "want the release namespace \"elsewhere\"", "elsewhere"},
@@ -416,7 +416,7 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 	}
 }
 
-func indent(s, prefix string) string {
+func helmIndent(s, prefix string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	for i := range lines {
 		lines[i] = prefix + lines[i]
@@ -594,7 +594,7 @@ func TestHelmChartWebhookStopsAMassDelete(t *testing.T) {
 		return err == nil && v > 0, nil //nolint:nilerr // not up yet
 	})
 	// And the chart's webhook configuration, by URL, failing closed, with the control plane's CA
-	ca := readRepoFileAbs(t, cp.CACertFile)
+	ca := readFileString(t, cp.CACertFile)
 	values := fmt.Sprintf("webhook: {url: %q, failurePolicy: Fail}\ntls: {mode: existingSecret, secretName: unused, caBundle: %q}\n",
 		fmt.Sprintf("https://127.0.0.1:%d/validate", wp), ca)
 	vwc := findManifest(t, splitManifests(t, []byte(helmTemplate(t, writeValues(t, values)))), "ValidatingWebhookConfiguration", helmRelease)
@@ -633,7 +633,7 @@ func TestHelmChartWebhookStopsAMassDelete(t *testing.T) {
 	}
 }
 
-func readRepoFileAbs(t *testing.T, path string) string {
+func readFileString(t *testing.T, path string) string {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -714,7 +714,7 @@ func TestHelmChartSelfSignedCertificateJobs(t *testing.T) {
 	runScript(script(inject, "inject"))
 
 	// Then the Secret holds the pair and its CA, and the second run kept it
-	ca := readRepoFileAbs(t, filepath.Join(certs, "ca.crt"))
+	ca := readFileString(t, filepath.Join(certs, "ca.crt"))
 	sec, err := cp.Client.CoreV1().Secrets(helmNamespace).Get(context.Background(), "kubedefender-tls", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
