@@ -817,3 +817,31 @@ func TestHelmChartDefaultPolicyIsDeployBases(t *testing.T) {
 		t.Errorf("values.yaml's policy.inline differs from deploy/base/policy-configmap.yaml's policy.yaml; copy it over (then go test ./e2e -run TestHelmChartFilesAreUpToDate -update-helm)\nbase:\n%s\nchart:\n%s", base, chart)
 	}
 }
+
+// TestHelmChartMonitoringFollowsTheCRDs checks metrics.serviceMonitor and
+// metrics.prometheusRule at auto: rendered where the API server serves
+// monitoring.coreos.com/v1, left out where it does not (helm install asks
+// the API server; helm template is told with --api-versions).
+func TestHelmChartMonitoringFollowsTheCRDs(t *testing.T) {
+	chart := filepath.Join(repoRoot(t), chartDir)
+	kinds := func(out string) map[string]bool {
+		k := map[string]bool{}
+		for _, o := range splitManifests(t, []byte(out)) {
+			k[fmt.Sprint(o["kind"])] = true
+		}
+		return k
+	}
+	without, errOut, err := runHelm(t, "template", helmRelease, chart, "--namespace", helmNamespace)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	with := helmTemplate(t, writeValues(t, "{}"))
+	for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+		if kinds(without)[kind] {
+			t.Errorf("a %s is rendered where the API server does not serve it", kind)
+		}
+		if !kinds(with)[kind] {
+			t.Errorf("no %s is rendered where the API server serves it", kind)
+		}
+	}
+}
