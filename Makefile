@@ -14,14 +14,14 @@ LINT_VERSION := v2.15.0
 GOLANGCI     := $(CACHE_DIR)/tools/golangci-lint-$(LINT_VERSION)/golangci-lint
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build test unit e2e deps redis controlplane lint fmt bench fuzz demo clean
+.PHONY: all build test unit e2e deps redis controlplane helm lint fmt bench fuzz demo clean
 
 all: build
 
 build: ## build bin/kubedefender
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubedefender ./cmd/kubedefender
 
-deps: redis controlplane ## everything the tests start: redis-server, kube-apiserver, etcd
+deps: redis controlplane helm ## everything the tests start: redis-server, kube-apiserver, etcd, helm
 
 redis: ## install redis-server from Debian when it is missing
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
@@ -34,6 +34,9 @@ redis: ## install redis-server from Debian when it is missing
 
 controlplane: ## build (or reuse from the cache) kube-apiserver, kube-controller-manager and etcd
 	@bash e2e/tools/build.sh >/dev/null
+
+helm: ## build (or reuse from the cache) the helm client the chart tests run
+	@bash e2e/tools/helm/build.sh >/dev/null
 
 test: deps ## every test: unit, property, fuzz seeds, Redis, end-to-end
 	go test -count=1 -timeout $(TEST_TIMEOUT) ./...

@@ -20,6 +20,7 @@ import (
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -147,6 +148,11 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		p.serving = kp
+		if cfg.Registerer != nil {
+			if err := cfg.Registerer.Register(pki.ExpiryGauge("proxy", kp.leaf)); err != nil {
+				return nil, fmt.Errorf("failed to register the proxy's certificate expiry metric: %w", err)
+			}
+		}
 	}
 	if cfg.FrontProxyCertFile != "" {
 		kp, err := newKeyPair(cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, p.log.With("pair", "front-proxy"))

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kubedefender/kubedefender/filewatch"
+	"github.com/kubedefender/kubedefender/pki"
 )
 
 // CertConfig configures a CertReloader.
@@ -84,6 +85,9 @@ func NewCertReloader(cfg CertConfig) (*CertReloader, error) {
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(c.reloads); err != nil {
+			return nil, fmt.Errorf("failed to register certificate metrics: %w", err)
+		}
+		if err := cfg.Registerer.Register(pki.ExpiryGauge("webhook", c.Current)); err != nil {
 			return nil, fmt.Errorf("failed to register certificate metrics: %w", err)
 		}
 	}
