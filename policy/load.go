@@ -479,6 +479,12 @@ func typeDetail(t reflect.Type, v any) string {
 	case reflect.Bool:
 		return "must be true or false"
 	case reflect.String:
+		switch v.(type) {
+		case bool:
+			return "must be a string: YAML reads an unquoted yes, no, on, off, y, n, true or false as a boolean, so quote it"
+		case int64, float64:
+			return "must be a string: quote it"
+		}
 		return "must be a string"
 	case reflect.Slice:
 		return "must be a list, such as [a, b]"
