@@ -64,6 +64,30 @@ type Attributes struct {
 	// EngineConfig.ChargeOnceTTL of an admitted charge is admitted without
 	// judging or charging, on every replica that shares the store.
 	ChargeOnce string
+	// Removes, set by the webhook on a root request (a namespace, workload
+	// or node delete, a scale-down, a NoExecute taint), lists what it will
+	// remove. A budget with cascades: AtRoot judges each entry as a delete
+	// of Count objects of that resource in that namespace by the request's
+	// user, and takes Count tokens from the key it falls in, all or nothing
+	// across keys and windows in the one store call; PerObject budgets
+	// ignore it. Empty: the request removes what it names, as today.
+	Removes []Removal
+	// FollowUp marks a delete or eviction that follows a root already judged
+	// (its namespace is terminating, an owner is being deleted or was scaled
+	// down by a charged root, its node is gone or tainted): AtRoot budgets
+	// admit it free (counted with result "cascade"); PerObject budgets judge
+	// it as usual.
+	FollowUp bool
+}
+
+// Removal is one resource's share of what a root request removes.
+type Removal struct {
+	// APIGroup and Resource name what is removed, e.g. "" and "pods".
+	APIGroup, Resource string
+	// Namespace holds the removed objects; "" for cluster-scoped ones.
+	Namespace string
+	// Count is how many objects are removed; at least 1.
+	Count int64
 }
 
 // RuleKind says which kind of rule decided.

@@ -152,7 +152,22 @@ type Budget struct {
 	Windows        []Window           `json:"windows"`
 	Breaker        *Breaker           `json:"breaker,omitempty"`
 	OnStoreFailure StoreFailurePolicy `json:"onStoreFailure,omitempty"`
+	// Cascades says how a request that removes many objects is charged:
+	// PerObject (the default) charges each delete as the API server admits
+	// it; AtRoot charges the root request a client made, up front, one token
+	// per object it will remove, and leaves what controllers delete below it
+	// free (see limiter.Attributes.Removes and FollowUp).
+	Cascades CascadeMode `json:"cascades,omitempty"`
 }
+
+// CascadeMode says how a budget charges a request that removes many objects.
+type CascadeMode string
+
+// Cascade modes.
+const (
+	CascadesPerObject CascadeMode = "PerObject"
+	CascadesAtRoot    CascadeMode = "AtRoot"
+)
 
 // Window is one sliding window of a budget: at most Limit requests in any span
 // of length Window.
