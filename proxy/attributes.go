@@ -59,16 +59,20 @@ func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) htt
 		a.UserAgent = headerValue(r.Header, "User-Agent")
 		switch {
 		case info.IsResourceRequest && (info.Verb == "delete" || info.Verb == "deletecollection"):
-			var err error
-			withBodyDeadline(w, bodyReadTimeout, func() { st.deleteOptions, err = readDeleteOptions(r) })
+			err := withBodyDeadline(w, bodyReadTimeout, func() (err error) {
+				st.deleteOptions, err = readDeleteOptions(r)
+				return err
+			})
 			if err != nil {
 				bodyReadFailed(w, err)
 				return
 			}
 			a.DryRun = st.deleteOptions.dryRun
 		case info.IsResourceRequest && a.Verb == "evict":
-			var err error
-			withBodyDeadline(w, bodyReadTimeout, func() { a.DryRun, err = readEvictionDryRun(r) })
+			err := withBodyDeadline(w, bodyReadTimeout, func() (err error) {
+				a.DryRun, err = readEvictionDryRun(r)
+				return err
+			})
 			if err != nil {
 				bodyReadFailed(w, err)
 				return
@@ -84,22 +88,28 @@ func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) htt
 }
 
 // withBodyDeadline runs read under a read deadline of timeout on the
-// client's connection (its stream, over HTTP/2), lifted afterwards; a
-// writer that cannot set deadlines (a test recorder) runs read without.
-func withBodyDeadline(w http.ResponseWriter, timeout time.Duration, read func()) {
+// client's connection (its stream, over HTTP/2), lifted afterwards unless
+// read failed (the request is then answered at once, and a body that did
+// not come must not be waited for while the server drains it); a writer
+// that cannot set deadlines (a test recorder) runs read without.
+func withBodyDeadline(w http.ResponseWriter, timeout time.Duration, read func() error) error {
 	rc := http.NewResponseController(w)
 	if timeout <= 0 || rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
-		read()
-		return
+		return read()
 	}
-	read()
+	if err := read(); err != nil {
+		return err
+	}
 	_ = rc.SetReadDeadline(time.Time{})
+	return nil
 }
 
 // bodyReadFailed answers a request whose options body could not be read:
-// 408 when it did not arrive in time, 400 otherwise. Nothing was forwarded
-// and nothing charged.
+// 408 when it did not arrive in time, 400 otherwise, and closes an HTTP/1.1
+// connection (its unread body cannot be skipped). Nothing was forwarded and
+// nothing charged.
 func bodyReadFailed(w http.ResponseWriter, err error) {
+	w.Header().Set("Connection", "close")
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		writeStatus(w, http.StatusRequestTimeout, "Timeout", "kubedefender: the request body did not arrive in time", 0)
 		return
