@@ -151,7 +151,7 @@ spec:
 	}
 	// (posted without client-go's retries, which would wait out Retry-After)
 	err := c.CoreV1().RESTClient().Post().Namespace(ns).Resource("pods").Name(pods[0]).SubResource("eviction").
-		Body([]byte(`{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"` + pods[0] + `"}}`)).
+		Body([]byte(`{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"`+pods[0]+`"}}`)).
 		SetHeader("Content-Type", "application/json").MaxRetries(0).Do(t.Context()).Error()
 	wantRefusedByProxy(t, err, http.StatusTooManyRequests, `budget "evictions"`)
 }
