@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -149,16 +150,19 @@ spec:
 	if err := evictThrough(t.Context(), c, ns, pods[1], nil); err != nil {
 		t.Errorf("a real eviction after two dry-run evictions: %v, want it admitted (dry runs take nothing)", err)
 	}
-	// (posted without client-go's retries, which would wait out Retry-After)
-	err := c.CoreV1().RESTClient().Post().Namespace(ns).Resource("pods").Name(pods[0]).SubResource("eviction").
-		Body([]byte(`{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"`+pods[0]+`"}}`)).
-		SetHeader("Content-Type", "application/json").MaxRetries(0).Do(t.Context()).Error()
-	wantRefusedByProxy(t, err, http.StatusTooManyRequests, `budget "evictions"`)
+	wantRefusedByProxy(t, evictThrough(t.Context(), c, ns, pods[0], nil), http.StatusTooManyRequests, `budget "evictions"`)
 }
 
+// evictThrough posts an Eviction as client-go's Evict does, without its
+// retries (which would wait out a refusal's Retry-After).
 func evictThrough(ctx context.Context, c kubernetes.Interface, ns, name string, opts *metav1.DeleteOptions) error {
-	return c.PolicyV1().Evictions(ns).Evict(ctx, &policyv1.Eviction{
+	body, err := json.Marshal(&policyv1.Eviction{TypeMeta: metav1.TypeMeta{APIVersion: "policy/v1", Kind: "Eviction"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, DeleteOptions: opts})
+	if err != nil {
+		return err
+	}
+	return c.CoreV1().RESTClient().Post().Namespace(ns).Resource("pods").Name(name).SubResource("eviction").
+		Body(body).SetHeader("Content-Type", "application/json").MaxRetries(0).Do(ctx).Error()
 }
 
 // TestProxyReadyzWithoutAnonymousAuth: kube-apiserver --anonymous-auth=false
