@@ -67,6 +67,7 @@ bench: deps ## benchmarks with figures to compare
 
 fuzz: ## run each fuzz target for a short while
 	go test ./policy -run '^$$' -fuzz FuzzParse -fuzztime 30s
+	go test ./proxy -run '^$$' -fuzz FuzzDeleteOptions -fuzztime 30s
 	@if [ -d webhook ]; then go test ./webhook -run '^$$' -fuzz 'Fuzz' -fuzztime 30s; fi
 
 demo: deps ## a local control plane with KubeDefender in front, stopping a mass delete

@@ -3,8 +3,10 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	metainternalversionscheme "k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,10 +14,18 @@ import (
 	"k8s.io/apiserver/pkg/endpoints/handlers/negotiation"
 )
 
-// MaxDeleteOptionsBytes bounds how much of a DELETE's body the proxy reads
-// to learn its options. A longer body is forwarded whole (what was read,
-// then the rest streamed) and the delete is judged as a real one.
-const MaxDeleteOptionsBytes = 1 << 20
+// MaxDeleteOptionsBytes bounds how much of a DELETE's body (or an
+// eviction's, which carries DeleteOptions too) the proxy reads to learn its
+// options, before the limits and the priority levels. Real DeleteOptions and
+// Evictions are a few hundred bytes. A body declared or found longer is
+// forwarded whole (what was read, then the rest streamed) and the request is
+// judged as a real delete or eviction.
+const MaxDeleteOptionsBytes = 64 << 10
+
+// DefaultBodyReadTimeout is how long the proxy waits by default for the
+// options body of a DELETE or an eviction (Config.BodyReadTimeout) before it
+// answers 408 itself.
+const DefaultBodyReadTimeout = 10 * time.Second
 
 // deleteOptions are what the API server will do with a delete or
 // deletecollection, as far as the limits care.
@@ -40,25 +50,29 @@ type deleteOptions struct {
 // the body alone is a dry run.
 //
 // r.Body is replaced by a reader that yields the same bytes: what was read,
-// then whatever was not. At most MaxDeleteOptionsBytes+1 bytes are held.
-func readDeleteOptions(r *http.Request) deleteOptions {
+// then whatever was not (see peekBody for what is held). The error is the
+// body's read error (the client stopped sending, or a read deadline
+// passed): the request cannot be forwarded whole and should be refused.
+func readDeleteOptions(r *http.Request) (deleteOptions, error) {
 	body, err := peekBody(r, MaxDeleteOptionsBytes)
 	switch {
+	case errors.Is(err, errBodyTooLarge):
+		// Too large: judged as a real delete.
+		return deleteOptions{unknown: true}, nil
 	case err != nil:
-		// Too large or unreadable: judged as a real delete.
-		return deleteOptions{unknown: true}
+		return deleteOptions{unknown: true}, fmt.Errorf("failed to read the request body: %w", err)
 	case len(body) > 0:
-		return decodeDeleteOptionsBody(headerValue(r.Header, "Content-Type"), body)
+		return decodeDeleteOptionsBody(headerValue(r.Header, "Content-Type"), body), nil
 	}
 	opts := &metav1.DeleteOptions{}
 	if r.URL.RawQuery != "" {
 		if err := metainternalversionscheme.ParameterCodec.DecodeParameters(r.URL.Query(), metav1.SchemeGroupVersion, opts); err != nil {
 			// The API server answers 400; nothing is deleted, but judging
 			// it as real is the safe side.
-			return deleteOptions{unknown: true}
+			return deleteOptions{unknown: true}, nil
 		}
 	}
-	return optionsOf(opts)
+	return optionsOf(opts), nil
 }
 
 // deleteOptionsKind is the default kind a body decodes as, as the API server
@@ -97,30 +111,54 @@ func optionsOf(o *metav1.DeleteOptions) deleteOptions {
 
 var errBodyTooLarge = errors.New("body larger than the options cap")
 
+// peekStart is the buffer a peek starts with. It doubles as bytes arrive,
+// up to the peek's limit: a body that is declared but never sent costs
+// these bytes and no more, whatever its Content-Length says.
+const peekStart = 512
+
 // peekBody reads up to limit bytes of r's body and puts them back in front
 // of the rest, so whoever reads r.Body next gets every byte. It returns
-// errBodyTooLarge when the body is longer than limit (the bytes are still
-// put back), or the read error.
+// errBodyTooLarge when the body is longer than limit (the bytes read are
+// still put back), or the read error.
+//
+// A body that declares more than limit bytes is not read at all. Otherwise
+// the buffer grows with what arrives, never from the declared length: it
+// holds at most twice the bytes received (or peekStart) and never more
+// than limit+1. The caller bounds the wait (a read deadline).
 func peekBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil, nil
 	}
-	orig := r.Body
-	var buf []byte
-	if n := r.ContentLength; n > 0 && n <= limit {
-		buf = make([]byte, 0, n+1)
-	}
-	b := bytes.NewBuffer(buf)
-	_, err := b.ReadFrom(io.LimitReader(orig, limit+1))
-	read := b.Bytes()
-	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(read), orig), orig: orig}
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(read)) > limit {
+	if r.ContentLength > limit {
 		return nil, errBodyTooLarge
 	}
-	return read, nil
+	orig := r.Body
+	buf := make([]byte, 0, min(peekStart, limit+1))
+	var err error
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				break
+			}
+			grown := make([]byte, len(buf), min(2*int64(cap(buf)), limit+1))
+			copy(grown, buf)
+			buf = grown
+		}
+		var n int
+		n, err = orig.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			break
+		}
+	}
+	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(buf), orig), orig: orig}
+	if err != nil && err != io.EOF {
+		return nil, err
+	}
+	if int64(len(buf)) > limit {
+		return nil, errBodyTooLarge
+	}
+	return buf, nil
 }
 
 // replayBody yields the bytes read ahead, then the rest of the original

@@ -75,8 +75,8 @@ func TestDeleteOptionsAreReadWhereTheAPIServerReadsThem(t *testing.T) {
 			if tc.contentType != "" {
 				r.Header.Set("Content-Type", tc.contentType)
 			}
-			if got := readDeleteOptions(r); got != tc.want {
-				t.Errorf("options = %+v, want %+v", got, tc.want)
+			if got, err := readDeleteOptions(r); got != tc.want || err != nil {
+				t.Errorf("options = %+v, %v; want %+v", got, err, tc.want)
 			}
 			rest, err := io.ReadAll(r.Body)
 			if err != nil || !bytes.Equal(rest, []byte(tc.body)) {
@@ -96,7 +96,10 @@ func FuzzDeleteOptions(f *testing.F) {
 	f.Fuzz(func(t *testing.T, contentType, body string) {
 		r := httptest.NewRequest(http.MethodDelete, "/api/v1/namespaces/default/pods/p?dryRun=All", strings.NewReader(body))
 		r.Header.Set("Content-Type", contentType)
-		got := readDeleteOptions(r)
+		got, err := readDeleteOptions(r)
+		if err != nil {
+			t.Errorf("a body in memory failed to read: %v", err)
+		}
 		if got.unknown && got.dryRun {
 			t.Errorf("unknown options judged as a dry run: %+v", got)
 		}

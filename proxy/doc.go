@@ -99,12 +99,19 @@
 //     delete while one names deletecollection: then it stays one). When the
 //     two verbs differ the engine is asked twice, rate limits first, each
 //     with its own checks; otherwise once, as before.
+//   - A server-side apply patch may create: budgets on create judge it as
+//     well as budgets on update (budgetVerbs). A create on a subresource
+//     other than pods/eviction (exec, attach, portforward, binding, tokens)
+//     reaches no budget, as at the webhook.
 //   - A DELETE's options (dryRun, propagationPolicy) come from where the API
 //     server's handlers read them: the body when it is not empty, decoded
 //     with the meta codecs by Content-Type, else the query. `?dryRun=All`
 //     with a body `{}` is a real delete; `dryRun: [All]` in the body alone is
-//     a dry run. The body is read up to MaxDeleteOptionsBytes and forwarded
-//     whole; a longer, unreadable or undecodable body is judged as a real
+//     a dry run. An eviction is a dry run when its query or its Eviction's
+//     deleteOptions.dryRun says so. The body is read up to
+//     MaxDeleteOptionsBytes, into a buffer that grows with what arrives
+//     (never from Content-Length), under a read deadline (408 past it), and
+//     forwarded whole; a longer or undecodable body is judged as a real
 //     delete (the safe side). propagationPolicy is kept on the request state
 //     for the filters that need it.
 //   - policy.Exemption, the webhook's own list, exempts from budgets and
@@ -130,4 +137,7 @@
 // listener without authentication. Readiness is the upstream's /readyz as
 // last probed, at most once per Config.UpstreamHealthInterval however often
 // it is asked, so probing the proxy never becomes load on the API server.
+// The probe carries the front-proxy identity when there is one (an API
+// server may refuse anonymous callers); the answer never carries the
+// upstream's error, which is logged.
 package proxy

@@ -139,6 +139,8 @@ type envOptions struct {
 	budgets  bool
 	maxWait  time.Duration
 	noFront  bool
+	// bodyReadTimeout is Config.BodyReadTimeout (0: the default).
+	bodyReadTimeout time.Duration
 }
 
 type syncBuffer struct {
@@ -223,7 +225,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	cfg := Config{
 		Upstream: u, UpstreamCAFile: e.serverCA.file, TLSCertFile: servingCert, TLSKeyFile: servingKey,
 		AuthMode: o.mode, ClientCAFile: e.clientCA.file, Engine: eng, Policy: e.policy, BudgetsAtProxy: o.budgets,
-		MaxQueueWait: o.maxWait, Registerer: e.registry,
+		MaxQueueWait: o.maxWait, BodyReadTimeout: o.bodyReadTimeout, Registerer: e.registry,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if !o.noFront {

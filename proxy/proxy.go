@@ -90,6 +90,10 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for the upstream's response
 	// headers (long-running requests get theirs at once); default 75s.
 	ResponseHeaderTimeout time.Duration
+	// BodyReadTimeout bounds the wait for the options body of a DELETE or
+	// an eviction, which the proxy reads before its limits; past it the
+	// proxy answers 408. Default DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 	// DialTimeout bounds connecting to the upstream; default 5s.
 	DialTimeout time.Duration
 	// ShutdownTimeout is how long Run lets in-flight requests finish; default 15s.
@@ -167,7 +171,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.buildTransports(); err != nil {
 		return nil, err
 	}
-	p.health = &upstreamHealth{probe: p.checkUpstream, clock: p.clock, interval: cfg.UpstreamHealthInterval}
+	p.health = &upstreamHealth{probe: p.checkUpstream, clock: p.clock, interval: cfg.UpstreamHealthInterval, log: p.log}
 	levels, err := newPriorityLevels(p.clock, cfg.MaxQueueWait, p.metrics, p.log)
 	if err != nil {
 		return nil, err
@@ -230,6 +234,9 @@ func (c *Config) defaults() {
 	if c.ResponseHeaderTimeout <= 0 {
 		c.ResponseHeaderTimeout = 75 * time.Second
 	}
+	if c.BodyReadTimeout <= 0 {
+		c.BodyReadTimeout = DefaultBodyReadTimeout
+	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
 	}
@@ -269,7 +276,7 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 func (p *Proxy) buildChain() http.Handler {
 	h := WithPriorityLevels(p.levels, p.forward)
 	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics, Logger: p.log}, h)
-	h = WithRequestAttributes(h)
+	h = withRequestAttributes(p.cfg.BodyReadTimeout, h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
 	h = WithHeaderHygiene(h)
 	h = WithInstrumentation(p.metrics, p.clock, h)

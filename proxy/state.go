@@ -31,9 +31,11 @@ type reqState struct {
 	// deleteOptions of a delete or deletecollection: dry run and
 	// propagationPolicy as the API server reads them.
 	deleteOptions deleteOptions
-	longRunning   bool
-	level         string
-	queueWait     time.Duration
+	// applyPatch: a server-side apply PATCH, which creates a missing object.
+	applyPatch  bool
+	longRunning bool
+	level       string
+	queueWait   time.Duration
 	// upstream round trip, until response headers (set by the transport wrapper).
 	upstream time.Duration
 
