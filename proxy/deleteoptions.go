@@ -66,9 +66,10 @@ func readDeleteOptions(r *http.Request) (deleteOptions, error) {
 	}
 	opts := &metav1.DeleteOptions{}
 	if r.URL.RawQuery != "" {
-		if err := metainternalversionscheme.ParameterCodec.DecodeParameters(r.URL.Query(), metav1.SchemeGroupVersion, opts); err != nil {
+		if metainternalversionscheme.ParameterCodec.DecodeParameters(r.URL.Query(), metav1.SchemeGroupVersion, opts) != nil {
 			// The API server answers 400; nothing is deleted, but judging
-			// it as real is the safe side.
+			// it as real is the safe side (the request is still forwarded,
+			// so this is no error of the read).
 			return deleteOptions{unknown: true}, nil
 		}
 	}
