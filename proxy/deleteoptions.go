@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 
 	metainternalversionscheme "k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme"
@@ -64,16 +65,23 @@ func readDeleteOptions(r *http.Request) (deleteOptions, error) {
 	case len(body) > 0:
 		return decodeDeleteOptionsBody(headerValue(r.Header, "Content-Type"), body), nil
 	}
-	opts := &metav1.DeleteOptions{}
-	if r.URL.RawQuery != "" {
-		if metainternalversionscheme.ParameterCodec.DecodeParameters(r.URL.Query(), metav1.SchemeGroupVersion, opts) != nil {
-			// The API server answers 400; nothing is deleted, but judging
-			// it as real is the safe side (the request is still forwarded,
-			// so this is no error of the read).
-			return deleteOptions{unknown: true}, nil
-		}
+	opts, ok := queryDeleteOptions(r.URL)
+	if !ok {
+		// The API server answers 400; nothing is deleted, but judging it as
+		// real is the safe side (the request is still forwarded).
+		return deleteOptions{unknown: true}, nil
 	}
 	return optionsOf(opts), nil
+}
+
+// queryDeleteOptions decodes DeleteOptions from the query as the API server
+// does; ok is false where it would answer 400.
+func queryDeleteOptions(u *url.URL) (opts *metav1.DeleteOptions, ok bool) {
+	opts = &metav1.DeleteOptions{}
+	if u.RawQuery == "" {
+		return opts, true
+	}
+	return opts, metainternalversionscheme.ParameterCodec.DecodeParameters(u.Query(), metav1.SchemeGroupVersion, opts) == nil
 }
 
 // deleteOptionsKind is the default kind a body decodes as, as the API server
