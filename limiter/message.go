@@ -88,9 +88,17 @@ func cascadeMessage(r *budgetRule, c *BudgetCheck, res *BudgetResult, now time.T
 	}
 	spec := r.spec
 	if res.Reason == WindowExhausted {
-		w := spec.Windows[res.Window]
-		left := max(w.Limit-res.Used[res.Window], 0)
-		fmt.Fprintf(&b, "it has %d left in %s (%d/%d used)", left, policy.FormatDuration(w.Length), res.Used[res.Window], w.Limit)
+		// Name the denying window with the least left (the store names the
+		// one that frees up last, for RetryAfter).
+		wi := res.Window
+		for j, w := range spec.Windows {
+			if left := w.Limit - res.Used[j]; c.Cost > left && left < spec.Windows[wi].Limit-res.Used[wi] {
+				wi = j
+			}
+		}
+		w := spec.Windows[wi]
+		left := max(w.Limit-res.Used[wi], 0)
+		fmt.Fprintf(&b, "it has %d left in %s (%d/%d used)", left, policy.FormatDuration(w.Length), res.Used[wi], w.Limit)
 		if c.Cost > w.Limit {
 			fmt.Fprintf(&b, "; %d is more than the window ever holds, so only an override lets this through", c.Cost)
 		} else if free := freesIn(res, spec); free > 0 {
