@@ -75,3 +75,21 @@ func isAre(n int) string {
 	}
 	return "are"
 }
+
+// withoutLaterDefaults returns p, or a copy of it without the defaults of
+// fields added after policies were first hashed (cascades: PerObject), so a
+// policy that does not use them keeps the hash it had before (the webhook
+// configuration's annotation, reload detection).
+func withoutLaterDefaults(p *DefenderPolicy) *DefenderPolicy {
+	if !slices.ContainsFunc(p.Spec.Budgets, func(b Budget) bool { return b.Cascades == CascadesPerObject }) {
+		return p
+	}
+	c := *p
+	c.Spec.Budgets = slices.Clone(p.Spec.Budgets)
+	for i := range c.Spec.Budgets {
+		if c.Spec.Budgets[i].Cascades == CascadesPerObject {
+			c.Spec.Budgets[i].Cascades = ""
+		}
+	}
+	return &c
+}

@@ -39,3 +39,35 @@ spec:
 		})
 	}
 }
+
+func TestCascadesPerObjectKeepsThePolicyHash(t *testing.T) {
+	const doc = `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: test}
+spec:
+  budgets:
+  - name: b
+    match: {verbs: [delete], resources: [pods]}
+    windows: [{window: 1m, limit: 20}]
+`
+	implicit, err := Parse("a.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	explicit, err := Parse("b.yaml", []byte(doc+"    cascades: PerObject\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	atRoot, err := Parse("c.yaml", []byte(doc+"    cascades: AtRoot\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The hash a policy without cascades had before the field existed.
+	const before = "12b17ddd42b8"
+	if implicit.Hash != explicit.Hash || implicit.Hash != before || atRoot.Hash == before {
+		t.Fatalf("hashes: implicit %s, explicit PerObject %s, AtRoot %s; want the first two %s and AtRoot another", implicit.Hash, explicit.Hash, atRoot.Hash, before)
+	}
+	if implicit.Budgets[0].Cascades != CascadesPerObject {
+		t.Fatal("hashing blanked the compiled policy's default")
+	}
+}
