@@ -167,14 +167,14 @@ func (st *budgetState) judge(spec *BudgetSpec, now, cost int64) BudgetResult {
 	}
 	var freeAt int64
 	for j, w := range spec.Windows {
-		if cost <= w.Limit-res.Used[j] {
+		if cost <= MaxCost && cost <= w.Limit-res.Used[j] {
 			continue
 		}
 		// The window has room for cost when the (limit-cost+1)-th newest
 		// admission leaves it; a cost above the limit never fits, and is
 		// told to wait a whole window.
 		t := now + int64(w.Length)
-		if cost <= w.Limit {
+		if cost <= w.Limit && cost <= MaxCost {
 			t = st.log.at(st.log.n-int(w.Limit-cost+1)) + int64(w.Length)
 		}
 		if res.Window < 0 || t > freeAt {

@@ -39,6 +39,7 @@ import "github.com/redis/go-redis/v9"
 // nothing. An admitted committed batch sets the key for onceTtlMs.
 const budgetLua = `
 local E9 = 1000000000
+local MAXCOST = 1048576 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
 local commit = ARGV[1] == '1'
@@ -168,11 +169,11 @@ for i = 1, n do
     local freeAt = 0
     for j = 1, c.nw do
       local lim = wlim(c, j)
-      if c.cost > lim - c.used[j] then
+      if c.cost > MAXCOST or c.cost > lim - c.used[j] then
         -- the window has room for cost when its (lim-cost+1)-th newest
         -- token leaves it; a cost above the limit never fits (a whole window)
         local t = c.now + wlen(c, j)
-        if c.cost <= lim then
+        if c.cost <= lim and c.cost <= MAXCOST then
           local k = lim - c.cost + 1
           t = tonumber(redis.call('ZRANGE', c.z, -k, -k, 'WITHSCORES')[2]) + wlen(c, j)
         end

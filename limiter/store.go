@@ -109,9 +109,16 @@ type BudgetCheck struct {
 	// Cost is how many tokens the check takes from every window of the key
 	// (a cascades: AtRoot budget charges one per object a root removes); 0
 	// means 1. A check is allowed when every window has Cost tokens left, so
-	// a Cost above a window's limit is always denied (and trips the breaker).
+	// a Cost above a window's limit, or above MaxCost, is always denied (and
+	// trips the breaker).
 	Cost int64
 }
+
+// MaxCost is the most tokens one check can take. Stores keep one entry per
+// token taken, so a larger cost is denied, whatever the limits, rather than
+// written: no namespace, workload or node holds a million pods, and a key
+// never holds more entries than its longest window's limit.
+const MaxCost = 1 << 20
 
 // cost is the tokens the check takes: Cost, at least 1.
 func (c *BudgetCheck) cost() int64 {

@@ -1,6 +1,8 @@
 package limiter
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +79,13 @@ func testCosts(t *testing.T, newStore newStoreFunc) {
 		if res := take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Results[0]; res.Allowed || res.Reason != BreakerIsOpen {
 			t.Fatalf("after the trip a cost-1 request: %+v, want denied by the open breaker", res)
 		}
+		huge := testSpec([]WindowSpec{{time.Minute, 1 << 40}}, BreakerSpec{})
+		if b := take(t, s, true, BudgetCheck{Spec: huge, Key: "k", Cost: MaxCost + 1}); b.Admitted || b.Results[0].Used[0] != 0 {
+			t.Fatalf("a cost above MaxCost under a huge limit: %+v, want denied", b.Results[0])
+		}
+		if b := take(t, s, true, BudgetCheck{Spec: huge, Key: "k", Cost: 5000}); !b.Admitted || b.Results[0].Used[0] != 5000 {
+			t.Fatalf("cost 5000 under a huge limit: %+v, want admitted", b.Results[0])
+		}
 		noBreaker := testSpec([]WindowSpec{{time.Minute, 20}}, BreakerSpec{})
 		res = take(t, s, true, BudgetCheck{Spec: noBreaker, Key: "k", Cost: 1 << 62}).Results[0]
 		if res.Allowed || res.Window != 0 || res.RetryAfter != time.Minute {
@@ -134,4 +143,10 @@ func testCostSlidingWindow(t *testing.T, newStore newStoreFunc) {
 			}
 		}
 	})
+}
+
+func TestRedisScriptKnowsMaxCost(t *testing.T) {
+	if want := fmt.Sprintf("local MAXCOST = %d ", MaxCost); !strings.Contains(budgetLua, want) {
+		t.Fatalf("budgetLua lacks %q: the stores would disagree on the largest cost", want)
+	}
 }
