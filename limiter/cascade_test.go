@@ -236,3 +236,33 @@ func TestCascadeDecisionsAllocateNothingWithoutRemoves(t *testing.T) {
 		t.Fatalf("a pod delete under AtRoot budgets allocates %v times, want 0", n)
 	}
 }
+
+func TestCascadeRootsAreJudgedWhenThePolicySkippedValidation(t *testing.T) {
+	for _, onFail := range []string{"Deny", "Allow"} {
+		t.Run("onStoreFailure "+onFail, func(t *testing.T) {
+			c := parse(t, strings.Replace(cascadePolicy, "    breaker: {recovery: Manual}\n", "    breaker: {recovery: Manual}\n    onStoreFailure: "+onFail+"\n", 1))
+			// A ninth window: the stores cannot run pods-down, so Decide goes rule by rule.
+			b := c.Budgets[0].Budget
+			for len(b.Windows) <= MaxWindows {
+				b.Windows = append(b.Windows, policy.Window{Window: policy.Duration{Duration: time.Duration(len(b.Windows)+2) * time.Hour}, Limit: 1000})
+			}
+			e, _ := newTestEngine(t, EngineConfig{Policy: c})
+			ctx := context.Background()
+			d := e.Decide(ctx, nsDelete("prod", "alice", pods("prod", 3)))
+			if want := onFail == "Allow"; d.Allowed != want || (!want && (d.Rule != "pods-down" || !errors.Is(d.Err, ErrEngineFailure))) {
+				t.Fatalf("a root under a broken AtRoot budget: %+v, want allowed=%v by its onStoreFailure", d, want)
+			}
+			if onFail == "Allow" {
+				// The other AtRoot budgets still charge the root, one by one.
+				if got := used(t, e, "pods-per-user", "user=alice"); got != 3 {
+					t.Fatalf("pods-per-user: %d used, want 3", got)
+				}
+			}
+			follow := podDelete("prod", "p")
+			follow.FollowUp = true
+			if d := e.Decide(ctx, follow); !d.Allowed {
+				t.Fatalf("a follow-up under a broken AtRoot budget: %+v, want free", d)
+			}
+		})
+	}
+}
