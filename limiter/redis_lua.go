@@ -166,25 +166,28 @@ for i = 1, n do
     c.reason = HOFULL
     c.retry = c.cd - diff(nowS, nowN, ss, sn)
   else
-    local freeAt = 0
+    -- freeIn: how long until the window has room; kept relative to now, as
+    -- now plus a window may pass 2^53 ns from an old base (a dry run does
+    -- not rebase)
+    local freeIn = 0
     for j = 1, c.nw do
       local lim = wlim(c, j)
       if c.cost > MAXCOST or c.cost > lim - c.used[j] then
         -- the window has room for cost when its (lim-cost+1)-th newest
         -- token leaves it; a cost above the limit never fits (a whole window)
-        local t = c.now + wlen(c, j)
+        local r = wlen(c, j)
         if c.cost <= lim and c.cost <= MAXCOST then
           local k = lim - c.cost + 1
-          t = tonumber(redis.call('ZRANGE', c.z, -k, -k, 'WITHSCORES')[2]) + wlen(c, j)
+          r = tonumber(redis.call('ZRANGE', c.z, -k, -k, 'WITHSCORES')[2]) - c.now + wlen(c, j)
         end
-        if c.window < 0 or t > freeAt then c.window, freeAt = j - 1, t end
+        if c.window < 0 or r > freeIn then c.window, freeIn = j - 1, r end
       end
     end
     if c.window < 0 then
       c.allowed = 1
     else
       c.reason = EXHAUSTED
-      c.retry = freeAt - c.now
+      c.retry = freeIn
       if c.br then
         c.rst, c.rss, c.rsn = OPEN, nowS, nowN
         if c.manual then c.retry = 0 elseif c.retry < c.cd then c.retry = c.cd end

@@ -92,6 +92,22 @@ func testCosts(t *testing.T, newStore newStoreFunc) {
 			t.Fatalf("a huge cost without a breaker: %+v, want denied, told to wait a whole window", res)
 		}
 	})
+	t.Run("a cost above the limit waits exactly one window, however old the key", func(t *testing.T) {
+		// The Redis log counts nanoseconds from a base second that only a
+		// commit moves: 55 days on, now plus a 50-day window passes 2^53 ns,
+		// which a Lua number no longer holds exactly.
+		clk := clocktesting.NewFakeClock(testEpoch)
+		s := newStore(t, clk)
+		spec := testSpec([]WindowSpec{{50 * 24 * time.Hour, 2}}, BreakerSpec{})
+		take(t, s, true, BudgetCheck{Spec: spec, Key: "k"})
+		clk.SetTime(testEpoch.Add(10 * 24 * time.Hour))
+		take(t, s, true, BudgetCheck{Spec: spec, Key: "k"})
+		clk.SetTime(testEpoch.Add(55*24*time.Hour + time.Nanosecond))
+		res := take(t, s, false, BudgetCheck{Spec: spec, Key: "k", Cost: 3}).Results[0]
+		if res.Allowed || res.Used[0] != 1 || res.RetryAfter != 50*24*time.Hour {
+			t.Fatalf("cost 3 > limit 2 on a 55-day-old key: %+v, want denied, retry in exactly 50d", res)
+		}
+	})
 	t.Run("no window ever holds more than its limit with random costs", func(t *testing.T) {
 		testCostSlidingWindow(t, newStore)
 	})
