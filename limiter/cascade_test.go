@@ -266,3 +266,27 @@ func TestCascadeRootsAreJudgedWhenThePolicySkippedValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestCascadeRootAboveMaxCostIsDeniedWhateverTheLimit(t *testing.T) {
+	e, _ := newTestEngine(t, EngineConfig{Policy: parse(t, `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: test}
+spec:
+  budgets:
+  - name: roomy
+    match: {verbs: [delete], resources: [pods]}
+    per: [namespace]
+    cascades: AtRoot
+    windows: [{window: 1m, limit: 1000000000}]
+`)})
+	ctx := context.Background()
+	if d := e.Decide(ctx, nsDelete("big", "alice", pods("big", MaxCost))); !d.Allowed {
+		t.Fatalf("a root of MaxCost pods: %s", d.Message)
+	}
+	d := e.Decide(ctx, nsDelete("huge", "alice", pods("huge", MaxCost+1)))
+	if d.Allowed || d.Cost != MaxCost+1 || !strings.Contains(d.Message, "more than one request may take from a budget key (16384)") ||
+		!strings.Contains(d.Message, "breakglass grant --budget roomy --namespace huge") {
+		t.Fatalf("a root above MaxCost: %+v, want denied, saying why, with the break-glass command", d)
+	}
+}

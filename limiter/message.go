@@ -99,10 +99,15 @@ func cascadeMessage(r *budgetRule, c *BudgetCheck, res *BudgetResult, now time.T
 		w := spec.Windows[wi]
 		left := max(w.Limit-res.Used[wi], 0)
 		fmt.Fprintf(&b, "it has %d left in %s (%d/%d used)", left, policy.FormatDuration(w.Length), res.Used[wi], w.Limit)
-		if c.Cost > w.Limit {
+		switch {
+		case c.Cost > MaxCost:
+			fmt.Fprintf(&b, "; %d is more than one request may take from a budget key (%d), so only an override lets this through", c.Cost, MaxCost)
+		case c.Cost > w.Limit:
 			fmt.Fprintf(&b, "; %d is more than the window ever holds, so only an override lets this through", c.Cost)
-		} else if free := freesIn(res, spec); free > 0 {
-			fmt.Fprintf(&b, "; room for %d in %s (at %s)", c.Cost, roundDur(free), now.Add(free).UTC().Format(time.RFC3339))
+		default:
+			if free := freesIn(res, spec); free > 0 {
+				fmt.Fprintf(&b, "; room for %d in %s (at %s)", c.Cost, roundDur(free), now.Add(free).UTC().Format(time.RFC3339))
+			}
 		}
 		if spec.Breaker.Enabled {
 			b.WriteString(". The breaker tripped and is now Open")

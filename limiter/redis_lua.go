@@ -39,7 +39,7 @@ import "github.com/redis/go-redis/v9"
 // nothing. An admitted committed batch sets the key for onceTtlMs.
 const budgetLua = `
 local E9 = 1000000000
-local MAXCOST = 1048576 -- MaxCost (store.go)
+local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
 local commit = ARGV[1] == '1'
