@@ -72,6 +72,26 @@ func BenchmarkDecide(b *testing.B) {
 			}
 		})
 	}
+	b.Run("namespace_delete_judged_by_an_AtRoot_budget_(dry_run)", func(b *testing.B) {
+		c, err := policy.Parse("bench.yaml", []byte(strings.Replace(benchPolicy(),
+			"  - name: cm-deletes\n", "  - name: pods-down\n    match: {verbs: [delete], resources: [pods]}\n    per: [namespace]\n    cascades: AtRoot\n    windows: [{window: 1m, limit: 1000}, {window: 1h, limit: 5000}]\n  - name: cm-deletes\n", 1)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		e, err := NewEngine(EngineConfig{Policy: c, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		a := Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: "namespaces", Name: "prod", User: "alice", DryRun: true}, Checks: CheckBudgets,
+			Removes: []Removal{{Resource: "pods", Namespace: "prod", Count: 312}, {Resource: "services", Namespace: "prod", Count: 4}}}
+		b.ReportAllocs()
+		for b.Loop() {
+			if d := e.Decide(ctx, &a); !d.Allowed {
+				b.Fatal(d.Message)
+			}
+		}
+	})
 	b.Run("parallel_list", func(b *testing.B) {
 		e := benchEngine(b)
 		ctx := context.Background()

@@ -22,15 +22,40 @@ func (r *ring) newest() int64 {
 
 func (r *ring) push(t int64) {
 	if r.n == len(r.buf) {
+		r.grow(r.n + 1)
+	}
+	r.buf[(r.head+r.n)&(len(r.buf)-1)] = t
+	r.n++
+}
+
+// pushN appends k entries at t (a charge of k tokens).
+func (r *ring) pushN(t, k int64) {
+	if k == 1 {
+		r.push(t)
+		return
+	}
+	if r.n+int(k) > len(r.buf) {
+		r.grow(r.n + int(k))
+	}
+	for ; k > 0; k-- {
+		r.buf[(r.head+r.n)&(len(r.buf)-1)] = t
+		r.n++
+	}
+}
+
+// grow makes room for at least need entries, keeping a power-of-two size.
+func (r *ring) grow(need int) {
+	{
 		size := max(4, 2*len(r.buf))
+		for size < need {
+			size *= 2
+		}
 		buf := make([]int64, size)
 		for i := 0; i < r.n; i++ {
 			buf[i] = r.at(i)
 		}
 		r.buf, r.head = buf, 0
 	}
-	r.buf[(r.head+r.n)&(len(r.buf)-1)] = t
-	r.n++
 }
 
 // dropThrough forgets entries at or before cut.
@@ -119,8 +144,8 @@ func (st *budgetState) clampNow(now int64) int64 {
 	return now
 }
 
-// judge decides one check at now without changing st.
-func (st *budgetState) judge(spec *BudgetSpec, now int64) BudgetResult {
+// judge decides one check of cost tokens at now without changing st.
+func (st *budgetState) judge(spec *BudgetSpec, now, cost int64) BudgetResult {
 	res := BudgetResult{Window: -1, Prev: st.state}
 	state, since, used := st.effective(spec, now)
 	res.State, res.Since = state, time.Unix(0, since)
@@ -142,11 +167,16 @@ func (st *budgetState) judge(spec *BudgetSpec, now int64) BudgetResult {
 	}
 	var freeAt int64
 	for j, w := range spec.Windows {
-		if res.Used[j] < w.Limit {
+		if cost <= MaxCost && cost <= w.Limit-res.Used[j] {
 			continue
 		}
-		// The window frees up when the limit-th newest admission leaves it.
-		t := st.log.at(st.log.n-int(w.Limit)) + int64(w.Length)
+		// The window has room for cost when the (limit-cost+1)-th newest
+		// admission leaves it; a cost above the limit never fits, and is
+		// told to wait a whole window.
+		t := now + int64(w.Length)
+		if cost <= w.Limit && cost <= MaxCost {
+			t = st.log.at(st.log.n-int(w.Limit-cost+1)) + int64(w.Length)
+		}
 		if res.Window < 0 || t > freeAt {
 			res.Window, freeAt = j, t
 		}
@@ -168,16 +198,17 @@ func (st *budgetState) judge(spec *BudgetSpec, now int64) BudgetResult {
 	return res
 }
 
-// apply commits a judged check: admitted requests take a token from every
-// window; a window found exhausted trips the breaker.
-func (st *budgetState) apply(spec *BudgetSpec, now int64, res *BudgetResult, admitted bool) {
+// apply commits a judged check: admitted requests take cost tokens from
+// every window (a HalfOpen breaker counts one probe request); a window found
+// exhausted trips the breaker.
+func (st *budgetState) apply(spec *BudgetSpec, now int64, res *BudgetResult, admitted bool, cost int64) {
 	st.state, st.since, st.halfOpenUsed = st.effective(spec, now)
 	st.log.dropThrough(now - int64(spec.Longest().Length))
 	switch {
 	case res.Allowed && admitted:
-		st.log.push(now)
+		st.log.pushN(now, cost)
 		for j := range spec.Windows {
-			res.Used[j]++
+			res.Used[j] += cost
 		}
 		if st.state == HalfOpen {
 			st.halfOpenUsed++

@@ -141,6 +141,13 @@ type Decision struct {
 	Fallback bool
 	// Repeat is set when the request repeats one already charged (ChargeOnce).
 	Repeat bool
+	// Cost is how many tokens the denying check asked of its key: 0 for a
+	// request charged one token as usual; for a root request judged by a
+	// cascades: AtRoot budget, the objects it removes that fall in that key.
+	Cost int64
+	// FollowUp is set when a cascades: AtRoot budget admitted the request
+	// free as a follow-up of a root already charged (Attributes.FollowUp).
+	FollowUp bool
 	// Charged is set when the request matched at least one budget and was
 	// admitted with a commit (not a dry run, not a repeat; with the store
 	// down, admitted by onStoreFailure): the charge a caller may remember
@@ -208,6 +215,8 @@ type budgetRule struct {
 	onFail  policy.StoreFailurePolicy
 	counter ruleCounters
 	near    []prometheus.Counter
+	// atRoot: cascades: AtRoot (see cascadeChecks).
+	atRoot bool
 	// err says why the stores cannot run spec; such a rule follows onStoreFailure.
 	err error
 }
@@ -228,10 +237,12 @@ const (
 	resultDenied
 	resultShadowDenied
 	resultOverridden
+	// resultCascade: a cascades: AtRoot budget admitted a follow-up free.
+	resultCascade
 	numResults
 )
 
-var resultNames = [numResults]string{"allowed", "denied", "shadow-denied", "overridden"}
+var resultNames = [numResults]string{"allowed", "denied", "shadow-denied", "overridden", "cascade"}
 
 type ruleCounters [numFronts][numResults]prometheus.Counter
 
@@ -320,7 +331,8 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 	keep := map[string]bool{}
 	for i := range p.Budgets {
 		cb := &p.Budgets[i]
-		r := &budgetRule{cb: cb, spec: NewBudgetSpec(cb.Budget), per: cb.Per, shadow: cb.Mode == policy.ModeShadow, onFail: cb.OnStoreFailure}
+		r := &budgetRule{cb: cb, spec: NewBudgetSpec(cb.Budget), per: cb.Per, shadow: cb.Mode == policy.ModeShadow, onFail: cb.OnStoreFailure,
+			atRoot: cb.Cascades == policy.CascadesAtRoot}
 		r.counter = e.metrics.ruleCounters(KindBudget, cb.Name)
 		for _, w := range cb.Windows {
 			win := policy.FormatDuration(w.Window.Duration)
@@ -589,21 +601,15 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 	sc.rules = sc.rules[:0]
 	var now time.Time
 	for _, r := range st.budgets {
+		if r.atRoot && (a.FollowUp || len(a.Removes) > 0) {
+			e.cascadeChecks(sc, r, a, ovs, &now, breakersOnly, d)
+			continue
+		}
 		if !r.cb.Applies(&a.Attributes) {
 			continue
 		}
-		if len(ovs) > 0 {
-			if now.IsZero() {
-				now = e.clock.Now()
-			}
-			if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
-				if !breakersOnly {
-					r.counter[a.Front][resultOverridden].Inc()
-					e.metrics.overridesUsed.WithLabelValues(r.cb.Name).Inc()
-				}
-				d.Override = o.Name
-				continue
-			}
+		if e.overridden(r, &a.Attributes, a.Front, ovs, &now, breakersOnly, d) {
+			continue
 		}
 		sc.budget.Checks = append(sc.budget.Checks, BudgetCheck{Spec: r.spec, Key: sc.key(r.per, &a.Attributes), Shadow: r.shadow})
 		sc.rules = append(sc.rules, r)
@@ -649,7 +655,7 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 			if !breakersOnly {
 				r.counter[a.Front][resultShadowDenied].Inc()
 			}
-			d.Warnings = append(d.Warnings, budgetMessage(r, b.Checks[i].Key, res, b.Now, &a.Attributes, true))
+			d.Warnings = append(d.Warnings, budgetMessage(r, &b.Checks[i], res, b.Now, a, true))
 			continue
 		}
 		if !breakersOnly {
@@ -667,8 +673,8 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 	key := b.Checks[deny].Key
 	nd := Decision{
 		Allowed: false, Kind: KindBudget, Rule: r.cb.Name, Key: clone(key), RetryAfter: res.RetryAfter,
-		State: res.State, Warnings: d.Warnings, Override: d.Override, Fallback: d.Fallback,
-		Message: budgetMessage(r, key, res, b.Now, &a.Attributes, false),
+		State: res.State, Warnings: d.Warnings, Override: d.Override, Fallback: d.Fallback, Cost: b.Checks[deny].Cost,
+		Message: budgetMessage(r, &b.Checks[deny], res, b.Now, a, false),
 	}
 	w := res.Window
 	if w < 0 {
@@ -689,7 +695,7 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", nd.Key, "verb", a.Verb,
 		"resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User,
 		"window", policy.FormatDuration(nd.Window), "used", nd.Used, "limit", nd.Limit, "breaker", res.State.String(),
-		"dryRun", a.DryRun)
+		"cost", max(nd.Cost, 1), "dryRun", a.DryRun)
 }
 
 // stronger reports whether denial x tells the client more than y: a Manual
@@ -752,7 +758,7 @@ func (e *Engine) budgetStoreFailure(ctx context.Context, sc *scratch, err error,
 		if r.onFail != policy.StoreFailureLocal {
 			continue
 		}
-		sc.local.Checks = append(sc.local.Checks, BudgetCheck{Spec: r.spec.Share(n), Key: c.Key, Shadow: c.Shadow})
+		sc.local.Checks = append(sc.local.Checks, BudgetCheck{Spec: r.spec.Share(n), Key: c.Key, Shadow: c.Shadow, Cost: c.Cost})
 		idx = append(idx, i)
 	}
 	b.Results = b.Results[:0]

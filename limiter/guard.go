@@ -138,16 +138,26 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 	commit := checks&CheckBudgets != 0 && !a.DryRun
 	breakersOnly := checks&CheckBudgets == 0
 	for _, r := range st.budgets {
-		if !safeApplies(&r.cb.Rule, &a.Attributes) {
-			continue
-		}
-		if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
-			d.Override = o.Name
-			continue
+		// An AtRoot budget on a root or follow-up matches through Removes
+		// too, and its overrides apply per removal (in decideBudgets).
+		var rovs []Override
+		if r.atRoot && (a.FollowUp || len(a.Removes) > 0) {
+			if a.FollowUp || !safeCascadeApplies(r, a) {
+				continue // a follow-up is free for AtRoot budgets
+			}
+			rovs = ovs
+		} else {
+			if !safeApplies(&r.cb.Rule, &a.Attributes) {
+				continue
+			}
+			if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
+				d.Override = o.Name
+				continue
+			}
 		}
 		one := func(s Store, r *budgetRule) (Decision, bool) {
 			return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{r}}, a, sc, nil, commit, breakersOnly, od)
+				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{r}}, a, sc, rovs, commit, breakersOnly, od)
 			})
 		}
 		if p == nil && r.err == nil {
@@ -200,6 +210,21 @@ func safeApplies(r *policy.Rule, a *policy.Attributes) (applies bool) {
 		}
 	}()
 	return r.Applies(a)
+}
+
+// safeCascadeApplies reports whether AtRoot budget r counts anything of root
+// request a: a itself or one of its removals; a rule whose matching panics
+// applies.
+func safeCascadeApplies(r *budgetRule, a *Attributes) bool {
+	if safeApplies(&r.cb.Rule, &a.Attributes) {
+		return true
+	}
+	for i := range a.Removes {
+		if ra := removalAttributes(a, &a.Removes[i]); a.Removes[i].Count > 0 && safeApplies(&r.cb.Rule, &ra) {
+			return true
+		}
+	}
+	return false
 }
 
 // engineFailureDecision denies for a rule the engine failed on, whose

@@ -162,7 +162,7 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 	b.Results = b.Results[:0]
 	b.Admitted = true
 	for i := range b.Checks {
-		res := sts[i].judge(b.Checks[i].Spec, now)
+		res := sts[i].judge(b.Checks[i].Spec, now, b.Checks[i].cost())
 		if !res.Allowed && !b.Checks[i].Shadow {
 			b.Admitted = false
 		}
@@ -173,7 +173,7 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 		return nil
 	}
 	for i := range b.Checks {
-		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted)
+		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted, b.Checks[i].cost())
 	}
 	if b.Admitted && b.Once != "" {
 		if len(s.once) >= s.maxKeys {
@@ -418,7 +418,7 @@ func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit i
 		if len(out) >= inspectScanCap {
 			break
 		}
-		res := st.judge(spec, now)
+		res := st.judge(spec, now, 1)
 		state, since, _ := st.effective(spec, now)
 		ks := BudgetKeyStatus{Key: k, Used: res.Used, State: state, Since: time.Unix(0, since)}
 		for j, w := range spec.Windows {

@@ -116,6 +116,9 @@ func drawPolicy(t *rapid.T) *policy.DefenderPolicy {
 		if rapid.IntRange(0, 3).Draw(t, "exclude") == 0 {
 			b.Exclude = &policy.Match{Users: []string{rapid.SampledFrom(propUsers).Draw(t, "excluded")}}
 		}
+		if rapid.Bool().Draw(t, "atRoot") && atRootValid(&b.Match) {
+			b.Cascades = policy.CascadesAtRoot
+		}
 		p.Spec.Budgets = append(p.Spec.Budgets, b)
 	}
 	for i := rapid.IntRange(0, 3).Draw(t, "rateLimits"); i > 0; i-- {
@@ -173,6 +176,23 @@ func editPolicy(t *rapid.T, p *policy.DefenderPolicy) {
 	}
 }
 
+// atRootValid says whether validation accepts cascades: AtRoot on m: a
+// delete-like verb (or any verb) and a namespaced resource (or any).
+func atRootValid(m *policy.Match) bool {
+	verbOK := len(m.Verbs) == 0
+	for _, v := range m.Verbs {
+		verbOK = verbOK || v == "delete" || v == "deletecollection" || v == "evict" || v == "*"
+	}
+	resOK := len(m.Resources) == 0
+	for _, r := range m.Resources {
+		resOK = resOK || r != "nodes"
+	}
+	return verbOK && resOK
+}
+
+// propCounts are removal counts, up to values no store may write.
+var propCounts = []int64{0, 1, 2, 3, 20, 312, 5000, MaxCost, MaxCost + 1, 1 << 40, math.MaxInt64}
+
 func drawAttributes(t *rapid.T) *Attributes {
 	a := &Attributes{Attributes: policy.Attributes{
 		Verb: rapid.SampledFrom(propVerbs).Draw(t, "verb"), Resource: rapid.SampledFrom(propRes).Draw(t, "resource"),
@@ -186,6 +206,19 @@ func drawAttributes(t *rapid.T) *Attributes {
 	a.Checks = rapid.SampledFrom([]Checks{0, CheckBudgets, CheckRateLimits, CheckBreakers, CheckBudgets | CheckRateLimits}).Draw(t, "checks")
 	if rapid.IntRange(0, 3).Draw(t, "once") == 0 {
 		a.ChargeOnce = rapid.SampledFrom([]string{"uid-1", "uid-2"}).Draw(t, "uid")
+	}
+	switch rapid.IntRange(0, 3).Draw(t, "cascade") {
+	case 1: // a root: what it removes
+		for i := rapid.IntRange(1, 4).Draw(t, "removals"); i > 0; i-- {
+			rm := Removal{Resource: rapid.SampledFrom([]string{"pods", "pods", "configmaps", "deployments"}).Draw(t, "removed"),
+				Namespace: rapid.SampledFrom(propNS[1:]).Draw(t, "removedNS"), Count: rapid.SampledFrom(propCounts).Draw(t, "count")}
+			if rm.Resource == "deployments" {
+				rm.APIGroup = "apps"
+			}
+			a.Removes = append(a.Removes, rm)
+		}
+	case 2:
+		a.FollowUp = true
 	}
 	return a
 }
@@ -220,8 +253,10 @@ func noPanic(t *rapid.T, what string, f func()) {
 func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	newRedis := redisFactory(singleOpts(srv), nil)
-	var decisions, denied int
-	defer func() { t.Logf("%d decisions, %d denied", decisions, denied) }()
+	var decisions, denied, rootDenied, followUps int
+	defer func() {
+		t.Logf("%d decisions, %d denied (%d roots denied by an AtRoot budget), %d follow-ups admitted free", decisions, denied, rootDenied, followUps)
+	}()
 	rapid.Check(t, func(rt *rapid.T) {
 		clk := clocktesting.NewFakeClock(testEpoch)
 		p := drawPolicy(rt)
@@ -282,6 +317,12 @@ func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 			decisions++
 			if !dm.Allowed {
 				denied++
+			}
+			if dm.Cost > 0 {
+				rootDenied++
+			}
+			if dm.FollowUp {
+				followUps++
 			}
 			if dm.Fallback {
 				rt.Fatalf("a decision fell back (%s): the stores must answer every valid policy", dm.Message)

@@ -482,7 +482,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 			a.args = append(a.args, int64(w.Length), w.Limit)
 		}
 		br := &c.Spec.Breaker
-		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit)
+		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit, c.cost())
 	}
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)

@@ -19,8 +19,9 @@ import "github.com/redis/go-redis/v9"
 //	<prefix>{b}:<rule id>:<key>:h  hash: b base second, st breaker state,
 //	                               ss/sn breaker since (s, ns), ho half-open
 //	                               admissions, q member sequence
-//	<prefix>{b}:<rule id>:<key>:z  sorted set: one member per admission,
-//	                               score = ns since base
+//	<prefix>{b}:<rule id>:<key>:z  sorted set: one member per token taken
+//	                               (a check of cost k adds k members at one
+//	                               score), score = ns since base
 //
 // The algorithm is limiter/budget.go line by line (judge every check at one
 // clamped now, then apply every check when committing).
@@ -30,7 +31,7 @@ import "github.com/redis/go-redis/v9"
 // KEYS: per check i: hash, log; then, optionally, the batch's charge-once key.
 // ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, onceTtlMs,
 // then per check: shadow, nWindows, (lengthNs, limit)×nWindows,
-// breakerEnabled, manual, cooldownNs, halfOpenLimit.
+// breakerEnabled, manual, cooldownNs, halfOpenLimit, cost.
 // Returns: nowS, nowNs, admitted, then per check: allowed, reason, window
 // (0-based, -1), prev, state, sinceS, sinceNs, retryNs, used×nWindows.
 // A committed batch whose charge-once key exists is a repeat of a request
@@ -38,6 +39,7 @@ import "github.com/redis/go-redis/v9"
 // nothing. An admitted committed batch sets the key for onceTtlMs.
 const budgetLua = `
 local E9 = 1000000000
+local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
 local commit = ARGV[1] == '1'
@@ -85,8 +87,8 @@ for i = 1, n do
   local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i], shadow = ARGV[p] == '1', nw = tonumber(ARGV[p + 1]), p = p}
   p = p + 2 + 2 * c.nw
   c.br, c.manual = ARGV[p] == '1', ARGV[p + 1] == '1'
-  c.cd, c.hol = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
-  p = p + 4
+  c.cd, c.hol, c.cost = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
+  p = p + 5
   local f = redis.call('HMGET', c.h, 'b', 'st', 'ss', 'sn', 'ho', 'q')
   c.base = tonumber(f[1])
   c.st, c.ss, c.sn = tonumber(f[2]) or CLOSED, tonumber(f[3]) or 0, tonumber(f[4]) or 0
@@ -164,20 +166,28 @@ for i = 1, n do
     c.reason = HOFULL
     c.retry = c.cd - diff(nowS, nowN, ss, sn)
   else
-    local freeAt = 0
+    -- freeIn: how long until the window has room; kept relative to now, as
+    -- now plus a window may pass 2^53 ns from an old base (a dry run does
+    -- not rebase)
+    local freeIn = 0
     for j = 1, c.nw do
       local lim = wlim(c, j)
-      if c.used[j] >= lim then
-        -- the window frees up when its lim-th newest admission leaves it
-        local t = tonumber(redis.call('ZRANGE', c.z, -lim, -lim, 'WITHSCORES')[2]) + wlen(c, j)
-        if c.window < 0 or t > freeAt then c.window, freeAt = j - 1, t end
+      if c.cost > MAXCOST or c.cost > lim - c.used[j] then
+        -- the window has room for cost when its (lim-cost+1)-th newest
+        -- token leaves it; a cost above the limit never fits (a whole window)
+        local r = wlen(c, j)
+        if c.cost <= lim and c.cost <= MAXCOST then
+          local k = lim - c.cost + 1
+          r = tonumber(redis.call('ZRANGE', c.z, -k, -k, 'WITHSCORES')[2]) - c.now + wlen(c, j)
+        end
+        if c.window < 0 or r > freeIn then c.window, freeIn = j - 1, r end
       end
     end
     if c.window < 0 then
       c.allowed = 1
     else
       c.reason = EXHAUSTED
-      c.retry = freeAt - c.now
+      c.retry = freeIn
       if c.br then
         c.rst, c.rss, c.rsn = OPEN, nowS, nowN
         if c.manual then c.retry = 0 elseif c.retry < c.cd then c.retry = c.cd end
@@ -209,10 +219,19 @@ if commit then
       end
       local newest = nil
       if push then
-        c.seq = c.seq + 1
-        redis.call('ZADD', c.z, c.now, c.seq)
+        -- cost members at one score, in ZADDs of at most 1000
+        local left = c.cost
+        while left > 0 do
+          local m = math.min(left, 1000)
+          local za = {}
+          for k = 1, m do
+            za[2 * k - 1], za[2 * k] = c.now, c.seq + k
+          end
+          redis.call('ZADD', c.z, unpack(za))
+          c.seq, left = c.seq + m, left - m
+        end
         newest = c.now
-        for j = 1, c.nw do c.used[j] = c.used[j] + 1 end
+        for j = 1, c.nw do c.used[j] = c.used[j] + c.cost end
         if st == HALF then ho = ho + 1 end
       elseif c.card > 0 then
         newest = tonumber(redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')[2])

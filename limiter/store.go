@@ -31,8 +31,9 @@ var (
 // the call: a store that keeps a key must copy it.
 type Store interface {
 	// Budgets judges one request against every budget it matched, all or
-	// nothing: when every non-shadow check is allowed and b.Commit is set, one
-	// token is taken from every window of every allowed check; otherwise
+	// nothing: when every non-shadow check is allowed and b.Commit is set,
+	// Cost tokens (one by default) are taken from every window of every
+	// allowed check; otherwise
 	// nothing is taken. Breakers move as the package doc describes; with Commit
 	// unset (dry run) nothing changes at all. Results has one entry per check.
 	Budgets(ctx context.Context, b *BudgetBatch) error
@@ -105,6 +106,27 @@ type BudgetCheck struct {
 	Key string
 	// Shadow checks are judged and charged when they have room but never deny.
 	Shadow bool
+	// Cost is how many tokens the check takes from every window of the key
+	// (a cascades: AtRoot budget charges one per object a root removes); 0
+	// means 1. A check is allowed when every window has Cost tokens left, so
+	// a Cost above a window's limit, or above MaxCost, is always denied (and
+	// trips the breaker).
+	Cost int64
+}
+
+// MaxCost is the most tokens one check can take. Stores keep one entry per
+// token taken, and Redis runs a script alone: writing 16384 entries takes
+// about 20ms of Redis time (a million took 2s, far past the 100ms decision
+// timeout), so a larger cost is denied, whatever the limits, rather than
+// written. Only an override lets a larger root through.
+const MaxCost = 1 << 14
+
+// cost is the tokens the check takes: Cost, at least 1.
+func (c *BudgetCheck) cost() int64 {
+	if c.Cost < 1 {
+		return 1
+	}
+	return c.Cost
 }
 
 // BreakerState is the state of one budget key's breaker.

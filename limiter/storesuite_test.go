@@ -33,6 +33,7 @@ func testStoreSemantics(t *testing.T, newStore newStoreFunc) {
 	t.Run("keys are independent", func(t *testing.T) { testKeysIndependent(t, newStore) })
 	t.Run("inspection reports the busiest keys first", func(t *testing.T) { testInspect(t, newStore) })
 	t.Run("a repeat of a charged request is admitted and charges nothing", func(t *testing.T) { testChargeOnce(t, newStore) })
+	t.Run("checks may cost more than one token", func(t *testing.T) { testCosts(t, newStore) })
 }
 
 func testChargeOnce(t *testing.T, newStore newStoreFunc) {

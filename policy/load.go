@@ -578,7 +578,7 @@ func cleanYAMLError(err error) string {
 // hashOf returns a short, stable hash of the defaulted policy, so two replicas
 // can tell whether they run the same policy.
 func hashOf(p *DefenderPolicy) string {
-	b, err := json.Marshal(p)
+	b, err := json.Marshal(withoutLaterDefaults(p))
 	if err != nil {
 		// A decoded policy always marshals; keep the raw bytes' hash meaningful anyway.
 		b = []byte(err.Error())

@@ -24,6 +24,9 @@ func SetDefaults(p *DefenderPolicy) {
 		if b.OnStoreFailure == "" {
 			b.OnStoreFailure = StoreFailureLocal
 		}
+		if b.Cascades == "" {
+			b.Cascades = CascadesPerObject
+		}
 		if br := b.Breaker; br != nil {
 			if br.Recovery == "" {
 				br.Recovery = RecoveryManual
@@ -221,6 +224,7 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 	}
 	errs = append(errs, validatePer(b.Per, []string{PerNamespace, PerUser}, path.Child("per"))...)
 	errs = append(errs, validateStoreFailure(b.OnStoreFailure, path.Child("onStoreFailure"))...)
+	errs = append(errs, validateCascades(b, path)...)
 
 	wp := path.Child("windows")
 	if len(b.Windows) == 0 {
