@@ -224,11 +224,21 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		setPods(a, r)
 		return cascadeRoot{{Op: cascade.RootDelete, Object: ref}}
 	case a.Verb == "update" && w.scalable && (sub == "" || sub == "scale"):
-		newR := req.Object.Spec.Replicas
+		newR, oldR := req.Object.Spec.Replicas, req.OldObject.Spec.Replicas
+		if sub == "scale" {
+			// A Scale's spec.replicas is omitted when zero (omitempty on an
+			// int32): kubectl scale --replicas=0 sends a Scale without it.
+			var zero int32
+			if newR == nil {
+				newR = &zero
+			}
+			if oldR == nil && req.OldObject.Metadata.UID != "" {
+				oldR = &zero
+			}
+		}
 		if newR == nil {
 			return nil
 		}
-		oldR := req.OldObject.Spec.Replicas
 		if oldR == nil {
 			n, err := h.cascades.Replicas(ref)
 			if err != nil {
