@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/kubedefender/kubedefender/cascade"
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/pki"
 )
 
 // atRootPolicy is 20 pod removals per minute per namespace, charged at the
@@ -295,4 +298,87 @@ func nodeScenario(t *testing.T, cp *framework.ControlPlane) {
 	if u := used(t, d, "br-node-c"); u != 0 {
 		t.Errorf("pods-down used %d in br-node-c, want 0", u)
 	}
+}
+
+// TestBlastRadiusServe runs `kubedefender serve` with an AtRoot budget from
+// its kubeconfig: /readyz waits for the cascade counts, a namespace delete
+// over the budget is denied whole, and after a break-glass grant it goes
+// through completely.
+func TestBlastRadiusServe(t *testing.T) {
+	root := repoRoot(t)
+	cp := framework.Start(t, framework.Options{ControllerManager: true})
+	for _, f := range []string{"namespace.yaml", "crd-override.yaml"} {
+		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
+		}
+	}
+	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(ctx context.Context) (bool, error) {
+		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
+		return err == nil, nil
+	})
+	// Given a 30-pod namespace
+	const ns = "br-serve"
+	createNamespace(t, cp, ns, "br-serve")
+	createPods(t, cp.Client, ns, "web", 30)
+
+	// And kubedefender serve with a 20/1m AtRoot budget, its webhook applied
+	bin := buildKubedefender(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	kd(t, bin, "certs", "generate", "--ip", "127.0.0.1", "--dns", "localhost", "--out-dir", certs)
+	policyFile := filepath.Join(dir, "policy.yaml")
+	writePolicy(t, policyFile, atRootPolicy)
+	r := startReplica(t, bin, "br-serve", policyFile, certs, "", cp.AdminKubeconfig)
+	// Then /readyz says ready once the cascade counts have synced
+	framework.Eventually(t, 30*time.Second, "/readyz to be ready", func(ctx context.Context) (bool, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.metricsURL+"/readyz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, nil
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	kd(t, bin, "webhook", "config", "--policy", policyFile, "--name", "kd-br-serve", "--url", r.webhookURL,
+		"--ca-bundle-file", filepath.Join(certs, pki.CACertFile), "--failure-policy", "Fail", "--namespace-selector", scenarioLabel+"=br-serve",
+		"--apply", "--kubeconfig", cp.AdminKubeconfig)
+	t.Cleanup(func() {
+		_ = cp.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), "kd-br-serve", metav1.DeleteOptions{})
+	})
+
+	// When the namespace is deleted
+	var stderr string
+	framework.Eventually(t, 30*time.Second, "the webhook to judge the namespace delete", func(context.Context) (bool, error) {
+		_, se, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false")
+		if err == nil {
+			return false, fmt.Errorf("the namespace delete was admitted: %s", se)
+		}
+		stderr = se
+		return strings.Contains(se, "denied the request"), nil
+	})
+	// Then it is denied with the count, and nothing is Terminating
+	if !strings.Contains(stderr, "30") || !strings.Contains(stderr, "kubedefender breakglass grant --budget pods-down --namespace "+ns) {
+		t.Errorf("denial %q does not name the 30 pods and the break-glass command", stderr)
+	}
+	got, err := cp.Client.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DeletionTimestamp != nil {
+		t.Fatalf("namespace %s is Terminating after the denial", ns)
+	}
+	waitPods(t, cp.Client, ns, 30)
+
+	// When break-glass is granted for the namespace
+	kd(t, bin, "breakglass", "grant", "--budget", "pods-down", "--namespace", ns, "--for", "5m",
+		"--reason", "INC-11: decommission", "--kubeconfig", cp.AdminKubeconfig)
+	// Then the delete goes through and the namespace goes completely
+	framework.Eventually(t, 30*time.Second, "the namespace delete to be admitted", func(context.Context) (bool, error) {
+		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false")
+		return err == nil, nil
+	})
+	framework.Eventually(t, 60*time.Second, "namespace "+ns+" to be gone", func(ctx context.Context) (bool, error) {
+		_, err := cp.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
 }
