@@ -66,6 +66,8 @@ type defenderOptions struct {
 	Watch bool
 	// Store replaces the memory store (fault injection).
 	Store limiter.Store
+	// Cascades counts what roots remove, for AtRoot budgets.
+	Cascades webhook.Cascades
 }
 
 // startDefender writes policyYAML to a file and serves a webhook for it on
@@ -108,7 +110,7 @@ func startDefender(t *testing.T, name, policyYAML string, o defenderOptions) *de
 		t.Fatalf("failed to build the engine: %v", err)
 	}
 	d.Watcher.Subscribe(d.Engine.SetPolicy)
-	h, err := webhook.NewHandler(webhook.Config{Engine: d.Engine, Registerer: d.Registry, Logger: log})
+	h, err := webhook.NewHandler(webhook.Config{Engine: d.Engine, Registerer: d.Registry, Logger: log, Cascades: o.Cascades})
 	if err != nil {
 		t.Fatalf("failed to build the handler: %v", err)
 	}

@@ -368,6 +368,21 @@ func rulesFor(p *policy.Compiled) ([]admissionregistrationv1.RuleWithOperations,
 			}
 		}
 	}
+	if HasAtRoot(p) {
+		// AtRoot budgets judge the roots of cascades (cascade roots): the
+		// deletes of namespaces, nodes and workloads, the scale-downs of
+		// workloads (and their scale) and the NoExecute taints of nodes.
+		add(admissionregistrationv1.Delete, "", "namespaces")
+		add(admissionregistrationv1.Delete, "", "nodes")
+		add(admissionregistrationv1.Update, "", "nodes")
+		for _, w := range cascadeWorkloads {
+			add(admissionregistrationv1.Delete, w.group, w.resource)
+			if w.scalable {
+				add(admissionregistrationv1.Update, w.group, w.resource)
+				add(admissionregistrationv1.Update, w.group, w.resource+"/scale")
+			}
+		}
+	}
 	keys := make([]opGroup, 0, len(want))
 	for k := range want {
 		keys = append(keys, k)

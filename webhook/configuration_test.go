@@ -279,3 +279,51 @@ spec:
 		})
 	}
 }
+
+const atRootConfigPolicy = `apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: blast-radius}
+spec:
+  budgets:
+  - name: pods-down
+    match: {verbs: [delete, evict], resources: [pods]}
+    per: [namespace]
+    cascades: AtRoot
+    windows: [{window: 1m, limit: 20}]
+`
+
+// TestBuildConfigurationAtRootGolden pins the rules an AtRoot budget adds:
+// DELETE of namespaces and nodes, DELETE of the workloads, UPDATE of the
+// scalable workloads and their scale, UPDATE of nodes
+// (testdata/configuration-atroot.golden.yaml, rewrite with -update).
+func TestBuildConfigurationAtRootGolden(t *testing.T) {
+	cfg, _, err := BuildConfiguration(mustParse(t, atRootConfigPolicy), ConfigurationOptions{URL: "https://127.0.0.1:8443/validate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := yaml.Marshal(cfg.Webhooks[0].Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", "configuration-atroot.golden.yaml")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("failed to read %s (run with -update): %v", path, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("rules differ from %s:\n%s", path, got)
+	}
+	// The same policy with PerObject sends only the pod deletes and evictions.
+	perObject, _, err := BuildConfiguration(mustParse(t, strings.Replace(atRootConfigPolicy, "cascades: AtRoot", "cascades: PerObject", 1)), ConfigurationOptions{URL: "https://127.0.0.1:8443/validate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(perObject.Webhooks[0].Rules); n != 2 {
+		t.Errorf("a PerObject budget on pods has %d rules, want 2 (DELETE pods, CREATE pods/eviction)", n)
+	}
+}

@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,6 +68,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer takes the webhook metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Cascades counts what root requests remove, for budgets with cascades:
+	// AtRoot; nil judges every budget PerObject.
+	Cascades Cascades
+	// Resolve maps a resource an AtRoot budget names to the version the
+	// counter watches, for namespace deletes; nil counts pods only.
+	Resolve func(schema.GroupResource) (schema.GroupVersionResource, bool)
 }
 
 // Handler serves POST /validate (AdmissionReview admission.k8s.io/v1) and
@@ -80,6 +88,11 @@ type Handler struct {
 	memo      *chargeMemo
 	bodies    sync.Pool // *[]byte
 	chain     http.Handler
+	cascades  Cascades
+	resolve   func(schema.GroupResource) (schema.GroupVersionResource, bool)
+	// notSyncedLogged is set once the webhook has said that AtRoot budgets
+	// judge as PerObject until the counter syncs.
+	notSyncedLogged atomic.Bool
 }
 
 // Repeated validations of one delete are recognised for this long (longer
@@ -114,6 +127,8 @@ func NewHandler(cfg Config) (*Handler, error) {
 		log:       cfg.Logger,
 		metrics:   newMetrics(),
 		memo:      newChargeMemo(memoTTL, memoMax),
+		cascades:  cfg.Cascades,
+		resolve:   cfg.Resolve,
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -289,6 +304,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// pod recreated under the same name is a new eviction.
 		a.ChargeOnce = evictOnceKey(a.Namespace, a.Name, req.Object.podUID())
 	}
+	roots := h.classify(req, a)
 	began := time.Now()
 	d, ok := h.decide(ctx, a, h.timeout)
 	if ok && d.Repeat && a.Verb == "evict" {
@@ -305,6 +321,12 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		case !bd.Allowed:
 			d = bd
 		}
+	}
+	if len(roots) > 0 && !a.DryRun && (!ok || d.Allowed) {
+		// An admitted root (even one admitted unjudged after a timeout: it
+		// will run) makes its follow-ups free, so that no cascade is stopped
+		// halfway.
+		h.record(roots)
 	}
 	if !ok {
 		// Nothing is remembered: the engine's late answer may still charge
@@ -333,6 +355,10 @@ func (h *Handler) answer(req *request, a *limiter.Attributes, d *limiter.Decisio
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: d.Allowed, Warnings: d.Warnings}
 	if d.Allowed {
 		if len(d.Warnings) == 0 {
+			if a.FollowUp && !d.Charged {
+				// A follow-up of a charged root that AtRoot budgets let through free.
+				return resp, ResultCascade
+			}
 			return resp, ResultAllowed
 		}
 		h.log.Info("shadow budget would have denied", "uid", req.UID, "verb", a.Verb, "resource", a.Resource,

@@ -17,12 +17,16 @@ const (
 	ResultTimeout    = "timeout"
 	ResultBadRequest = "bad_request"
 	ResultError      = "error"
+	// ResultCascade: a follow-up of a charged root (a pod the namespace,
+	// garbage-collector or ReplicaSet controller deletes) admitted free by
+	// the AtRoot budgets and charged by no other.
+	ResultCascade = "cascade"
 )
 
 // operations are the admission operations, pre-resolved for the hot path.
 var operations = []string{"CREATE", "UPDATE", "DELETE", "CONNECT", ""}
 
-var results = []string{ResultAllowed, ResultDenied, ResultShadow, ResultExempt, ResultIgnored, ResultRepeat, ResultTimeout, ResultBadRequest, ResultError}
+var results = []string{ResultAllowed, ResultDenied, ResultShadow, ResultExempt, ResultIgnored, ResultRepeat, ResultTimeout, ResultBadRequest, ResultError, ResultCascade}
 
 // metrics are the webhook's Prometheus metrics. Labels are bounded: the
 // operation is one of five values (anything else is counted as "").
@@ -35,7 +39,7 @@ func newMetrics() *metrics {
 	const ns, sub = "kubedefender", "webhook"
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "AdmissionReviews answered, by operation (CREATE, UPDATE, DELETE, CONNECT, \"\" when undecodable) and result (allowed, denied, shadow, exempt, ignored, repeat, timeout, bad_request, error)."},
+			Help: "AdmissionReviews answered, by operation (CREATE, UPDATE, DELETE, CONNECT, \"\" when undecodable) and result (allowed, denied, shadow, exempt, ignored, repeat, timeout, bad_request, error, cascade)."},
 			[]string{"operation", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
 			Help:    "Time from an AdmissionReview's body being read to its answer being written, by operation.",

@@ -36,15 +36,23 @@ type request struct {
 	Operation   admissionv1.Operation       `json:"operation"`
 	UserInfo    userInfo                    `json:"userInfo"`
 	DryRun      *bool                       `json:"dryRun"`
-	// OldObject is read for its UID and deletion timestamp only: a DELETE's object.
+	// OldObject is read for its UID, deletion timestamp and finalizers (a
+	// DELETE's object), and the replicas or taints of its spec (cascade
+	// roots).
 	OldObject struct {
 		Metadata struct {
 			UID               types.UID `json:"uid"`
 			DeletionTimestamp string    `json:"deletionTimestamp"`
+			Finalizers        []string  `json:"finalizers"`
 		} `json:"metadata"`
+		Spec specFields `json:"spec"`
 	} `json:"oldObject"`
-	// Object is read only for an Eviction's deleteOptions (pods/eviction).
+	// Object is read for an Eviction's deleteOptions (pods/eviction) and the
+	// replicas or taints of its spec (cascade roots).
 	Object evictionObject `json:"object"`
+	// Options are a DELETE's DeleteOptions (the propagation of a workload
+	// delete), kept raw until needed.
+	Options json.RawMessage `json:"options"`
 }
 
 // evictionObject is what the webhook reads of a pods/eviction CREATE's object,
@@ -53,8 +61,10 @@ type request struct {
 // from the CreateOptions), and deletes the pod only if its UID matches
 // deleteOptions.preconditions.uid when one is given.
 type evictionObject struct {
-	APIVersion    string `json:"apiVersion"`
-	Kind          string `json:"kind"`
+	// Spec is read for any object (see specFields).
+	Spec          specFields `json:"spec"`
+	APIVersion    string     `json:"apiVersion"`
+	Kind          string     `json:"kind"`
 	DeleteOptions *struct {
 		DryRun        []string `json:"dryRun"`
 		Preconditions *struct {
@@ -72,6 +82,14 @@ var deleteOptionsKey = []byte(`"deleteOptions"`)
 // with a deleteOptions field of another type) leaves it zero, which reads as
 // a real eviction without a UID precondition.
 func (e *evictionObject) UnmarshalJSON(data []byte) error {
+	if containsAny(data, replicasKey, taintsKey) {
+		var s struct {
+			Spec specFields `json:"spec"`
+		}
+		if json.Unmarshal(data, &s) == nil {
+			e.Spec = s.Spec
+		}
+	}
 	if !bytes.Contains(data, deleteOptionsKey) {
 		return nil
 	}

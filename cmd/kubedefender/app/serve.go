@@ -107,8 +107,13 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		storeComp,
 		{"local-fallback", func(ctx context.Context) error { engine.Run(ctx); return nil }},
 	}
+	var casc *cascades
 	if cfg.Options.WebhookListen != "" {
-		c, err := newWebhookComponent(cfg, engine, reg)
+		// AtRoot budgets are judged by the webhook, from the cascade counts.
+		casc = newCascades(cfg.Kube, log.With("component", "cascade"), watcher.Current())
+		watcher.Subscribe(casc.setPolicy)
+		comps = append(comps, component{"cascade", casc.run})
+		c, err := newWebhookComponent(cfg, engine, reg, casc)
 		if err != nil {
 			return err
 		}
@@ -143,6 +148,9 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		if casc != nil {
+			ready = casc.readyz(ready) // not ready until the cascade counts have synced
+		}
 		mux.Handle("/readyz", ready)
 		mux.Handle("/status", statusHandler(func(ctx context.Context) *replicaStatus {
 			st := &replicaStatus{Replica: replicaName(), Version: version.Version, Store: storeMode,
@@ -296,9 +304,9 @@ func runAll(ctx context.Context, comps []component) error {
 // requiring the API server's client certificate with --webhook-client-ca-file
 // (and warning that anyone may call it without). It listens at once so that a
 // taken port fails startup.
-func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer) (component, error) {
+func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer, casc *cascades) (component, error) {
 	log := cfg.Logger.With("component", "webhook")
-	h, err := webhook.NewHandler(webhook.Config{Engine: engine, Logger: log, Registerer: reg})
+	h, err := webhook.NewHandler(webhook.Config{Engine: engine, Logger: log, Registerer: reg, Cascades: casc, Resolve: casc.resolve})
 	if err != nil {
 		return component{}, err
 	}

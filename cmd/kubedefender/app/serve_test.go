@@ -56,7 +56,7 @@ func TestTheWebhookWarnsWhenItAcceptsAnyCaller(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			comp, err := newWebhookComponent(cfg, eng, nil)
+			comp, err := newWebhookComponent(cfg, eng, nil, newCascades(nil, cfg.Logger, p))
 			if err != nil {
 				t.Fatal(err)
 			}
