@@ -64,8 +64,14 @@ func TestProductionExampleChargesTheRootDeleteAndNotTheCascade(t *testing.T) {
 			flow:  "people",
 		},
 		{
-			name:  "the namespace controller emptying it is not charged for pods, services or deployments",
+			name:  "the namespace controller's pod deletes meet the AtRoot pod budget, which the webhook admits free as follow-ups",
 			attrs: Attributes{Verb: "delete", Resource: "pods", Namespace: "shop", User: nsController, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}},
+			want:  []string{"pod-deletes"},
+			flow:  "kube-system-service-accounts",
+		},
+		{
+			name:  "the namespace controller emptying it is not charged for services or deployments",
+			attrs: Attributes{Verb: "delete", Resource: "services", Namespace: "shop", User: nsController, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system"}},
 			want:  nil,
 			flow:  "kube-system-service-accounts",
 		},
@@ -76,8 +82,8 @@ func TestProductionExampleChargesTheRootDeleteAndNotTheCascade(t *testing.T) {
 			flow:  "people",
 		},
 		{
-			name:  "the garbage collector deleting its pods is not charged",
-			attrs: Attributes{Verb: "delete", Resource: "pods", Namespace: "shop", User: gc, Groups: []string{"system:serviceaccounts"}},
+			name:  "the garbage collector deleting a deployment's replica sets is not charged",
+			attrs: Attributes{Verb: "delete", APIGroup: "apps", Resource: "deployments", Namespace: "shop", User: gc, Groups: []string{"system:serviceaccounts"}},
 			want:  nil,
 			flow:  "kube-system-service-accounts",
 		},
