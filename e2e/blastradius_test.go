@@ -333,11 +333,11 @@ func TestBlastRadiusServe(t *testing.T) {
 	framework.Eventually(t, 30*time.Second, "/readyz to be ready", func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.metricsURL+"/readyz", nil)
 		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, nil
+		if err == nil {
+			_ = resp.Body.Close()
 		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		// Not listening yet is not ready yet.
+		return err == nil && resp.StatusCode == http.StatusOK, nil
 	})
 	kd(t, bin, "webhook", "config", "--policy", policyFile, "--name", "kd-br-serve", "--url", r.webhookURL,
 		"--ca-bundle-file", filepath.Join(certs, pki.CACertFile), "--failure-policy", "Fail", "--namespace-selector", scenarioLabel+"=br-serve",

@@ -63,7 +63,7 @@ func HasAtRoot(p *policy.Compiled) bool {
 		return false
 	}
 	for i := range p.Budgets {
-		if p.Budgets[i].Budget.Cascades == policy.CascadesAtRoot {
+		if p.Budgets[i].Cascades == policy.CascadesAtRoot {
 			return true
 		}
 	}
