@@ -28,7 +28,11 @@ func (o *kubeOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	f.StringVar(&o.Context, "context", "", "kubeconfig context")
-	f.StringVar(&o.Namespace, "override-namespace", policy.DefaultBreakGlassNS, "namespace of the Override resources (the policy's breakGlass.namespace)")
+	// -n is kubectl's namespace flag: here it names where the Overrides live.
+	// It is not grant's --namespace, which scopes an override to requests in
+	// a namespace (kept for compatibility; see the README's kubectl plugin section).
+	f.StringVarP(&o.Namespace, "override-namespace", "n", policy.DefaultBreakGlassNS,
+		"namespace of the Override resources (the policy's breakGlass.namespace); not grant's --namespace scope")
 }
 
 func (o *kubeOptions) clients() (dynamic.Interface, kubernetes.Interface, error) {
@@ -75,6 +79,10 @@ func newGrantCommand(s Streams, ko *kubeOptions) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.Namespace = ko.Namespace
+			if cmd.Flags().Changed("override-namespace") && len(g.Namespaces) == 0 && ko.Namespace != policy.DefaultBreakGlassNS {
+				fmt.Fprintf(s.Err, "note: -n/--override-namespace %s is where the Override is stored (it must be the policy's breakGlass.namespace), "+
+					"not its scope; use --namespace %s to bypass only requests in that namespace\n", ko.Namespace, ko.Namespace)
+			}
 			if cmd.Flags().Changed("requested-by") {
 				return errors.New("--requested-by is gone: an Override records who created it, as the API server authenticates you " +
 					"(checked at admission); name who asked for it in --reason")
@@ -92,7 +100,7 @@ func newGrantCommand(s Streams, ko *kubeOptions) *cobra.Command {
 			}
 			fmt.Fprintf(s.Out, "override %s/%s granted to %s until %s (%s): %s, scope %s\n", o.Namespace, o.Name, o.Spec.RequestedBy,
 				o.Spec.ExpiresAt.UTC().Format(time.RFC3339), g.For, o.Targets(), o.Scope())
-			fmt.Fprintf(s.Out, "every replica applies it within 2s; revoke early with: kubedefender breakglass revoke %s\n", o.Name)
+			fmt.Fprintf(s.Out, "every replica applies it within 2s; revoke early with: %s breakglass revoke %s\n", cmd.Root().DisplayName(), o.Name)
 			return nil
 		},
 	}

@@ -6,9 +6,27 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
+
+// PluginBinary is the name under which kubectl finds kubedefender as a plugin:
+// `kubectl defender ...` runs the kubectl-defender on PATH.
+const PluginBinary = "kubectl-defender"
+
+// displayName is how usage and help name the command: "kubectl defender" when
+// the binary was invoked as kubectl-defender (a copy or symlink on PATH, or a
+// krew install), else "kubedefender".
+func displayName(argv0 string) string {
+	base := strings.TrimSuffix(filepath.Base(argv0), ".exe")
+	if base == PluginBinary {
+		return "kubectl defender"
+	}
+	return "kubedefender"
+}
 
 // Streams are a command's standard streams: results go to Out, errors to Err.
 type Streams struct {
@@ -28,8 +46,15 @@ func (e *ExitError) Unwrap() error { return e.Err }
 
 // NewRootCommand builds the kubedefender command tree.
 func NewRootCommand(s Streams) *cobra.Command {
+	return newRootCommand(s, "kubedefender")
+}
+
+// newRootCommand builds the command tree, naming it name in usage and help.
+func newRootCommand(s Streams, name string) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "kubedefender",
+		// kubectl-defender shows as "kubectl defender" in every usage line.
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
 		Short: "Guard a Kubernetes API server: delete budgets, circuit breakers, rate limits and fair queues",
 		Long: `kubedefender stands in front of kube-apiserver as a reverse proxy and a validating
 admission webhook that share one policy and one state store. It stops mass deletes with
@@ -56,7 +81,7 @@ isolates traffic with APF-style priority levels. See the README for the policy r
 
 // Main runs the command line and returns the process exit code.
 func Main(args []string, in io.Reader, out, errOut io.Writer) int {
-	root := NewRootCommand(Streams{In: in, Out: out, Err: errOut})
+	root := newRootCommand(Streams{In: in, Out: out, Err: errOut}, displayName(os.Args[0]))
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(errOut, "Error:", err)
