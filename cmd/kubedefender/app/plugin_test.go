@@ -52,7 +52,6 @@ func TestDisplayNameFollowsTheBinaryName(t *testing.T) {
 		{"/usr/local/bin/kubedefender", "kubedefender"},
 		{"./bin/kubectl-defender", "kubectl defender"},
 		{"/home/me/.krew/bin/kubectl-defender", "kubectl defender"},
-		{`C:\krew\bin\kubectl-defender.exe`, "kubedefender"}, // filepath.Base on Linux keeps the backslashes
 		{"kubectl-defender.exe", "kubectl defender"},
 		{"kubectl-defender-old", "kubedefender"},
 	} {

@@ -53,8 +53,6 @@ func NewRootCommand(s Streams) *cobra.Command {
 func newRootCommand(s Streams, name string) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "kubedefender",
-		// kubectl-defender shows as "kubectl defender" in every usage line.
-		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
 		Short: "Guard a Kubernetes API server: delete budgets, circuit breakers, rate limits and fair queues",
 		Long: `kubedefender stands in front of kube-apiserver as a reverse proxy and a validating
 admission webhook that share one policy and one state store. It stops mass deletes with
@@ -62,6 +60,8 @@ budgets over sliding windows and circuit breakers, limits clients per User-Agent
 isolates traffic with APF-style priority levels. See the README for the policy reference.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// As kubectl-defender, every usage line says "kubectl defender".
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
 	}
 	root.SetIn(s.In)
 	root.SetOut(s.Out)
