@@ -80,6 +80,16 @@ func TestPluginUsageSaysKubectlDefender(t *testing.T) {
 	if got := grant.UseLine(); !strings.HasPrefix(got, "kubectl defender breakglass grant ") {
 		t.Fatalf("grant usage %q, want it to start with `kubectl defender breakglass grant`", got)
 	}
+	if !strings.HasPrefix(grant.Example, "  kubectl defender breakglass grant ") || strings.Contains(grant.Example, "kubedefender breakglass") {
+		t.Fatalf("grant examples:\n%s\nwant them as `kubectl defender breakglass grant ...`", grant.Example)
+	}
+	webhook, _, err := root.Find([]string{"webhook", "config"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(webhook.Example, "  kubectl defender webhook config ") || !strings.Contains(webhook.Example, "--service kubedefender-system/kubedefender ") {
+		t.Fatalf("webhook config examples:\n%s\nwant the command renamed and the Service name kept", webhook.Example)
+	}
 	if got := NewRootCommand(Streams{}).DisplayName(); got != "kubedefender" {
 		t.Fatalf("NewRootCommand display name %q, want kubedefender", got)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -76,7 +77,22 @@ isolates traffic with APF-style priority levels. See the README for the policy r
 		newReplayCommand(s),
 		newVersionCommand(s),
 	)
+	if name != "kubedefender" {
+		renameExamples(root, name)
+	}
 	return root
+}
+
+// exampleCommand is kubedefender where an example line starts with it.
+var exampleCommand = regexp.MustCompile(`(?m)^(\s*)kubedefender `)
+
+// renameExamples makes every command's example lines start with name, so
+// that `kubectl defender breakglass grant --help` shows what to type.
+func renameExamples(c *cobra.Command, name string) {
+	c.Example = exampleCommand.ReplaceAllString(c.Example, "${1}"+name+" ")
+	for _, sub := range c.Commands() {
+		renameExamples(sub, name)
+	}
 }
 
 // Main runs the command line and returns the process exit code.
