@@ -157,13 +157,17 @@ func labelListScenario(t *testing.T, cp *framework.ControlPlane) {
 			}
 			continue
 		}
-		// Then the webhook judges it as often as with one webhook, or never
-		want := baseline
-		if !tc.judged {
-			want = 0
-		}
-		if n != want {
-			t.Errorf("deleting a pod in %s (labelled %v) reached the webhook %d times, want %d (exlist-d: %d)", tc.ns, tc.labelled, n, want, baseline)
+		// Then the webhook judges it as often as with one webhook, or never.
+		// One webhook sees a pod delete up to three times (the API server
+		// validates it again as the deletion proceeds; how often depends on
+		// timing, 2 or 3 here), so two webhooks both matching would show at
+		// least 4.
+		limit := max(baseline, 3)
+		switch {
+		case !tc.judged && n != 0:
+			t.Errorf("deleting a pod in %s (labelled %v) reached the webhook %d times, want 0", tc.ns, tc.labelled, n)
+		case tc.judged && (n < 1 || n > limit):
+			t.Errorf("deleting a pod in %s (labelled %v) reached the webhook %d times, want 1 to %d as with one webhook (exlist-d: %d)", tc.ns, tc.labelled, n, limit, baseline)
 		}
 	}
 }
