@@ -103,32 +103,22 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 				d.Override = o.Name
 				continue
 			}
-			one := func(s Store, r *rateRule) (Decision, bool) {
+			rd, final := e.degradedRule(degraded{
+				kind: KindRateLimit, name: r.cr.Name, per: r.per, onFail: r.onFail, shadow: r.shadow,
+				runnable: r.err == nil, tryStore: p == nil,
+			}, func(s Store, local bool) (Decision, bool) {
+				rr := r
+				if local {
+					l := *r
+					l.spec, l.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
+					rr = &l
+				}
 				return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-					e.decideRates(ctx, s, &engineState{policy: st.policy, rates: []*rateRule{r}}, a, sc, nil, od)
+					e.decideRates(ctx, s, &engineState{policy: st.policy, rates: []*rateRule{rr}}, a, sc, nil, od)
 				})
-			}
-			if p == nil && r.err == nil {
-				if rd, ok := one(e.store, r); ok {
-					if !rd.Allowed {
-						return rd
-					}
-					d.Warnings = append(d.Warnings, rd.Warnings...)
-					continue
-				}
-			}
-			e.guard.panics.WithLabelValues(KindRateLimit.String(), r.cr.Name).Inc()
-			d.Fallback = true
-			switch {
-			case r.onFail == policy.StoreFailureDeny && !r.shadow:
-				return engineFailureDecision(KindRateLimit, r.cr.Name, keyOf(r.per))
-			case r.onFail == policy.StoreFailureLocal && r.err == nil:
-				local := *r
-				local.spec, local.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
-				if rd, ok := one(e.fallback, &local); ok && !rd.Allowed {
-					rd.Fallback = true
-					return rd
-				}
+			}, keyOf, &d)
+			if final {
+				return rd
 			}
 		}
 	}
@@ -155,35 +145,69 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 				continue
 			}
 		}
-		one := func(s Store, r *budgetRule) (Decision, bool) {
+		rd, final := e.degradedRule(degraded{
+			kind: KindBudget, name: r.cb.Name, per: r.per, onFail: r.onFail, shadow: r.shadow,
+			runnable: r.err == nil, tryStore: p == nil,
+		}, func(s Store, local bool) (Decision, bool) {
+			rr := r
+			if local {
+				l := *r
+				l.spec, l.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
+				rr = &l
+			}
 			return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{r}}, a, sc, rovs, commit, breakersOnly, od)
+				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{rr}}, a, sc, rovs, commit, breakersOnly, od)
 			})
-		}
-		if p == nil && r.err == nil {
-			if rd, ok := one(e.store, r); ok {
-				if !rd.Allowed {
-					return rd
-				}
-				d.Warnings = append(d.Warnings, rd.Warnings...)
-				continue
-			}
-		}
-		e.guard.panics.WithLabelValues(KindBudget.String(), r.cb.Name).Inc()
-		d.Fallback = true
-		switch {
-		case r.onFail == policy.StoreFailureDeny && !r.shadow:
-			return engineFailureDecision(KindBudget, r.cb.Name, keyOf(r.per))
-		case r.onFail == policy.StoreFailureLocal && r.err == nil:
-			local := *r
-			local.spec, local.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
-			if rd, ok := one(e.fallback, &local); ok && !rd.Allowed {
-				rd.Fallback = true
-				return rd
-			}
+		}, keyOf, &d)
+		if final {
+			return rd
 		}
 	}
 	return d
+}
+
+// degraded describes one rule on the degraded path.
+type degraded struct {
+	kind   RuleKind
+	name   string
+	per    []string
+	onFail policy.StoreFailurePolicy
+	shadow bool
+	// runnable: the stores can run the rule's spec.
+	runnable bool
+	// tryStore: ask the shared store first (no panic interrupted Decide).
+	tryStore bool
+}
+
+// degradedRule judges one rule of decideDegraded: on the shared store when
+// it may (a denial is the answer, warnings go into d), else as its
+// onStoreFailure says (counted as a panic fallback): Deny answers an engine
+// failure unless the rule is in Shadow, Local judges the rule's share on the
+// fallback store, Allow admits. run asks a store, with the rule's local
+// share when local is true; ok is false when it panicked. final says the
+// returned decision is the answer.
+func (e *Engine) degradedRule(r degraded, run func(s Store, local bool) (Decision, bool), keyOf func([]string) string, d *Decision) (_ Decision, final bool) {
+	if r.tryStore && r.runnable {
+		if rd, ok := run(e.store, false); ok {
+			if !rd.Allowed {
+				return rd, true
+			}
+			d.Warnings = append(d.Warnings, rd.Warnings...)
+			return Decision{}, false
+		}
+	}
+	e.guard.panics.WithLabelValues(r.kind.String(), r.name).Inc()
+	d.Fallback = true
+	switch {
+	case r.onFail == policy.StoreFailureDeny && !r.shadow:
+		return engineFailureDecision(r.kind, r.name, keyOf(r.per)), true
+	case r.onFail == policy.StoreFailureLocal && r.runnable:
+		if rd, ok := run(e.fallback, true); ok && !rd.Allowed {
+			rd.Fallback = true
+			return rd, true
+		}
+	}
+	return Decision{}, false
 }
 
 // decideOne runs one single-rule decision under recover; ok is false when it
