@@ -273,6 +273,21 @@ end
 return out
 `
 
+// luaNowFromArgv1 starts a script whose ARGV[1], ARGV[2] are the time
+// (seconds, nanoseconds), or ARGV[1] empty for Redis TIME: it sets E9, nowS
+// and nowN.
+const luaNowFromArgv1 = `
+local E9 = 1000000000
+local nowS, nowN
+if ARGV[1] == '' then
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
+end
+`
+
 // rateLua is GCRA over one or more rate keys, in order, stopping at the
 // first non-shadow denial (later checks are reported skipped, charged nothing).
 // It is rateAllow (budget.go) with durations kept as (seconds, nanoseconds)
@@ -292,16 +307,7 @@ return out
 // then per check: shadow, intervalS, intervalNs (0 to 1e9-1), burst.
 // Returns: nowS, nowNs, then per check: status (1 allowed, 0 denied, 2
 // skipped), retryS, retryNs, overflowed (1 when judged on the overflow bucket).
-const rateLua = `
-local E9 = 1000000000
-local nowS, nowN
-if ARGV[1] == '' then
-  if redis.replicate_commands then pcall(redis.replicate_commands) end
-  local t = redis.call('TIME')
-  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
-end
+const rateLua = luaNowFromArgv1 + `
 local ttlFloor, idleMs, maxPerShard = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local nowMs = nowS * 1000 + math.floor(nowN / 1000000)
 -- a duration (s, n) with 0 <= n < E9
@@ -375,16 +381,7 @@ return out
 // ARGV: nowS|"" (empty: Redis TIME), nowNs, fromManual, fromCooldownNs,
 // toManual, toCooldownNs, ttlFloorMs.
 // Returns the 1-based numbers of the triples carried.
-const carryLua = `
-local E9 = 1000000000
-local nowS, nowN
-if ARGV[1] == '' then
-  if redis.replicate_commands then pcall(redis.replicate_commands) end
-  local t = redis.call('TIME')
-  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
-end
+const carryLua = luaNowFromArgv1 + `
 local fromManual, fromCd = ARGV[3] == '1', tonumber(ARGV[4])
 local toManual, toCd = ARGV[5] == '1', tonumber(ARGV[6])
 local ttlFloor = tonumber(ARGV[7])
