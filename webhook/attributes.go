@@ -59,9 +59,3 @@ func toAttributes(r *request) (a *limiter.Attributes, ok bool) {
 		Checks: limiter.CheckBudgets,
 	}, true
 }
-
-// exemption says why a request is never charged, or "" when it is judged:
-// policy.Exemption, the one list shared with the proxy and `policy explain`.
-func exemption(a *policy.Attributes, ownNamespace string) string {
-	return policy.Exemption(a, ownNamespace)
-}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 // FuzzDecodeAdmissionReview feeds arbitrary bodies to the decoder: it must
@@ -38,7 +40,7 @@ func FuzzDecodeAdmissionReview(f *testing.F) {
 		}
 		// Whatever decoded must map and encode without panicking.
 		if a, ok := toAttributes(req); ok {
-			_ = exemption(&a.Attributes, "kubedefender-system")
+			_ = policy.Exemption(&a.Attributes, "kubedefender-system")
 		}
 	})
 }

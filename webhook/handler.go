@@ -266,7 +266,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	if ns == "" {
 		ns = h.engine.Policy().Policy.Spec.BreakGlass.Namespace
 	}
-	if why := exemption(&a.Attributes, ns); why != "" {
+	if why := policy.Exemption(&a.Attributes, ns); why != "" {
 		h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
 	}
