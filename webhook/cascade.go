@@ -308,3 +308,29 @@ func (h *Handler) record(roots cascadeRoot) {
 		}
 	}
 }
+
+// CascadeRoot says what a request removes when AtRoot budgets judge it as a
+// root, or "" when it is no root: the same cases classify counts (a
+// namespace, node or workload delete, a workload scale-down, a node update
+// that may add NoExecute taints). `policy explain` shows it, since it cannot
+// count offline what the webhook counts from the cluster.
+func CascadeRoot(verb, group, resource, subresource string) string {
+	switch {
+	case verb == "delete" && group == "" && resource == "namespaces" && subresource == "":
+		return "the objects in the namespace (its pods, and what AtRoot budgets name)"
+	case verb == "delete" && group == "" && resource == "nodes" && subresource == "":
+		return "the pods bound to the node"
+	case verb == "update" && group == "" && resource == "nodes" && subresource == "":
+		return "the pods that do not tolerate a NoExecute taint the update adds"
+	}
+	w, ok := workloadOf(group, resource)
+	switch {
+	case !ok:
+		return ""
+	case verb == "delete" && subresource == "":
+		return "the pods it owns, unless the delete orphans them"
+	case verb == "update" && w.scalable && (subresource == "" || subresource == "scale"):
+		return "the pods a lower replica count removes (old minus new)"
+	}
+	return ""
+}

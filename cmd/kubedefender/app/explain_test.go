@@ -240,3 +240,50 @@ func TestPolicyExplainJudgesAgainstALiveReplicaWithoutCharging(t *testing.T) {
 		t.Errorf("the replica got %d requests, want one GET /status per explain", requests)
 	}
 }
+
+// TestPolicyExplainSaysWhenAnAtRootBudgetChargesARoot: a namespace delete
+// does not match a pods budget by its resource, but an AtRoot pods budget
+// charges it by the pods it removes; explain must say so (and that only the
+// webhook does it), not "no match" alone.
+func TestPolicyExplainSaysWhenAnAtRootBudgetChargesARoot(t *testing.T) {
+	c, err := policy.Parse("p.yaml", []byte(`apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: t}
+spec:
+  budgets:
+  - {name: pods-down, match: {verbs: [delete, evict], resources: [pods]}, per: [namespace], cascades: AtRoot, windows: [{window: 1m, limit: 20}]}
+  - {name: pods-each, match: {verbs: [delete, evict], resources: [pods]}, per: [namespace], windows: [{window: 1m, limit: 20}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name                  string
+		a                     policy.Attributes
+		wantCascade, wantNone bool
+	}{
+		{name: "a namespace delete is a root", a: policy.Attributes{Verb: "delete", Resource: "namespaces", Name: "prod", Namespace: "prod", User: "alice"}, wantCascade: true},
+		{name: "a deployment delete is a root", a: policy.Attributes{Verb: "delete", APIGroup: "apps", Resource: "deployments", Name: "web", Namespace: "prod", User: "alice"}, wantCascade: true},
+		{name: "a scale update is a root", a: policy.Attributes{Verb: "update", APIGroup: "apps", Resource: "deployments", Subresource: "scale", Name: "web", Namespace: "prod", User: "alice"}, wantCascade: true},
+		{name: "a node delete is a root", a: policy.Attributes{Verb: "delete", Resource: "nodes", Name: "n1", User: "alice"}, wantCascade: true},
+		{name: "a pod delete is no root", a: policy.Attributes{Verb: "delete", Resource: "pods", Name: "p", Namespace: "prod", User: "alice"}},
+		{name: "a configmap delete is no root", a: policy.Attributes{Verb: "delete", Resource: "configmaps", Name: "c", Namespace: "prod", User: "alice"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ex, err := explain(context.Background(), c, tt.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			atRoot, each := ex.Budgets[0], ex.Budgets[1]
+			if got := atRoot.Cascade != ""; got != tt.wantCascade {
+				t.Fatalf("AtRoot budget: cascade note %q, want one: %v", atRoot.Cascade, tt.wantCascade)
+			}
+			if tt.wantCascade && atRoot.Front != "webhook" {
+				t.Errorf("AtRoot budget on a root: front %q, want webhook (the proxy counts no removals)", atRoot.Front)
+			}
+			if each.Cascade != "" {
+				t.Errorf("PerObject budget: cascade note %q, want none", each.Cascade)
+			}
+		})
+	}
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/webhook"
 )
 
 func newPolicyCommand(s Streams) *cobra.Command {
@@ -452,6 +453,9 @@ type RuleMatch struct {
 	Rate    string   `json:"rate,omitempty"`
 	// Live is the state of the key on the server (--server).
 	Live string `json:"live,omitempty"`
+	// Cascade says how an AtRoot budget charges this request when it is a
+	// root (what it removes, counted by the webhook from the cluster).
+	Cascade string `json:"cascade,omitempty"`
 }
 
 // ExplainVerdict is the decision on an empty store.
@@ -601,6 +605,13 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 		}
 		if m.Applies {
 			m.Key = limiter.RuleKey(b.Per, &wa)
+		}
+		if b.Cascades == policy.CascadesAtRoot && ex.Exempt == "" && unjudged == "" {
+			if root := webhook.CascadeRoot(wa.Verb, wa.APIGroup, wa.Resource, wa.Subresource); root != "" {
+				m.Front = "webhook"
+				m.Cascade = "AtRoot: this request is a root; the webhook charges it up front one token per object of this budget among " +
+					root + ", counted from the cluster (not offline), and denies it whole if they do not fit"
+			}
 		}
 		ex.Budgets = append(ex.Budgets, m)
 	}
@@ -837,6 +848,9 @@ func printExplanation(w io.Writer, ex *Explanation) {
 				detail += "; " + r.Rate
 			}
 			fmt.Fprintln(w, "      "+detail)
+			if r.Cascade != "" {
+				fmt.Fprintln(w, "      "+r.Cascade)
+			}
 			if r.Live != "" {
 				fmt.Fprintln(w, "      live: "+r.Live)
 			}
