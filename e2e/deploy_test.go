@@ -137,13 +137,13 @@ func TestDeployPolicyValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	metricsDoc, err := os.ReadFile(filepath.Join(root, "docs", "metrics.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range regexp.MustCompile(`kubedefender_[a-z_]+`).FindAllString(string(alerts), -1) {
-		if !strings.Contains(string(readme), "`"+m+"`") {
-			t.Errorf("alerts.yaml uses %s, which the README's metrics table does not document", m)
+		if !strings.Contains(string(metricsDoc), "`"+m+"`") {
+			t.Errorf("alerts.yaml uses %s, which docs/metrics.md's table does not document", m)
 		}
 	}
 }

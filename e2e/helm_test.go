@@ -804,7 +804,7 @@ func TestHelmChartPassesOnlyServeFlags(t *testing.T) {
 }
 
 // TestHelmChartDefaultPolicyIsDeployBases checks the chart's default policy
-// is deploy/base's (the README says so, and both are tuned together).
+// is deploy/base's (docs/install.md says so, and both are tuned together).
 func TestHelmChartDefaultPolicyIsDeployBases(t *testing.T) {
 	var cm struct {
 		Data map[string]string `json:"data"`

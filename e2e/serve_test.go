@@ -156,7 +156,7 @@ func TestServeProxyAndWebhookTogether(t *testing.T) {
 		t.Errorf("status: %+v (%v), want store redis and 3 levels, workload with 34 of 50 seats", st, err)
 	}
 
-	// And every metric the process exposes is documented in the README
+	// And every metric the process exposes is documented in docs/metrics.md
 	checkMetricsDocumented(t, metricsURL+"/metrics")
 }
 
@@ -176,10 +176,10 @@ func proxyKubeconfig(t *testing.T, dir, server, caFile, token string) string {
 }
 
 // checkMetricsDocumented fails t for every kubedefender_* metric family that
-// the README's metrics table does not name.
+// docs/metrics.md's table does not name.
 func checkMetricsDocumented(t *testing.T, url string) {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	metricsDoc, err := os.ReadFile(filepath.Join(repoRoot(t), "docs", "metrics.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,8 +198,8 @@ func checkMetricsDocumented(t *testing.T, url string) {
 			continue
 		}
 		n++
-		if !strings.Contains(string(readme), "`"+m[1]+"`") {
-			t.Errorf("metric %s is exposed but not documented in the README's metrics table", m[1])
+		if !strings.Contains(string(metricsDoc), "`"+m[1]+"`") {
+			t.Errorf("metric %s is exposed but not documented in docs/metrics.md's table", m[1])
 		}
 	}
 	if n < 10 {

@@ -11,7 +11,7 @@ import (
 )
 
 // Report is what a replay found. Its JSON form (-o json) is a stable
-// contract documented in the README: fields are added, never renamed.
+// contract documented in docs/choosing-limits.md: fields are added, never renamed.
 type Report struct {
 	// Events counts the requests replayed: one per auditID.
 	Events int `json:"events"`

@@ -15,7 +15,7 @@ import (
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-var update = flag.Bool("update", false, "rewrite generated README sections")
+var update = flag.Bool("update", false, "rewrite generated doc sections (docs/cli.md's serve flags)")
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -132,9 +132,9 @@ func TestServeReportsEveryBadFlagAtOnce(t *testing.T) {
 	}
 }
 
-// TestREADMEServeFlags keeps the README's flag reference equal to `serve -h`.
+// TestDocsServeFlags keeps docs/cli.md's flag reference equal to `serve -h`.
 // Run with -update to rewrite it.
-func TestREADMEServeFlags(t *testing.T) {
+func TestDocsServeFlags(t *testing.T) {
 	code, out, _ := run(t, "serve", "--help")
 	if code != 0 {
 		t.Fatalf("serve --help exited %d", code)
@@ -144,8 +144,8 @@ func TestREADMEServeFlags(t *testing.T) {
 		t.Fatalf("no Flags section in:\n%s", out)
 	}
 	block := "```\n" + strings.TrimRight(out[i+len("Flags:\n"):], "\n") + "\n```\n"
-	readme := filepath.Join("..", "..", "..", "README.md")
-	data, err := os.ReadFile(readme)
+	doc := filepath.Join("..", "..", "..", "docs", "cli.md")
+	data, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,16 +153,16 @@ func TestREADMEServeFlags(t *testing.T) {
 	s := string(data)
 	b, e := strings.Index(s, begin), strings.Index(s, end)
 	if b < 0 || e < b {
-		t.Fatalf("README.md lacks the %q … %q markers", begin, end)
+		t.Fatalf("docs/cli.md lacks the %q … %q markers", begin, end)
 	}
 	b += strings.Index(s[b:], "\n") + 1
 	if s[b:e] == block {
 		return
 	}
 	if !*update {
-		t.Fatalf("README.md's serve flags are stale; run: go test ./cmd/kubedefender/app -run TestREADMEServeFlags -update")
+		t.Fatalf("docs/cli.md's serve flags are stale; run: go test ./cmd/kubedefender/app -run TestDocsServeFlags -update")
 	}
-	if err := os.WriteFile(readme, []byte(s[:b]+block+s[e:]), 0o644); err != nil {
+	if err := os.WriteFile(doc, []byte(s[:b]+block+s[e:]), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -44,7 +44,7 @@ type validateOptions struct {
 
 func (o *validateOptions) AddFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVarP(&o.Output, "output", "o", "text", "output format: text or json (one object, see the README)")
+	f.StringVarP(&o.Output, "output", "o", "text", "output format: text or json (one object, see docs/policy.md)")
 	f.BoolVar(&o.Strict, "strict", false, "warnings fail too (exit 1)")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "check resources against this cluster's discovery (default: the built-in table of the standard API groups)")
 	f.StringVar(&o.Context, "context", "", "kubeconfig context (with --kubeconfig)")

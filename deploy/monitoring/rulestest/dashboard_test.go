@@ -191,20 +191,20 @@ func TestDashboardQueriesParseAndNameRealMetrics(t *testing.T) {
 		check("variable "+v.Name, m[1]+m[2])
 	}
 	if queries < 20 {
-		t.Errorf("the dashboard has %d queries; want every panel of the README's list", queries)
+		t.Errorf("the dashboard has %d queries; want every panel of docs/metrics.md's list", queries)
 	}
 }
 
-// TestDashboardPanelsAreListedInTheREADME checks the README's list of
+// TestDashboardPanelsAreListedInTheDocs checks docs/metrics.md's list of
 // dashboard panels is exact: every panel, and no other.
-func TestDashboardPanelsAreListedInTheREADME(t *testing.T) {
-	doc, err := os.ReadFile(readme)
+func TestDashboardPanelsAreListedInTheDocs(t *testing.T) {
+	doc, err := os.ReadFile(metricsDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(doc), "\n### Dashboard\n")
+	_, section, ok := strings.Cut(string(doc), "\n## Dashboard\n")
 	if !ok {
-		t.Fatal("the README has no ### Dashboard section")
+		t.Fatal("docs/metrics.md has no ## Dashboard section")
 	}
 	section, _, _ = strings.Cut(section, "\n## ")
 	section, _, _ = strings.Cut(section, "\n### ")
@@ -216,12 +216,12 @@ func TestDashboardPanelsAreListedInTheREADME(t *testing.T) {
 	for _, p := range readDashboard(t).Panels {
 		inDashboard[p.Title] = true
 		if !listed[p.Title] {
-			t.Errorf("panel %q is not in the README's dashboard list", p.Title)
+			t.Errorf("panel %q is not in docs/metrics.md's dashboard list", p.Title)
 		}
 	}
 	for title := range listed {
 		if !inDashboard[title] {
-			t.Errorf("the README lists panel %q, which the dashboard does not have", title)
+			t.Errorf("docs/metrics.md lists panel %q, which the dashboard does not have", title)
 		}
 	}
 }

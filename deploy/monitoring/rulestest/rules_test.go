@@ -22,9 +22,10 @@ import (
 )
 
 const (
-	rulesFile = "../alerts.yaml"
-	testsFile = "../alerts_test.yaml"
-	readme    = "../../../README.md"
+	rulesFile  = "../alerts.yaml"
+	testsFile  = "../alerts_test.yaml"
+	metricsDoc = "../../../docs/metrics.md" // the metrics table and the dashboard's panels
+	runbookDoc = "../../../docs/runbook.md" // the alerts table
 )
 
 // The test file, in promtool's format (the subset used here: input series,
@@ -106,11 +107,15 @@ func TestEveryExpressionParses(t *testing.T) {
 }
 
 // TestAlertMetricsAreDocumented reads the metric names out of every
-// expression's AST and checks each KubeDefender one is in the README's
-// metrics table (an alert on a metric that does not exist never fires), and
-// that every alert is in the README's alerts table.
+// expression's AST and checks each KubeDefender one is in docs/metrics.md's
+// table (an alert on a metric that does not exist never fires), and that
+// every alert is in docs/runbook.md's alerts table.
 func TestAlertMetricsAreDocumented(t *testing.T) {
-	doc, err := os.ReadFile(readme)
+	doc, err := os.ReadFile(metricsDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alertsDoc, err := os.ReadFile(runbookDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,14 +131,14 @@ func TestAlertMetricsAreDocumented(t *testing.T) {
 					return nil
 				}
 				if !strings.Contains(string(doc), "| `"+vs.Name+"` |") {
-					t.Errorf("%s uses %s, which the README's metrics table does not document", r.Alert, vs.Name)
+					t.Errorf("%s uses %s, which docs/metrics.md's table does not document", r.Alert, vs.Name)
 				}
 				return nil
 			})
 		}
 		for _, r := range g.Rules {
-			if !strings.Contains(string(doc), "| `"+r.Alert+"` |") {
-				t.Errorf("alert %s is not in the README's alerts table", r.Alert)
+			if !strings.Contains(string(alertsDoc), "| `"+r.Alert+"` |") {
+				t.Errorf("alert %s is not in docs/runbook.md's alerts table", r.Alert)
 			}
 		}
 	}
