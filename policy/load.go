@@ -85,7 +85,7 @@ func Parse(name string, data []byte) (*Compiled, error) {
 	if len(errs) > 0 {
 		return nil, &Error{File: name, Errs: errs}
 	}
-	return compile(p, data)
+	return compile(p), nil
 }
 
 // documentKindOK says whether apiVersion and kind are a policy's: when they

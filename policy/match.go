@@ -293,7 +293,8 @@ type Compiled struct {
 	FlowSchemas []CompiledFlowSchema // ascending precedence
 }
 
-func compile(p *DefenderPolicy, _ []byte) (*Compiled, error) {
+// compile builds the matchers of a validated, defaulted policy; it cannot fail.
+func compile(p *DefenderPolicy) *Compiled {
 	c := &Compiled{Policy: p, Hash: hashOf(p)}
 	for i := range p.Spec.Budgets {
 		b := &p.Spec.Budgets[i]
@@ -308,7 +309,7 @@ func compile(p *DefenderPolicy, _ []byte) (*Compiled, error) {
 		c.FlowSchemas = append(c.FlowSchemas, CompiledFlowSchema{FlowSchema: f, Match: CompileMatch(&f.Match)})
 	}
 	sort.SliceStable(c.FlowSchemas, func(i, j int) bool { return c.FlowSchemas[i].Precedence < c.FlowSchemas[j].Precedence })
-	return c, nil
+	return c
 }
 
 // FlowSchemaFor returns the first flow schema (by ascending precedence) that
