@@ -21,16 +21,16 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// Sentinel errors of the counter's queries, checked with errors.Is.
-var (
-	// ErrNotSynced: the watches behind the answer have not listed yet. The
-	// caller judges the request PerObject.
-	ErrNotSynced = errors.New("cascade counts are not synced yet")
-	// ErrUnknownKind: the kind is not one the counter resolves.
-	ErrUnknownKind = errors.New("kind is not a workload the counter resolves")
-	// ErrNotFound: the named object is not in the cache (it does not exist,
-	// or the watch has not shown it yet).
-	ErrNotFound = errors.New("object not found in the cache")
+// ErrNotSynced is the error of a count whose watches have not listed yet,
+// checked with errors.Is: the caller judges the request PerObject (and does
+// not log it). The queries' other errors (a kind the counter does not
+// resolve, an object not in the cache) are only reported.
+var ErrNotSynced = errors.New("cascade counts are not synced yet")
+
+// The texts of the queries' other errors.
+const (
+	unknownKind = "kind is not a workload the counter resolves"
+	notCached   = "object not found in the cache (it does not exist, or the watch has not shown it yet)"
 )
 
 // Defaults of Config.
@@ -316,7 +316,7 @@ func (r ObjectRef) String() string {
 func (c *Counter) get(kind, ns, name string) (any, error) {
 	inf := c.informers[kind]
 	if inf == nil || kind == KindNamespace || kind == KindNode {
-		return nil, fmt.Errorf("failed to look up %s: %w", kind, ErrUnknownKind)
+		return nil, fmt.Errorf("failed to look up %s: %s", kind, unknownKind)
 	}
 	key := name
 	if ns != "" {
@@ -327,7 +327,7 @@ func (c *Counter) get(kind, ns, name string) (any, error) {
 		return nil, fmt.Errorf("failed to look up %s %s: %w", kind, key, err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("failed to look up %s %s: %w", kind, key, ErrNotFound)
+		return nil, fmt.Errorf("failed to look up %s %s: %s", kind, key, notCached)
 	}
 	return obj, nil
 }
@@ -371,7 +371,7 @@ func (c *Counter) podOwners(ref ObjectRef) ([]types.UID, error) {
 	switch ref.Kind {
 	case KindDeployment, KindCronJob, KindReplicaSet, KindStatefulSet, KindDaemonSet, KindReplicationController, KindJob:
 	default:
-		return nil, fmt.Errorf("failed to resolve %s: %w", ref, ErrUnknownKind)
+		return nil, fmt.Errorf("failed to resolve %s: %s", ref, unknownKind)
 	}
 	uid, err := c.uidOf(ref)
 	if err != nil {
@@ -392,9 +392,8 @@ func (c *Counter) podOwners(ref ObjectRef) ([]types.UID, error) {
 // Deployment → ReplicaSets → Pods, CronJob → Jobs → Pods, and StatefulSet,
 // DaemonSet, ReplicationController, ReplicaSet, Job → Pods. An Orphan delete
 // removes no pods; the caller reads the propagation policy and does not ask.
-// O(owned ReplicaSets or Jobs). It fails with ErrNotFound when
-// ref.UID is empty and the workload is not in the cache, and ErrUnknownKind
-// for other kinds.
+// O(owned ReplicaSets or Jobs). It fails when ref.UID is empty and the
+// workload is not in the cache, and for other kinds.
 func (c *Counter) PodsOwnedBy(ref ObjectRef) (Removal, error) {
 	owners, err := c.podOwners(ref)
 	if err != nil {
@@ -518,7 +517,7 @@ func (c *Counter) Replicas(ref ObjectRef) (int32, error) {
 	}
 	r, ok := replicasOf(obj)
 	if !ok {
-		return 0, fmt.Errorf("failed to read replicas of %s: %w", ref, ErrUnknownKind)
+		return 0, fmt.Errorf("failed to read replicas of %s: %s", ref, unknownKind)
 	}
 	return r, nil
 }

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -91,7 +92,7 @@ func (f *fakeCascades) PodsOwnedBy(ref cascade.ObjectRef) (cascade.Removal, erro
 	f.ownedAsks = append(f.ownedAsks, ref)
 	r, ok := f.owned[ref.Kind+"/"+ref.Namespace+"/"+ref.Name]
 	if !ok {
-		return cascade.Removal{}, cascade.ErrNotFound
+		return cascade.Removal{}, errors.New("not in the fake's cache")
 	}
 	return r, nil
 }
@@ -102,7 +103,7 @@ func (f *fakeCascades) PodsEvictedByTaints(node string, taints []corev1.Taint) c
 func (f *fakeCascades) Replicas(ref cascade.ObjectRef) (int32, error) {
 	r, ok := f.replicas[ref.Kind+"/"+ref.Namespace+"/"+ref.Name]
 	if !ok {
-		return 0, cascade.ErrNotFound
+		return 0, errors.New("not in the fake's cache")
 	}
 	return r, nil
 }
