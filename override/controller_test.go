@@ -2,7 +2,6 @@ package override
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -10,15 +9,9 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
-	kubefake "k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
@@ -62,18 +55,6 @@ func policyIn(t *testing.T, ns string) *policy.Compiled {
 	return p
 }
 
-func testOverride(t *testing.T, ns, name, by string) *unstructured.Unstructured {
-	t.Helper()
-	now := time.Now().UTC().Truncate(time.Second)
-	o := &Override{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID(ns + "-" + name), CreationTimestamp: metav1.NewTime(now)},
-		Spec: Spec{Budgets: []string{"pod-deletes"}, ExpiresAt: metav1.NewTime(now.Add(30 * time.Minute)), Reason: "INC-1: drain", RequestedBy: by}}
-	u, err := o.ToUnstructured()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -89,58 +70,26 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // breakGlass.namespace moved the webhook's exemption but not the watch, so
 // the old namespace's overrides kept applying and the new one's never did.
 func TestControllerFollowsTheBreakGlassNamespaceOnReload(t *testing.T) {
-	scheme := runtime.NewScheme()
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{GVR: "OverrideList"},
-		testOverride(t, "bg-a", "in-a", "alice"), testOverride(t, "bg-b", "in-b", "bob"))
-	events := kubefake.NewClientset()
-	var evSeq atomic.Int64
-	events.PrependReactor("create", "events", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		ev := a.(k8stesting.CreateAction).GetObject().(*corev1.Event)
-		if ev.Name == "" { // the fake tracker does not generate names
-			ev.Name = fmt.Sprintf("%s%d", ev.GenerateName, evSeq.Add(1))
-		}
-		return false, nil, nil
-	})
-	eng := &fakeEngine{}
-	eng.pol.Store(policyIn(t, "bg-a"))
-	c, err := NewController(ControllerConfig{Client: dyn, Events: events.CoreV1(), Engine: eng, Replica: "r1", Tick: 10 * time.Millisecond})
-	if err != nil {
+	// Given overrides in bg-a, the policy's breakGlass.namespace, and in bg-b
+	h := start(t, nil, newOverride(t, "bg-a", "in-a", nil), newOverride(t, "bg-b", "in-b", func(o *Override) { o.Spec.RequestedBy = "bob" }))
+	eventually(t, "the override of bg-a applies", func() bool { return h.eng.applied() == "bg-a/in-a" })
+
+	// When a reload moves breakGlass.namespace to bg-b, then within a tick only bg-b's override applies
+	h.eng.pol.Store(policyIn(t, "bg-b"))
+	h.clk.Step(time.Second)
+	eventually(t, "after the reload only the override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b" })
+
+	// and the override left behind is told why it stopped applying.
+	ev := h.eventFor(t, "in-a", "Revoked")
+	if want := "breakGlass.namespace is now bg-b"; !strings.Contains(ev.Message, want) {
+		t.Errorf("Revoked message %q lacks %q", ev.Message, want)
+	}
+
+	// When a new override is created in the new namespace, then the moved watch sees it
+	if _, err := h.dyn.Resource(GVR).Namespace("bg-b").Create(context.Background(), newOverride(t, "bg-b", "second", nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-
-	eventually(t, "the override of bg-a applies", func() bool { return eng.applied() == "bg-a/in-a" })
-
-	eng.pol.Store(policyIn(t, "bg-b"))
-	eventually(t, "after the reload only the override of bg-b applies", func() bool { return eng.applied() == "bg-b/in-b" })
-
-	// The override left behind is told why it stopped applying.
-	eventually(t, "an Event on bg-a/in-a says why it no longer applies", func() bool {
-		l, err := events.CoreV1().Events("bg-a").List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		for _, ev := range l.Items {
-			if ev.InvolvedObject.Name == "in-a" && ev.Reason == "Revoked" && strings.Contains(ev.Message, "breakGlass.namespace is now bg-b") {
-				return true
-			}
-		}
-		return false
-	})
-
-	// A new override in the new namespace is seen by the moved watch.
-	if _, err := dyn.Resource(GVR).Namespace("bg-b").Create(context.Background(), testOverride(t, "bg-b", "second", "carol"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the new override of bg-b applies", func() bool { return eng.applied() == fmt.Sprintf("bg-b/in-b,bg-b/%s", "second") })
+	eventually(t, "the new override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b,bg-b/second" })
 }
 
 func admissionObject(kind string, spec map[string]any) *unstructured.Unstructured {
@@ -172,37 +121,12 @@ func TestControllerSaysWhetherRequestedByIsVerified(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			objs := append([]runtime.Object{testOverride(t, "bg-a", "o", "alice")}, tc.admission...)
-			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-				GVR: "OverrideList", vapGVR: "ValidatingAdmissionPolicyList", vapBindingGVR: "ValidatingAdmissionPolicyBindingList",
-			}, objs...)
-			events := kubefake.NewClientset()
-			eng := &fakeEngine{}
-			eng.pol.Store(policyIn(t, "bg-a"))
-			c, err := NewController(ControllerConfig{Client: dyn, Events: events.CoreV1(), Engine: eng, Replica: "r1", Tick: 10 * time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- c.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			}()
-			var msg string
-			eventually(t, "the Activated Event", func() bool {
-				l, err := events.CoreV1().Events("bg-a").List(context.Background(), metav1.ListOptions{})
-				if err != nil || len(l.Items) == 0 {
-					return false
-				}
-				msg = l.Items[0].Message
-				return true
-			})
-			if !strings.Contains(msg, tc.want) {
-				t.Fatalf("Event message %q does not contain %q", msg, tc.want)
+			// Given the admission objects of the case
+			h := start(t, nil, append([]runtime.Object{newOverride(t, "bg-a", "o", nil)}, tc.admission...)...)
+			// When the override activates, then its Event qualifies requestedBy
+			ev := h.eventFor(t, "o", "Activated")
+			if !strings.Contains(ev.Message, tc.want) {
+				t.Fatalf("Event message %q does not contain %q", ev.Message, tc.want)
 			}
 		})
 	}
