@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"k8s.io/utils/clock"
 )
 
 // Config says what to watch and what to do on a change.
@@ -27,14 +28,18 @@ type Config struct {
 	Reload func()
 	// Logger receives watch errors; nil discards.
 	Logger *slog.Logger
+	// Clock times Debounce and Resync; nil is real time.
+	Clock clock.WithTicker
 }
 
 // Run watches until ctx is done. It returns an error only when the watch
 // cannot start.
 func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -52,29 +57,36 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("failed to watch directory %s: %w", d, err)
 		}
 	}
+	return loop(ctx, cfg, fw.Events, fw.Errors)
+}
+
+// loop turns the watch's events into Reload calls until ctx is done or the
+// watch closes: a Reload once no event has come for Debounce (a chmod is not
+// a change), and one every Resync. cfg is defaulted.
+func loop(ctx context.Context, cfg Config, events <-chan fsnotify.Event, errs <-chan error) error {
 	var resync <-chan time.Time
 	if cfg.Resync > 0 {
-		t := time.NewTicker(cfg.Resync)
+		t := cfg.Clock.NewTicker(cfg.Resync)
 		defer t.Stop()
-		resync = t.C
+		resync = t.C()
 	}
 	var debounce <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-fw.Events:
+		case ev, ok := <-events:
 			if !ok {
 				return nil
 			}
 			if ev.Op != fsnotify.Chmod {
-				debounce = time.After(cfg.Debounce)
+				debounce = cfg.Clock.After(cfg.Debounce)
 			}
-		case err, ok := <-fw.Errors:
+		case err, ok := <-errs:
 			if !ok {
 				return nil
 			}
-			log.Error("file watch error", "files", cfg.Files, "err", err)
+			cfg.Logger.Error("file watch error", "files", cfg.Files, "err", err)
 		case <-debounce:
 			debounce = nil
 			cfg.Reload()

@@ -1,17 +1,39 @@
 package filewatch
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
-func TestRunReloadsOnceAfterABurstAndOnASymlinkSwap(t *testing.T) {
+var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+
+// waitFor polls cond until it holds; the test fails after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
+	// Given a ConfigMap mount: file -> ..data/file, ..data -> a timestamped directory
 	dir := t.TempDir()
-	// A ConfigMap mount: file -> ..data/file, ..data -> a timestamped directory.
 	v1 := filepath.Join(dir, "..v1")
 	if err := os.Mkdir(v1, 0o755); err != nil {
 		t.Fatal(err)
@@ -26,24 +48,19 @@ func TestRunReloadsOnceAfterABurstAndOnASymlinkSwap(t *testing.T) {
 	if err := os.Symlink("..data/f", file); err != nil {
 		t.Fatal(err)
 	}
+	// and a watch of it on a fake clock
+	clk := clocktesting.NewFakeClock(t0)
 	var reloads atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{Files: []string{file}, Debounce: 50 * time.Millisecond, Reload: func() { reloads.Add(1) }})
+		done <- Run(ctx, Config{Files: []string{file}, Debounce: 50 * time.Millisecond, Resync: time.Hour, Clock: clk,
+			Reload: func() { reloads.Add(1) }})
 	}()
-	waitFor := func(what string, n int64) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for reloads.Load() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d reloads, want %d", what, reloads.Load(), n)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	time.Sleep(100 * time.Millisecond) // the watch is registered
-	// When the kubelet swaps the data directory (a burst of events)
+	// Run starts its resync ticker once the directory is watched.
+	waitFor(t, "the directory is watched", clk.HasWaiters)
+
+	// When the kubelet swaps the data directory
 	v2 := filepath.Join(dir, "..v2")
 	if err := os.Mkdir(v2, 0o755); err != nil {
 		t.Fatal(err)
@@ -57,11 +74,21 @@ func TestRunReloadsOnceAfterABurstAndOnASymlinkSwap(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	// Then one reload follows once the burst settles
-	waitFor("after the swap", 1)
-	time.Sleep(200 * time.Millisecond)
+
+	// Then the events arm the debounce, and once it passes the file is reloaded.
+	// (Events still in flight re-arm it, so the clock steps a debounce at a time.)
+	waitFor(t, "an event arms the debounce", func() bool { return clk.Waiters() > 1 })
+	if n := reloads.Load(); n != 0 {
+		t.Fatalf("%d reloads before the debounce passed, want 0", n)
+	}
+	waitFor(t, "the swap is reloaded", func() bool {
+		if reloads.Load() == 0 && clk.Waiters() > 1 {
+			clk.Step(50 * time.Millisecond)
+		}
+		return reloads.Load() > 0
+	})
 	if n := reloads.Load(); n != 1 {
-		t.Fatalf("a burst of events caused %d reloads, want 1", n)
+		t.Fatalf("the swap caused %d reloads, want 1", n)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -71,7 +98,143 @@ func TestRunReloadsOnceAfterABurstAndOnASymlinkSwap(t *testing.T) {
 
 func TestRunFailsClearlyOnAMissingDirectory(t *testing.T) {
 	err := Run(context.Background(), Config{Files: []string{"/nonexistent/dir/f"}, Reload: func() {}})
-	if err == nil {
-		t.Fatal("want an error")
+	if err == nil || !strings.Contains(err.Error(), "failed to watch directory /nonexistent/dir") {
+		t.Fatalf("Run on a missing directory: %v, want it named", err)
+	}
+}
+
+// loopHarness runs loop on channels the test feeds and a fake clock.
+type loopHarness struct {
+	clk      *clocktesting.FakeClock
+	events   chan fsnotify.Event
+	errs     chan error
+	reloaded chan struct{}
+	logs     *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startLoop(t *testing.T, debounce, resync time.Duration) *loopHarness {
+	t.Helper()
+	h := &loopHarness{clk: clocktesting.NewFakeClock(t0), events: make(chan fsnotify.Event), errs: make(chan error),
+		reloaded: make(chan struct{}, 100), logs: &lockedBuffer{}}
+	cfg := Config{Files: []string{"/etc/kd/f"}, Debounce: debounce, Resync: resync, Clock: h.clk,
+		Logger: slog.New(slog.NewTextHandler(h.logs, nil)), Reload: func() { h.reloaded <- struct{}{} }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- loop(ctx, cfg, h.events, h.errs) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("loop: %v", err)
+		}
+	})
+	if resync > 0 {
+		waitFor(t, "the resync ticker starts", h.clk.HasWaiters)
+	}
+	return h
+}
+
+// settle returns once loop has handled everything sent before: an unbuffered
+// send completes only when loop is back in its select (a chmod changes
+// nothing). Sent twice, so a reload that is ready loses the race at most
+// once per send.
+func (h *loopHarness) settle() {
+	for range 2 {
+		h.events <- fsnotify.Event{Name: "/etc/kd/f", Op: fsnotify.Chmod}
+	}
+}
+
+// expectReloads waits for n reloads and checks no other is pending.
+func (h *loopHarness) expectReloads(t *testing.T, n int, when string) {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-h.reloaded:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: %d reloads, want %d", when, i, n)
+		}
+	}
+	h.settle()
+	if extra := len(h.reloaded); extra > 0 {
+		t.Fatalf("%s: %d reloads, want %d", when, n+extra, n)
+	}
+}
+
+func TestLoopDebouncesAndResyncs(t *testing.T) {
+	const debounce = 50 * time.Millisecond
+	ev := func(op fsnotify.Op) fsnotify.Event { return fsnotify.Event{Name: "/etc/kd/..data", Op: op} }
+	cases := []struct {
+		name   string
+		resync time.Duration
+		run    func(t *testing.T, h *loopHarness)
+	}{
+		{name: "a burst of events reloads once, when the events have settled for the debounce", run: func(t *testing.T, h *loopHarness) {
+			for _, op := range []fsnotify.Op{fsnotify.Create, fsnotify.Create, fsnotify.Rename, fsnotify.Create} {
+				h.events <- ev(op)
+			}
+			h.settle()
+			h.clk.Step(debounce - time.Nanosecond)
+			h.expectReloads(t, 0, "just before the debounce")
+			h.clk.Step(time.Nanosecond)
+			h.expectReloads(t, 1, "at the debounce")
+			h.clk.Step(10 * debounce)
+			h.expectReloads(t, 0, "long after")
+		}},
+		{name: "each event restarts the debounce", run: func(t *testing.T, h *loopHarness) {
+			h.events <- ev(fsnotify.Write)
+			h.settle()
+			h.clk.Step(debounce - time.Nanosecond)
+			h.events <- ev(fsnotify.Write)
+			h.settle()
+			h.clk.Step(time.Nanosecond)
+			h.expectReloads(t, 0, "a debounce after the first event")
+			h.clk.Step(debounce - time.Nanosecond)
+			h.expectReloads(t, 1, "a debounce after the second event")
+		}},
+		{name: "a chmod alone reloads nothing", run: func(t *testing.T, h *loopHarness) {
+			h.events <- ev(fsnotify.Chmod)
+			h.settle()
+			h.clk.Step(10 * debounce)
+			h.expectReloads(t, 0, "after a chmod")
+		}},
+		{name: "a resync reloads without events, every period", resync: time.Minute, run: func(t *testing.T, h *loopHarness) {
+			h.clk.Step(time.Minute - time.Nanosecond)
+			h.expectReloads(t, 0, "before the first resync")
+			h.clk.Step(time.Nanosecond)
+			h.expectReloads(t, 1, "at the first resync")
+			h.clk.Step(time.Minute)
+			h.expectReloads(t, 1, "at the second resync")
+		}},
+		{name: "a watch error is logged and the watch goes on", run: func(t *testing.T, h *loopHarness) {
+			h.errs <- errors.New("queue overflow")
+			h.events <- ev(fsnotify.Write)
+			h.settle()
+			h.clk.Step(debounce)
+			h.expectReloads(t, 1, "after the error")
+			if logs := h.logs.String(); !strings.Contains(logs, `msg="file watch error"`) || !strings.Contains(logs, "queue overflow") {
+				t.Errorf("the watch error is not logged:\n%s", logs)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.run(t, startLoop(t, debounce, tc.resync))
+		})
 	}
 }
