@@ -1,7 +1,3 @@
-// Package filewatch watches files that Kubernetes mounts from ConfigMaps and
-// Secrets. Such a file is replaced through a symlink swap in its directory, so
-// the directory is watched, not the file; a burst of events is debounced into
-// one reload, and a periodic resync catches anything a watch missed.
 package filewatch
 
 import (

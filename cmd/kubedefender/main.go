@@ -1,4 +1,5 @@
-// Command kubedefender guards a Kubernetes API server: see the README.
+// Command kubedefender guards a Kubernetes API server (see the README and
+// docs/). main only runs the root command of package app and exits with its code.
 package main
 
 import (
