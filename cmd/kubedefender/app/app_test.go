@@ -7,8 +7,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/kubedefender/kubedefender/config"
 	"github.com/kubedefender/kubedefender/limiter"
@@ -165,6 +168,74 @@ func TestDocsServeFlags(t *testing.T) {
 	if err := os.WriteFile(doc, []byte(s[:b]+block+s[e:]), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDocsLinksResolve checks every relative link of the README and docs/:
+// the file exists and, with a #fragment, so does a heading of that anchor.
+func TestDocsLinksResolve(t *testing.T) {
+	root := filepath.Join("..", "..", "..")
+	pages, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil || len(pages) < 5 {
+		t.Fatalf("docs/*.md: %v, %d pages", err, len(pages))
+	}
+	pages = append(pages, filepath.Join(root, "README.md"))
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	for _, page := range pages {
+		data, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(string(data), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			path, fragment, _ := strings.Cut(target, "#")
+			file := page
+			if path != "" {
+				file = filepath.Join(filepath.Dir(page), path)
+			}
+			if _, err := os.Stat(file); err != nil {
+				t.Errorf("%s links to %s, which does not exist", page, target)
+				continue
+			}
+			if fragment != "" && !slices.Contains(markdownAnchors(t, file), fragment) {
+				t.Errorf("%s links to %s, but %s has no heading with that anchor", page, target, file)
+			}
+		}
+	}
+}
+
+// markdownAnchors lists the anchors GitHub gives the headings of a Markdown
+// file (outside code blocks): lowercase, punctuation dropped, spaces to dashes.
+func markdownAnchors(t *testing.T, file string) []string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var anchors []string
+	fence := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "```") {
+			fence = !fence
+		}
+		heading := strings.TrimLeft(line, "#")
+		if fence || heading == line || !strings.HasPrefix(heading, " ") {
+			continue
+		}
+		var b strings.Builder
+		for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+			switch {
+			case r == ' ':
+				b.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+				b.WriteRune(r)
+			}
+		}
+		anchors = append(anchors, b.String())
+	}
+	return anchors
 }
 
 func TestStatusReadsEveryReplica(t *testing.T) {
