@@ -421,3 +421,35 @@ func TestControllerSaysWhenRequestedByCannotBeChecked(t *testing.T) {
 		t.Errorf("the log does not say requestedBy is unchecked and why:\n%s", h.logs)
 	}
 }
+
+func TestControllerSaysWhenItCannotListOverrides(t *testing.T) {
+	// Given an API server that forbids listing Overrides (no RBAC in breakGlass.namespace)
+	h := start(t, func(c *ControllerConfig) {
+		dyn := c.Client.(*dynamicfake.FakeDynamicClient)
+		dyn.PrependReactor("list", "overrides", func(k8stesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewForbidden(GVR.GroupResource(), "", errors.New("no RBAC"))
+		})
+	}, newOverride(t, "bg-a", "drain", nil))
+	const said = "cannot list break-glass overrides yet"
+	// (Run checks the admission policy right after it starts the watch.)
+	eventually(t, "the watch has started", func() bool { return strings.Contains(h.logs.String(), "Override spec.requestedBy") })
+
+	// When 10s pass, then a round of Run says nothing yet
+	// (a round starts by reading the policy: once the round after the tick's
+	// has started, the tick's round is over)
+	n := h.eng.policyReads.Load()
+	h.clk.Step(syncWarnAfter)
+	eventually(t, "the tick starts a round", func() bool { return h.eng.policyReads.Load() > n })
+	h.c.poke()
+	eventually(t, "the next round starts", func() bool { return h.eng.policyReads.Load() > n+1 })
+	if strings.Contains(h.logs.String(), said) {
+		t.Fatalf("warned after only %s:\n%s", syncWarnAfter, h.logs)
+	}
+	// When the watch has not synced for longer, then the next tick says so
+	h.clk.Step(time.Second)
+	eventually(t, "the controller says it cannot list overrides", func() bool { return strings.Contains(h.logs.String(), said) })
+	// and no override applies meanwhile
+	if got := h.eng.applied(); got != "" {
+		t.Errorf("the engine applies %q without a synced watch, want nothing", got)
+	}
+}

@@ -21,12 +21,18 @@ import (
 // reloads, and the overrides the controller hands over.
 type fakeEngine struct {
 	pol atomic.Pointer[policy.Compiled]
+	// policyReads counts Policy calls: Run reads the policy at the top of
+	// each of its rounds.
+	policyReads atomic.Int64
 
 	mu        sync.Mutex
 	overrides []limiter.Override
 }
 
-func (e *fakeEngine) Policy() *policy.Compiled { return e.pol.Load() }
+func (e *fakeEngine) Policy() *policy.Compiled {
+	e.policyReads.Add(1)
+	return e.pol.Load()
+}
 func (e *fakeEngine) SetOverrides(o []limiter.Override) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
