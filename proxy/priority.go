@@ -23,7 +23,7 @@ import (
 
 // priorityLevels holds one queue set per non-exempt priority level of the
 // running policy. Requests read the current set of levels without a lock;
-// setPolicy builds the next set to the side and swaps it in.
+// prepare builds the next set to the side and its commit swaps it in.
 type priorityLevels struct {
 	factory fq.QueueSetFactory
 	clock   eventclock.Interface
@@ -31,7 +31,7 @@ type priorityLevels struct {
 	metrics *metrics
 	log     *slog.Logger
 
-	mu    sync.Mutex // serialises setPolicy
+	mu    sync.Mutex // serialises prepare and commit
 	state atomic.Pointer[levelsState]
 	// all keeps every queue set ever built, by level name, so that a level
 	// that comes back after a reload reuses its queue set (and its queued
@@ -89,21 +89,20 @@ func shares(l policy.PriorityLevel) int {
 	return l.Shares
 }
 
-// setPolicy reconfigures the levels for c. An existing queue set is
-// reconfigured in place, keeping its queued and executing requests; a new
-// level gets a new queue set. Nothing is swapped in unless every level
-// configures.
-func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
+// prepare builds the levels of c to the side and changes nothing that
+// runs: an existing queue set begins a configuration change, a new level
+// the construction of a queue set (apiserver's BeginConfigChange and
+// BeginConstruction, which only check the configuration). It fails unless
+// every level configures. The returned commit completes them and swaps the
+// levels in; it cannot fail. An existing queue set keeps its queued and
+// executing requests. Prepare and commit are serialised by the caller (the
+// policy watcher): no other prepare comes between a prepare and its commit.
+func (pl *priorityLevels) prepare(c *policy.Compiled) (commit func(), err error) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	spec := &c.Policy.Spec
 	seats := seatsFor(spec)
-	type change struct {
-		lvl *level
-		qsc fq.QueueSetCompleter
-		dc  fq.DispatchingConfig
-	}
-	var changes []change
+	var changes []levelChange
 	next := map[string]*level{}
 	for _, l := range spec.PriorityLevels {
 		if l.Exempt {
@@ -121,10 +120,7 @@ func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
 			qc.QueueLengthLimit = policy.DefaultQueueLengthLimit
 		}
 		dc := fq.DispatchingConfig{ConcurrencyLimit: seats[l.Name], ConcurrencyDenominator: seats[l.Name]}
-		var (
-			qsc fq.QueueSetCompleter
-			err error
-		)
+		var qsc fq.QueueSetCompleter
 		old := pl.all[l.Name]
 		if old != nil {
 			qsc, err = old.qs.BeginConfigChange(qc)
@@ -132,29 +128,42 @@ func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
 			qsc, err = pl.factory.BeginConstruction(qc, pl.gauges(l.Name), gaugeFor(pl.metrics.executing, l.Name), noopGauge{})
 		}
 		if err != nil {
-			return fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
+			return nil, fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
 		}
 		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit, wait: pl.metrics.wait.WithLabelValues(l.Name)}
 		if old != nil {
 			lvl.qs = old.qs
 		}
 		next[l.Name] = lvl
-		changes = append(changes, change{lvl: lvl, qsc: qsc, dc: dc})
+		changes = append(changes, levelChange{lvl: lvl, qsc: qsc, dc: dc})
 	}
+	return func() { pl.commit(&levelsState{policy: c, levels: next}, changes) }, nil
+}
+
+// levelChange is one prepared queue set: completed at commit.
+type levelChange struct {
+	lvl *level
+	qsc fq.QueueSetCompleter
+	dc  fq.DispatchingConfig
+}
+
+// commit completes the prepared queue sets and publishes next.
+func (pl *priorityLevels) commit(next *levelsState, changes []levelChange) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
 	for _, ch := range changes {
 		ch.lvl.qs = ch.qsc.Complete(ch.dc)
 		pl.all[ch.lvl.name] = ch.lvl
 		pl.metrics.seats.WithLabelValues(ch.lvl.name).Set(float64(ch.lvl.seats))
 	}
 	for name := range pl.all {
-		if _, ok := next[name]; !ok {
+		if _, ok := next.levels[name]; !ok {
 			// Gone from the policy: its queue set drains the requests it holds
 			// and takes no more; a later policy with the name reuses it.
 			pl.metrics.seats.WithLabelValues(name).Set(0)
 		}
 	}
-	pl.state.Store(&levelsState{policy: c, levels: next})
-	return nil
+	pl.state.Store(next)
 }
 
 func (pl *priorityLevels) gauges(name string) fcmetrics.RatioedGaugePair {

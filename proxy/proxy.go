@@ -177,9 +177,11 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.levels = levels
-	if err := p.levels.setPolicy(cfg.Policy.Current()); err != nil {
+	commit, err := p.levels.prepare(cfg.Policy.Current())
+	if err != nil {
 		return nil, err
 	}
+	commit()
 	cfg.Policy.Subscribe(p.SetPolicy)
 	p.forward = p.newForwarder()
 	p.handler = p.buildChain()
@@ -258,9 +260,12 @@ func (c *Config) defaults() {
 // requests stay queued. New subscribes it to Config.Policy; the engine is
 // reloaded by its own subscription.
 func (p *Proxy) SetPolicy(c *policy.Compiled) {
-	if err := p.levels.setPolicy(c); err != nil {
+	commit, err := p.levels.prepare(c)
+	if err != nil {
 		p.log.Error("failed to reconfigure priority levels; the previous ones stay", "policy", c.Hash, "err", err)
+		return
 	}
+	commit()
 }
 
 // Handler returns the whole chain: what Run serves.
