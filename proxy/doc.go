@@ -73,8 +73,9 @@
 // (ByUser / ByNamespace). Exempt levels never queue. Long-running requests
 // (watch, exec, attach, port-forward, proxy, log?follow=true and any upgrade)
 // hold their seat only until their response starts. A policy reload
-// reconfigures each level's queue set in place (BeginConfigChange), so queued
-// requests stay queued; a level that disappears keeps serving the requests it
+// (Proxy.PreparePolicy, subscribed by serve) reconfigures each level's queue
+// set in place (BeginConfigChange, then Complete at commit), so queued
+// requests stay queued; a level that does not configure refuses the policy; a level that disappears keeps serving the requests it
 // already holds.
 //
 // # Cost

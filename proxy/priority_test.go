@@ -3,8 +3,15 @@ package proxy
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"maps"
+	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
@@ -51,4 +58,65 @@ func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	})
+}
+
+// TestAPolicyChangesNoLevelUntilItCommits: PreparePolicy builds the levels
+// of a new policy to the side; the running ones change only at commit, and
+// a level that does not configure refuses the policy (the reload fails).
+func TestAPolicyChangesNoLevelUntilItCommits(t *testing.T) {
+	seatsOf := func(pl *priorityLevels) map[string]int {
+		out := map[string]int{}
+		for _, l := range pl.status() {
+			out[l.Name] = l.Seats
+		}
+		return out
+	}
+	more := mustPolicy(t, strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1))
+	broken := mustPolicy(t, strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1))
+	broken.Policy.Spec.PriorityLevels[1].HandSize = 5 // more than its 4 queues: no dealer
+	for _, tc := range []struct {
+		name      string
+		next      *policy.Compiled
+		wantErr   string
+		wantSeats map[string]int
+	}{
+		{name: "a good policy runs after its commit", next: more, wantSeats: map[string]int{"exempt": 0, "workload": 10, "catch-all": 10}},
+		{name: "a level that does not configure refuses the policy", next: broken,
+			wantErr: `failed to configure priority level "workload"`, wantSeats: map[string]int{"exempt": 0, "workload": 1, "catch-all": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pl, err := newPriorityLevels(eventclock.Real{}, time.Second, newMetrics(), slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			commit, err := pl.prepare(mustPolicy(t, basePolicy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			commit()
+			before := seatsOf(pl)
+
+			commit, err = pl.prepare(tc.next)
+
+			if got := seatsOf(pl); !maps.Equal(got, before) {
+				t.Errorf("seats after prepare = %v, want the running %v", got, before)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("prepare = %v, want %q", err, tc.wantErr)
+				}
+				if commit != nil {
+					t.Error("a refused policy came with a commit")
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("prepare = %v", err)
+				}
+				commit()
+			}
+			if got := seatsOf(pl); !maps.Equal(got, tc.wantSeats) {
+				t.Errorf("seats = %v, want %v", got, tc.wantSeats)
+			}
+		})
+	}
 }

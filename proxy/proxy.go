@@ -36,14 +36,6 @@ const (
 	AuthPassthrough AuthMode = "passthrough"
 )
 
-// PolicySource gives the running policy and tells of new ones.
-// *policy.Watcher implements it.
-type PolicySource interface {
-	Current() *policy.Compiled
-	// Subscribe registers fn to be called with each new policy.
-	Subscribe(fn func(*policy.Compiled))
-}
-
 // Config configures a Proxy. File paths are read by New (and the serving and
 // front-proxy pairs again whenever they change on disk).
 type Config struct {
@@ -78,9 +70,10 @@ type Config struct {
 
 	// Engine judges rate limits, breakers and budgets; required.
 	Engine *limiter.Engine
-	// Policy gives the priority levels and flow schemas and their reloads;
-	// required.
-	Policy PolicySource
+	// Policy is the policy the proxy starts with: its priority levels and
+	// flow schemas; required. Later ones come through PreparePolicy, which
+	// the caller subscribes to its policy watcher.
+	Policy *policy.Compiled
 	// BudgetsAtProxy charges budgets here (no webhook deployed); otherwise the
 	// proxy only rejects requests whose budget key has an open breaker.
 	BudgetsAtProxy bool
@@ -134,7 +127,8 @@ type Proxy struct {
 	health                        *upstreamHealth
 }
 
-// New builds a Proxy from cfg and subscribes it to policy reloads.
+// New builds a Proxy from cfg. It runs cfg.Policy until the caller commits
+// another through PreparePolicy.
 func New(cfg Config) (*Proxy, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -177,12 +171,11 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.levels = levels
-	commit, err := p.levels.prepare(cfg.Policy.Current())
+	commit, err := p.levels.prepare(cfg.Policy)
 	if err != nil {
 		return nil, err
 	}
 	commit()
-	cfg.Policy.Subscribe(p.SetPolicy)
 	p.forward = p.newForwarder()
 	p.handler = p.buildChain()
 	return p, nil
@@ -197,7 +190,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("engine is required"))
 	}
 	if c.Policy == nil {
-		errs = append(errs, errors.New("policy source is required"))
+		errs = append(errs, errors.New("policy is required"))
 	}
 	switch c.AuthMode {
 	case "", AuthFrontProxy:
@@ -256,17 +249,15 @@ func (c *Config) defaults() {
 	}
 }
 
-// SetPolicy reconfigures the priority levels for a new policy; queued
-// requests stay queued. New subscribes it to Config.Policy; the engine is
-// reloaded by its own subscription.
-func (p *Proxy) SetPolicy(c *policy.Compiled) {
-	commit, err := p.levels.prepare(c)
-	if err != nil {
-		p.log.Error("failed to reconfigure priority levels; the previous ones stay", "policy", c.Hash, "err", err)
-		return
-	}
-	commit()
+// PreparePolicy builds the priority levels of a new policy to the side and
+// returns the commit that swaps them in (policy.Subscriber); queued requests
+// stay queued. A level whose queue set does not configure refuses the
+// policy. The engine is reloaded by its own subscription.
+func (p *Proxy) PreparePolicy(c *policy.Compiled) (commit func(), err error) {
+	return p.levels.prepare(c)
 }
+
+var _ policy.Subscriber = (*Proxy)(nil)
 
 // Handler returns the whole chain: what Run serves.
 func (p *Proxy) Handler() http.Handler { return p.handler }

@@ -356,8 +356,8 @@ func TestAReloadKeepsQueuedRequests(t *testing.T) {
 		t.Fatalf("queued = %v, want 2", q)
 	}
 	// When the policy reloads with more seats and other queue sizes
-	e.policy.push(mustPolicy(t, strings.Replace(strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1),
-		"queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 2, handSize: 1, queueLengthLimit: 5", 1)))
+	e.policy.push(t, strings.Replace(strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1),
+		"queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 2, handSize: 1, queueLengthLimit: 5", 1))
 	close(release)
 	// Then every request is served
 	for range 3 {
