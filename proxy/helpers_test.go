@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
@@ -143,6 +145,8 @@ type envOptions struct {
 	noFront  bool
 	// bodyReadTimeout is Config.BodyReadTimeout (0: the default).
 	bodyReadTimeout time.Duration
+	// clock is Config.Clock (nil: real time).
+	clock *clocktesting.FakeClock
 }
 
 type syncBuffer struct {
@@ -233,6 +237,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if !o.noFront {
 		cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, _ = e.frontCA.issue(t, dir, "front-proxy-client", nil, false)
 	}
+	if o.clock != nil {
+		cfg.Clock = o.clock
+	}
 	if o.tokens != nil {
 		cfg.TokenReviewClient = tokenReviewServer(t, o.tokens)
 	}
@@ -277,4 +284,14 @@ func (e *env) upstreamSaw() *http.Request {
 	e.upstreamMu.Lock()
 	defer e.upstreamMu.Unlock()
 	return e.lastUpstream
+}
+
+// eventually waits until cond holds, failing the test after 10s.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil })
+	if err != nil {
+		t.Fatalf("timed out waiting until %s", what)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/queueset"
 	fcmetrics "k8s.io/apiserver/pkg/util/flowcontrol/metrics"
 	fcrequest "k8s.io/apiserver/pkg/util/flowcontrol/request"
+	"k8s.io/utils/clock"
 
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -26,7 +27,7 @@ import (
 // prepare builds the next set to the side and its commit swaps it in.
 type priorityLevels struct {
 	factory fq.QueueSetFactory
-	clock   eventclock.Interface
+	clock   clock.WithDelayedExecution
 	maxWait time.Duration
 	metrics *metrics
 	log     *slog.Logger
@@ -55,12 +56,31 @@ type level struct {
 	wait prometheus.Observer
 }
 
-func newPriorityLevels(clk eventclock.Interface, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
+func newPriorityLevels(clk clock.WithDelayedExecution, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
 	if maxWait <= 0 {
 		return nil, errors.New("failed to build priority levels: the maximum queue wait must be positive")
 	}
-	return &priorityLevels{factory: queueset.NewQueueSetFactory(clk), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
+	return &priorityLevels{factory: queueset.NewQueueSetFactory(eventClock{clk}), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
 }
+
+// eventClock gives the queue sets the proxy's clock (they read the time for
+// their virtual time and schedule nothing), so one clock drives both the
+// queue sets and the queue wait's bound.
+type eventClock struct{ clock.WithDelayedExecution }
+
+// EventAfterDuration calls f after d with the time it was due.
+func (c eventClock) EventAfterDuration(f eventclock.EventFunc, d time.Duration) {
+	due := c.Now().Add(d)
+	// f gets the time it was due, not Now: a fake clock runs f under its lock.
+	c.AfterFunc(d, func() { f(due) })
+}
+
+// EventAfterTime calls f at t.
+func (c eventClock) EventAfterTime(f eventclock.EventFunc, t time.Time) {
+	c.EventAfterDuration(f, t.Sub(c.Now()))
+}
+
+var _ eventclock.Interface = eventClock{}
 
 // seatsFor splits concurrency among the non-exempt levels by shares, as the
 // API server does: ceil(concurrency*shares/sum), at least one seat each.
@@ -249,11 +269,11 @@ func (q *queueWait) noteQueued(inQueue bool) { q.queued.Store(inQueue) }
 
 func (q *queueWait) expire() { q.once.Do(func() { close(q.done) }) }
 
-// arm makes Done ready when the request's context ends or after wait; the
-// returned function disarms it.
-func (q *queueWait) arm(wait time.Duration) (disarm func()) {
+// arm makes Done ready when the request's context ends or after wait on
+// clk; the returned function disarms it.
+func (q *queueWait) arm(clk clock.WithDelayedExecution, wait time.Duration) (disarm func()) {
 	q.done = make(chan struct{})
-	t := time.AfterFunc(wait, q.expire)
+	t := clk.AfterFunc(wait, q.expire)
 	stop := context.AfterFunc(q.Context, q.expire)
 	return func() {
 		t.Stop()
@@ -296,7 +316,7 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 	if sr.queued.Load() {
 		// The wait is bounded from arrival, as a deadline set before
 		// StartRequest would be.
-		defer sr.arm(pl.maxWait - pl.clock.Since(arrived))()
+		defer sr.arm(pl.clock, pl.maxWait-pl.clock.Since(arrived))()
 	}
 	if !st.longRunning {
 		req.Finish(sr.execute)

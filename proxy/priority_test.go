@@ -9,33 +9,38 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/policy"
 )
 
 func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
+	const wait = 15 * time.Second
 	for _, tc := range []struct {
 		name    string
-		wait    time.Duration
+		step    time.Duration
 		cancel  bool
 		wantErr error
 	}{
-		{name: "the maximum wait passes", wait: 10 * time.Millisecond, wantErr: context.DeadlineExceeded},
-		{name: "the client goes away", wait: time.Hour, cancel: true, wantErr: context.Canceled},
+		{name: "the maximum wait passes", step: wait, wantErr: context.DeadlineExceeded},
+		{name: "the client goes away", cancel: true, wantErr: context.Canceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
+			clk := clocktesting.NewFakeClock(time.Now())
 			qw := &queueWait{Context: ctx}
 			if qw.Done() != nil {
 				t.Fatal("Done is set before arm: every dispatched request would pay for it")
 			}
-			disarm := qw.arm(tc.wait)
+			disarm := qw.arm(clk, wait)
 			defer disarm()
+			clk.Step(wait - time.Nanosecond)
 			if err := qw.Err(); err != nil {
-				t.Fatalf("Err = %v before Done", err)
+				t.Fatalf("Err = %v before the wait passed", err)
 			}
+			clk.Step(tc.step)
 			if tc.cancel {
 				cancel()
 			}
@@ -50,12 +55,17 @@ func TestAQueueWaitEndsOnlyOnceArmed(t *testing.T) {
 		})
 	}
 	t.Run("a disarmed wait never ends", func(t *testing.T) {
+		clk := clocktesting.NewFakeClock(time.Now())
 		qw := &queueWait{Context: context.Background()}
-		qw.arm(10 * time.Millisecond)()
+		qw.arm(clk, wait)()
+		if clk.HasWaiters() {
+			t.Error("disarm left the timer running")
+		}
+		clk.Step(2 * wait)
 		select {
 		case <-qw.Done():
 			t.Fatal("Done became ready after disarm")
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
 	})
 }
@@ -85,7 +95,7 @@ func TestAPolicyChangesNoLevelUntilItCommits(t *testing.T) {
 			wantErr: `failed to configure priority level "workload"`, wantSeats: map[string]int{"exempt": 0, "workload": 1, "catch-all": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pl, err := newPriorityLevels(eventclock.Real{}, time.Second, newMetrics(), slog.New(slog.DiscardHandler))
+			pl, err := newPriorityLevels(clock.RealClock{}, time.Second, newMetrics(), slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
-	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	"k8s.io/utils/clock"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
@@ -100,8 +100,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer takes the proxy metrics; nil registers nothing.
 	Registerer prometheus.Registerer
-	// Clock drives queue waits and fair-queuing virtual time; nil is real time.
-	Clock eventclock.Interface
+	// Clock is the proxy's one clock: queue waits and their bound,
+	// fair-queuing virtual time, latencies, the client certificate cache and
+	// the upstream health cache; nil is real time.
+	Clock clock.WithDelayedExecution
 }
 
 // Proxy is the reverse proxy. Build it with New; serve it with Run or mount
@@ -109,7 +111,7 @@ type Config struct {
 type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
-	clock     eventclock.Interface
+	clock     clock.WithDelayedExecution
 	metrics   *metrics
 	auth      authenticator.Request
 	clientCA  *dynamiccertificates.DynamicFileCAContent
@@ -245,7 +247,7 @@ func (c *Config) defaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Clock == nil {
-		c.Clock = eventclock.Real{}
+		c.Clock = clock.RealClock{}
 	}
 }
 
