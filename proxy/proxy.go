@@ -264,8 +264,10 @@ var _ policy.Subscriber = (*Proxy)(nil)
 // Handler returns the whole chain: what Run serves.
 func (p *Proxy) Handler() http.Handler { return p.handler }
 
-// buildChain writes the order of the filters once. Outermost first:
-// instrumentation sees every answer, including the proxy's own rejections;
+// buildChain writes the order of the filters once. Outermost first: the
+// health endpoints need no state; the request state, which every filter
+// after it shares; instrumentation sees every answer, including the proxy's
+// own rejections;
 // header hygiene runs before anything reads identity; authentication before
 // anything keyed on the user; attributes before the limits that match on
 // them; cheap limit rejections before queuing, so a rejected request never
@@ -277,7 +279,8 @@ func (p *Proxy) buildChain() http.Handler {
 	h = withRequestAttributes(p.cfg.BodyReadTimeout, h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
 	h = WithHeaderHygiene(h)
-	h = WithInstrumentation(p.metrics, p.clock, h)
+	h = WithInstrumentation(p.metrics, h)
+	h = WithRequestState(p.clock, h)
 	return p.withHealth(h)
 }
 
