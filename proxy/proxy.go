@@ -275,8 +275,8 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 // a seat is held only while the upstream works.
 func (p *Proxy) buildChain() http.Handler {
 	h := WithPriorityLevels(p.levels, p.forward)
-	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics, Logger: p.log}, h)
-	h = withRequestAttributes(p.cfg.BodyReadTimeout, h)
+	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics}, h)
+	h = WithRequestAttributes(p.cfg.BodyReadTimeout, h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
 	h = WithHeaderHygiene(h)
 	h = WithInstrumentation(p.metrics, h)
