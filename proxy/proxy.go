@@ -178,6 +178,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	commit()
+	// The proxy keeps no copy of its own: the levels hold the policy they
+	// run (from a commit on), the engine the one it judges by.
+	p.cfg.Policy = nil
 	p.forward = p.newForwarder()
 	p.handler = p.buildChain()
 	return p, nil
