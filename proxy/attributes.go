@@ -32,13 +32,10 @@ var requestInfoFactory = &apirequest.RequestInfoFactory{
 //
 // The options body of a delete or an eviction is read here, before the
 // limits and the priority levels, so its wait is bounded: a read deadline of
-// DefaultBodyReadTimeout (Proxy uses Config.BodyReadTimeout), after which the
-// proxy answers 408 itself; a body that cannot be read is answered 400.
-func WithRequestAttributes(next http.Handler) http.Handler {
-	return withRequestAttributes(DefaultBodyReadTimeout, next)
-}
-
-func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
+// bodyReadTimeout (Proxy passes Config.BodyReadTimeout, by default
+// DefaultBodyReadTimeout; zero reads without one), after which the proxy
+// answers 408 itself; a body that cannot be read is answered 400.
+func WithRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r)
 		info, err := requestInfoFactory.NewRequestInfo(r)
@@ -91,7 +88,8 @@ func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) htt
 // client's connection (its stream, over HTTP/2), lifted afterwards unless
 // read failed (the request is then answered at once, and a body that did
 // not come must not be waited for while the server drains it); a writer
-// that cannot set deadlines (a test recorder) runs read without.
+// that cannot set deadlines (a test recorder) runs read without. The
+// deadline is the network's, on the wall clock: not the proxy's clock.
 func withBodyDeadline(w http.ResponseWriter, timeout time.Duration, read func() error) error {
 	rc := http.NewResponseController(w)
 	if timeout <= 0 || rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
