@@ -30,7 +30,7 @@ func (o *kubeOptions) AddFlags(cmd *cobra.Command) {
 	f.StringVar(&o.Context, "context", "", "kubeconfig context")
 	// -n is kubectl's namespace flag: here it names where the Overrides live.
 	// It is not grant's --namespace, which scopes an override to requests in
-	// a namespace (kept for compatibility; see the README's kubectl plugin section).
+	// a namespace (kept for compatibility; see docs/cli.md, kubectl plugin).
 	f.StringVarP(&o.Namespace, "override-namespace", "n", policy.DefaultBreakGlassNS,
 		"namespace of the Override resources (the policy's breakGlass.namespace); not grant's --namespace scope")
 }

@@ -58,7 +58,7 @@ func newRootCommand(s Streams, name string) *cobra.Command {
 		Long: `kubedefender stands in front of kube-apiserver as a reverse proxy and a validating
 admission webhook that share one policy and one state store. It stops mass deletes with
 budgets over sliding windows and circuit breakers, limits clients per User-Agent, and
-isolates traffic with APF-style priority levels. See the README for the policy reference.`,
+isolates traffic with APF-style priority levels. See docs/policy.md for the policy reference.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// As kubectl-defender, every usage line says "kubectl defender".
