@@ -338,7 +338,7 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 			win := policy.FormatDuration(w.Window.Duration)
 			r.near = append(r.near, e.metrics.nearLimit.WithLabelValues(cb.Name, win))
 		}
-		r.err = r.spec.check()
+		r.err = r.spec.Check()
 		st.budgets = append(st.budgets, r)
 		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
 	}
@@ -366,7 +366,7 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 	var carried []string
 	if old != nil {
 		// Before the swap, so no decision creates a new key first.
-		carried = e.carryBreakers(old, st)
+		carried = e.CarryBreakers(old, st)
 	}
 	e.state.Store(st)
 	if old != nil {
@@ -395,10 +395,10 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 	}
 }
 
-// carryBreakers copies the Open breakers of every budget whose windows (so
+// CarryBreakers copies the Open breakers of every budget whose windows (so
 // store ID) a reload changes to the new ID, in the shared store and in the
 // local fallback, and returns them as "rule key" for the log.
-func (e *Engine) carryBreakers(old, cur *engineState) []string {
+func (e *Engine) CarryBreakers(old, cur *engineState) []string {
 	prev := map[string]*budgetRule{}
 	for _, r := range old.budgets {
 		prev[r.cb.Name] = r
@@ -421,7 +421,7 @@ func (e *Engine) carryBreakers(old, cur *engineState) []string {
 			if i == 1 {
 				from, to = o.spec.Share(n), r.spec.Share(n)
 			}
-			keys, err := bc.carryBreakers(ctx, from, to)
+			keys, err := bc.CarryBreakers(ctx, from, to)
 			if err != nil {
 				e.log.Error("failed to carry open breakers over to the new windows; they may read Closed until they trip again",
 					"rule", r.cb.Name, "err", err)

@@ -256,7 +256,7 @@ func (e *Engine) RefreshMetrics(ctx context.Context) {
 				rg.recovery = string(policy.RecoveryManual)
 			}
 		}
-		keys, err := insp.InspectBudget(ctx, r.spec, inspectScanCap)
+		keys, err := insp.InspectBudget(ctx, r.spec, InspectScanCap)
 		if err != nil {
 			if p, ok := prev[r.cb.Name]; ok && slices.Equal(p.windows, rg.windows) && p.recovery == rg.recovery {
 				next[r.cb.Name] = p

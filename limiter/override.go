@@ -128,7 +128,7 @@ func (e *Engine) resetMatching(ctx context.Context, r *budgetRule, match func(st
 		var keys []string
 		var ferr error
 		if kr, ok := s.(keyResetter); ok {
-			keys, ferr = kr.resetBudgetKeys(ctx, spec, match)
+			keys, ferr = kr.ResetBudgetKeys(ctx, spec, match)
 		} else {
 			ferr = s.ResetBudget(ctx, spec, AllKeys)
 		}

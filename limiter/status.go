@@ -18,6 +18,11 @@ type Inspector interface {
 	HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error)
 }
 
+// InspectScanCap bounds how many keys one status request reads per rule, so a
+// status call stays cheap however many keys a rule has (both stores: the
+// memory store judges them under the lock its decisions need).
+const InspectScanCap = 2000
+
 // BudgetKeyStatus is what a store knows of one budget key.
 type BudgetKeyStatus struct {
 	Key   string
@@ -34,7 +39,9 @@ type RateKeyStatus struct {
 	Tokens float64
 }
 
-func rateKeyStatus(spec *RateSpec, key string, tat, now int64) RateKeyStatus {
+// NewRateKeyStatus is the status of a rate key whose theoretical arrival
+// time is tat (unix nanoseconds) at now.
+func NewRateKeyStatus(spec *RateSpec, key string, tat, now int64) RateKeyStatus {
 	used := float64(tat-now) / float64(spec.Interval)
 	return RateKeyStatus{Key: key, Tokens: max(0, float64(spec.Burst)-used)}
 }
@@ -51,7 +58,9 @@ func fullness(spec *BudgetSpec, k *BudgetKeyStatus) float64 {
 	return f
 }
 
-func topBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []BudgetKeyStatus {
+// TopBudgetKeys sorts keys the fullest first (an open breaker first of all)
+// and keeps at most limit: what InspectBudget returns.
+func TopBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []BudgetKeyStatus {
 	sort.Slice(keys, func(i, j int) bool {
 		fi, fj := fullness(spec, &keys[i]), fullness(spec, &keys[j])
 		if fi != fj {
@@ -65,7 +74,9 @@ func topBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []Budget
 	return keys
 }
 
-func topRateKeys(keys []RateKeyStatus, limit int) []RateKeyStatus {
+// TopRateKeys sorts keys the emptiest bucket first and keeps at most limit:
+// what HottestRates returns.
+func TopRateKeys(keys []RateKeyStatus, limit int) []RateKeyStatus {
 	sort.Slice(keys, func(i, j int) bool {
 		if keys[i].Tokens != keys[j].Tokens {
 			return keys[i].Tokens < keys[j].Tokens

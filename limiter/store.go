@@ -48,19 +48,19 @@ type Store interface {
 // breakerCarrier is a store that can carry Open breakers over when a reload
 // changes a budget's windows, and so its store ID.
 type breakerCarrier interface {
-	// carryBreakers gives every key of from whose breaker is Open at now a
+	// CarryBreakers gives every key of from whose breaker is Open at now a
 	// key of to, Open since the same time, with empty windows (unless to
 	// already has that key), and returns the keys carried.
-	carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error)
+	CarryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error)
 }
 
 // keyResetter is a store that can reset the keys of a budget that a predicate
 // selects (an override scoped to some namespaces of a per [namespace, user]
 // budget).
 type keyResetter interface {
-	// resetBudgetKeys resets, as ResetBudget, every key of spec for which
+	// ResetBudgetKeys resets, as ResetBudget, every key of spec for which
 	// match is true, and returns them.
-	resetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(key string) bool) ([]string, error)
+	ResetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(key string) bool) ([]string, error)
 }
 
 // AllKeys names every key of a rule in ResetBudget.
@@ -122,7 +122,7 @@ type BudgetCheck struct {
 const MaxCost = 1 << 14
 
 // cost is the tokens the check takes: Cost, at least 1.
-func (c *BudgetCheck) cost() int64 {
+func (c *BudgetCheck) Tokens() int64 {
 	if c.Cost < 1 {
 		return 1
 	}

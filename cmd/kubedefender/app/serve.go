@@ -24,6 +24,7 @@ import (
 
 	"github.com/kubedefender/kubedefender/config"
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/redisstore"
 	"github.com/kubedefender/kubedefender/override"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
@@ -92,7 +93,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		defer func() { _ = c.Close() }()
 	}
 	engCfg := limiter.EngineConfig{Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg}
-	if rs, ok := store.(*limiter.RedisStore); ok {
+	if rs, ok := store.(*redisstore.RedisStore); ok {
 		engCfg.Replicas = rs.Replicas
 	}
 	engine, err := limiter.NewEngine(engCfg)
@@ -175,7 +176,7 @@ func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Store, com
 		ms := limiter.NewMemoryStore(limiter.MemoryConfig{})
 		return ms, component{"memory-store", func(ctx context.Context) error { ms.Run(ctx); return nil }}, "memory", nil
 	}
-	rs, err := limiter.NewRedisStore(limiter.RedisConfig{
+	rs, err := redisstore.NewRedisStore(redisstore.RedisConfig{
 		URL: o.RedisURL, Password: cfg.RedisPassword,
 		TLSCAFile: o.RedisCAFile, TLSCertFile: o.RedisCertFile, TLSKeyFile: o.RedisKeyFile, TLSInsecureSkipVerify: o.RedisInsecureSkipVerify,
 		KeyPrefix: o.RedisKeyPrefix, Timeout: o.RedisTimeout, Replicas: o.RedisReplicas, ReplicaID: replicaName(),

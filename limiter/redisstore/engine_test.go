@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -18,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"pgregory.net/rapid"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -55,12 +57,12 @@ spec:
     onStoreFailure: Local
 `
 
-func deleteOf(resource, ns, name string) *Attributes {
-	return &Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: resource, Namespace: ns, Name: name, User: "alice"}, Checks: CheckBudgets}
+func deleteOf(resource, ns, name string) *limiter.Attributes {
+	return &limiter.Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: resource, Namespace: ns, Name: name, User: "alice"}, Checks: limiter.CheckBudgets}
 }
 
 // newRedisEngine builds an engine on a real-time RedisStore (Redis TIME).
-func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*Engine, *RedisStore) {
+func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*limiter.Engine, *RedisStore) {
 	t.Helper()
 	rc := RedisConfig{URL: url, KeyPrefix: prefix, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	if cfg != nil {
@@ -71,7 +73,7 @@ func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	e, err := NewEngine(EngineConfig{Policy: parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 		var admitted, fallback atomic.Int64
 		var wg sync.WaitGroup
 		for g := 0; g < 16; g++ {
-			e := []*Engine{e1, e2}[g%2]
+			e := []*limiter.Engine{e1, e2}[g%2]
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -120,14 +122,14 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 			t.Fatalf("round %d: two engines admitted %d of 160 concurrent deletes in one minute, want exactly the limit 20", round, got)
 		}
 		// The breaker tripped in Redis: the other engine sees it Open at once.
-		for _, e := range []*Engine{e1, e2} {
-			if d := e.Decide(context.Background(), deleteOf("pods", ns, "late")); d.Allowed || d.State != Open {
+		for _, e := range []*limiter.Engine{e1, e2} {
+			if d := e.Decide(context.Background(), deleteOf("pods", ns, "late")); d.Allowed || d.State != limiter.Open {
 				t.Fatalf("round %d: after exhaustion an engine answered %+v, want the shared breaker Open", round, d)
 			}
 		}
 	}
 	// A reset through one engine reaches the other.
-	if err := e1.ResetBreakers(context.Background(), &Override{Name: "o", Budgets: []string{"pod-deletes"}, Namespaces: []string{"ns0"}, ResetBreaker: true}); err != nil {
+	if err := e1.ResetBreakers(context.Background(), &limiter.Override{Name: "o", Budgets: []string{"pod-deletes"}, Namespaces: []string{"ns0"}, ResetBreaker: true}); err != nil {
 		t.Fatal(err)
 	}
 	if d := e2.Decide(context.Background(), deleteOf("pods", "ns0", "after-reset")); !d.Allowed {
@@ -155,7 +157,7 @@ func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 		hourly := limit + rapid.IntRange(0, 10).Draw(rt, "hourlyExtra")
 		workers := rapid.IntRange(2, 12).Draw(rt, "workers")
 		each := rapid.IntRange(1, 8).Draw(rt, "requestsPerWorker")
-		pol := parse(t, fmt.Sprintf(`
+		pol := storetest.Parse(t, fmt.Sprintf(`
 apiVersion: kubedefender.io/v1alpha1
 kind: DefenderPolicy
 metadata: {name: prop}
@@ -166,9 +168,9 @@ spec:
     per: [namespace]
     windows: [{window: 1m, limit: %d}, {window: 1h, limit: %d}]
 `, limit, hourly))
-		var engines [2]*Engine
+		var engines [2]*limiter.Engine
 		for i, s := range []*RedisStore{s1, s2} {
-			e, err := NewEngine(EngineConfig{Policy: pol, Store: s})
+			e, err := limiter.NewEngine(limiter.EngineConfig{Policy: pol, Store: s})
 			if err != nil {
 				rt.Fatal(err)
 			}
@@ -246,7 +248,7 @@ type faultLoad struct {
 	calls atomic.Int64
 }
 
-func startLoad(e *Engine, workers int) *faultLoad {
+func startLoad(e *limiter.Engine, workers int) *faultLoad {
 	l := &faultLoad{stop: make(chan struct{})}
 	for g := 0; g < workers; g++ {
 		l.wg.Add(1)
@@ -337,7 +339,7 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			if took := time.Since(start); took > 50*time.Millisecond {
 				t.Errorf("with the store breaker open a decision took %s, want an immediate answer", took)
 			}
-			if d.Allowed || d.Code != http.StatusServiceUnavailable || !errors.Is(d.Err, ErrStoreUnavailable) || !d.Fallback {
+			if d.Allowed || d.Code != http.StatusServiceUnavailable || !errors.Is(d.Err, limiter.ErrStoreUnavailable) || !d.Fallback {
 				t.Fatalf("Deny rule: %+v", d)
 			}
 			for i := 0; i < 50; i++ {
@@ -354,7 +356,7 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			if admitted != 10 {
 				t.Fatalf("Local fallback admitted %d of 40 deletes, want this replica's share: 20/min over 2 replicas = 10", admitted)
 			}
-			list := &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: "bob"}, Checks: CheckRateLimits}
+			list := &limiter.Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: "bob"}, Checks: limiter.CheckRateLimits}
 			admitted = 0
 			for i := 0; i < 20; i++ {
 				if d := e.Decide(ctx, list); d.Allowed {

@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -11,7 +11,9 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"pgregory.net/rapid"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -25,22 +27,22 @@ func TestRateKeysAreBoundedAndAFloodNeverStarvesExistingClients(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	stores := []struct {
 		name  string
-		new   func(t *testing.T, clk *clocktesting.FakeClock) Store
-		sweep func(s Store)
-		keys  func(t *testing.T, s Store) int
+		new   func(t *testing.T, clk *clocktesting.FakeClock) limiter.Store
+		sweep func(s limiter.Store)
+		keys  func(t *testing.T, s limiter.Store) int
 	}{
 		{
 			name: "memory",
-			new: func(t *testing.T, clk *clocktesting.FakeClock) Store {
-				return NewMemoryStore(MemoryConfig{Clock: clk, MaxKeysPerRule: maxKeys})
+			new: func(t *testing.T, clk *clocktesting.FakeClock) limiter.Store {
+				return limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk, MaxKeysPerRule: maxKeys})
 			},
-			sweep: func(s Store) { s.(*MemoryStore).Sweep() },
-			keys:  func(t *testing.T, s Store) int { return s.(*MemoryStore).Stats().RateKeys },
+			sweep: func(s limiter.Store) { s.(*limiter.MemoryStore).Sweep() },
+			keys:  func(t *testing.T, s limiter.Store) int { return s.(*limiter.MemoryStore).Stats().RateKeys },
 		},
 		{
 			name: "redis",
 			new:  redisFactory(singleOpts(srv), func(c *RedisConfig) { c.MaxKeysPerRule = maxKeys }),
-			keys: func(t *testing.T, s Store) int {
+			keys: func(t *testing.T, s limiter.Store) int {
 				n := 0
 				rs := s.(*RedisStore)
 				err := scanEach(context.Background(), rs.client, globEscape(rs.prefix)+"*", time.Second, func(keys []string) error {
@@ -60,11 +62,11 @@ func TestRateKeysAreBoundedAndAFloodNeverStarvesExistingClients(t *testing.T) {
 	}
 	for _, sc := range stores {
 		t.Run(sc.name, func(t *testing.T) {
-			clk := clocktesting.NewFakeClock(testEpoch)
+			clk := clocktesting.NewFakeClock(storetest.Epoch)
 			s := sc.new(t, clk)
-			spec := &RateSpec{Name: "agents", ID: "agents@flood", QPS: 1, Burst: 2, Interval: time.Second}
+			spec := &limiter.RateSpec{Name: "agents", ID: "agents@flood", QPS: 1, Burst: 2, Interval: time.Second}
 			ask := func(key string) bool {
-				b := &RateBatch{Checks: []RateCheck{{Spec: spec, Key: key}}}
+				b := &limiter.RateBatch{Checks: []limiter.RateCheck{{Spec: spec, Key: key}}}
 				if err := s.Rates(context.Background(), b); err != nil {
 					t.Fatal(err)
 				}
@@ -107,26 +109,26 @@ func TestRateOverflowDecidesAlikeInBothStores(t *testing.T) {
 	var overflowed int64
 	defer func() { t.Logf("%d checks were judged on an overflow bucket", overflowed) }()
 	rapid.Check(t, func(rt *rapid.T) {
-		clk := clocktesting.NewFakeClock(testEpoch)
-		ms := NewMemoryStore(MemoryConfig{Clock: clk, MaxKeysPerRule: 64})
+		clk := clocktesting.NewFakeClock(storetest.Epoch)
+		ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk, MaxKeysPerRule: 64})
 		rs := newRedis(t, clk)
-		var specs []*RateSpec
+		var specs []*limiter.RateSpec
 		for i := rapid.IntRange(1, 2).Draw(rt, "rules"); i > 0; i-- {
-			specs = append(specs, NewRateSpec(&policy.RateLimit{Name: fmt.Sprintf("r%d", i),
+			specs = append(specs, limiter.NewRateSpec(&policy.RateLimit{Name: fmt.Sprintf("r%d", i),
 				QPS: rapid.SampledFrom([]float64{0.001, 0.5, 1, 20}).Draw(rt, "qps"), Burst: rapid.SampledFrom([]int64{1, 2, 5}).Draw(rt, "burst")}))
 		}
 		for op := rapid.IntRange(1, 300).Draw(rt, "ops"); op > 0; op-- {
 			clk.Step(rapid.SampledFrom([]time.Duration{0, 0, time.Millisecond, 100 * time.Millisecond, time.Second, 30 * time.Second, 61 * time.Second}).Draw(rt, "step"))
-			var checks []RateCheck
+			var checks []limiter.RateCheck
 			for _, sp := range specs {
 				if rapid.Bool().Draw(rt, "matches") {
-					checks = append(checks, RateCheck{Spec: sp, Key: fmt.Sprintf("userAgent=u%d", rapid.IntRange(0, 300).Draw(rt, "key")), Shadow: rapid.IntRange(0, 3).Draw(rt, "shadow") == 0})
+					checks = append(checks, limiter.RateCheck{Spec: sp, Key: fmt.Sprintf("userAgent=u%d", rapid.IntRange(0, 300).Draw(rt, "key")), Shadow: rapid.IntRange(0, 3).Draw(rt, "shadow") == 0})
 				}
 			}
 			if len(checks) == 0 {
 				continue
 			}
-			mb, rb := &RateBatch{Checks: checks}, &RateBatch{Checks: checks}
+			mb, rb := &limiter.RateBatch{Checks: checks}, &limiter.RateBatch{Checks: checks}
 			if err := ms.Rates(context.Background(), mb); err != nil {
 				rt.Fatal(err)
 			}
@@ -134,7 +136,7 @@ func TestRateOverflowDecidesAlikeInBothStores(t *testing.T) {
 				rt.Fatal(err)
 			}
 			if !reflect.DeepEqual(mb.Results, rb.Results) {
-				rt.Fatalf("at +%s, checks %+v:\nmemory %+v\nredis  %+v", clk.Now().Sub(testEpoch), checks, mb.Results, rb.Results)
+				rt.Fatalf("at +%s, checks %+v:\nmemory %+v\nredis  %+v", clk.Now().Sub(storetest.Epoch), checks, mb.Results, rb.Results)
 			}
 		}
 		mo, ro := ms.Stats().Overflowed, rs.(*RedisStore).Overflowed()

@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"k8s.io/utils/clock"
+
+	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // RedisConfig configures a RedisStore. Zero values take the defaults named
@@ -188,7 +190,7 @@ type RedisStore struct {
 	argPool   sync.Pool
 }
 
-var _ Store = (*RedisStore)(nil)
+var _ limiter.Store = (*RedisStore)(nil)
 
 // NewRedisStore builds a store from cfg. It does not connect: the first
 // decision (or Run) does, so a replica starts even while Redis is down.
@@ -216,7 +218,7 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 		replicaID:     cfg.ReplicaID,
 		heartbeat:     cfg.HeartbeatInterval,
 		stop:          make(chan struct{}),
-		perShard:      max(1, cfg.MaxKeysPerRule/rateShards),
+		perShard:      max(1, cfg.MaxKeysPerRule/limiter.RateShards),
 		rateIdle:      cfg.RateKeyIdle.Milliseconds(),
 	}
 	s.hbKey = s.prefix + "{hb}:replicas"
@@ -298,10 +300,10 @@ func (cfg *RedisConfig) clientOptions() (*redis.UniversalOptions, error) {
 		errs = append(errs, errors.New("failure threshold, replicas, pool size, max keys per rule and rate key idle must not be negative"))
 	}
 	if cfg.MaxKeysPerRule == 0 {
-		cfg.MaxKeysPerRule = DefaultMaxKeysPerRule
+		cfg.MaxKeysPerRule = limiter.DefaultMaxKeysPerRule
 	}
 	if cfg.RateKeyIdle < time.Millisecond {
-		cfg.RateKeyIdle = DefaultRateKeyIdle
+		cfg.RateKeyIdle = limiter.DefaultRateKeyIdle
 	}
 	if cfg.FailureThreshold == 0 {
 		cfg.FailureThreshold = DefaultRedisFailures
@@ -424,16 +426,16 @@ func boolArg(b bool) int {
 }
 
 // budgetKeys returns the hash and log keys of one budget key.
-func (s *RedisStore) budgetKeys(spec *BudgetSpec, key string) (h, z string) {
+func (s *RedisStore) budgetKeys(spec *limiter.BudgetSpec, key string) (h, z string) {
 	base := s.prefix + "{b}:" + spec.ID + ":" + key
 	return base + ":h", base + ":z"
 }
 
 // rateKeys returns the bucket, index and overflow keys of one rate key:
 // <prefix>{r:<rule id>:<shard>}k:<key>, …}i and …}o, the shard (the hash tag)
-// being the memory store's (fnv32(key) mod 32).
-func (s *RedisStore) rateKeys(spec *RateSpec, key string) (bucket, index, overflow string) {
-	base := s.prefix + "{r:" + spec.ID + ":" + strconv.Itoa(int(fnv32(key)%rateShards)) + "}"
+// being the memory store's (limiter.RateShard).
+func (s *RedisStore) rateKeys(spec *limiter.RateSpec, key string) (bucket, index, overflow string) {
+	base := s.prefix + "{r:" + spec.ID + ":" + strconv.Itoa(limiter.RateShard(key)) + "}"
 	return base + "k:" + key, base + "i", base + "o"
 }
 
@@ -453,7 +455,7 @@ func rateKeyName(redisKey string) string {
 }
 
 // Budgets implements Store: one EVALSHA for the whole batch.
-func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
+func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error {
 	b.Results = b.Results[:0]
 	b.Admitted = false
 	if len(b.Checks) == 0 {
@@ -461,7 +463,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 		return nil
 	}
 	for i := range b.Checks {
-		if err := b.Checks[i].Spec.check(); err != nil {
+		if err := b.Checks[i].Spec.Check(); err != nil {
 			return fmt.Errorf("failed to judge budgets: %w", err)
 		}
 	}
@@ -482,7 +484,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 			a.args = append(a.args, int64(w.Length), w.Limit)
 		}
 		br := &c.Spec.Breaker
-		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit, c.cost())
+		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit, c.Tokens())
 	}
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
@@ -495,12 +497,12 @@ func (s *RedisStore) Budgets(ctx context.Context, b *BudgetBatch) error {
 		return fmt.Errorf("failed to judge budgets: %w", err)
 	}
 	if err := decodeBudgets(b, res); err != nil {
-		return fmt.Errorf("failed to judge budgets: %w: %w", ErrStoreUnavailable, err)
+		return fmt.Errorf("failed to judge budgets: %w: %w", limiter.ErrStoreUnavailable, err)
 	}
 	return nil
 }
 
-func decodeBudgets(b *BudgetBatch, res []int64) error {
+func decodeBudgets(b *limiter.BudgetBatch, res []int64) error {
 	if len(res) < 3 {
 		return fmt.Errorf("script returned %d values", len(res))
 	}
@@ -508,7 +510,7 @@ func decodeBudgets(b *BudgetBatch, res []int64) error {
 	if res[2] == 2 {
 		b.Repeat, b.Admitted = true, true
 		for range b.Checks {
-			b.Results = append(b.Results, BudgetResult{Allowed: true, Window: -1})
+			b.Results = append(b.Results, limiter.BudgetResult{Allowed: true, Window: -1})
 		}
 		return nil
 	}
@@ -516,18 +518,18 @@ func decodeBudgets(b *BudgetBatch, res []int64) error {
 	p := 3
 	for i := range b.Checks {
 		nw := len(b.Checks[i].Spec.Windows)
-		if nw > MaxWindows {
-			return fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, MaxWindows)
+		if nw > limiter.MaxWindows {
+			return fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, limiter.MaxWindows)
 		}
 		if len(res) < p+8+nw {
 			return fmt.Errorf("script returned %d values for %d checks", len(res), len(b.Checks))
 		}
-		r := BudgetResult{
+		r := limiter.BudgetResult{
 			Allowed:    res[p] == 1,
-			Reason:     DenyReason(res[p+1]),
+			Reason:     limiter.DenyReason(res[p+1]),
 			Window:     int(res[p+2]),
-			Prev:       BreakerState(res[p+3]),
-			State:      BreakerState(res[p+4]),
+			Prev:       limiter.BreakerState(res[p+3]),
+			State:      limiter.BreakerState(res[p+4]),
 			Since:      time.Unix(res[p+5], res[p+6]),
 			RetryAfter: time.Duration(res[p+7]),
 		}
@@ -540,14 +542,14 @@ func decodeBudgets(b *BudgetBatch, res []int64) error {
 
 // Rates implements Store: one EVALSHA for the batch (single node, Sentinel),
 // or one pipeline of one script per check (Cluster).
-func (s *RedisStore) Rates(ctx context.Context, b *RateBatch) error {
+func (s *RedisStore) Rates(ctx context.Context, b *limiter.RateBatch) error {
 	b.Results = b.Results[:0]
 	if len(b.Checks) == 0 {
 		b.Now = s.now()
 		return nil
 	}
 	for i := range b.Checks {
-		if err := b.Checks[i].Spec.check(); err != nil {
+		if err := b.Checks[i].Spec.Check(); err != nil {
 			return fmt.Errorf("failed to judge rate limits: %w", err)
 		}
 	}
@@ -570,7 +572,7 @@ func (s *RedisStore) Rates(ctx context.Context, b *RateBatch) error {
 	return nil
 }
 
-func (s *RedisStore) rateArgs(a *redisArgs, checks []RateCheck) {
+func (s *RedisStore) rateArgs(a *redisArgs, checks []limiter.RateCheck) {
 	a.args = s.nowArgs(a.args)
 	a.args = append(a.args, s.ttlFloor, s.rateIdle, s.perShard)
 	for i := range checks {
@@ -582,7 +584,7 @@ func (s *RedisStore) rateArgs(a *redisArgs, checks []RateCheck) {
 	}
 }
 
-func (s *RedisStore) ratesScript(ctx context.Context, b *RateBatch) error {
+func (s *RedisStore) ratesScript(ctx context.Context, b *limiter.RateBatch) error {
 	a := s.getArgs()
 	defer s.putArgs(a)
 	s.rateArgs(a, b.Checks)
@@ -591,7 +593,7 @@ func (s *RedisStore) ratesScript(ctx context.Context, b *RateBatch) error {
 		return err
 	}
 	if len(res) != 2+4*len(b.Checks) {
-		return fmt.Errorf("%w: rate script returned %d values for %d checks", ErrStoreUnavailable, len(res), len(b.Checks))
+		return fmt.Errorf("%w: rate script returned %d values for %d checks", limiter.ErrStoreUnavailable, len(res), len(b.Checks))
 	}
 	b.Now = time.Unix(res[0], res[1])
 	for i := range b.Checks {
@@ -601,11 +603,11 @@ func (s *RedisStore) ratesScript(ctx context.Context, b *RateBatch) error {
 }
 
 // rateResult reads one check's status, retryS, retryNs, overflowed.
-func (s *RedisStore) rateResult(r []int64) RateResult {
+func (s *RedisStore) rateResult(r []int64) limiter.RateResult {
 	if r[3] == 1 {
 		s.overflowed.Add(1)
 	}
-	return RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
+	return limiter.RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
 }
 
 // Overflowed counts rate checks judged on a shard's overflow bucket because
@@ -615,7 +617,7 @@ func (s *RedisStore) Overflowed() int64 { return s.overflowed.Load() }
 // ratesPipelined sends one script per check in one pipeline: on a cluster
 // the checks' keys are in different slots. Checks after the first non-shadow
 // denial are reported skipped although they were charged.
-func (s *RedisStore) ratesPipelined(ctx context.Context, b *RateBatch) error {
+func (s *RedisStore) ratesPipelined(ctx context.Context, b *limiter.RateBatch) error {
 	cmds := make([]*redis.Cmd, len(b.Checks))
 	args := make([]*redisArgs, len(b.Checks))
 	for i := range b.Checks {
@@ -668,14 +670,14 @@ func (s *RedisStore) ratesPipelined(ctx context.Context, b *RateBatch) error {
 			return err
 		}
 		if len(res) != 6 {
-			return fmt.Errorf("%w: rate script returned %d values", ErrStoreUnavailable, len(res))
+			return fmt.Errorf("%w: rate script returned %d values", limiter.ErrStoreUnavailable, len(res))
 		}
 		if i == 0 {
 			b.Now = time.Unix(res[0], res[1])
 		}
 		r := s.rateResult(res[2:6])
 		if denied {
-			r = RateResult{Skipped: true}
+			r = limiter.RateResult{Skipped: true}
 		} else if !r.Allowed && !b.Checks[i].Shadow {
 			denied = true
 		}
@@ -687,13 +689,13 @@ func (s *RedisStore) ratesPipelined(ctx context.Context, b *RateBatch) error {
 // ResetBudget implements Store: it deletes the key's breaker and log, or
 // with AllKeys every key of the rule (SCAN of the one node that holds the
 // {b} slot; a break-glass operation, not a hot path).
-func (s *RedisStore) ResetBudget(ctx context.Context, spec *BudgetSpec, key string) error {
+func (s *RedisStore) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, key string) error {
 	if err := s.allow(); err != nil {
 		return err
 	}
 	start := time.Now()
 	var err error
-	if key == AllKeys {
+	if key == limiter.AllKeys {
 		err = s.resetAll(ctx, spec)
 	} else {
 		h, z := s.budgetKeys(spec, key)
@@ -707,7 +709,7 @@ func (s *RedisStore) ResetBudget(ctx context.Context, spec *BudgetSpec, key stri
 	return nil
 }
 
-func (s *RedisStore) resetAll(ctx context.Context, spec *BudgetSpec) error {
+func (s *RedisStore) resetAll(ctx context.Context, spec *limiter.BudgetSpec) error {
 	node := redis.Cmdable(s.client)
 	if cc, ok := s.client.(*redis.ClusterClient); ok {
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -846,10 +848,10 @@ func (s *RedisStore) Close() error {
 	return err
 }
 
-// carryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
+// CarryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
 // node holding the {b} slot and carries them in one script call per batch.
 // A reload, never a request path.
-func (s *RedisStore) carryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error) {
+func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.BudgetSpec) ([]string, error) {
 	if from.ID == to.ID {
 		return nil, nil
 	}
@@ -915,10 +917,10 @@ func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout t
 	}
 }
 
-// resetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
+// ResetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
 // node holding the {b} slot, and a DEL of those that match. A break-glass
 // operation, not a hot path.
-func (s *RedisStore) resetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+func (s *RedisStore) ResetBudgetKeys(ctx context.Context, spec *limiter.BudgetSpec, match func(string) bool) ([]string, error) {
 	if err := s.allow(); err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // The breaker around Redis and the store's metrics. After FailureThreshold
@@ -30,7 +32,7 @@ var redisOpNames = [numRedisOps]string{"budgets", "rates", "reset"}
 // allow fails fast while the breaker is open.
 func (s *RedisStore) allow() error {
 	if s.open.Load() {
-		return fmt.Errorf("failed to reach redis: %w (breaker open, probing in the background)", ErrStoreUnavailable)
+		return fmt.Errorf("failed to reach redis: %w (breaker open, probing in the background)", limiter.ErrStoreUnavailable)
 	}
 	return nil
 }
@@ -47,7 +49,7 @@ func (s *RedisStore) done(ctx context.Context, op redisOp, start time.Time, err 
 		return nil
 	}
 	s.metrics.errors[op].Inc()
-	if errors.Is(err, ErrStoreUnavailable) {
+	if errors.Is(err, limiter.ErrStoreUnavailable) {
 		return err
 	}
 	if !(errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled) {
@@ -55,7 +57,7 @@ func (s *RedisStore) done(ctx context.Context, op redisOp, start time.Time, err 
 			s.trip(err)
 		}
 	}
-	return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	return fmt.Errorf("%w: %w", limiter.ErrStoreUnavailable, err)
 }
 
 func (s *RedisStore) trip(err error) {
