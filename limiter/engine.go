@@ -193,9 +193,10 @@ type Engine struct {
 	overrides atomic.Pointer[[]Override]
 	pool      sync.Pool
 	// storeDown avoids one log line per request during an outage.
-	storeDown   atomic.Bool
-	onceTTL     time.Duration
-	ownFallback bool
+	storeDown atomic.Bool
+	onceTTL   time.Duration
+	// ownFallback is the fallback when the engine made it (Run sweeps it).
+	ownFallback *MemoryStore
 }
 
 type engineState struct {
@@ -266,9 +267,10 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if cfg.Store == nil {
 		cfg.Store = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
 	}
-	ownFallback := cfg.Fallback == nil
-	if ownFallback {
-		cfg.Fallback = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
+	var ownFallback *MemoryStore
+	if cfg.Fallback == nil {
+		ownFallback = NewMemoryStore(MemoryConfig{Clock: cfg.Clock})
+		cfg.Fallback = ownFallback
 	}
 	if cfg.Replicas == nil {
 		cfg.Replicas = func() int { return 1 }
@@ -307,8 +309,8 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 // Run keeps the engine's own fallback store tidy (forgetting idle keys)
 // until ctx is done, when the engine made it (EngineConfig.Fallback nil).
 func (e *Engine) Run(ctx context.Context) {
-	if ms, ok := e.fallback.(*MemoryStore); ok && e.ownFallback {
-		ms.Run(ctx)
+	if e.ownFallback != nil {
+		e.ownFallback.Run(ctx)
 		return
 	}
 	<-ctx.Done()
@@ -366,7 +368,7 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 	var carried []string
 	if old != nil {
 		// Before the swap, so no decision creates a new key first.
-		carried = e.CarryBreakers(old, st)
+		carried = e.carryBreakers(old, st)
 	}
 	e.state.Store(st)
 	if old != nil {
@@ -381,24 +383,17 @@ func (e *Engine) SetPolicy(p *policy.Compiled) {
 			specs[sh.ID] = sh
 		}
 	}
-	type retainer interface{ Retain(map[string]bool) }
-	for _, s := range []Store{e.store, e.fallback} {
-		switch r := s.(type) {
-		case *MemoryStore:
-			r.retain(keep, specs)
-		case retainer:
-			r.Retain(keep)
-		}
-	}
+	e.store.Retain(keep, specs)
+	e.fallback.Retain(keep, specs)
 	if old != nil {
 		e.log.Info("limiter policy applied", "policyHash", p.Hash, "previous", old.policy.Hash, "breakersCarriedOver", carried)
 	}
 }
 
-// CarryBreakers copies the Open breakers of every budget whose windows (so
+// carryBreakers copies the Open breakers of every budget whose windows (so
 // store ID) a reload changes to the new ID, in the shared store and in the
 // local fallback, and returns them as "rule key" for the log.
-func (e *Engine) CarryBreakers(old, cur *engineState) []string {
+func (e *Engine) carryBreakers(old, cur *engineState) []string {
 	prev := map[string]*budgetRule{}
 	for _, r := range old.budgets {
 		prev[r.cb.Name] = r
@@ -413,15 +408,11 @@ func (e *Engine) CarryBreakers(old, cur *engineState) []string {
 			continue
 		}
 		for i, s := range []Store{e.store, e.fallback} {
-			bc, ok := s.(breakerCarrier)
-			if !ok {
-				continue
-			}
 			from, to := o.spec, r.spec
 			if i == 1 {
 				from, to = o.spec.Share(n), r.spec.Share(n)
 			}
-			keys, err := bc.CarryBreakers(ctx, from, to)
+			keys, err := s.CarryBreakers(ctx, from, to)
 			if err != nil {
 				e.log.Error("failed to carry open breakers over to the new windows; they may read Closed until they trip again",
 					"rule", r.cb.Name, "err", err)

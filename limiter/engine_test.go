@@ -241,6 +241,19 @@ func (failingStore) Rates(context.Context, *RateBatch) error {
 func (failingStore) ResetBudget(context.Context, *BudgetSpec, string) error {
 	return ErrStoreUnavailable
 }
+func (failingStore) ResetBudgetKeys(context.Context, *BudgetSpec, func(string) bool) ([]string, error) {
+	return nil, ErrStoreUnavailable
+}
+func (failingStore) CarryBreakers(context.Context, *BudgetSpec, *BudgetSpec) ([]string, error) {
+	return nil, ErrStoreUnavailable
+}
+func (failingStore) Retain(map[string]bool, map[string]*BudgetSpec) {}
+func (failingStore) InspectBudget(context.Context, *BudgetSpec, int) ([]BudgetKeyStatus, error) {
+	return nil, ErrStoreUnavailable
+}
+func (failingStore) HottestRates(context.Context, *RateSpec, int) ([]RateKeyStatus, error) {
+	return nil, ErrStoreUnavailable
+}
 
 func TestEngineFollowsOnStoreFailure(t *testing.T) {
 	e, _ := newTestEngine(t, EngineConfig{Store: failingStore{}, Replicas: func() int { return 3 }})

@@ -140,6 +140,22 @@ func (panickingStore) Rates(context.Context, *RateBatch) error     { panic("bug 
 func (panickingStore) ResetBudget(context.Context, *BudgetSpec, string) error {
 	panic("bug in ResetBudget")
 }
+func (panickingStore) ResetBudgetKeys(context.Context, *BudgetSpec, func(string) bool) ([]string, error) {
+	panic("bug in ResetBudgetKeys")
+}
+
+// CarryBreakers and Retain do not panic: a reload calls them, and this store
+// stands for a bug on the decision path.
+func (panickingStore) CarryBreakers(context.Context, *BudgetSpec, *BudgetSpec) ([]string, error) {
+	return nil, nil
+}
+func (panickingStore) Retain(map[string]bool, map[string]*BudgetSpec) {}
+func (panickingStore) InspectBudget(context.Context, *BudgetSpec, int) ([]BudgetKeyStatus, error) {
+	panic("bug in InspectBudget")
+}
+func (panickingStore) HottestRates(context.Context, *RateSpec, int) ([]RateKeyStatus, error) {
+	panic("bug in HottestRates")
+}
 
 type lockedBuffer struct {
 	mu sync.Mutex

@@ -90,7 +90,7 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 	drop := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
 	take(t, s, true, BudgetCheck{Spec: keep, Key: "k"})
 	take(t, s, true, BudgetCheck{Spec: drop, Key: "k"})
-	s.Retain(map[string]bool{keep.ID: true})
+	s.Retain(map[string]bool{keep.ID: true}, nil)
 	if take(t, s, true, BudgetCheck{Spec: keep, Key: "k"}).Admitted {
 		t.Fatal("a retained rule lost its counters")
 	}

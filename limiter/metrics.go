@@ -237,10 +237,6 @@ func (g *budgetGauges) retain(keep map[string]bool) {
 // RunMetrics calls it on a timer; it is safe to call concurrently with
 // decisions and reloads.
 func (e *Engine) RefreshMetrics(ctx context.Context) {
-	insp, ok := e.store.(Inspector)
-	if !ok {
-		return
-	}
 	st := e.state.Load()
 	prev := *e.metrics.budgets.snap.Load()
 	next := make(map[string]ruleGauges, len(st.budgets))
@@ -256,7 +252,7 @@ func (e *Engine) RefreshMetrics(ctx context.Context) {
 				rg.recovery = string(policy.RecoveryManual)
 			}
 		}
-		keys, err := insp.InspectBudget(ctx, r.spec, InspectScanCap)
+		keys, err := e.store.InspectBudget(ctx, r.spec, InspectScanCap)
 		if err != nil {
 			if p, ok := prev[r.cb.Name]; ok && slices.Equal(p.windows, rg.windows) && p.recovery == rg.recovery {
 				next[r.cb.Name] = p

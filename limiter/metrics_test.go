@@ -122,7 +122,7 @@ func (f *failingInspector) InspectBudget(ctx context.Context, spec *BudgetSpec, 
 	if f.fail {
 		return nil, ErrStoreUnavailable
 	}
-	return f.Store.(Inspector).InspectBudget(ctx, spec, limit)
+	return f.Store.InspectBudget(ctx, spec, limit)
 }
 
 func (f *failingInspector) HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {

@@ -848,7 +848,7 @@ func (s *RedisStore) Close() error {
 	return err
 }
 
-// CarryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
+// CarryBreakers implements limiter.Store: it SCANs the old ID's keys on the
 // node holding the {b} slot and carries them in one script call per batch.
 // A reload, never a request path.
 func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.BudgetSpec) ([]string, error) {
@@ -895,6 +895,12 @@ func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.Budget
 	return carried, nil
 }
 
+// Retain implements limiter.Store and does nothing: every Redis key expires
+// by its own TTL (the longest window, the breaker's cooldown, the rate
+// bucket's idle time), so the keys of a rule a reload removed go on their own
+// and nothing is held in this process per rule.
+func (s *RedisStore) Retain(map[string]bool, map[string]*limiter.BudgetSpec) {}
+
 // scanEach calls fn with every batch of keys matching pattern on node, each
 // SCAN call under timeout.
 func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration, fn func([]string) error) error {
@@ -917,7 +923,7 @@ func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout t
 	}
 }
 
-// ResetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
+// ResetBudgetKeys implements limiter.Store: a SCAN of the rule's keys on the
 // node holding the {b} slot, and a DEL of those that match. A break-glass
 // operation, not a hot path.
 func (s *RedisStore) ResetBudgetKeys(ctx context.Context, spec *limiter.BudgetSpec, match func(string) bool) ([]string, error) {
