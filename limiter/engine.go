@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,7 +178,7 @@ type EngineConfig struct {
 }
 
 // Engine judges requests against a policy. It is safe for concurrent use;
-// SetPolicy and SetOverrides swap atomically.
+// a reload (PreparePolicy, then its commit) and SetOverrides swap atomically.
 type Engine struct {
 	store     Store
 	fallback  Store
@@ -197,6 +196,8 @@ type Engine struct {
 	onceTTL   time.Duration
 	// ownFallback is the fallback when the engine made it (Run sweeps it).
 	ownFallback *MemoryStore
+	// reloadMu serialises commits of prepared policies.
+	reloadMu sync.Mutex
 }
 
 type engineState struct {
@@ -302,7 +303,11 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		}
 	}
 	e.overrides.Store(&[]Override{})
-	e.SetPolicy(cfg.Policy)
+	commit, err := e.PreparePolicy(cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	commit()
 	return e, nil
 }
 
@@ -321,112 +326,6 @@ func (e *Engine) Store() Store { return e.store }
 
 // Policy returns the policy the engine judges with.
 func (e *Engine) Policy() *policy.Compiled { return e.state.Load().policy }
-
-// SetPolicy swaps in a new policy. Counters of rules whose name and windows are
-// unchanged carry over (their store IDs are the same). A rule whose windows
-// change starts its counts afresh, but its Open breakers carry over to the new
-// windows (only an override closes a Manual breaker); the line SetPolicy logs
-// names them. A rule the stores cannot run (only a policy that skipped
-// validation has one) is logged and follows its onStoreFailure.
-func (e *Engine) SetPolicy(p *policy.Compiled) {
-	st := &engineState{policy: p}
-	keep := map[string]bool{}
-	for i := range p.Budgets {
-		cb := &p.Budgets[i]
-		r := &budgetRule{cb: cb, spec: NewBudgetSpec(cb.Budget), per: cb.Per, shadow: cb.Mode == policy.ModeShadow, onFail: cb.OnStoreFailure,
-			atRoot: cb.Cascades == policy.CascadesAtRoot}
-		r.counter = e.metrics.ruleCounters(KindBudget, cb.Name)
-		for _, w := range cb.Windows {
-			win := policy.FormatDuration(w.Window.Duration)
-			r.near = append(r.near, e.metrics.nearLimit.WithLabelValues(cb.Name, win))
-		}
-		r.err = r.spec.Check()
-		st.budgets = append(st.budgets, r)
-		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
-	}
-	for i := range p.RateLimits {
-		cr := &p.RateLimits[i]
-		r := &rateRule{cr: cr, spec: NewRateSpec(cr.RateLimit), per: cr.Per, shadow: cr.Mode == policy.ModeShadow, onFail: cr.OnStoreFailure}
-		r.counter = e.metrics.ruleCounters(KindRateLimit, cr.Name)
-		r.err = r.spec.checkBounds()
-		st.rates = append(st.rates, r)
-		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
-	}
-	for _, r := range st.budgets {
-		if r.err != nil {
-			st.broken = true
-			e.log.Error("budget cannot run; it follows its onStoreFailure", "rule", r.cb.Name, "onStoreFailure", string(r.onFail), "policyHash", p.Hash, "err", r.err)
-		}
-	}
-	for _, r := range st.rates {
-		if r.err != nil {
-			st.broken = true
-			e.log.Error("rate limit cannot run; it follows its onStoreFailure", "rule", r.cr.Name, "onStoreFailure", string(r.onFail), "policyHash", p.Hash, "err", r.err)
-		}
-	}
-	old := e.state.Load()
-	var carried []string
-	if old != nil {
-		// Before the swap, so no decision creates a new key first.
-		carried = e.carryBreakers(old, st)
-	}
-	e.state.Store(st)
-	if old != nil {
-		e.metrics.forgetRemoved(old.policy, p)
-		e.guard.forgetRemoved(old.policy, p)
-	}
-	specs := map[string]*BudgetSpec{}
-	n := e.replicas()
-	for _, r := range st.budgets {
-		specs[r.spec.ID] = r.spec
-		if sh := r.spec.Share(n); sh != r.spec {
-			specs[sh.ID] = sh
-		}
-	}
-	e.store.Retain(keep, specs)
-	e.fallback.Retain(keep, specs)
-	if old != nil {
-		e.log.Info("limiter policy applied", "policyHash", p.Hash, "previous", old.policy.Hash, "breakersCarriedOver", carried)
-	}
-}
-
-// carryBreakers copies the Open breakers of every budget whose windows (so
-// store ID) a reload changes to the new ID, in the shared store and in the
-// local fallback, and returns them as "rule key" for the log.
-func (e *Engine) carryBreakers(old, cur *engineState) []string {
-	prev := map[string]*budgetRule{}
-	for _, r := range old.budgets {
-		prev[r.cb.Name] = r
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var carried []string
-	n := e.replicas()
-	for _, r := range cur.budgets {
-		o := prev[r.cb.Name]
-		if o == nil || o.spec.ID == r.spec.ID || o.err != nil || r.err != nil || !o.spec.Breaker.Enabled || !r.spec.Breaker.Enabled {
-			continue
-		}
-		for i, s := range []Store{e.store, e.fallback} {
-			from, to := o.spec, r.spec
-			if i == 1 {
-				from, to = o.spec.Share(n), r.spec.Share(n)
-			}
-			keys, err := s.CarryBreakers(ctx, from, to)
-			if err != nil {
-				e.log.Error("failed to carry open breakers over to the new windows; they may read Closed until they trip again",
-					"rule", r.cb.Name, "err", err)
-			}
-			if i == 0 {
-				for _, k := range keys {
-					carried = append(carried, r.cb.Name+" "+displayKey(k))
-				}
-			}
-		}
-	}
-	sort.Strings(carried)
-	return carried
-}
 
 // Decide judges one request. It never blocks longer than the store's own
 // timeout, and allocates nothing on the allow path. It never panics: a panic

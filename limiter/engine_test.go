@@ -286,7 +286,7 @@ func TestEngineReloadKeepsCountersOfUnchangedRules(t *testing.T) {
 		e.Decide(ctx, podDelete("prod", "x"))
 	}
 	// Same windows, another rule added: pod-deletes keeps its count.
-	e.SetPolicy(parse(t, enginePolicy+`
+	setPolicy(t, e, parse(t, enginePolicy+`
   - name: extra
     match: {verbs: [get]}
     qps: 5
@@ -296,7 +296,7 @@ func TestEngineReloadKeepsCountersOfUnchangedRules(t *testing.T) {
 	}
 	// Changed windows: the counts start afresh, but the Manual breaker that
 	// the 4th delete opened stays Open: only an override closes it.
-	e.SetPolicy(parse(t, strings.Replace(enginePolicy, "{window: 1m, limit: 3}", "{window: 1m, limit: 4}", 1)))
+	setPolicy(t, e, parse(t, strings.Replace(enginePolicy, "{window: 1m, limit: 3}", "{window: 1m, limit: 4}", 1)))
 	d := e.Decide(ctx, podDelete("prod", "x"))
 	if d.Allowed || d.Code != http.StatusForbidden || !strings.Contains(d.Message, "1m: 0/4") {
 		t.Fatalf("after a windows edit: %+v, want the Open Manual breaker carried over (403) with fresh counts (1m: 0/4)", d)

@@ -21,7 +21,7 @@ import (
 // per rule in kubedefender_limiter_decision_panics_total and logged once per
 // policy hash, with its stack. A rule whose spec the stores cannot run (a
 // policy that skipped validation: nine windows, qps 1e-11) is never handed to
-// a store: it follows onStoreFailure the same way, and SetPolicy logs it.
+// a store: it follows onStoreFailure the same way, and a reload logs it.
 // The fronts' own recover (the webhook's 500) stays as the last resort.
 
 // guardMetrics counts decisions the engine could not make normally.

@@ -217,7 +217,7 @@ func TestEngineTurnsAPanicIntoTheRulesOnStoreFailure(t *testing.T) {
 		t.Fatalf("panic logged %d times (want once, with policyHash=%s):\n%s", n, hash, logs.String())
 	}
 	// A new policy is logged again, once.
-	e.SetPolicy(parse(t, strings.Replace(enginePolicy, "limit: 10}", "limit: 11}", 1)))
+	setPolicy(t, e, parse(t, strings.Replace(enginePolicy, "limit: 10}", "limit: 11}", 1)))
 	e.Decide(ctx, podDelete("prod", "q"))
 	e.Decide(ctx, podDelete("prod", "q"))
 	if n := strings.Count(logs.String(), "decision panicked"); n != 2 {

@@ -156,7 +156,7 @@ func TestMemorySweepJudgesWithTheCurrentSpec(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		e.Decide(ctx, podDelete("prod", "p"))
 	}
-	e.SetPolicy(parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
+	setPolicy(t, e, parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
 	clk.Step(time.Hour)
 	ms.Sweep()
 	if d := e.Decide(ctx, podDelete("prod", "p")); d.Allowed || d.Code != http.StatusForbidden {

@@ -96,7 +96,11 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	watcher.Subscribe(engine.SetPolicy)
+	watcher.Subscribe(func(c *policy.Compiled) {
+		if commit, err := engine.PreparePolicy(c); err == nil { // only a nil policy is refused
+			commit()
+		}
+	})
 	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", storeMode)
 
 	comps := []component{
