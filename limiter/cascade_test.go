@@ -54,7 +54,7 @@ func used(t *testing.T, e *Engine, rule, key string) int64 {
 	for _, r := range e.state.Load().budgets {
 		if r.cb.Name == rule {
 			b := &BudgetBatch{Checks: []BudgetCheck{{Spec: r.spec, Key: key}}}
-			if err := e.Store().Budgets(context.Background(), b); err != nil {
+			if err := e.store.Budgets(context.Background(), b); err != nil {
 				t.Fatal(err)
 			}
 			return b.Results[0].Used[0]

@@ -321,9 +321,6 @@ func (e *Engine) Run(ctx context.Context) {
 	<-ctx.Done()
 }
 
-// Store returns the engine's shared store.
-func (e *Engine) Store() Store { return e.store }
-
 // Policy returns the policy the engine judges with.
 func (e *Engine) Policy() *policy.Compiled { return e.state.Load().policy }
 

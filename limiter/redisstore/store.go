@@ -610,10 +610,6 @@ func (s *RedisStore) rateResult(r []int64) limiter.RateResult {
 	return limiter.RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
 }
 
-// Overflowed counts rate checks judged on a shard's overflow bucket because
-// the shard was full (as MemoryStats.Overflowed).
-func (s *RedisStore) Overflowed() int64 { return s.overflowed.Load() }
-
 // ratesPipelined sends one script per check in one pipeline: on a cluster
 // the checks' keys are in different slots. Checks after the first non-shadow
 // denial are reported skipped although they were charged.
