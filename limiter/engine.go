@@ -348,14 +348,14 @@ func (e *Engine) Decide(ctx context.Context, a *Attributes) (d Decision) {
 	d = Decision{Allowed: true}
 	ovs := *e.overrides.Load()
 	if checks&CheckRateLimits != 0 && len(st.rates) > 0 {
-		e.decideRates(ctx, e.store, st, a, sc, ovs, &d)
+		e.decideRates(ctx, &job{store: e.store, st: st, a: a, sc: sc, ovs: ovs}, &d)
 		if !d.Allowed {
 			return d
 		}
 	}
 	if checks&(CheckBudgets|CheckBreakers) != 0 && len(st.budgets) > 0 {
 		commit := checks&CheckBudgets != 0 && !a.DryRun
-		e.decideBudgets(ctx, e.store, st, a, sc, ovs, commit, checks&CheckBudgets == 0, &d)
+		e.decideBudgets(ctx, &job{store: e.store, st: st, a: a, sc: sc, ovs: ovs, commit: commit, breakersOnly: checks&CheckBudgets == 0}, &d)
 		d.Repeat = sc.budget.Repeat
 		d.Charged = commit && d.Allowed && sc.budget.Admitted && !d.Repeat && len(sc.budget.Checks) > 0
 	}
@@ -395,7 +395,27 @@ func (sc *scratch) key(per []string, a *policy.Attributes) string {
 // maxUserAgentKey bounds the part of a User-Agent that goes into a key.
 const maxUserAgentKey = 256
 
-func (e *Engine) decideRates(ctx context.Context, store Store, st *engineState, a *Attributes, sc *scratch, ovs []Override, d *Decision) {
+// job is one store call of a decision: what is judged, against which rules,
+// on which store. Decide makes one per kind of rule on the shared store; the
+// degraded path makes one per rule (guard.go).
+type job struct {
+	// store is the shared store, or the fallback for a rule's Local share.
+	store Store
+	// st holds the rules to judge (all of the policy, or one).
+	st *engineState
+	a  *Attributes
+	sc *scratch
+	// ovs are the overrides in force.
+	ovs []Override
+	// commit takes tokens (budgets; not a dry run, not a breaker check).
+	commit bool
+	// breakersOnly judges budget breakers only (CheckBreakers): a denial
+	// comes from an Open breaker and nothing is counted.
+	breakersOnly bool
+}
+
+func (e *Engine) decideRates(ctx context.Context, j *job, d *Decision) {
+	st, a, sc, ovs := j.st, j.a, j.sc, j.ovs
 	sc.rate.Reset()
 	sc.rrules = sc.rrules[:0]
 	var now time.Time
@@ -420,7 +440,7 @@ func (e *Engine) decideRates(ctx context.Context, store Store, st *engineState, 
 	if len(sc.rate.Checks) == 0 {
 		return
 	}
-	err := e.askRates(ctx, store, &sc.rate)
+	err := e.askRates(ctx, j.store, &sc.rate)
 	if err != nil {
 		e.rateStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
@@ -442,10 +462,10 @@ func (e *Engine) decideRates(ctx context.Context, store Store, st *engineState, 
 			r.counter[a.Front][resultDenied].Inc()
 			key := sc.rate.Checks[i].Key
 			*d = Decision{
-				Allowed: false, Code: http.StatusTooManyRequests, Reason: "TooManyRequests", Err: ErrRateLimited,
-				Kind: KindRateLimit, Rule: r.cr.Name, Key: clone(key), RetryAfter: res.RetryAfter,
+				Allowed: false, Err: ErrRateLimited, Kind: KindRateLimit, Rule: r.cr.Name, Key: clone(key), RetryAfter: res.RetryAfter,
 				Message: rateMessage(r, key, res, &a.Attributes, false), Warnings: d.Warnings, Fallback: d.Fallback,
 			}
+			d.Code, d.Reason = denialStatus(d.Err, false)
 			e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", d.Key,
 				"verb", a.Verb, "resource", a.Resource, "user", a.User, "retryAfter", res.RetryAfter)
 		}
@@ -483,7 +503,8 @@ func (e *Engine) rateStoreFailure(ctx context.Context, sc *scratch, err error, d
 	}
 }
 
-func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState, a *Attributes, sc *scratch, ovs []Override, commit, breakersOnly bool, d *Decision) {
+func (e *Engine) decideBudgets(ctx context.Context, j *job, d *Decision) {
+	st, a, sc, ovs, commit, breakersOnly := j.st, j.a, j.sc, j.ovs, j.commit, j.breakersOnly
 	sc.budget.Reset()
 	sc.rules = sc.rules[:0]
 	var now time.Time
@@ -508,7 +529,7 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 	if commit && a.ChargeOnce != "" {
 		sc.budget.Once, sc.budget.OnceTTL = a.ChargeOnce, e.onceTTL
 	}
-	if err := e.askBudgets(ctx, store, &sc.budget); err != nil {
+	if err := e.askBudgets(ctx, j.store, &sc.budget); err != nil {
 		e.budgetStoreFailure(ctx, sc, err, d)
 		if !d.Allowed {
 			return
@@ -573,11 +594,7 @@ func (e *Engine) decideBudgets(ctx context.Context, store Store, st *engineState
 	} else {
 		nd.Err = ErrBudgetExhausted
 	}
-	if r.spec.Breaker.Manual && res.State == Open {
-		nd.Code, nd.Reason = http.StatusForbidden, "Forbidden"
-	} else {
-		nd.Code, nd.Reason = http.StatusTooManyRequests, "TooManyRequests"
-	}
+	nd.Code, nd.Reason = denialStatus(nd.Err, r.spec.Breaker.Manual && res.State == Open)
 	*d = nd
 	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", nd.Key, "verb", a.Verb,
 		"resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User,
@@ -680,12 +697,27 @@ func (e *Engine) noteStoreFailure(op string, err error) {
 }
 
 func storeDownDecision(kind RuleKind, rule, key string) Decision {
-	return Decision{
-		Allowed: false, Code: http.StatusServiceUnavailable, Reason: "ServiceUnavailable", Err: ErrStoreUnavailable,
-		Kind: kind, Rule: rule, Key: clone(key), RetryAfter: time.Second, Fallback: true,
+	d := Decision{
+		Allowed: false, Err: ErrStoreUnavailable, Kind: kind, Rule: rule, Key: clone(key), RetryAfter: time.Second, Fallback: true,
 		Message: fmt.Sprintf("kubedefender: %s %q (key %s) cannot be checked: the shared store is unreachable and the rule says onStoreFailure: Deny; retry shortly",
 			kind, rule, displayKey(key)),
 	}
+	d.Code, d.Reason = denialStatus(d.Err, false)
+	return d
+}
+
+// denialStatus is the HTTP status and Kubernetes reason of a denial, decided
+// by its sentinel error: 503 when the rule could not be judged (the store is
+// unreachable, or the engine failed on it), 403 for an Open Manual breaker
+// (manualOpen; no retry helps), else 429 (a window, a bucket, an Auto breaker).
+func denialStatus(err error, manualOpen bool) (int, string) {
+	switch {
+	case errors.Is(err, ErrStoreUnavailable), errors.Is(err, ErrEngineFailure):
+		return http.StatusServiceUnavailable, "ServiceUnavailable"
+	case manualOpen && errors.Is(err, ErrBreakerOpen):
+		return http.StatusForbidden, "Forbidden"
+	}
+	return http.StatusTooManyRequests, "TooManyRequests"
 }
 
 // askBudgets asks the store and checks its answer; stores measure their own latency.
