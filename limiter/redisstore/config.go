@@ -95,6 +95,11 @@ type RedisConfig struct {
 	// clock for every replica. With a Clock, keys live at least 10 minutes so
 	// a fake clock that stands still does not see them expire.
 	Clock clock.PassiveClock
+	// TimerClock drives the store's own timers and measurements: the probes
+	// of the breaker around Redis and how long it stays open, heartbeats,
+	// and call latency. nil is real time. Unlike Clock it never changes the
+	// time a decision is judged at.
+	TimerClock clock.WithTicker
 	// Logger receives store transitions (breaker opened/closed); nil discards.
 	Logger *slog.Logger
 	// Registerer takes the store metrics; nil registers nothing.

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -26,7 +25,7 @@ func (s *RedisStore) Replicas() int {
 // first use) but Replicas then stays at 1.
 func (s *RedisStore) Run(ctx context.Context) {
 	s.loadScripts(ctx)
-	t := time.NewTicker(s.heartbeat)
+	t := s.timers.NewTicker(s.heartbeat)
 	defer t.Stop()
 	for {
 		s.beat(ctx)
@@ -35,7 +34,7 @@ func (s *RedisStore) Run(ctx context.Context) {
 			return
 		case <-s.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

@@ -26,7 +26,7 @@ func (s *RedisStore) Rates(ctx context.Context, b *limiter.RateBatch) error {
 	if err := s.allow(); err != nil {
 		return err
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var err error

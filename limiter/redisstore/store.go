@@ -58,7 +58,8 @@ type RedisStore struct {
 	hbKey     string
 	timeout   time.Duration
 	clock     clock.PassiveClock
-	ttlFloor  int64 // ms
+	timers    clock.WithTicker // TimerClock, or real time
+	ttlFloor  int64            // ms
 	log       *slog.Logger
 	metrics   *redisMetrics
 	threshold int32
@@ -97,6 +98,9 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.TimerClock == nil {
+		cfg.TimerClock = clock.RealClock{}
+	}
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = defaultReplicaID()
 	}
@@ -106,6 +110,7 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 		prefix:        cfg.KeyPrefix,
 		timeout:       cfg.Timeout,
 		clock:         cfg.Clock,
+		timers:        cfg.TimerClock,
 		log:           cfg.Logger,
 		threshold:     int32(cfg.FailureThreshold),
 		probe:         cfg.ProbeInterval,
@@ -249,7 +254,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	res, err := s.scripts.budget.Run(ctx, s.exec, a.keys, a.args...).Int64Slice()
 	cancel()
@@ -307,7 +312,7 @@ func (s *RedisStore) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, 
 	if err := s.allow(); err != nil {
 		return err
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	var err error
 	if key == limiter.AllKeys {
 		err = s.resetAll(ctx, spec)
@@ -368,7 +373,7 @@ func (s *RedisStore) now() time.Time {
 	if s.clock != nil {
 		return s.clock.Now()
 	}
-	return time.Now()
+	return s.timers.Now()
 }
 
 // CarryBreakers implements limiter.Store: it SCANs the old ID's keys on the
@@ -453,7 +458,7 @@ func (s *RedisStore) ResetBudgetKeys(ctx context.Context, spec *limiter.BudgetSp
 	if err := s.allow(); err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	node, err := s.budgetNode(ctx)
 	var reset []string
 	if err == nil {
