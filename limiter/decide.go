@@ -159,8 +159,10 @@ func (e *Engine) decideRates(ctx context.Context, j *job, d *Decision) {
 				Message: rateMessage(r, key, res, &a.Attributes, false), Warnings: d.Warnings, Fallback: d.Fallback,
 			}
 			d.Code, d.Reason = denialStatus(d.Err, false)
-			e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", d.Key,
-				"verb", a.Verb, "resource", a.Resource, "user", a.User, "retryAfter", res.RetryAfter)
+			if e.denials.first(KindRateLimit, d.Rule, d.Key) {
+				e.log.Info("request rate-limited", "front", a.Front.String(), "rule", r.cr.Name, "key", d.Key,
+					"verb", a.Verb, "resource", a.Resource, "user", a.User, "retryAfter", res.RetryAfter)
+			}
 		}
 	}
 }
@@ -289,6 +291,9 @@ func (e *Engine) decideBudgets(ctx context.Context, j *job, d *Decision) {
 	}
 	nd.Code, nd.Reason = denialStatus(nd.Err, r.spec.Breaker.Manual && res.State == Open)
 	*d = nd
+	if !e.denials.first(KindBudget, nd.Rule, nd.Key) {
+		return // counted; the interval's summary line says how many
+	}
 	e.log.Warn("request denied", "front", a.Front.String(), "rule", r.cb.Name, "key", nd.Key, "verb", a.Verb,
 		"resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "user", a.User,
 		"window", policy.FormatDuration(nd.Window), "used", nd.Used, "limit", nd.Limit, "breaker", res.State.String(),

@@ -192,6 +192,8 @@ type Engine struct {
 	onceTTL   time.Duration
 	// ownFallback is the fallback when the engine made it (Run sweeps it).
 	ownFallback *MemoryStore
+	// denials keeps the denial log bounded (denylog.go).
+	denials *denialLog
 	// reloadMu serialises commits of prepared policies.
 	reloadMu sync.Mutex
 }
@@ -288,6 +290,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		log:         cfg.Logger,
 		metrics:     newMetrics(),
 		guard:       newGuardMetrics(),
+		denials:     newDenialLog(cfg.Clock, cfg.Logger, denialLogInterval, denialLogKeys),
 	}
 	e.pool.New = func() any { return &scratch{arena: make([]byte, 0, 512)} }
 	if cfg.Registerer != nil {
@@ -307,14 +310,22 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	return e, nil
 }
 
-// Run keeps the engine's own fallback store tidy (forgetting idle keys)
-// until ctx is done, when the engine made it (EngineConfig.Fallback nil).
+// Run does the engine's background work until ctx is done: it writes the
+// denial log's summary lines as their intervals end (and those pending when
+// ctx is done), and keeps the engine's own fallback store tidy (forgetting
+// idle keys) when the engine made it (EngineConfig.Fallback nil). Call it
+// once, in its own goroutine.
 func (e *Engine) Run(ctx context.Context) {
+	var wg sync.WaitGroup
 	if e.ownFallback != nil {
-		e.ownFallback.Run(ctx)
-		return
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.ownFallback.Run(ctx)
+		}()
 	}
-	<-ctx.Done()
+	e.denials.run(ctx)
+	wg.Wait()
 }
 
 // Policy returns the policy the engine judges with.
