@@ -21,7 +21,7 @@ import (
 
 // RedisStore is the Store shared by every replica through Redis: single
 // node, Sentinel or Cluster (Redis 5 or later; tested with 7.0). Every
-// decision is one script call, one round trip (redis_lua.go has the key
+// decision is one script call, one round trip (lua.go has the key
 // layout and the scripts; they are budget.go and rateAllow in Lua), so it
 // makes the same decisions as the MemoryStore, at one shared clock: Redis
 // TIME.

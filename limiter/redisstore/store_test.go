@@ -77,7 +77,9 @@ func TestRedisStoreOverTLS(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{TLS: &files})
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
 	decide := func(cfg RedisConfig) error {
-		cfg.URL, cfg.KeyPrefix, cfg.Timeout = srv.URL(), "kdtest:tls:", 2*time.Second
+		// A handshake that loads the system roots can take longer than the
+		// 250ms default dial timeout on a loaded machine under -race.
+		cfg.URL, cfg.KeyPrefix, cfg.Timeout, cfg.DialTimeout = srv.URL(), "kdtest:tls:", 2*time.Second, 2*time.Second
 		s, err := NewRedisStore(cfg)
 		if err != nil {
 			return err
