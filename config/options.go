@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/redisstore"
 	"github.com/kubedefender/kubedefender/webhook"
 )
 
@@ -191,7 +191,7 @@ func (o *ServeOptions) Validate() error {
 	}
 	if o.RedisURL != "" {
 		// The store's own parser: its errors never show the password.
-		if _, err := limiter.ParseRedisURL(o.RedisURL); err != nil {
+		if _, err := redisstore.ParseRedisURL(o.RedisURL); err != nil {
 			add("--redis-url: %v", err)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/redisstore"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -180,7 +181,7 @@ spec:
 	}
 	decide := func(name string) limiter.Decision {
 		t.Helper()
-		rs, err := limiter.NewRedisStore(limiter.RedisConfig{URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port), Password: "s3cret", Timeout: 2 * time.Second})
+		rs, err := redisstore.NewRedisStore(redisstore.RedisConfig{URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port), Password: "s3cret", Timeout: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

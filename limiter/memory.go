@@ -63,11 +63,17 @@ type budgetTable struct {
 	overflow budgetState
 }
 
-const rateShards = 32
+// RateShards is how many shards a rate limit's keys are split into, by
+// RateShard, in both stores.
+const RateShards = 32
+
+// RateShard is the shard of a rate key: fnv32(key) mod RateShards. The Redis
+// store puts it in the key's hash tag.
+func RateShard(key string) int { return int(fnv32(key) % RateShards) }
 
 type rateTable struct {
 	spec   *RateSpec
-	shards [rateShards]rateShard
+	shards [RateShards]rateShard
 }
 
 type rateShard struct {
@@ -148,7 +154,7 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 		}
 	}
 	for i := range b.Checks {
-		if err := b.Checks[i].Spec.check(); err != nil {
+		if err := b.Checks[i].Spec.Check(); err != nil {
 			return fmt.Errorf("failed to judge budgets: %w", err)
 		}
 	}
@@ -162,7 +168,7 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 	b.Results = b.Results[:0]
 	b.Admitted = true
 	for i := range b.Checks {
-		res := sts[i].judge(b.Checks[i].Spec, now, b.Checks[i].cost())
+		res := sts[i].judge(b.Checks[i].Spec, now, b.Checks[i].Tokens())
 		if !res.Allowed && !b.Checks[i].Shadow {
 			b.Admitted = false
 		}
@@ -173,7 +179,7 @@ func (s *MemoryStore) Budgets(_ context.Context, b *BudgetBatch) error {
 		return nil
 	}
 	for i := range b.Checks {
-		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted, b.Checks[i].cost())
+		sts[i].apply(b.Checks[i].Spec, now, &b.Results[i], b.Admitted, b.Checks[i].Tokens())
 	}
 	if b.Admitted && b.Once != "" {
 		if len(s.once) >= s.maxKeys {
@@ -230,19 +236,19 @@ func (s *MemoryStore) Rates(_ context.Context, b *RateBatch) error {
 	b.Now = time.Unix(0, now)
 	b.Results = b.Results[:0]
 	denied := false
-	perShard := s.maxKeys / rateShards
+	perShard := s.maxKeys / RateShards
 	for i := range b.Checks {
 		c := &b.Checks[i]
 		if denied {
 			b.Results = append(b.Results, RateResult{Skipped: true})
 			continue
 		}
-		if err := c.Spec.check(); err != nil {
+		if err := c.Spec.Check(); err != nil {
 			b.Results = b.Results[:0]
 			return fmt.Errorf("failed to judge rate limits: %w", err)
 		}
 		t := s.rateTable(c.Spec)
-		sh := &t.shards[fnv32(c.Key)%rateShards]
+		sh := &t.shards[fnv32(c.Key)%RateShards]
 		sh.mu.Lock()
 		p := sh.tat[c.Key]
 		if p == nil && len(sh.tat) >= max(1, perShard) {
@@ -296,15 +302,11 @@ func (s *MemoryStore) ResetBudget(_ context.Context, spec *BudgetSpec, key strin
 	return nil
 }
 
-// Retain forgets the state of every rule whose ID is not listed (rules removed
-// or changed by a reload).
-func (s *MemoryStore) Retain(ids map[string]bool) {
-	s.retain(ids, nil)
-}
-
-// retain is Retain that also hands the kept budget tables the specs of the
-// new policy (by ID), so Sweep judges with the breaker the policy has now.
-func (s *MemoryStore) retain(ids map[string]bool, specs map[string]*BudgetSpec) {
+// Retain implements Store: it forgets the state of every rule whose ID is not
+// listed (rules removed or changed by a reload) and hands the kept budget
+// tables the specs of the new policy (by ID), so Sweep judges with the
+// breaker the policy has now.
+func (s *MemoryStore) Retain(ids map[string]bool, specs map[string]*BudgetSpec) {
 	s.mu.Lock()
 	for id, t := range s.budgets {
 		if !ids[id] {
@@ -370,40 +372,11 @@ func (s *MemoryStore) Run(ctx context.Context) {
 	}
 }
 
-// MemoryStats counts what a MemoryStore holds.
-type MemoryStats struct {
-	BudgetKeys int
-	RateKeys   int
-	// Overflowed counts requests judged on a rule's shared overflow key because
-	// the rule was full.
-	Overflowed int64
-}
-
-// Stats counts the keys held.
-func (s *MemoryStore) Stats() MemoryStats {
-	st := MemoryStats{Overflowed: s.overflow.Load()}
-	s.mu.Lock()
-	for _, t := range s.budgets {
-		st.BudgetKeys += len(t.keys)
-	}
-	s.mu.Unlock()
-	s.rmu.RLock()
-	defer s.rmu.RUnlock()
-	for _, t := range s.rates {
-		for i := range t.shards {
-			t.shards[i].mu.Lock()
-			st.RateKeys += len(t.shards[i].tat)
-			t.shards[i].mu.Unlock()
-		}
-	}
-	return st
-}
-
 // InspectBudget implements Inspector.
 func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := spec.check(); err != nil {
+	if err := spec.Check(); err != nil {
 		return nil, fmt.Errorf("failed to inspect budget: %w", err)
 	}
 	t := s.budgets[spec.ID]
@@ -411,11 +384,11 @@ func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit i
 		return nil, nil
 	}
 	now := s.clock.Now().UnixNano()
-	out := make([]BudgetKeyStatus, 0, min(inspectScanCap, len(t.keys)))
+	out := make([]BudgetKeyStatus, 0, min(InspectScanCap, len(t.keys)))
 	for k, st := range t.keys {
 		// Status holds the lock decisions need: judge a bounded sample (map
 		// order), as the Redis store does with its SCAN cap.
-		if len(out) >= inspectScanCap {
+		if len(out) >= InspectScanCap {
 			break
 		}
 		res := st.judge(spec, now, 1)
@@ -428,7 +401,7 @@ func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit i
 		}
 		out = append(out, ks)
 	}
-	return topBudgetKeys(spec, out, limit), nil
+	return TopBudgetKeys(spec, out, limit), nil
 }
 
 // HottestRates implements Inspector.
@@ -446,16 +419,16 @@ func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int)
 		sh.mu.Lock()
 		for k, tat := range sh.tat {
 			if *tat > now {
-				out = append(out, rateKeyStatus(spec, k, *tat, now))
+				out = append(out, NewRateKeyStatus(spec, k, *tat, now))
 			}
 		}
 		sh.mu.Unlock()
 	}
-	return topRateKeys(out, limit), nil
+	return TopRateKeys(out, limit), nil
 }
 
-// carryBreakers implements breakerCarrier.
-func (s *MemoryStore) carryBreakers(_ context.Context, from, to *BudgetSpec) ([]string, error) {
+// CarryBreakers implements Store.
+func (s *MemoryStore) CarryBreakers(_ context.Context, from, to *BudgetSpec) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.budgets[from.ID]
@@ -510,8 +483,8 @@ func (s *MemoryStore) pruneRates(sh *rateShard, now int64) {
 	sh.nextIdle = next
 }
 
-// resetBudgetKeys implements keyResetter.
-func (s *MemoryStore) resetBudgetKeys(_ context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
+// ResetBudgetKeys implements Store.
+func (s *MemoryStore) ResetBudgetKeys(_ context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.budgets[spec.ID]

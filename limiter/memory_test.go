@@ -3,6 +3,8 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,12 +12,6 @@ import (
 
 	"github.com/kubedefender/kubedefender/policy"
 )
-
-func TestMemoryStoreSemantics(t *testing.T) {
-	testStoreSemantics(t, func(t *testing.T, clk *clocktesting.FakeClock) Store {
-		return NewMemoryStore(MemoryConfig{Clock: clk})
-	})
-}
 
 func TestMemoryStoreBoundsKeys(t *testing.T) {
 	clk := clocktesting.NewFakeClock(testEpoch)
@@ -94,7 +90,7 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 	drop := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
 	take(t, s, true, BudgetCheck{Spec: keep, Key: "k"})
 	take(t, s, true, BudgetCheck{Spec: drop, Key: "k"})
-	s.Retain(map[string]bool{keep.ID: true})
+	s.Retain(map[string]bool{keep.ID: true}, nil)
 	if take(t, s, true, BudgetCheck{Spec: keep, Key: "k"}).Admitted {
 		t.Fatal("a retained rule lost its counters")
 	}
@@ -128,5 +124,42 @@ spec:
 	// alice's key is longer than bob's: the agent key now sits elsewhere in the arena.
 	if d := list("alice"); d.Allowed {
 		t.Fatal("agent/a got a full bucket again: its stored key was overwritten by the next request's keys")
+	}
+}
+
+const sweepPolicy = `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: reload}
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete], resources: [pods]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 2}]
+    breaker: {recovery: Manual}
+`
+
+// TestMemorySweepJudgesWithTheCurrentSpec: after a reload that keeps a
+// budget's windows but makes its Auto breaker Manual, the sweep must judge
+// idleness with the Manual breaker (Open until an override), not with the
+// Auto spec the table was created with (which would have closed it).
+func TestMemorySweepJudgesWithTheCurrentSpec(t *testing.T) {
+	clk := clocktesting.NewFakeClock(testEpoch)
+	ms := NewMemoryStore(MemoryConfig{Clock: clk})
+	auto := strings.Replace(sweepPolicy, "{recovery: Manual}", "{recovery: Auto, cooldown: 1m, halfOpenLimit: 1}", 1)
+	e, err := NewEngine(EngineConfig{Policy: parse(t, auto), Store: ms, Clock: clk, Fallback: NewMemoryStore(MemoryConfig{Clock: clk})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		e.Decide(ctx, podDelete("prod", "p"))
+	}
+	setPolicy(t, e, parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
+	clk.Step(time.Hour)
+	ms.Sweep()
+	if d := e.Decide(ctx, podDelete("prod", "p")); d.Allowed || d.Code != http.StatusForbidden {
+		t.Fatalf("after a sweep: %+v, want the breaker still Open under Manual (403)", d)
 	}
 }

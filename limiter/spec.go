@@ -119,7 +119,7 @@ func (s *RateSpec) Share(n int) *RateSpec {
 }
 
 // interval is the refill time of one token at qps, at least 1ns. A qps too
-// small for a Duration gives -1 (check refuses it): converting an
+// small for a Duration gives -1 (Check refuses it): converting an
 // out-of-range float to an integer is undefined in Go.
 func interval(qps float64) time.Duration {
 	iv := float64(time.Second) / qps
@@ -129,11 +129,11 @@ func interval(qps float64) time.Duration {
 	return time.Duration(max(1, iv))
 }
 
-// check reports whether the stores can run s without indexing past
+// Check reports whether the stores can run s without indexing past
 // MaxWindows or overflowing a time computation. Validation guarantees it for
 // every policy (policy/bounds.go); stores check again so a spec built any
 // other way fails with an error instead of a panic or a wrong answer.
-func (s *BudgetSpec) check() error {
+func (s *BudgetSpec) Check() error {
 	if n := len(s.Windows); n == 0 || n > MaxWindows {
 		return fmt.Errorf("budget %s has %d windows, want 1 to %d", s.Name, n, MaxWindows)
 	}
@@ -153,9 +153,9 @@ func (s *BudgetSpec) check() error {
 // cannot overflow.
 const maxBucketSpan = int64(1) << 61
 
-// check reports whether the stores can run s without overflowing: a refill
+// Check reports whether the stores can run s without overflowing: a refill
 // interval of at least 1ns and burst×interval within maxBucketSpan.
-func (s *RateSpec) check() error {
+func (s *RateSpec) Check() error {
 	if s.Interval < 1 || s.Burst < 1 || s.Burst > maxBucketSpan/int64(s.Interval) {
 		return fmt.Errorf("rate limit %s (interval %s, burst %d): want an interval of at least 1ns and burst×interval within %s",
 			s.Name, s.Interval, s.Burst, time.Duration(maxBucketSpan))
@@ -170,5 +170,5 @@ func (s *RateSpec) checkBounds() error {
 		return fmt.Errorf("rate limit %s (qps %v, burst %d): want qps in [%v, %v] and burst in [1, %d]",
 			s.Name, s.QPS, s.Burst, policy.MinQPS, float64(policy.MaxQPS), policy.MaxBurst)
 	}
-	return s.check()
+	return s.Check()
 }

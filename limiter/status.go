@@ -9,14 +9,19 @@ import (
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-// Inspector is what a store tells about its keys, for status. Both stores
-// implement it; a store without it reports no keys.
+// Inspector is what a store tells about its keys, for status and the budget
+// gauges; part of Store.
 type Inspector interface {
 	// InspectBudget returns up to limit keys of a budget, the most used first.
 	InspectBudget(ctx context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error)
 	// HottestRates returns up to limit keys of a rate limit, the emptiest bucket first.
 	HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error)
 }
+
+// InspectScanCap bounds how many keys one status request reads per rule, so a
+// status call stays cheap however many keys a rule has (both stores: the
+// memory store judges them under the lock its decisions need).
+const InspectScanCap = 2000
 
 // BudgetKeyStatus is what a store knows of one budget key.
 type BudgetKeyStatus struct {
@@ -34,7 +39,9 @@ type RateKeyStatus struct {
 	Tokens float64
 }
 
-func rateKeyStatus(spec *RateSpec, key string, tat, now int64) RateKeyStatus {
+// NewRateKeyStatus is the status of a rate key whose theoretical arrival
+// time is tat (unix nanoseconds) at now.
+func NewRateKeyStatus(spec *RateSpec, key string, tat, now int64) RateKeyStatus {
 	used := float64(tat-now) / float64(spec.Interval)
 	return RateKeyStatus{Key: key, Tokens: max(0, float64(spec.Burst)-used)}
 }
@@ -51,7 +58,9 @@ func fullness(spec *BudgetSpec, k *BudgetKeyStatus) float64 {
 	return f
 }
 
-func topBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []BudgetKeyStatus {
+// TopBudgetKeys sorts keys the fullest first (an open breaker first of all)
+// and keeps at most limit: what InspectBudget returns.
+func TopBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []BudgetKeyStatus {
 	sort.Slice(keys, func(i, j int) bool {
 		fi, fj := fullness(spec, &keys[i]), fullness(spec, &keys[j])
 		if fi != fj {
@@ -65,7 +74,9 @@ func topBudgetKeys(spec *BudgetSpec, keys []BudgetKeyStatus, limit int) []Budget
 	return keys
 }
 
-func topRateKeys(keys []RateKeyStatus, limit int) []RateKeyStatus {
+// TopRateKeys sorts keys the emptiest bucket first and keeps at most limit:
+// what HottestRates returns.
+func TopRateKeys(keys []RateKeyStatus, limit int) []RateKeyStatus {
 	sort.Slice(keys, func(i, j int) bool {
 		if keys[i].Tokens != keys[j].Tokens {
 			return keys[i].Tokens < keys[j].Tokens
@@ -145,7 +156,6 @@ func (e *Engine) Status(ctx context.Context, maxKeys int) *Status {
 	now := e.clock.Now()
 	out := &Status{Policy: st.policy.Policy.Metadata.Name, PolicyHash: st.policy.Hash, Time: now.UTC(),
 		Budgets: []BudgetStatus{}, RateLimits: []RateStatus{}, Overrides: []OverrideStatus{}}
-	insp, _ := e.store.(Inspector)
 	for _, r := range st.budgets {
 		bs := BudgetStatus{Name: r.cb.Name, Mode: string(r.cb.Mode), Per: append([]string{}, r.per...), Breaker: "none", Keys: []KeyStatus{}}
 		if r.spec.Breaker.Enabled {
@@ -154,26 +164,22 @@ func (e *Engine) Status(ctx context.Context, maxKeys int) *Status {
 				bs.Breaker = "Manual"
 			}
 		}
-		if insp != nil {
-			keys, err := insp.InspectBudget(ctx, r.spec, maxKeys)
-			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("budget %s: %v", r.cb.Name, err))
-			}
-			for i := range keys {
-				bs.Keys = append(bs.Keys, keyStatus(r.spec, &keys[i]))
-			}
+		keys, err := e.store.InspectBudget(ctx, r.spec, maxKeys)
+		if err != nil {
+			out.Errors = append(out.Errors, fmt.Sprintf("budget %s: %v", r.cb.Name, err))
+		}
+		for i := range keys {
+			bs.Keys = append(bs.Keys, keyStatus(r.spec, &keys[i]))
 		}
 		out.Budgets = append(out.Budgets, bs)
 	}
 	for _, r := range st.rates {
 		rs := RateStatus{Name: r.cr.Name, Mode: string(r.cr.Mode), QPS: r.spec.QPS, Burst: r.spec.Burst, Hottest: []RateKeyStatus{}}
-		if insp != nil {
-			keys, err := insp.HottestRates(ctx, r.spec, maxKeys)
-			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("rate limit %s: %v", r.cr.Name, err))
-			}
-			rs.Hottest = append(rs.Hottest, keys...)
+		keys, err := e.store.HottestRates(ctx, r.spec, maxKeys)
+		if err != nil {
+			out.Errors = append(out.Errors, fmt.Sprintf("rate limit %s: %v", r.cr.Name, err))
 		}
+		rs.Hottest = append(rs.Hottest, keys...)
 		out.RateLimits = append(out.RateLimits, rs)
 	}
 	for _, o := range e.Overrides() {

@@ -225,7 +225,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)
 	}
-	e.policy.watcher.Subscribe("engine", policy.SubscriberFunc(eng.SetPolicy))
+	e.policy.watcher.Subscribe("engine", eng)
 	e.engine = eng
 	u, _ := url.Parse(up.URL)
 	cfg := Config{

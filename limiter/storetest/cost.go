@@ -1,93 +1,93 @@
-package limiter
+package storetest
 
 import (
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
 	"pgregory.net/rapid"
+
+	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // testCosts is the store contract for checks that take more than one token
 // (cascades: AtRoot): every store runs it from testStoreSemantics.
-func testCosts(t *testing.T, newStore newStoreFunc) {
+func testCosts(t *testing.T, newStore NewStore) {
 	t.Run("a cost-5 charge leaves limit-5 and frees at t0+window", func(t *testing.T) {
-		clk := clocktesting.NewFakeClock(testEpoch)
+		clk := clocktesting.NewFakeClock(Epoch)
 		s := newStore(t, clk)
-		spec := testSpec([]WindowSpec{{time.Minute, 20}, {time.Hour, 30}}, BreakerSpec{})
-		b := take(t, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: 5})
+		spec := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 20}, {Length: time.Hour, Limit: 30}}, limiter.BreakerSpec{})
+		b := Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 5})
 		if !b.Admitted || b.Results[0].Used[0] != 5 || b.Results[0].Used[1] != 5 {
 			t.Fatalf("cost 5 on an empty key: %+v, want admitted with 5/20 and 5/30 used", b.Results[0])
 		}
-		clk.SetTime(testEpoch.Add(10 * time.Second))
-		res := take(t, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: 16}).Results[0]
+		clk.SetTime(Epoch.Add(10 * time.Second))
+		res := Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 16}).Results[0]
 		if res.Allowed || res.Window != 0 || res.Used[0] != 5 || res.RetryAfter != 50*time.Second {
 			t.Fatalf("cost 16 with 15 left: %+v, want the 1m window denying, free when the t0 charge leaves (50s)", res)
 		}
-		if b := take(t, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: 15}); !b.Admitted || b.Results[0].Used[0] != 20 {
+		if b := Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 15}); !b.Admitted || b.Results[0].Used[0] != 20 {
 			t.Fatalf("cost 15 with 15 left: %+v, want admitted with 20/20 used", b.Results[0])
 		}
-		clk.SetTime(testEpoch.Add(time.Minute - time.Nanosecond))
-		if b := take(t, s, false, BudgetCheck{Spec: spec, Key: "k"}); b.Admitted {
+		clk.SetTime(Epoch.Add(time.Minute - time.Nanosecond))
+		if b := Take(t, s, false, limiter.BudgetCheck{Spec: spec, Key: "k"}); b.Admitted {
 			t.Fatal("1ns before t0+1m the t0 charge still fills the window; want denied")
 		}
-		clk.SetTime(testEpoch.Add(time.Minute))
-		b = take(t, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: 5})
+		clk.SetTime(Epoch.Add(time.Minute))
+		b = Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 5})
 		if !b.Admitted || b.Results[0].Used[0] != 20 || b.Results[0].Used[1] != 25 {
 			t.Fatalf("at t0+1m the 5 tokens of t0 are free: %+v, want 20/20 and 25/30", b.Results[0])
 		}
-		res = take(t, s, false, BudgetCheck{Spec: spec, Key: "k", Cost: 6}).Results[0]
+		res = Take(t, s, false, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 6}).Results[0]
 		if res.Allowed || res.Window != 1 || res.RetryAfter != time.Hour-time.Minute {
 			t.Fatalf("cost 6 with 5 left in 1h: %+v, want window 1h denying, free in 59m", res)
 		}
 	})
 	t.Run("costs are all or nothing across keys and budgets", func(t *testing.T) {
-		clk := clocktesting.NewFakeClock(testEpoch)
+		clk := clocktesting.NewFakeClock(Epoch)
 		s := newStore(t, clk)
-		pods := testSpec([]WindowSpec{{time.Minute, 20}}, BreakerSpec{})
-		svcs := testSpec([]WindowSpec{{time.Minute, 10}}, BreakerSpec{})
-		b := take(t, s, true,
-			BudgetCheck{Spec: pods, Key: "namespace=a", Cost: 12},
-			BudgetCheck{Spec: pods, Key: "namespace=b", Cost: 20},
-			BudgetCheck{Spec: svcs, Key: "namespace=a", Cost: 11})
+		pods := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 20}}, limiter.BreakerSpec{})
+		svcs := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 10}}, limiter.BreakerSpec{})
+		b := Take(t, s, true,
+			limiter.BudgetCheck{Spec: pods, Key: "namespace=a", Cost: 12},
+			limiter.BudgetCheck{Spec: pods, Key: "namespace=b", Cost: 20},
+			limiter.BudgetCheck{Spec: svcs, Key: "namespace=a", Cost: 11})
 		if b.Admitted || !b.Results[0].Allowed || !b.Results[1].Allowed || b.Results[2].Allowed {
 			t.Fatalf("one check over its limit: admitted=%v %+v, want only the services check denied", b.Admitted, b.Results)
 		}
 		for _, k := range []string{"namespace=a", "namespace=b"} {
-			if used := take(t, s, false, BudgetCheck{Spec: pods, Key: k}).Results[0].Used[0]; used != 0 {
+			if used := Take(t, s, false, limiter.BudgetCheck{Spec: pods, Key: k}).Results[0].Used[0]; used != 0 {
 				t.Fatalf("a denied batch charged %s: %d used", k, used)
 			}
 		}
-		b = take(t, s, true,
-			BudgetCheck{Spec: pods, Key: "namespace=a", Cost: 12},
-			BudgetCheck{Spec: pods, Key: "namespace=b", Cost: 20},
-			BudgetCheck{Spec: svcs, Key: "namespace=a", Cost: 10})
+		b = Take(t, s, true,
+			limiter.BudgetCheck{Spec: pods, Key: "namespace=a", Cost: 12},
+			limiter.BudgetCheck{Spec: pods, Key: "namespace=b", Cost: 20},
+			limiter.BudgetCheck{Spec: svcs, Key: "namespace=a", Cost: 10})
 		if !b.Admitted || b.Results[0].Used[0] != 12 || b.Results[1].Used[0] != 20 || b.Results[2].Used[0] != 10 {
 			t.Fatalf("every check fits: admitted=%v %+v", b.Admitted, b.Results)
 		}
 	})
 	t.Run("a cost above the limit is denied and trips the breaker", func(t *testing.T) {
-		clk := clocktesting.NewFakeClock(testEpoch)
+		clk := clocktesting.NewFakeClock(Epoch)
 		s := newStore(t, clk)
-		spec := testSpec([]WindowSpec{{time.Minute, 20}}, BreakerSpec{Enabled: true, Cooldown: 5 * time.Minute, HalfOpenLimit: 1})
-		res := take(t, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: 312}).Results[0]
-		if res.Allowed || res.Reason != WindowExhausted || res.State != Open || res.Used[0] != 0 || res.RetryAfter != 5*time.Minute {
+		spec := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 20}}, limiter.BreakerSpec{Enabled: true, Cooldown: 5 * time.Minute, HalfOpenLimit: 1})
+		res := Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 312}).Results[0]
+		if res.Allowed || res.Reason != limiter.WindowExhausted || res.State != limiter.Open || res.Used[0] != 0 || res.RetryAfter != 5*time.Minute {
 			t.Fatalf("cost 312 > limit 20: %+v, want denied, nothing used, breaker Open for its 5m cooldown", res)
 		}
-		if res := take(t, s, true, BudgetCheck{Spec: spec, Key: "k"}).Results[0]; res.Allowed || res.Reason != BreakerIsOpen {
+		if res := Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k"}).Results[0]; res.Allowed || res.Reason != limiter.BreakerIsOpen {
 			t.Fatalf("after the trip a cost-1 request: %+v, want denied by the open breaker", res)
 		}
-		huge := testSpec([]WindowSpec{{time.Minute, 1 << 40}}, BreakerSpec{})
-		if b := take(t, s, true, BudgetCheck{Spec: huge, Key: "k", Cost: MaxCost + 1}); b.Admitted || b.Results[0].Used[0] != 0 {
+		huge := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1 << 40}}, limiter.BreakerSpec{})
+		if b := Take(t, s, true, limiter.BudgetCheck{Spec: huge, Key: "k", Cost: limiter.MaxCost + 1}); b.Admitted || b.Results[0].Used[0] != 0 {
 			t.Fatalf("a cost above MaxCost under a huge limit: %+v, want denied", b.Results[0])
 		}
-		if b := take(t, s, true, BudgetCheck{Spec: huge, Key: "k", Cost: 5000}); !b.Admitted || b.Results[0].Used[0] != 5000 {
+		if b := Take(t, s, true, limiter.BudgetCheck{Spec: huge, Key: "k", Cost: 5000}); !b.Admitted || b.Results[0].Used[0] != 5000 {
 			t.Fatalf("cost 5000 under a huge limit: %+v, want admitted", b.Results[0])
 		}
-		noBreaker := testSpec([]WindowSpec{{time.Minute, 20}}, BreakerSpec{})
-		res = take(t, s, true, BudgetCheck{Spec: noBreaker, Key: "k", Cost: 1 << 62}).Results[0]
+		noBreaker := Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 20}}, limiter.BreakerSpec{})
+		res = Take(t, s, true, limiter.BudgetCheck{Spec: noBreaker, Key: "k", Cost: 1 << 62}).Results[0]
 		if res.Allowed || res.Window != 0 || res.RetryAfter != time.Minute {
 			t.Fatalf("a huge cost without a breaker: %+v, want denied, told to wait a whole window", res)
 		}
@@ -96,14 +96,14 @@ func testCosts(t *testing.T, newStore newStoreFunc) {
 		// The Redis log counts nanoseconds from a base second that only a
 		// commit moves: 55 days on, now plus a 50-day window passes 2^53 ns,
 		// which a Lua number no longer holds exactly.
-		clk := clocktesting.NewFakeClock(testEpoch)
+		clk := clocktesting.NewFakeClock(Epoch)
 		s := newStore(t, clk)
-		spec := testSpec([]WindowSpec{{50 * 24 * time.Hour, 2}}, BreakerSpec{})
-		take(t, s, true, BudgetCheck{Spec: spec, Key: "k"})
-		clk.SetTime(testEpoch.Add(10 * 24 * time.Hour))
-		take(t, s, true, BudgetCheck{Spec: spec, Key: "k"})
-		clk.SetTime(testEpoch.Add(55*24*time.Hour + time.Nanosecond))
-		res := take(t, s, false, BudgetCheck{Spec: spec, Key: "k", Cost: 3}).Results[0]
+		spec := Spec([]limiter.WindowSpec{{Length: 50 * 24 * time.Hour, Limit: 2}}, limiter.BreakerSpec{})
+		Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k"})
+		clk.SetTime(Epoch.Add(10 * 24 * time.Hour))
+		Take(t, s, true, limiter.BudgetCheck{Spec: spec, Key: "k"})
+		clk.SetTime(Epoch.Add(55*24*time.Hour + time.Nanosecond))
+		res := Take(t, s, false, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: 3}).Results[0]
 		if res.Allowed || res.Used[0] != 1 || res.RetryAfter != 50*24*time.Hour {
 			t.Fatalf("cost 3 > limit 2 on a 55-day-old key: %+v, want denied, retry in exactly 50d", res)
 		}
@@ -113,20 +113,20 @@ func testCosts(t *testing.T, newStore newStoreFunc) {
 	})
 }
 
-func testCostSlidingWindow(t *testing.T, newStore newStoreFunc) {
-	clk := clocktesting.NewFakeClock(testEpoch)
+func testCostSlidingWindow(t *testing.T, newStore NewStore) {
+	clk := clocktesting.NewFakeClock(Epoch)
 	s := newStore(t, clk)
 	rapid.Check(t, func(rt *rapid.T) {
 		nw := rapid.IntRange(1, 3).Draw(rt, "windows")
-		var ws []WindowSpec
+		var ws []limiter.WindowSpec
 		length, limit := time.Duration(0), int64(0)
 		for i := 0; i < nw; i++ {
 			length += time.Duration(rapid.IntRange(1, 120).Draw(rt, "lengthStepSeconds")) * time.Second
 			limit += int64(rapid.IntRange(1, 20).Draw(rt, "limitStep"))
-			ws = append(ws, WindowSpec{Length: length, Limit: limit})
+			ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
 		}
-		spec := testSpec(ws, BreakerSpec{})
-		now := testEpoch.Add(time.Duration(specSeq.Load()) * 24 * time.Hour)
+		spec := Spec(ws, limiter.BreakerSpec{})
+		now := Epoch.Add(time.Duration(specSeq.Load()) * 24 * time.Hour)
 		type charge struct {
 			at   time.Time
 			cost int64
@@ -150,19 +150,13 @@ func testCostSlidingWindow(t *testing.T, newStore newStoreFunc) {
 					want = false
 				}
 			}
-			b := take(rt, s, true, BudgetCheck{Spec: spec, Key: "k", Cost: cost})
+			b := Take(rt, s, true, limiter.BudgetCheck{Spec: spec, Key: "k", Cost: cost})
 			if b.Results[0].Allowed != want {
-				rt.Fatalf("request %d (cost %d) at +%s: allowed=%v, the exact log says %v", i, cost, now.Sub(testEpoch), b.Results[0].Allowed, want)
+				rt.Fatalf("request %d (cost %d) at +%s: allowed=%v, the exact log says %v", i, cost, now.Sub(Epoch), b.Results[0].Allowed, want)
 			}
 			if b.Admitted {
 				admitted = append(admitted, charge{now, cost})
 			}
 		}
 	})
-}
-
-func TestRedisScriptKnowsMaxCost(t *testing.T) {
-	if want := fmt.Sprintf("local MAXCOST = %d ", MaxCost); !strings.Contains(budgetLua, want) {
-		t.Fatalf("budgetLua lacks %q: the stores would disagree on the largest cost", want)
-	}
 }

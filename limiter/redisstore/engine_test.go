@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -18,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"pgregory.net/rapid"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -55,12 +57,12 @@ spec:
     onStoreFailure: Local
 `
 
-func deleteOf(resource, ns, name string) *Attributes {
-	return &Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: resource, Namespace: ns, Name: name, User: "alice"}, Checks: CheckBudgets}
+func deleteOf(resource, ns, name string) *limiter.Attributes {
+	return &limiter.Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: resource, Namespace: ns, Name: name, User: "alice"}, Checks: limiter.CheckBudgets}
 }
 
 // newRedisEngine builds an engine on a real-time RedisStore (Redis TIME).
-func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*Engine, *RedisStore) {
+func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*limiter.Engine, *RedisStore) {
 	t.Helper()
 	rc := RedisConfig{URL: url, KeyPrefix: prefix, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	if cfg != nil {
@@ -71,7 +73,7 @@ func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	e, err := NewEngine(EngineConfig{Policy: parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 		var admitted, fallback atomic.Int64
 		var wg sync.WaitGroup
 		for g := 0; g < 16; g++ {
-			e := []*Engine{e1, e2}[g%2]
+			e := []*limiter.Engine{e1, e2}[g%2]
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -120,14 +122,14 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 			t.Fatalf("round %d: two engines admitted %d of 160 concurrent deletes in one minute, want exactly the limit 20", round, got)
 		}
 		// The breaker tripped in Redis: the other engine sees it Open at once.
-		for _, e := range []*Engine{e1, e2} {
-			if d := e.Decide(context.Background(), deleteOf("pods", ns, "late")); d.Allowed || d.State != Open {
+		for _, e := range []*limiter.Engine{e1, e2} {
+			if d := e.Decide(context.Background(), deleteOf("pods", ns, "late")); d.Allowed || d.State != limiter.Open {
 				t.Fatalf("round %d: after exhaustion an engine answered %+v, want the shared breaker Open", round, d)
 			}
 		}
 	}
 	// A reset through one engine reaches the other.
-	if err := e1.ResetBreakers(context.Background(), &Override{Name: "o", Budgets: []string{"pod-deletes"}, Namespaces: []string{"ns0"}, ResetBreaker: true}); err != nil {
+	if err := e1.ResetBreakers(context.Background(), &limiter.Override{Name: "o", Budgets: []string{"pod-deletes"}, Namespaces: []string{"ns0"}, ResetBreaker: true}); err != nil {
 		t.Fatal(err)
 	}
 	if d := e2.Decide(context.Background(), deleteOf("pods", "ns0", "after-reset")); !d.Allowed {
@@ -155,7 +157,7 @@ func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 		hourly := limit + rapid.IntRange(0, 10).Draw(rt, "hourlyExtra")
 		workers := rapid.IntRange(2, 12).Draw(rt, "workers")
 		each := rapid.IntRange(1, 8).Draw(rt, "requestsPerWorker")
-		pol := parse(t, fmt.Sprintf(`
+		pol := storetest.Parse(t, fmt.Sprintf(`
 apiVersion: kubedefender.io/v1alpha1
 kind: DefenderPolicy
 metadata: {name: prop}
@@ -166,9 +168,9 @@ spec:
     per: [namespace]
     windows: [{window: 1m, limit: %d}, {window: 1h, limit: %d}]
 `, limit, hourly))
-		var engines [2]*Engine
+		var engines [2]*limiter.Engine
 		for i, s := range []*RedisStore{s1, s2} {
-			e, err := NewEngine(EngineConfig{Policy: pol, Store: s})
+			e, err := limiter.NewEngine(limiter.EngineConfig{Policy: pol, Store: s})
 			if err != nil {
 				rt.Fatal(err)
 			}
@@ -246,7 +248,7 @@ type faultLoad struct {
 	calls atomic.Int64
 }
 
-func startLoad(e *Engine, workers int) *faultLoad {
+func startLoad(e *limiter.Engine, workers int) *faultLoad {
 	l := &faultLoad{stop: make(chan struct{})}
 	for g := 0; g < workers; g++ {
 		l.wg.Add(1)
@@ -316,11 +318,15 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			t.Fatalf("warm-up: %+v", d)
 		}
 
+		var killed time.Time
 		t.Run("Redis killed mid-load: no decision waits past the timeout", func(t *testing.T) {
 			load := startLoad(e, 8)
-			time.Sleep(100 * time.Millisecond)
+			waitFor(t, 5*time.Second, func() bool { return load.calls.Load() >= 50 }, "the load to make 50 decisions")
 			srv.Kill()
-			time.Sleep(400 * time.Millisecond)
+			killed = time.Now()
+			waitFor(t, 5*time.Second, s.open.Load, "the store breaker to open")
+			opened := load.calls.Load()
+			waitFor(t, 5*time.Second, func() bool { return load.calls.Load() >= opened+200 }, "200 decisions with the breaker open")
 			slowest, p99, n := load.finish()
 			t.Logf("kill under load: %d decisions, slowest %s, p99 %s (timeout %s)", n, slowest, p99, timeout)
 			if slowest > timeout+margin {
@@ -337,7 +343,7 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			if took := time.Since(start); took > 50*time.Millisecond {
 				t.Errorf("with the store breaker open a decision took %s, want an immediate answer", took)
 			}
-			if d.Allowed || d.Code != http.StatusServiceUnavailable || !errors.Is(d.Err, ErrStoreUnavailable) || !d.Fallback {
+			if d.Allowed || d.Code != http.StatusServiceUnavailable || !errors.Is(d.Err, limiter.ErrStoreUnavailable) || !d.Fallback {
 				t.Fatalf("Deny rule: %+v", d)
 			}
 			for i := 0; i < 50; i++ {
@@ -354,7 +360,7 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			if admitted != 10 {
 				t.Fatalf("Local fallback admitted %d of 40 deletes, want this replica's share: 20/min over 2 replicas = 10", admitted)
 			}
-			list := &Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: "bob"}, Checks: CheckRateLimits}
+			list := &limiter.Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: "bob"}, Checks: limiter.CheckRateLimits}
 			admitted = 0
 			for i := 0; i < 20; i++ {
 				if d := e.Decide(ctx, list); d.Allowed {
@@ -367,36 +373,24 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 		})
 
 		t.Run("Redis restarted: shared decisions again within 5s", func(t *testing.T) {
-			start := time.Now()
 			srv.Restart()
-			t.Logf("redis-server restarted in %s", time.Since(start).Round(time.Millisecond))
-			for {
-				d := e.Decide(ctx, deleteOf("services", "back", "s"))
-				if !d.Fallback {
-					break
-				}
-				if time.Since(start) > 5*time.Second {
-					t.Fatal("still in fallback 5s after Redis came back")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			t.Logf("back to shared decisions %s after the restart began", time.Since(start).Round(time.Millisecond))
-			if v := testutil.ToFloat64(s.metrics.fallback); v < 0.3 {
-				t.Errorf("fallback_seconds_total = %v, want the ~0.5s outage counted", v)
+			waitFor(t, 5*time.Second, func() bool { return !e.Decide(ctx, deleteOf("services", "back", "s")).Fallback },
+				"shared decisions after Redis came back")
+			if v, most := testutil.ToFloat64(s.metrics.fallback), time.Since(killed).Seconds(); v <= 0 || v > most {
+				t.Errorf("fallback_seconds_total = %v, want the outage counted (more than 0, at most the %.3fs since the kill)", v, most)
 			}
 		})
 
 		t.Run("Redis slowed by DEBUG SLEEP: timeouts, not stalls", func(t *testing.T) {
 			load := startLoad(e, 8)
-			time.Sleep(50 * time.Millisecond)
+			waitFor(t, 5*time.Second, func() bool { return load.calls.Load() >= 50 }, "the load to make 50 decisions")
 			sleeper := srv.Client(t)
-			done := make(chan error, 1)
-			go func() { done <- sleeper.Do(context.Background(), "DEBUG", "SLEEP", "1").Err() }()
-			time.Sleep(1200 * time.Millisecond)
-			slowest, p99, n := load.finish()
-			if err := <-done; err != nil {
+			// The load runs for the whole second Redis sleeps: DEBUG SLEEP
+			// answers when Redis wakes up.
+			if err := sleeper.Do(context.Background(), "DEBUG", "SLEEP", "1").Err(); err != nil {
 				t.Fatalf("DEBUG SLEEP: %v", err)
 			}
+			slowest, p99, n := load.finish()
 			t.Logf("DEBUG SLEEP 1 under load: %d decisions, slowest %s, p99 %s (timeout %s)", n, slowest, p99, timeout)
 			if slowest > timeout+margin {
 				t.Fatalf("a decision took %s with Redis asleep, want at most timeout %s + %s", slowest, timeout, margin)
@@ -404,13 +398,8 @@ func testRedisFailures(t *testing.T, autoPipeline bool) {
 			if got := testutil.ToFloat64(s.metrics.errors[opBudgets]); got == 0 {
 				t.Fatal("no budget call failed while Redis slept")
 			}
-			start := time.Now()
-			for e.Decide(ctx, deleteOf("services", "awake", "s")).Fallback {
-				if time.Since(start) > 5*time.Second {
-					t.Fatal("still in fallback 5s after DEBUG SLEEP ended")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitFor(t, 5*time.Second, func() bool { return !e.Decide(ctx, deleteOf("services", "awake", "s")).Fallback },
+				"shared decisions after DEBUG SLEEP ended")
 		})
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -460,6 +449,7 @@ func TestRedisReplicasCountsLiveReplicasThroughHeartbeats(t *testing.T) {
 	}
 }
 
+// waitFor polls cond until it holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -13,16 +13,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	clocktesting "k8s.io/utils/clock/testing"
-	"pgregory.net/rapid"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter/storetest"
 )
 
-// redisFactory returns a newStoreFunc building RedisStores on opts, each
+// redisFactory returns a storetest.NewStore building RedisStores on opts, each
 // with a fresh key prefix so tests never see each other's keys.
-func redisFactory(opts func() *redis.UniversalOptions, extra func(*RedisConfig)) newStoreFunc {
+func redisFactory(opts func() *redis.UniversalOptions, extra func(*RedisConfig)) storetest.NewStore {
 	var seq atomic.Int64
-	return func(t *testing.T, clk *clocktesting.FakeClock) Store {
+	return func(t *testing.T, clk *clocktesting.FakeClock) limiter.Store {
 		cfg := RedisConfig{
 			Options:   opts(),
 			KeyPrefix: fmt.Sprintf("kdtest:%s:%d:", strings.ReplaceAll(t.Name(), "/", "."), seq.Add(1)),
@@ -55,31 +56,41 @@ func singleOpts(srv *redistest.Server) func() *redis.UniversalOptions {
 
 func TestRedisStoreSemantics(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	testStoreSemantics(t, redisFactory(singleOpts(srv), nil))
+	storetest.Run(t, redisFactory(singleOpts(srv), nil))
+}
+
+// TestRedisStoreAgreesWithMemoryStore runs the model-based checks of
+// storetest: the memory store and this one, on one fake clock, must decide
+// alike (store batches, the bounds of validation, random valid policies).
+func TestRedisStoreAgreesWithMemoryStore(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	storetest.Agree(t, redisFactory(singleOpts(srv), nil))
 }
 
 func TestRedisStoreSemanticsAutoPipelined(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	testStoreSemantics(t, redisFactory(singleOpts(srv), func(c *RedisConfig) { c.AutoPipeline = true }))
+	storetest.Run(t, redisFactory(singleOpts(srv), func(c *RedisConfig) { c.AutoPipeline = true }))
 }
 
 func TestRedisStoreOverTLS(t *testing.T) {
 	files := redistest.GenerateTLS(t)
 	srv := redistest.Start(t, redistest.Options{TLS: &files})
-	spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
 	decide := func(cfg RedisConfig) error {
-		cfg.URL, cfg.KeyPrefix, cfg.Timeout = srv.URL(), "kdtest:tls:", 2*time.Second
+		// A handshake that loads the system roots can take longer than the
+		// 250ms default dial timeout on a loaded machine under -race.
+		cfg.URL, cfg.KeyPrefix, cfg.Timeout, cfg.DialTimeout = srv.URL(), "kdtest:tls:", 2*time.Second, 2*time.Second
 		s, err := NewRedisStore(cfg)
 		if err != nil {
 			return err
 		}
 		defer s.Close()
-		return s.Budgets(context.Background(), &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true})
+		return s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true})
 	}
 	if err := decide(RedisConfig{TLSCAFile: files.CAFile}); err != nil {
 		t.Fatalf("rediss:// with the server's CA: %v", err)
 	}
-	if err := decide(RedisConfig{}); err == nil || !errors.Is(err, ErrStoreUnavailable) || !strings.Contains(err.Error(), "certificate") {
+	if err := decide(RedisConfig{}); err == nil || !errors.Is(err, limiter.ErrStoreUnavailable) || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("rediss:// trusting only the system roots: got %v, want a certificate error wrapped in ErrStoreUnavailable", err)
 	}
 	if err := decide(RedisConfig{TLSInsecureSkipVerify: true}); err != nil {
@@ -100,7 +111,7 @@ func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
 		}
 		return o
 	}
-	testStoreSemantics(t, redisFactory(opts, nil))
+	storetest.Run(t, redisFactory(opts, nil))
 	n, err := master.Client(t).DBSize(context.Background()).Result()
 	if err != nil || n == 0 {
 		t.Fatalf("the master Sentinel names holds %d keys (%v), want the suite's", n, err)
@@ -116,7 +127,7 @@ func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 		}
 		return o
 	}
-	testStoreSemantics(t, redisFactory(opts, nil))
+	storetest.Run(t, redisFactory(opts, nil))
 	t.Run("one round trip per decision, and scripts reload after SCRIPT FLUSH", func(t *testing.T) {
 		testOneRoundTrip(t, opts, func() {
 			for _, srv := range cl.Servers {
@@ -127,10 +138,10 @@ func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 		})
 	})
 	t.Run("rate keys spread over the masters", func(t *testing.T) {
-		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(testEpoch)).(*RedisStore)
-		spec := &RateSpec{Name: "spread", ID: "spread@test", QPS: 10, Burst: 5, Interval: 100 * time.Millisecond}
+		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(storetest.Epoch)).(*RedisStore)
+		spec := &limiter.RateSpec{Name: "spread", ID: "spread@test", QPS: 10, Burst: 5, Interval: 100 * time.Millisecond}
 		for i := 0; i < 30; i++ {
-			b := &RateBatch{Checks: []RateCheck{{Spec: spec, Key: fmt.Sprintf("user=u%d", i)}}}
+			b := &limiter.RateBatch{Checks: []limiter.RateCheck{{Spec: spec, Key: fmt.Sprintf("user=u%d", i)}}}
 			if err := s.Rates(context.Background(), b); err != nil || !b.Results[0].Allowed {
 				t.Fatalf("rate %d: %v %+v", i, err, b.Results)
 			}
@@ -147,85 +158,6 @@ func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 		}
 		if used < 2 {
 			t.Fatalf("30 rate keys landed on %d of 3 masters, want them spread", used)
-		}
-	})
-}
-
-// TestRedisStoreMatchesMemoryStore drives a memory store and a Redis store
-// with the same random operations on the same fake clock and wants every
-// result field equal: the Lua script is budget.go, line by line. (Since of a
-// Closed breaker is compared only while it is not Closed: both stores forget
-// an idle key, the memory store at its next Sweep, Redis when the key expires.)
-func TestRedisStoreMatchesMemoryStore(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	newRedis := redisFactory(singleOpts(srv), nil)
-	clk := clocktesting.NewFakeClock(testEpoch)
-	rs := newRedis(t, clk)
-	ms := NewMemoryStore(MemoryConfig{Clock: clk})
-	rapid.Check(t, func(rt *rapid.T) {
-		var specs []*BudgetSpec
-		for i := rapid.IntRange(1, 3).Draw(rt, "rules"); i > 0; i-- {
-			var ws []WindowSpec
-			length, limit := time.Duration(0), int64(0)
-			for j := rapid.IntRange(1, 3).Draw(rt, "windows"); j > 0; j-- {
-				length += time.Duration(rapid.IntRange(1, 90).Draw(rt, "lengthS")) * time.Second
-				limit += int64(rapid.IntRange(1, 4).Draw(rt, "limitStep"))
-				ws = append(ws, WindowSpec{Length: length, Limit: limit})
-			}
-			br := BreakerSpec{}
-			switch rapid.IntRange(0, 2).Draw(rt, "breaker") {
-			case 1:
-				br = BreakerSpec{Enabled: true, Manual: true}
-			case 2:
-				br = BreakerSpec{Enabled: true, Cooldown: time.Duration(rapid.IntRange(1, 120).Draw(rt, "cooldownS")) * time.Second,
-					HalfOpenLimit: int64(rapid.IntRange(1, 3).Draw(rt, "halfOpen"))}
-			}
-			specs = append(specs, testSpec(ws, br))
-		}
-		now := clk.Now().Add(24 * time.Hour)
-		for i := rapid.IntRange(1, 60).Draw(rt, "ops"); i > 0; i-- {
-			// Nanosecond steps too: the Redis store keeps exact nanoseconds.
-			now = now.Add(time.Duration(rapid.Int64Range(0, int64(100*time.Second)).Draw(rt, "stepNs")))
-			clk.SetTime(now)
-			if rapid.IntRange(0, 20).Draw(rt, "reset") == 0 {
-				sp := specs[rapid.IntRange(0, len(specs)-1).Draw(rt, "resetRule")]
-				key := rapid.SampledFrom([]string{"a", AllKeys}).Draw(rt, "resetKey")
-				if err := ms.ResetBudget(context.Background(), sp, key); err != nil {
-					rt.Fatal(err)
-				}
-				if err := rs.ResetBudget(context.Background(), sp, key); err != nil {
-					rt.Fatal(err)
-				}
-				continue
-			}
-			var checks []BudgetCheck
-			for _, sp := range specs {
-				if rapid.Bool().Draw(rt, "matches") {
-					checks = append(checks, BudgetCheck{Spec: sp, Key: rapid.SampledFrom([]string{"a", "b"}).Draw(rt, "key"), Shadow: rapid.IntRange(0, 4).Draw(rt, "shadow") == 0})
-				}
-			}
-			if len(checks) == 0 {
-				continue
-			}
-			commit := rapid.IntRange(0, 5).Draw(rt, "dry") != 0
-			mb := &BudgetBatch{Checks: checks, Commit: commit}
-			rb := &BudgetBatch{Checks: checks, Commit: commit}
-			if err := ms.Budgets(context.Background(), mb); err != nil {
-				rt.Fatal(err)
-			}
-			if err := rs.Budgets(context.Background(), rb); err != nil {
-				rt.Fatal(err)
-			}
-			if mb.Admitted != rb.Admitted || !mb.Now.Equal(rb.Now) {
-				rt.Fatalf("batch: memory admitted=%v now=%v, redis admitted=%v now=%v", mb.Admitted, mb.Now, rb.Admitted, rb.Now)
-			}
-			for k := range mb.Results {
-				m, r := mb.Results[k], rb.Results[k]
-				if m.Allowed != r.Allowed || m.Reason != r.Reason || m.Window != r.Window || m.Used != r.Used ||
-					m.RetryAfter != r.RetryAfter || m.Prev != r.Prev || m.State != r.State || (m.State != Closed && !m.Since.Equal(r.Since)) {
-					rt.Fatalf("check %d (%s key %s shadow %v commit %v):\nmemory %+v\nredis  %+v", k, checks[k].Spec.ID, checks[k].Key, checks[k].Shadow, commit, m, r)
-				}
-			}
 		}
 	})
 }
@@ -259,17 +191,17 @@ func TestRedisStoreOneRoundTripPerDecision(t *testing.T) {
 func testOneRoundTrip(t *testing.T, opts func() *redis.UniversalOptions, flush func()) {
 	hook := &roundTrips{}
 	s := redisFactory(opts, func(c *RedisConfig) { c.Hooks = []redis.Hook{hook}; c.Clock = nil })(t, nil)
-	b1 := testSpec([]WindowSpec{{time.Minute, 20}, {5 * time.Minute, 50}, {time.Hour, 200}, {24 * time.Hour, 1000}}, BreakerSpec{Enabled: true, Manual: true})
-	b2 := testSpec([]WindowSpec{{time.Minute, 5}}, BreakerSpec{Enabled: true, Cooldown: time.Minute, HalfOpenLimit: 1})
-	r1 := &RateSpec{Name: "r1", ID: "r1@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
-	r2 := &RateSpec{Name: "r2", ID: "r2@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
+	b1 := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 20}, {Length: 5 * time.Minute, Limit: 50}, {Length: time.Hour, Limit: 200}, {Length: 24 * time.Hour, Limit: 1000}}, limiter.BreakerSpec{Enabled: true, Manual: true})
+	b2 := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 5}}, limiter.BreakerSpec{Enabled: true, Cooldown: time.Minute, HalfOpenLimit: 1})
+	r1 := &limiter.RateSpec{Name: "r1", ID: "r1@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
+	r2 := &limiter.RateSpec{Name: "r2", ID: "r2@rt", QPS: 100, Burst: 1000, Interval: 10 * time.Millisecond}
 	ctx := context.Background()
 	decide := func() {
-		b := &BudgetBatch{Checks: []BudgetCheck{{Spec: b1, Key: "namespace=a"}, {Spec: b2, Key: ""}}, Commit: true}
+		b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: b1, Key: "namespace=a"}, {Spec: b2, Key: ""}}, Commit: true}
 		if err := s.Budgets(ctx, b); err != nil {
 			t.Fatal(err)
 		}
-		r := &RateBatch{Checks: []RateCheck{{Spec: r1, Key: "user=u"}, {Spec: r2, Key: "user=u,userAgent=x"}}}
+		r := &limiter.RateBatch{Checks: []limiter.RateCheck{{Spec: r1, Key: "user=u"}, {Spec: r2, Key: "user=u,userAgent=x"}}}
 		if err := s.Rates(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -300,9 +232,9 @@ func testOneRoundTrip(t *testing.T, opts func() *redis.UniversalOptions, flush f
 func TestRedisStoreMetrics(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	reg := prometheus.NewRegistry()
-	s := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.Registerer = reg; c.Replicas = 3 })(t, clocktesting.NewFakeClock(testEpoch))
-	spec := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
-	if err := s.Budgets(context.Background(), &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}); err != nil {
+	s := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.Registerer = reg; c.Replicas = 3 })(t, clocktesting.NewFakeClock(storetest.Epoch))
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
+	if err := s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}); err != nil {
 		t.Fatal(err)
 	}
 	want := `
@@ -329,15 +261,15 @@ kubedefender_store_replicas 3
 // change across the move (windows here are longer than that).
 func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	clk := clocktesting.NewFakeClock(testEpoch)
+	clk := clocktesting.NewFakeClock(storetest.Epoch)
 	rs := redisFactory(singleOpts(srv), nil)(t, clk)
-	ms := NewMemoryStore(MemoryConfig{Clock: clk})
+	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	day := 24 * time.Hour
-	spec := testSpec([]WindowSpec{{40 * day, 3}, {50 * day, 4}}, BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: 40 * day, Limit: 3}, {Length: 50 * day, Limit: 4}}, limiter.BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})
 	for i, step := range []time.Duration{0, 20*day + 1, 25*day + 7, 30 * day, time.Nanosecond, 10 * day, 45*day + 3, 60 * day, 100 * day} {
 		clk.Step(step)
-		mb := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
-		rb := &BudgetBatch{Checks: []BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
+		mb := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
+		rb := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}
 		if err := ms.Budgets(context.Background(), mb); err != nil {
 			t.Fatal(err)
 		}
@@ -346,14 +278,34 @@ func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 		}
 		m, r := mb.Results[0], rb.Results[0]
 		if m.Allowed != r.Allowed || m.Used != r.Used || m.RetryAfter != r.RetryAfter || m.State != r.State || !mb.Now.Equal(rb.Now) {
-			t.Fatalf("request %d at +%s:\nmemory %+v\nredis  %+v", i, clk.Now().Sub(testEpoch), m, r)
+			t.Fatalf("request %d at +%s:\nmemory %+v\nredis  %+v", i, clk.Now().Sub(storetest.Epoch), m, r)
 		}
 		if i == 6 { // +130 days, the entry from +85 days still in the 50-day window: the base has moved
 			h, _ := rs.(*RedisStore).budgetKeys(spec, "k")
 			base, err := srv.Client(t).HGet(context.Background(), h, "b").Int64()
-			if err != nil || base < testEpoch.Add(100*day).Unix() {
+			if err != nil || base < storetest.Epoch.Add(100*day).Unix() {
 				t.Fatalf("base second %d (%v), want it moved past +100 days", base, err)
 			}
 		}
+	}
+}
+
+func TestBackendCarriesTheStoreItsReplicasAndItsClose(t *testing.T) {
+	if _, err := NewBackend(RedisConfig{}); err == nil {
+		t.Fatal("a backend without a URL was built")
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	b, err := NewBackend(RedisConfig{URL: srv.URL(), Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Store.(*RedisStore); !ok || b.Mode != "redis" || b.Replicas() != 3 {
+		t.Fatalf("redis backend: store %T, mode %q, replicas %d; want a *RedisStore, redis, 3", b.Store, b.Mode, b.Replicas())
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := b.Store.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{}), Key: "k"}}}); err == nil {
+		t.Fatal("a decision after Close succeeded; Close did not close the client")
 	}
 }

@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -9,19 +9,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/kubedefender/kubedefender/limiter"
 )
 
-var _ Inspector = (*RedisStore)(nil)
-
-// inspectScanCap bounds how many keys one status request reads per rule, so a
-// status call stays cheap however many keys a rule has (both stores: the
-// memory store judges them under the lock its decisions need).
-const inspectScanCap = 2000
+var _ limiter.Inspector = (*RedisStore)(nil)
 
 // InspectBudget implements Inspector: it SCANs the node holding the {b} slot
 // for the rule's keys and judges them, without charging, through the budget
 // script, a hundred keys per call. Status only; never on a request path.
-func (s *RedisStore) InspectBudget(ctx context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
+func (s *RedisStore) InspectBudget(ctx context.Context, spec *limiter.BudgetSpec, limit int) ([]limiter.BudgetKeyStatus, error) {
 	node, err := s.budgetNode(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
@@ -31,24 +28,24 @@ func (s *RedisStore) InspectBudget(ctx context.Context, spec *BudgetSpec, limit 
 	if err != nil {
 		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
 	}
-	var out []BudgetKeyStatus
+	var out []limiter.BudgetKeyStatus
 	for start := 0; start < len(keys); start += 100 {
 		end := min(start+100, len(keys))
-		b := &BudgetBatch{}
+		b := &limiter.BudgetBatch{}
 		for _, k := range keys[start:end] {
-			b.Checks = append(b.Checks, BudgetCheck{Spec: spec, Key: strings.TrimSuffix(strings.TrimPrefix(k, base), ":h")})
+			b.Checks = append(b.Checks, limiter.BudgetCheck{Spec: spec, Key: strings.TrimSuffix(strings.TrimPrefix(k, base), ":h")})
 		}
 		if err := s.Budgets(ctx, b); err != nil {
 			return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
 		}
 		for i := range b.Results {
 			res := &b.Results[i]
-			ks := BudgetKeyStatus{Key: b.Checks[i].Key, Used: res.Used, State: res.State, Since: res.Since}
-			if res.Reason == WindowExhausted {
+			ks := limiter.BudgetKeyStatus{Key: b.Checks[i].Key, Used: res.Used, State: res.State, Since: res.Since}
+			if res.Reason == limiter.WindowExhausted {
 				// judge reports the trip this request would cause; the key is not Open yet.
-				ks.State, ks.Since = Closed, time.Time{}
-				if res.Prev == HalfOpen {
-					ks.State = HalfOpen
+				ks.State, ks.Since = limiter.Closed, time.Time{}
+				if res.Prev == limiter.HalfOpen {
+					ks.State = limiter.HalfOpen
 				}
 				if !spec.Breaker.Enabled {
 					ks.FreesAt[res.Window] = b.Now.Add(res.RetryAfter)
@@ -57,19 +54,19 @@ func (s *RedisStore) InspectBudget(ctx context.Context, spec *BudgetSpec, limit 
 			out = append(out, ks)
 		}
 	}
-	return topBudgetKeys(spec, out, limit), nil
+	return limiter.TopBudgetKeys(spec, out, limit), nil
 }
 
 // HottestRates implements Inspector: it SCANs every master for the rule's
 // keys and reads their theoretical arrival times. On a cluster the masters
 // are read concurrently (ForEachMaster runs one goroutine per master): each
 // read builds its own slice and merges it into out under mu.
-func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {
+func (s *RedisStore) HottestRates(ctx context.Context, spec *limiter.RateSpec, limit int) ([]limiter.RateKeyStatus, error) {
 	base := s.prefix + "{r:" + spec.ID + ":"
 	pattern := globEscape(base) + "*"
 	var (
 		mu  sync.Mutex
-		out []RateKeyStatus
+		out []limiter.RateKeyStatus
 	)
 	read := func(ctx context.Context, node redis.Cmdable) error {
 		keys, err := scanKeys(ctx, node, pattern, s.timeout)
@@ -93,13 +90,13 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int
 		if s.clock != nil {
 			now = s.clock.Now()
 		}
-		var mine []RateKeyStatus
+		var mine []limiter.RateKeyStatus
 		for i, g := range gets {
 			tat, ok := parseTAT(g.Val())
 			if !ok || tat <= now.UnixNano() {
 				continue
 			}
-			mine = append(mine, rateKeyStatus(spec, rateKeyName(keys[i]), tat, now.UnixNano()))
+			mine = append(mine, limiter.NewRateKeyStatus(spec, rateKeyName(keys[i]), tat, now.UnixNano()))
 		}
 		mu.Lock()
 		out = append(out, mine...)
@@ -115,7 +112,7 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *RateSpec, limit int
 	if err != nil {
 		return nil, fmt.Errorf("failed to inspect rate limit %s: %w", spec.Name, err)
 	}
-	return topRateKeys(out, limit), nil
+	return limiter.TopRateKeys(out, limit), nil
 }
 
 // budgetNode is the node that holds the {b} slot.
@@ -129,11 +126,11 @@ func (s *RedisStore) budgetNode(ctx context.Context) (redis.Cmdable, error) {
 	return cc.MasterForKey(cctx, s.prefix+"{b}")
 }
 
-// scanKeys returns up to inspectScanCap keys matching pattern on one node.
+// scanKeys returns up to limiter.InspectScanCap keys matching pattern on one node.
 func scanKeys(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration) ([]string, error) {
 	var keys []string
 	var cursor uint64
-	for len(keys) < inspectScanCap {
+	for len(keys) < limiter.InspectScanCap {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		batch, next, err := node.Scan(cctx, cursor, pattern, 1000).Result()
 		cancel()

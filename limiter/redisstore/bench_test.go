@@ -1,4 +1,4 @@
-package limiter
+package redisstore
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
 )
 
@@ -27,9 +28,9 @@ import (
 //	go test -run '^$' -bench BenchmarkRedisStore -benchtime 2s ./limiter/
 func BenchmarkRedisStore(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
-	budget := &BudgetSpec{Name: "bench", ID: "bench@b", Windows: []WindowSpec{
-		{time.Minute, 20}, {5 * time.Minute, 50}, {time.Hour, 200}, {24 * time.Hour, 1000}}}
-	rate := &RateSpec{Name: "bench", ID: "bench@r", QPS: 100, Burst: 200, Interval: 10 * time.Millisecond}
+	budget := &limiter.BudgetSpec{Name: "bench", ID: "bench@b", Windows: []limiter.WindowSpec{
+		{Length: time.Minute, Limit: 20}, {Length: 5 * time.Minute, Limit: 50}, {Length: time.Hour, Limit: 200}, {Length: 24 * time.Hour, Limit: 1000}}}
+	rate := &limiter.RateSpec{Name: "bench", ID: "bench@r", QPS: 100, Burst: 200, Interval: 10 * time.Millisecond}
 	type row struct{ ops, p99 float64 }
 	results := map[string]row{}
 	var mu sync.Mutex
@@ -49,11 +50,11 @@ func BenchmarkRedisStore(b *testing.B) {
 	}
 	ops := map[string]func(ctx context.Context, store *RedisStore, i int) error{
 		"budget": func(ctx context.Context, store *RedisStore, i int) error {
-			bb := BudgetBatch{Checks: []BudgetCheck{{Spec: budget, Key: keys[i%len(keys)]}}, Commit: true}
+			bb := limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: budget, Key: keys[i%len(keys)]}}, Commit: true}
 			return store.Budgets(ctx, &bb)
 		},
 		"rate": func(ctx context.Context, store *RedisStore, i int) error {
-			rb := RateBatch{Checks: []RateCheck{{Spec: rate, Key: keys[i%10000]}}}
+			rb := limiter.RateBatch{Checks: []limiter.RateCheck{{Spec: rate, Key: keys[i%10000]}}}
 			return store.Rates(ctx, &rb)
 		},
 	}

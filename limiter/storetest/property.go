@@ -1,4 +1,4 @@
-package limiter
+package storetest
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"pgregory.net/rapid"
 
-	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -191,10 +191,10 @@ func atRootValid(m *policy.Match) bool {
 }
 
 // propCounts are removal counts, up to values no store may write.
-var propCounts = []int64{0, 1, 2, 3, 20, 312, 5000, MaxCost, MaxCost + 1, 1 << 40, math.MaxInt64}
+var propCounts = []int64{0, 1, 2, 3, 20, 312, 5000, limiter.MaxCost, limiter.MaxCost + 1, 1 << 40, math.MaxInt64}
 
-func drawAttributes(t *rapid.T) *Attributes {
-	a := &Attributes{Attributes: policy.Attributes{
+func drawAttributes(t *rapid.T) *limiter.Attributes {
+	a := &limiter.Attributes{Attributes: policy.Attributes{
 		Verb: rapid.SampledFrom(propVerbs).Draw(t, "verb"), Resource: rapid.SampledFrom(propRes).Draw(t, "resource"),
 		Namespace: rapid.SampledFrom(propNS).Draw(t, "ns"), Name: "obj", User: rapid.SampledFrom(propUsers).Draw(t, "user"),
 		UserAgent: rapid.SampledFrom(propUAs).Draw(t, "userAgent"), DryRun: rapid.IntRange(0, 5).Draw(t, "dryRun") == 0,
@@ -202,15 +202,15 @@ func drawAttributes(t *rapid.T) *Attributes {
 	if a.Resource == "deployments" {
 		a.APIGroup = "apps"
 	}
-	a.Front = rapid.SampledFrom([]Front{FrontWebhook, FrontProxy}).Draw(t, "front")
-	a.Checks = rapid.SampledFrom([]Checks{0, CheckBudgets, CheckRateLimits, CheckBreakers, CheckBudgets | CheckRateLimits}).Draw(t, "checks")
+	a.Front = rapid.SampledFrom([]limiter.Front{limiter.FrontWebhook, limiter.FrontProxy}).Draw(t, "front")
+	a.Checks = rapid.SampledFrom([]limiter.Checks{0, limiter.CheckBudgets, limiter.CheckRateLimits, limiter.CheckBreakers, limiter.CheckBudgets | limiter.CheckRateLimits}).Draw(t, "checks")
 	if rapid.IntRange(0, 3).Draw(t, "once") == 0 {
 		a.ChargeOnce = rapid.SampledFrom([]string{"uid-1", "uid-2"}).Draw(t, "uid")
 	}
 	switch rapid.IntRange(0, 3).Draw(t, "cascade") {
 	case 1: // a root: what it removes
 		for i := rapid.IntRange(1, 4).Draw(t, "removals"); i > 0; i-- {
-			rm := Removal{Resource: rapid.SampledFrom([]string{"pods", "pods", "configmaps", "deployments"}).Draw(t, "removed"),
+			rm := limiter.Removal{Resource: rapid.SampledFrom([]string{"pods", "pods", "configmaps", "deployments"}).Draw(t, "removed"),
 				Namespace: rapid.SampledFrom(propNS[1:]).Draw(t, "removedNS"), Count: rapid.SampledFrom(propCounts).Draw(t, "count")}
 			if rm.Resource == "deployments" {
 				rm.APIGroup = "apps"
@@ -223,8 +223,8 @@ func drawAttributes(t *rapid.T) *Attributes {
 	return a
 }
 
-func drawOverride(t *rapid.T, c *policy.Compiled, now time.Time) Override {
-	o := Override{Name: "o", Namespace: "kubedefender-system", ExpiresAt: now.Add(rapid.SampledFrom([]time.Duration{time.Second, time.Hour}).Draw(t, "for")), ResetBreaker: rapid.Bool().Draw(t, "reset")}
+func drawOverride(t *rapid.T, c *policy.Compiled, now time.Time) limiter.Override {
+	o := limiter.Override{Name: "o", Namespace: "kubedefender-system", ExpiresAt: now.Add(rapid.SampledFrom([]time.Duration{time.Second, time.Hour}).Draw(t, "for")), ResetBreaker: rapid.Bool().Draw(t, "reset")}
 	var names []string
 	for _, b := range c.Budgets {
 		names = append(names, b.Name)
@@ -250,23 +250,23 @@ func noPanic(t *rapid.T, what string, f func()) {
 	f()
 }
 
-func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	newRedis := redisFactory(singleOpts(srv), nil)
+// randomValidPoliciesDecideAlike is the property above: newRedis is the
+// store held against the memory store.
+func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
 	var decisions, denied, rootDenied, followUps int
 	defer func() {
 		t.Logf("%d decisions, %d denied (%d roots denied by an AtRoot budget), %d follow-ups admitted free", decisions, denied, rootDenied, followUps)
 	}()
 	rapid.Check(t, func(rt *rapid.T) {
-		clk := clocktesting.NewFakeClock(testEpoch)
+		clk := clocktesting.NewFakeClock(Epoch)
 		p := drawPolicy(rt)
 		var c *policy.Compiled
 		noPanic(rt, "validation and compilation", func() { c = compilePolicy(rt, p) })
-		mem, err := NewEngine(EngineConfig{Policy: c, Store: NewMemoryStore(MemoryConfig{Clock: clk}), Fallback: NewMemoryStore(MemoryConfig{Clock: clk}), Clock: clk})
+		mem, err := limiter.NewEngine(limiter.EngineConfig{Policy: c, Store: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk})
 		if err != nil {
 			rt.Fatal(err)
 		}
-		red, err := NewEngine(EngineConfig{Policy: c, Store: newRedis(t, clk), Fallback: NewMemoryStore(MemoryConfig{Clock: clk}), Clock: clk})
+		red, err := limiter.NewEngine(limiter.EngineConfig{Policy: c, Store: newRedis(t, clk), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk})
 		if err != nil {
 			rt.Fatal(err)
 		}
@@ -277,15 +277,15 @@ func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 				editPolicy(rt, p)
 				noPanic(rt, "a reload", func() {
 					c = compilePolicy(rt, p)
-					mem.SetPolicy(c)
-					red.SetPolicy(c)
+					Reload(rt, mem, c)
+					Reload(rt, red, c)
 				})
 				continue
 			case 1: // an override, maybe resetting breakers
 				o := drawOverride(rt, c, clk.Now())
 				noPanic(rt, "an override", func() {
-					mem.SetOverrides([]Override{o})
-					red.SetOverrides([]Override{o})
+					mem.SetOverrides([]limiter.Override{o})
+					red.SetOverrides([]limiter.Override{o})
 					if o.ResetBreaker {
 						if err := mem.ResetBreakers(context.Background(), &o); err != nil {
 							rt.Fatalf("memory reset: %v", err)
@@ -298,7 +298,7 @@ func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 				continue
 			case 2: // status, what /status serves
 				noPanic(rt, "status", func() {
-					for _, e := range []*Engine{mem, red} {
+					for _, e := range []*limiter.Engine{mem, red} {
 						if st := e.Status(context.Background(), 5); len(st.Errors) > 0 {
 							rt.Fatalf("status errors: %v", st.Errors)
 						}
@@ -307,12 +307,12 @@ func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 				continue
 			}
 			a := drawAttributes(rt)
-			var dm, dr Decision
+			var dm, dr limiter.Decision
 			noPanic(rt, "Decide on the memory store", func() { dm = mem.Decide(context.Background(), a) })
 			noPanic(rt, "Decide on Redis", func() { dr = red.Decide(context.Background(), a) })
 			if !reflect.DeepEqual(dm, dr) {
 				rt.Fatalf("%s %s ns=%q user=%q dryRun=%v checks=%d once=%q at +%s:\nmemory %+v\nredis  %+v",
-					a.Verb, a.Resource, a.Namespace, a.User, a.DryRun, a.Checks, a.ChargeOnce, clk.Now().Sub(testEpoch), dm, dr)
+					a.Verb, a.Resource, a.Namespace, a.User, a.DryRun, a.Checks, a.ChargeOnce, clk.Now().Sub(Epoch), dm, dr)
 			}
 			decisions++
 			if !dm.Allowed {
@@ -338,11 +338,11 @@ func TestRandomValidPoliciesNeverCrashAndBothStoresDecideAlike(t *testing.T) {
 						c.RateLimits[i].Applies(&a.Attributes)
 					}
 					c.FlowSchemaFor(&a.Attributes)
-					ex, err := NewEngine(EngineConfig{Policy: c})
+					ex, err := limiter.NewEngine(limiter.EngineConfig{Policy: c})
 					if err != nil {
 						rt.Fatal(err)
 					}
-					ex.Decide(context.Background(), &Attributes{Attributes: a.Attributes, Front: FrontExplain})
+					ex.Decide(context.Background(), &limiter.Attributes{Attributes: a.Attributes, Front: limiter.FrontExplain})
 				})
 			}
 		}

@@ -1,0 +1,146 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
+	"github.com/kubedefender/kubedefender/limiter/storetest"
+	"github.com/kubedefender/kubedefender/policy"
+)
+
+// statusPolicy is the engine test policy of package limiter.
+const statusPolicy = `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: test}
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete, deletecollection, evict], resources: [pods]}
+    exclude: {users: ["system:serviceaccount:kube-system:generic-garbage-collector"]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 3}, {window: 1h, limit: 10}]
+    breaker: {recovery: Manual}
+    onStoreFailure: Local
+  - name: node-deletes
+    match: {verbs: [delete], resources: [nodes]}
+    windows: [{window: 1m, limit: 2}]
+    breaker: {recovery: Auto, cooldown: 5m, halfOpenLimit: 1}
+    onStoreFailure: Deny
+  - name: svc-deletes
+    mode: Shadow
+    match: {verbs: [delete], resources: [services]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 1}]
+    onStoreFailure: Allow
+  rateLimits:
+  - name: agent-lists
+    match: {verbs: [list], userAgents: ["^node-agent/"]}
+    per: [user, userAgent]
+    qps: 1
+    burst: 2
+`
+
+const gaugesHelp = `
+# HELP kubedefender_limiter_breakers_open Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.
+# TYPE kubedefender_limiter_breakers_open gauge
+# HELP kubedefender_limiter_budget_remaining_ratio Per budget and window, the smallest share still free over the budget's keys (its 2000 busiest at most; 0 for a key whose breaker is Open; 1 when no key has been charged), read from the store every 15s.
+# TYPE kubedefender_limiter_budget_remaining_ratio gauge
+`
+
+func checkGauges(t *testing.T, reg prometheus.Gatherer, when, series string) {
+	t.Helper()
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(gaugesHelp+series),
+		"kubedefender_limiter_budget_remaining_ratio", "kubedefender_limiter_breakers_open"); err != nil {
+		t.Errorf("%s: %v", when, err)
+	}
+}
+
+// TestRedisClusterStatus reads status from a 3-master cluster. The Makefile's
+// test target runs it with -race: each master is read on its own goroutine.
+func TestRedisClusterStatus(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	opts := func() *redis.UniversalOptions {
+		o, err := ParseRedisURL(cl.URL())
+		if err != nil {
+			panic(err)
+		}
+		return o
+	}
+	ctx := context.Background()
+	t.Run("the hottest rate keys come from every master and none is lost", func(t *testing.T) {
+		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(storetest.Epoch)).(*RedisStore)
+		spec := &limiter.RateSpec{Name: "status", ID: "status@test", QPS: 1, Burst: 5, Interval: time.Second}
+		var want []string
+		for i := 0; i < 90; i++ {
+			key := fmt.Sprintf("user=u%02d", i)
+			want = append(want, key)
+			b := &limiter.RateBatch{Checks: []limiter.RateCheck{{Spec: spec, Key: key}}}
+			if err := s.Rates(ctx, b); err != nil || !b.Results[0].Allowed {
+				t.Fatalf("rate %s: %v %+v", key, err, b.Results)
+			}
+		}
+		for round := 0; round < 5; round++ {
+			hot, err := s.HottestRates(ctx, spec, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, k := range hot {
+				got = append(got, k.Key)
+			}
+			sort.Strings(got)
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("round %d: HottestRates returned %d keys, want all %d:\n%v", round, len(got), len(want), got)
+			}
+		}
+	})
+	t.Run("status and the store gauges read the cluster while decisions run", func(t *testing.T) {
+		clk := clocktesting.NewFakeClock(storetest.Epoch)
+		store := redisFactory(opts, nil)(t, clk)
+		reg := prometheus.NewRegistry()
+		e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, statusPolicy), Store: store, Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 10; i++ {
+					e.Decide(ctx, &limiter.Attributes{Attributes: policy.Attributes{Verb: "list", Resource: "pods", User: fmt.Sprintf("u%d-%d", w, i), UserAgent: "node-agent/1"}, Front: limiter.FrontProxy})
+					e.Decide(ctx, storetest.PodDelete(fmt.Sprintf("w%d", w), "p"))
+					e.RefreshMetrics(ctx)
+					e.Status(ctx, 5)
+				}
+			}()
+		}
+		wg.Wait()
+		e.RefreshMetrics(ctx)
+		checkGauges(t, reg, "four namespaces past their budget", `
+kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
+kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 4
+kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
+kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
+kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
+kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
+`)
+		st := e.Status(ctx, 100)
+		if len(st.Errors) != 0 || len(st.Budgets[0].Keys) != 4 || len(st.RateLimits[0].Hottest) != 40 {
+			t.Fatalf("status: errors %v, %d pod-deletes keys (want 4), %d agent-lists keys (want 40)", st.Errors, len(st.Budgets[0].Keys), len(st.RateLimits[0].Hottest))
+		}
+	})
+}
