@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"encoding/binary"
 	"strings"
 	"time"
 
@@ -78,4 +79,22 @@ func budgetKeyNames(ctx context.Context, node redis.Cmdable, base string, timeou
 		}
 	}
 	return names, nil
+}
+
+// appendBudgetCheck packs one check as budgetLua reads it (struct.unpack,
+// little endian): shadow, breaker enabled, manual, windows (1 byte each),
+// cooldown (ns), half-open limit, cost (8 bytes each), then each window's
+// length (ns) and limit (8 bytes each). One argument instead of 8+2×windows
+// numbers that Redis would make Lua strings of and the script parse.
+func appendBudgetCheck(buf []byte, c *limiter.BudgetCheck) []byte {
+	br := &c.Spec.Breaker
+	buf = append(buf, byte(boolArg(c.Shadow)), byte(boolArg(br.Enabled)), byte(boolArg(br.Manual)), byte(len(c.Spec.Windows)))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(br.Cooldown))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(br.HalfOpenLimit))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(c.Tokens()))
+	for _, w := range c.Spec.Windows {
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(w.Length))
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(w.Limit))
+	}
+	return buf
 }

@@ -57,15 +57,14 @@ import "github.com/redis/go-redis/v9"
 // KEYS: per check i: the key (v2), and the hash and log of the layout of
 // before; then, optionally, the batch's charge-once key.
 // ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, onceTtlMs,
-// then per check: shadow, nWindows, (lengthNs, limit)×nWindows,
-// breakerEnabled, manual, cooldownNs, halfOpenLimit, cost.
+// checks: every check packed (appendBudgetCheck: shadow, breakerEnabled,
+// manual, nWindows, cooldownNs, halfOpenLimit, cost, (lengthNs, limit)×nWindows).
 // Returns: nowS, nowNs, admitted, then per check: allowed, reason, window
 // (0-based, -1), prev, state, sinceS, sinceNs, retryNs, used×nWindows.
 // A committed batch whose charge-once key exists is a repeat of a request
 // already admitted and charged: the script returns nowS, nowNs, 2 and changes
 // nothing. An admitted committed batch sets the key for onceTtlMs.
-const budgetLua = `
-local E9 = 1000000000
+const budgetLua = `local E9 = 1000000000
 local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
@@ -105,12 +104,17 @@ local function norm(s, n)
   return s + q, n - q * E9
 end
 local function diff(s1, n1, s2, n2) return (s1 - s2) * E9 + (n1 - n2) end
--- window j of check c: length and limit, read from ARGV where they are
-local function wlen(c, j) return tonumber(ARGV[c.p + 2 * j]) end
-local function wlim(c, j) return tonumber(ARGV[c.p + 2 * j + 1]) end
+-- window j of check c: length and limit
+local function wlen(c, j) return c.wl[j] end
+local function wlim(c, j) return c.wm[j] end
 
--- entry i (1-based) of c's log: time (ns since base), cumulative count
+-- entry i (1-based) of c's log: time (ns since base), cumulative count.
+-- A small log is unpacked once into c.a (one struct.unpack call); a large
+-- one is read where the search looks.
+local SMALL = 256
 local function ent(c, i)
+  local a = c.a
+  if a then return a[2 * i - 1], a[2 * i] end
   return struct.unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
 end
 -- the cumulative count through entry i (c0 through entry 0)
@@ -176,27 +180,35 @@ local function useLog(c, v)
   c.log, c.ef, c.es, c.tw, c.cw = v, '<i' .. tw .. 'I' .. cw, tw + cw, tw, cw
   c.cap = 2 ^ (8 * cw) - 1
   c.n = (#v - HLEN) / c.es
+  c.a = nil
+  if c.n > 0 and c.n <= SMALL then
+    c.a = {struct.unpack('<' .. string.rep(c.ef, c.n), v, HLEN + 1)}
+  end
   c.last = cumAt(c, c.n)
   return true
 end
 
 -- load every check
 local cs = {}
-local p = 6
+local specs, p = ARGV[6], 1
 for i = 1, n do
-  local c = {k = KEYS[3 * i - 2], oh = KEYS[3 * i - 1], oz = KEYS[3 * i], shadow = ARGV[p] == '1', nw = tonumber(ARGV[p + 1]), p = p}
-  p = p + 2 + 2 * c.nw
-  c.br, c.manual = ARGV[p] == '1', ARGV[p + 1] == '1'
-  c.cd, c.hol, c.cost = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
-  p = p + 5
+  -- every field up front: the table is sized once
+  local c = {k = KEYS[3 * i - 2], oh = KEYS[3 * i - 1], oz = KEYS[3 * i], shadow = false, nw = 0, wl = {}, wm = {},
+    br = false, manual = false, cd = 0, hol = 0, cost = 0, imported = false,
+    st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, cap = 0, n = 0, last = 0, a = false,
+    card = 0, now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
+  local shadow, br, manual
+  shadow, br, manual, c.nw, c.cd, c.hol, c.cost, p = struct.unpack('<BBBBi8i8i8', specs, p)
+  c.shadow, c.br, c.manual = shadow == 1, br == 1, manual == 1
+  for j = 1, c.nw do c.wl[j], c.wm[j], p = struct.unpack('<i8i8', specs, p) end
   local v = redis.call('GET', c.k)
   if not v then
     -- not in this layout yet: take a key of the hash-and-sorted-set layout
     -- of before, if any (its hash gives the base), as a packed log
     local f = redis.call('HMGET', c.oh, 'b', 'st', 'ss', 'sn', 'ho')
     local base = tonumber(f[1])
-    local ts, qs = {}, {}
     if base then
+      local ts, qs = {}, {}
       c.imported = true
       local all = redis.call('ZRANGE', c.oz, 0, -1, 'WITHSCORES')
       for k = 2, #all, 2 do
@@ -207,10 +219,11 @@ for i = 1, n do
           ts[#ts + 1], qs[#qs + 1] = t, (qs[#qs] or 0) + 1
         end
       end
+      v = packLog(c, tonumber(f[2]) or CLOSED, base, tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0, ts, qs, 0)
     end
-    v = packLog(c, tonumber(f[2]) or CLOSED, base or nowS, tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0, ts, qs, 0)
   end
-  if not useLog(c, v) then
+  -- no v: a new key, no log, a closed breaker (the defaults above)
+  if v and not useLog(c, v) then
     return redis.error_reply('budget key ' .. c.k .. ' is not in layout version ' .. VERSION)
   end
   c.card = c.last - c.c0

@@ -396,6 +396,7 @@ func defaultReplicaID() string {
 type redisArgs struct {
 	keys []string
 	args []any
+	buf  []byte
 }
 
 func (s *RedisStore) getArgs() *redisArgs {
@@ -469,17 +470,16 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	a.args = append(a.args, boolArg(b.Commit))
 	a.args = s.nowArgs(a.args)
 	a.args = append(a.args, s.ttlFloor, b.OnceTTL.Milliseconds())
+	a.buf = a.buf[:0]
 	for i := range b.Checks {
 		c := &b.Checks[i]
 		k, h, z := s.budgetKeys(c.Spec, c.Key)
 		a.keys = append(a.keys, k, h, z)
-		a.args = append(a.args, boolArg(c.Shadow), len(c.Spec.Windows))
-		for _, w := range c.Spec.Windows {
-			a.args = append(a.args, int64(w.Length), w.Limit)
-		}
-		br := &c.Spec.Breaker
-		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit, c.Tokens())
+		a.buf = appendBudgetCheck(a.buf, c)
 	}
+	// a string, not a.buf: a call given up on may still be written by the
+	// autopipeliner after a.buf went back to the pool
+	a.args = append(a.args, string(a.buf))
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
 	}
