@@ -64,7 +64,8 @@ import "github.com/redis/go-redis/v9"
 // A committed batch whose charge-once key exists is a repeat of a request
 // already admitted and charged: the script returns nowS, nowNs, 2 and changes
 // nothing. An admitted committed batch sets the key for onceTtlMs.
-const budgetLua = `local E9 = 1000000000
+const budgetLua = `
+local E9 = 1000000000
 local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
@@ -104,48 +105,37 @@ local function norm(s, n)
   return s + q, n - q * E9
 end
 local function diff(s1, n1, s2, n2) return (s1 - s2) * E9 + (n1 - n2) end
--- window j of check c: length and limit
-local function wlen(c, j) return c.wl[j] end
-local function wlim(c, j) return c.wm[j] end
-
--- entry i (1-based) of c's log: time (ns since base), cumulative count.
--- A small log is unpacked once into c.a (one struct.unpack call); a large
--- one is read where the search looks.
-local SMALL = 256
+-- Entry i (1-based) of c's log: time (ns since base), cumulative count,
+-- read where a search looks (entries have one width).
+local unpack = struct.unpack
 local function ent(c, i)
-  local a = c.a
-  if a then return a[2 * i - 1], a[2 * i] end
-  return struct.unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
+  return unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
 end
 -- the cumulative count through entry i (c0 through entry 0)
 local function cumAt(c, i)
   if i == 0 then return c.c0 end
-  local _, q = ent(c, i)
+  local _, q = unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
   return q
 end
--- the first entry later than cut (n+1 when none is)
+-- the first entry later than cut (n+1 when none is), by binary search
 local function firstAfter(c, cut)
-  local lo, hi = 1, c.n + 1
+  local log, ef, es, lo, hi = c.log, c.ef, c.es, 1, c.n + 1
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if ent(c, mid) <= cut then lo = mid + 1 else hi = mid end
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2
+    if unpack(ef, log, HLEN + (mid - 1) * es + 1) <= cut then lo = mid + 1 else hi = mid end
   end
   return lo
 end
--- the tokens taken later than cut
-local function countAfter(c, cut)
-  local i = firstAfter(c, cut)
-  if i > c.n then return 0 end
-  return c.last - cumAt(c, i - 1)
-end
--- the time of the k-th newest token (1 <= k <= tokens in the log)
+-- the time of the k-th newest token (1 <= k <= tokens in the log): the
+-- first entry whose count reaches token number last-k+1
 local function kthNewest(c, k)
   local r = c.last - k + 1
   local lo, hi = 1, c.n
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local _, q = ent(c, mid)
-    if q < r then lo = mid + 1 else hi = mid end
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2
+    if cumAt(c, mid) < r then lo = mid + 1 else hi = mid end
   end
   return (ent(c, lo))
 end
@@ -166,7 +156,7 @@ end
 local function packLog(c, st, base, ss, sn, ho, ts, qs, c0)
   local span, need = 0, 1
   if #ts > 0 then span, need = math.max(-ts[1], ts[#ts]), qs[#qs] end
-  local tw, cw = widths(wlen(c, c.nw), span, need)
+  local tw, cw = widths(c.wl[c.nw], span, need)
   local parts = {header(tw, cw, st, base, ss, sn, ho, c0)}
   local ef = '<i' .. tw .. 'I' .. cw
   for i = 1, #ts do parts[i + 1] = struct.pack(ef, ts[i], qs[i]) end
@@ -180,10 +170,6 @@ local function useLog(c, v)
   c.log, c.ef, c.es, c.tw, c.cw = v, '<i' .. tw .. 'I' .. cw, tw + cw, tw, cw
   c.cap = 2 ^ (8 * cw) - 1
   c.n = (#v - HLEN) / c.es
-  c.a = nil
-  if c.n > 0 and c.n <= SMALL then
-    c.a = {struct.unpack('<' .. string.rep(c.ef, c.n), v, HLEN + 1)}
-  end
   c.last = cumAt(c, c.n)
   return true
 end
@@ -195,7 +181,7 @@ for i = 1, n do
   -- every field up front: the table is sized once
   local c = {k = KEYS[3 * i - 2], oh = KEYS[3 * i - 1], oz = KEYS[3 * i], shadow = false, nw = 0, wl = {}, wm = {},
     br = false, manual = false, cd = 0, hol = 0, cost = 0, imported = false,
-    st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, cap = 0, n = 0, last = 0, a = false,
+    st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, cap = 0, n = 0, last = 0,
     card = 0, now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
   local shadow, br, manual
   shadow, br, manual, c.nw, c.cd, c.hol, c.cost, p = struct.unpack('<BBBBi8i8i8', specs, p)
@@ -274,7 +260,9 @@ for i = 1, n do
   local st, ss, sn, ho = effective(c)
   c.rst, c.rss, c.rsn = st, ss, sn
   for j = 1, c.nw do
-    c.used[j] = countAfter(c, c.now - wlen(c, j))
+    local f = firstAfter(c, c.now - c.wl[j])
+    c.used[j] = 0
+    if f <= c.n then c.used[j] = c.last - cumAt(c, f - 1) end
   end
   if st == OPEN then
     c.reason = ISOPEN
@@ -288,13 +276,13 @@ for i = 1, n do
     -- not rebase)
     local freeIn = 0
     for j = 1, c.nw do
-      local lim = wlim(c, j)
+      local lim = c.wm[j]
       if c.cost > MAXCOST or c.cost > lim - c.used[j] then
         -- the window has room for cost when its (lim-cost+1)-th newest
         -- token leaves it; a cost above the limit never fits (a whole window)
-        local r = wlen(c, j)
+        local r = c.wl[j]
         if c.cost <= lim and c.cost <= MAXCOST then
-          r = kthNewest(c, lim - c.cost + 1) - c.now + wlen(c, j)
+          r = kthNewest(c, lim - c.cost + 1) - c.now + c.wl[j]
         end
         if c.window < 0 or r > freeIn then c.window, freeIn = j - 1, r end
       end
@@ -319,7 +307,7 @@ end
 -- only when the base moves (it is 46 days old, or far enough that times
 -- would outgrow their width) or counts outgrow theirs.
 local function applied(c, st, ss, sn, ho, push)
-  local longest = wlen(c, c.nw)
+  local longest = c.wl[c.nw]
   local d = firstAfter(c, c.now - longest)
   local c0 = cumAt(c, d - 1)
   local last = c.last
@@ -368,7 +356,7 @@ if commit then
       c.now, c.imported = diff(nowS, nowN, c.base, 0), false
     end
     local st, ss, sn, ho = effective(c)
-    local longest = wlen(c, c.nw)
+    local longest = c.wl[c.nw]
     local push = c.allowed == 1 and admitted
     local trip = not push and c.reason == EXHAUSTED and c.br
     if trip then st, ss, sn, ho = OPEN, nowS, nowN, 0 end
