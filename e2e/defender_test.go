@@ -109,7 +109,11 @@ func startDefender(t *testing.T, name, policyYAML string, o defenderOptions) *de
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)
 	}
-	d.Watcher.Subscribe(d.Engine.SetPolicy)
+	d.Watcher.Subscribe(func(c *policy.Compiled) {
+		if commit, err := d.Engine.PreparePolicy(c); err == nil { // only a nil policy is refused
+			commit()
+		}
+	})
 	h, err := webhook.NewHandler(webhook.Config{Engine: d.Engine, Registerer: d.Registry, Logger: log, Cascades: o.Cascades})
 	if err != nil {
 		t.Fatalf("failed to build the handler: %v", err)

@@ -31,6 +31,19 @@ func (s stuckStore) Rates(ctx context.Context, _ *limiter.RateBatch) error     {
 func (s stuckStore) ResetBudget(ctx context.Context, _ *limiter.BudgetSpec, _ string) error {
 	return s.wait(ctx)
 }
+func (s stuckStore) ResetBudgetKeys(ctx context.Context, _ *limiter.BudgetSpec, _ func(string) bool) ([]string, error) {
+	return nil, s.wait(ctx)
+}
+func (s stuckStore) CarryBreakers(ctx context.Context, _, _ *limiter.BudgetSpec) ([]string, error) {
+	return nil, s.wait(ctx)
+}
+func (s stuckStore) Retain(map[string]bool, map[string]*limiter.BudgetSpec) {}
+func (s stuckStore) InspectBudget(ctx context.Context, _ *limiter.BudgetSpec, _ int) ([]limiter.BudgetKeyStatus, error) {
+	return nil, s.wait(ctx)
+}
+func (s stuckStore) HottestRates(ctx context.Context, _ *limiter.RateSpec, _ int) ([]limiter.RateKeyStatus, error) {
+	return nil, s.wait(ctx)
+}
 
 func stuckStoreScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a shared store that never answers but honours deadlines, and a

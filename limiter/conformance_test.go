@@ -16,3 +16,13 @@ func TestMemoryStoreConformance(t *testing.T) {
 		return limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	})
 }
+
+// TestMemoryRateKeysAreBoundedAndAFloodNeverStarvesExistingClients:
+// storetest.Flood on the memory store, sweeping between rounds.
+func TestMemoryRateKeysAreBoundedAndAFloodNeverStarvesExistingClients(t *testing.T) {
+	const maxKeys = 64
+	clk := clocktesting.NewFakeClock(storetest.Epoch)
+	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk, MaxKeysPerRule: maxKeys})
+	storetest.Flood(t, storetest.Flooded{Store: ms, Clock: clk, MaxKeys: maxKeys, Sweep: ms.Sweep,
+		Keys: func(*testing.T) int { return ms.Stats().RateKeys }})
+}

@@ -1,5 +1,7 @@
 // Package limiter owns the decision engine: multi-window budgets, their circuit
-// breakers, rate limits, overrides, and the Store that keeps their counters.
+// breakers, rate limits, overrides, the Store contract that keeps their
+// counters, and the memory store. The Redis store is package redisstore;
+// the tests every store passes are package storetest.
 //
 // # Budgets: an exact sliding log
 //
@@ -37,9 +39,9 @@
 //
 // Validation bounds every number (policy/bounds.go) so that both stores run
 // every valid policy exactly and alike; a property test checks it on random
-// valid policies against the memory store and a real Redis. Should a decision
-// still panic, each rule the request matched follows its onStoreFailure
-// (guard.go), counted and logged once per policy.
+// valid policies against the memory store and a real Redis (storetest.Agree).
+// Should a decision still panic, each rule the request matched follows its
+// onStoreFailure (guard.go), counted and logged once per policy.
 //
 // # One decision, one store call
 //
@@ -51,4 +53,13 @@
 // requests are judged and charge nothing. When the store fails, each rule
 // follows its onStoreFailure: Allow, Deny, or Local (a memory store with this
 // replica's share of every limit).
+//
+// # Reload and logs
+//
+// A reload has two phases (reload.go): PreparePolicy builds the new rules to
+// the side and its commit swaps them in and cannot fail, so the policy
+// watcher can refuse a policy any subscriber cannot take before anything
+// changes. Denials are logged once per (rule, key) per 10 seconds, the rest
+// counted into one summary line (denylog.go), so a storm of denied requests
+// is not a storm of log lines.
 package limiter

@@ -3,7 +3,6 @@ package limiter
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"runtime/debug"
 	"time"
 
@@ -21,7 +20,7 @@ import (
 // per rule in kubedefender_limiter_decision_panics_total and logged once per
 // policy hash, with its stack. A rule whose spec the stores cannot run (a
 // policy that skipped validation: nine windows, qps 1e-11) is never handed to
-// a store: it follows onStoreFailure the same way, and SetPolicy logs it.
+// a store: it follows onStoreFailure the same way, and a reload logs it.
 // The fronts' own recover (the webhook's 500) stays as the last resort.
 
 // guardMetrics counts decisions the engine could not make normally.
@@ -114,7 +113,7 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 					rr = &l
 				}
 				return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-					e.decideRates(ctx, s, &engineState{policy: st.policy, rates: []*rateRule{rr}}, a, sc, nil, od)
+					e.decideRates(ctx, &job{store: s, st: &engineState{policy: st.policy, rates: []*rateRule{rr}}, a: a, sc: sc}, od)
 				})
 			}, keyOf, &d)
 			if final {
@@ -156,7 +155,8 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 				rr = &l
 			}
 			return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-				e.decideBudgets(ctx, s, &engineState{policy: st.policy, budgets: []*budgetRule{rr}}, a, sc, rovs, commit, breakersOnly, od)
+				e.decideBudgets(ctx, &job{store: s, st: &engineState{policy: st.policy, budgets: []*budgetRule{rr}}, a: a, sc: sc, ovs: rovs,
+					commit: commit, breakersOnly: breakersOnly}, od)
 			})
 		}, keyOf, &d)
 		if final {
@@ -254,10 +254,11 @@ func safeCascadeApplies(r *budgetRule, a *Attributes) bool {
 // engineFailureDecision denies for a rule the engine failed on, whose
 // onStoreFailure is Deny.
 func engineFailureDecision(kind RuleKind, rule, key string) Decision {
-	return Decision{
-		Allowed: false, Code: http.StatusServiceUnavailable, Reason: "ServiceUnavailable", Err: ErrEngineFailure,
-		Kind: kind, Rule: rule, Key: key, RetryAfter: time.Second, Fallback: true,
+	d := Decision{
+		Allowed: false, Err: ErrEngineFailure, Kind: kind, Rule: rule, Key: key, RetryAfter: time.Second, Fallback: true,
 		Message: fmt.Sprintf("kubedefender: %s %q (key %s) cannot be checked: the guard failed on this rule (an internal error, logged and counted in kubedefender_limiter_decision_panics_total) and the rule says onStoreFailure: Deny; retry shortly",
 			kind, rule, displayKey(key)),
 	}
+	d.Code, d.Reason = denialStatus(d.Err, false)
+	return d
 }

@@ -140,6 +140,22 @@ func (panickingStore) Rates(context.Context, *RateBatch) error     { panic("bug 
 func (panickingStore) ResetBudget(context.Context, *BudgetSpec, string) error {
 	panic("bug in ResetBudget")
 }
+func (panickingStore) ResetBudgetKeys(context.Context, *BudgetSpec, func(string) bool) ([]string, error) {
+	panic("bug in ResetBudgetKeys")
+}
+
+// CarryBreakers and Retain do not panic: a reload calls them, and this store
+// stands for a bug on the decision path.
+func (panickingStore) CarryBreakers(context.Context, *BudgetSpec, *BudgetSpec) ([]string, error) {
+	return nil, nil
+}
+func (panickingStore) Retain(map[string]bool, map[string]*BudgetSpec) {}
+func (panickingStore) InspectBudget(context.Context, *BudgetSpec, int) ([]BudgetKeyStatus, error) {
+	panic("bug in InspectBudget")
+}
+func (panickingStore) HottestRates(context.Context, *RateSpec, int) ([]RateKeyStatus, error) {
+	panic("bug in HottestRates")
+}
 
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -201,7 +217,7 @@ func TestEngineTurnsAPanicIntoTheRulesOnStoreFailure(t *testing.T) {
 		t.Fatalf("panic logged %d times (want once, with policyHash=%s):\n%s", n, hash, logs.String())
 	}
 	// A new policy is logged again, once.
-	e.SetPolicy(parse(t, strings.Replace(enginePolicy, "limit: 10}", "limit: 11}", 1)))
+	setPolicy(t, e, parse(t, strings.Replace(enginePolicy, "limit: 10}", "limit: 11}", 1)))
 	e.Decide(ctx, podDelete("prod", "q"))
 	e.Decide(ctx, podDelete("prod", "q"))
 	if n := strings.Count(logs.String(), "decision panicked"); n != 2 {

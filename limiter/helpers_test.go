@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kubedefender/kubedefender/policy"
 )
 
 // The store contract itself is in package storetest; these are the few
@@ -32,4 +34,14 @@ func take(t testing.TB, s Store, commit bool, checks ...BudgetCheck) *BudgetBatc
 		t.Fatalf("Budgets returned %d results for %d checks", len(b.Results), len(checks))
 	}
 	return b
+}
+
+// setPolicy reloads e with p, both phases, as the policy watcher does.
+func setPolicy(t testing.TB, e *Engine, p *policy.Compiled) {
+	t.Helper()
+	commit, err := e.PreparePolicy(p)
+	if err != nil {
+		t.Fatalf("PreparePolicy: %v", err)
+	}
+	commit()
 }

@@ -302,15 +302,11 @@ func (s *MemoryStore) ResetBudget(_ context.Context, spec *BudgetSpec, key strin
 	return nil
 }
 
-// Retain forgets the state of every rule whose ID is not listed (rules removed
-// or changed by a reload).
-func (s *MemoryStore) Retain(ids map[string]bool) {
-	s.retain(ids, nil)
-}
-
-// retain is Retain that also hands the kept budget tables the specs of the
-// new policy (by ID), so Sweep judges with the breaker the policy has now.
-func (s *MemoryStore) retain(ids map[string]bool, specs map[string]*BudgetSpec) {
+// Retain implements Store: it forgets the state of every rule whose ID is not
+// listed (rules removed or changed by a reload) and hands the kept budget
+// tables the specs of the new policy (by ID), so Sweep judges with the
+// breaker the policy has now.
+func (s *MemoryStore) Retain(ids map[string]bool, specs map[string]*BudgetSpec) {
 	s.mu.Lock()
 	for id, t := range s.budgets {
 		if !ids[id] {
@@ -376,35 +372,6 @@ func (s *MemoryStore) Run(ctx context.Context) {
 	}
 }
 
-// MemoryStats counts what a MemoryStore holds.
-type MemoryStats struct {
-	BudgetKeys int
-	RateKeys   int
-	// Overflowed counts requests judged on a rule's shared overflow key because
-	// the rule was full.
-	Overflowed int64
-}
-
-// Stats counts the keys held.
-func (s *MemoryStore) Stats() MemoryStats {
-	st := MemoryStats{Overflowed: s.overflow.Load()}
-	s.mu.Lock()
-	for _, t := range s.budgets {
-		st.BudgetKeys += len(t.keys)
-	}
-	s.mu.Unlock()
-	s.rmu.RLock()
-	defer s.rmu.RUnlock()
-	for _, t := range s.rates {
-		for i := range t.shards {
-			t.shards[i].mu.Lock()
-			st.RateKeys += len(t.shards[i].tat)
-			t.shards[i].mu.Unlock()
-		}
-	}
-	return st
-}
-
 // InspectBudget implements Inspector.
 func (s *MemoryStore) InspectBudget(_ context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error) {
 	s.mu.Lock()
@@ -460,7 +427,7 @@ func (s *MemoryStore) HottestRates(_ context.Context, spec *RateSpec, limit int)
 	return TopRateKeys(out, limit), nil
 }
 
-// CarryBreakers implements breakerCarrier.
+// CarryBreakers implements Store.
 func (s *MemoryStore) CarryBreakers(_ context.Context, from, to *BudgetSpec) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -516,7 +483,7 @@ func (s *MemoryStore) pruneRates(sh *rateShard, now int64) {
 	sh.nextIdle = next
 }
 
-// ResetBudgetKeys implements keyResetter.
+// ResetBudgetKeys implements Store.
 func (s *MemoryStore) ResetBudgetKeys(_ context.Context, spec *BudgetSpec, match func(string) bool) ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

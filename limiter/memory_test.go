@@ -90,7 +90,7 @@ func TestMemoryStoreRetainDropsRemovedRules(t *testing.T) {
 	drop := testSpec([]WindowSpec{{time.Minute, 1}}, BreakerSpec{})
 	take(t, s, true, BudgetCheck{Spec: keep, Key: "k"})
 	take(t, s, true, BudgetCheck{Spec: drop, Key: "k"})
-	s.Retain(map[string]bool{keep.ID: true})
+	s.Retain(map[string]bool{keep.ID: true}, nil)
 	if take(t, s, true, BudgetCheck{Spec: keep, Key: "k"}).Admitted {
 		t.Fatal("a retained rule lost its counters")
 	}
@@ -156,7 +156,7 @@ func TestMemorySweepJudgesWithTheCurrentSpec(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		e.Decide(ctx, podDelete("prod", "p"))
 	}
-	e.SetPolicy(parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
+	setPolicy(t, e, parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
 	clk.Step(time.Hour)
 	ms.Sweep()
 	if d := e.Decide(ctx, podDelete("prod", "p")); d.Allowed || d.Code != http.StatusForbidden {

@@ -60,23 +60,31 @@ func (m *metrics) register(r prometheus.Registerer) error {
 	return nil
 }
 
-// ruleCounters resolves a rule's counters once, so the hot path only adds.
-// The series of a front the process runs exist from the start (at zero, so
-// that increase() sees the first decision); the others appear with their
-// first decision. Rate limits are never judged by the webhook.
+// ruleCounters builds a rule's counters, so the hot path only adds; no
+// series exists yet. A reload's commit creates those of the fronts the
+// process runs (resolveFronts, at zero, so that increase() sees the first
+// decision); the others appear with their first decision.
 func (m *metrics) ruleCounters(kind RuleKind, rule string) ruleCounters {
 	var c ruleCounters
-	declared := m.fronts.Load()
 	for f := Front(0); f < numFronts; f++ {
 		for r := 0; r < numResults; r++ {
-			lc := &lazyCounter{vec: m.decisions, labels: [4]string{f.String(), kind.String(), rule, resultNames[r]}}
-			if declared&(1<<f) != 0 && preinit(kind, f) {
-				lc.resolve()
-			}
-			c[f][r] = lc
+			c[f][r] = &lazyCounter{vec: m.decisions, labels: []string{f.String(), kind.String(), rule, resultNames[r]}}
 		}
 	}
 	return c
+}
+
+// resolveFronts creates, at zero, the series of c for the fronts set in the
+// bit set fronts. Rate limits are never judged by the webhook.
+func resolveFronts(kind RuleKind, c *ruleCounters, fronts uint32) {
+	for f := Front(0); f < numFronts; f++ {
+		if fronts&(1<<f) == 0 || !preinit(kind, f) {
+			continue
+		}
+		for _, lc := range c[f] {
+			lc.(*lazyCounter).resolve()
+		}
+	}
 }
 
 func preinit(kind RuleKind, f Front) bool { return kind != KindRateLimit || f != FrontWebhook }
@@ -92,30 +100,21 @@ func (e *Engine) DeclareFronts(fronts ...Front) {
 	}
 	e.metrics.fronts.Or(bits)
 	st := e.state.Load()
-	resolve := func(kind RuleKind, c *ruleCounters) {
-		for _, f := range fronts {
-			if f >= numFronts || !preinit(kind, f) {
-				continue
-			}
-			for _, lc := range c[f] {
-				lc.(*lazyCounter).resolve()
-			}
-		}
-	}
 	for _, r := range st.budgets {
-		resolve(KindBudget, &r.counter)
+		resolveFronts(KindBudget, &r.counter, bits)
 	}
 	for _, r := range st.rates {
-		resolve(KindRateLimit, &r.counter)
+		resolveFronts(KindRateLimit, &r.counter, bits)
 	}
 }
 
-// lazyCounter is one decision series, created in its vector at its first
-// use (or when its front is declared). Only Inc and Add are used; the engine
-// never registers it.
+// lazyCounter is one decision or near-limit series, created in its vector
+// at its first use, or when a reload commits it (near-limit, and the
+// decisions of declared fronts) or its front is declared. Only Inc and Add
+// are used; the engine never registers it.
 type lazyCounter struct {
 	vec    *prometheus.CounterVec
-	labels [4]string
+	labels []string
 	c      atomic.Pointer[prometheus.Counter]
 }
 
@@ -125,7 +124,7 @@ func (l *lazyCounter) resolve() prometheus.Counter {
 	if c := l.c.Load(); c != nil {
 		return *c
 	}
-	c := l.vec.WithLabelValues(l.labels[:]...)
+	c := l.vec.WithLabelValues(l.labels...)
 	l.c.Store(&c)
 	return c
 }
@@ -237,10 +236,6 @@ func (g *budgetGauges) retain(keep map[string]bool) {
 // RunMetrics calls it on a timer; it is safe to call concurrently with
 // decisions and reloads.
 func (e *Engine) RefreshMetrics(ctx context.Context) {
-	insp, ok := e.store.(Inspector)
-	if !ok {
-		return
-	}
 	st := e.state.Load()
 	prev := *e.metrics.budgets.snap.Load()
 	next := make(map[string]ruleGauges, len(st.budgets))
@@ -256,7 +251,7 @@ func (e *Engine) RefreshMetrics(ctx context.Context) {
 				rg.recovery = string(policy.RecoveryManual)
 			}
 		}
-		keys, err := insp.InspectBudget(ctx, r.spec, InspectScanCap)
+		keys, err := e.store.InspectBudget(ctx, r.spec, InspectScanCap)
 		if err != nil {
 			if p, ok := prev[r.cb.Name]; ok && slices.Equal(p.windows, rg.windows) && p.recovery == rg.recovery {
 				next[r.cb.Name] = p

@@ -104,7 +104,7 @@ kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
 
 	// A reload that removes rules removes their gauges at once.
 	podOnly, _, _ := strings.Cut(enginePolicy, "  - name: node-deletes")
-	e.SetPolicy(parse(t, strings.Replace(podOnly, "metadata: {name: test}", "metadata: {name: test2}", 1)))
+	setPolicy(t, e, parse(t, strings.Replace(podOnly, "metadata: {name: test}", "metadata: {name: test2}", 1)))
 	checkGauges(t, reg, "after a reload that keeps only pod-deletes", `
 kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
 kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
@@ -122,7 +122,7 @@ func (f *failingInspector) InspectBudget(ctx context.Context, spec *BudgetSpec, 
 	if f.fail {
 		return nil, ErrStoreUnavailable
 	}
-	return f.Store.(Inspector).InspectBudget(ctx, spec, limit)
+	return f.Store.InspectBudget(ctx, spec, limit)
 }
 
 func (f *failingInspector) HottestRates(ctx context.Context, spec *RateSpec, limit int) ([]RateKeyStatus, error) {
@@ -195,7 +195,7 @@ func TestDecisionSeriesExistOnlyForTheFrontsTheProcessRuns(t *testing.T) {
 
 	// A reload's new rules get the declared fronts' series; a front that
 	// decides without being declared (explain) gets the series it used.
-	e.SetPolicy(parse(t, strings.Replace(enginePolicy, "name: svc-deletes", "name: cm-deletes", 1)))
+	setPolicy(t, e, parse(t, strings.Replace(enginePolicy, "name: svc-deletes", "name: cm-deletes", 1)))
 	e.Decide(context.Background(), &Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: "pods", Namespace: "a", User: "u"}, Front: FrontExplain})
 	want = "[explain/budget/pod-deletes webhook/budget/cm-deletes webhook/budget/node-deletes webhook/budget/pod-deletes]"
 	if got := series(); strings.Join(got, " ") != strings.Trim(want, "[]") {

@@ -115,8 +115,7 @@ func (e *Engine) ResetBreakers(ctx context.Context, o *Override) error {
 }
 
 // resetMatching resets the keys of r that match, in the shared store and the
-// local fallback, and returns how many the shared store reset. A store that
-// cannot select keys resets them all.
+// local fallback, and returns how many the shared store reset.
 func (e *Engine) resetMatching(ctx context.Context, r *budgetRule, match func(string) bool) (int, error) {
 	n := 0
 	var err error
@@ -125,13 +124,7 @@ func (e *Engine) resetMatching(ctx context.Context, r *budgetRule, match func(st
 		if i == 1 {
 			spec = r.spec.Share(e.replicas())
 		}
-		var keys []string
-		var ferr error
-		if kr, ok := s.(keyResetter); ok {
-			keys, ferr = kr.ResetBudgetKeys(ctx, spec, match)
-		} else {
-			ferr = s.ResetBudget(ctx, spec, AllKeys)
-		}
+		keys, ferr := s.ResetBudgetKeys(ctx, spec, match)
 		if i == 0 {
 			n, err = len(keys), ferr
 		}

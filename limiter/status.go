@@ -9,8 +9,8 @@ import (
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-// Inspector is what a store tells about its keys, for status. Both stores
-// implement it; a store without it reports no keys.
+// Inspector is what a store tells about its keys, for status and the budget
+// gauges; part of Store.
 type Inspector interface {
 	// InspectBudget returns up to limit keys of a budget, the most used first.
 	InspectBudget(ctx context.Context, spec *BudgetSpec, limit int) ([]BudgetKeyStatus, error)
@@ -156,7 +156,6 @@ func (e *Engine) Status(ctx context.Context, maxKeys int) *Status {
 	now := e.clock.Now()
 	out := &Status{Policy: st.policy.Policy.Metadata.Name, PolicyHash: st.policy.Hash, Time: now.UTC(),
 		Budgets: []BudgetStatus{}, RateLimits: []RateStatus{}, Overrides: []OverrideStatus{}}
-	insp, _ := e.store.(Inspector)
 	for _, r := range st.budgets {
 		bs := BudgetStatus{Name: r.cb.Name, Mode: string(r.cb.Mode), Per: append([]string{}, r.per...), Breaker: "none", Keys: []KeyStatus{}}
 		if r.spec.Breaker.Enabled {
@@ -165,26 +164,22 @@ func (e *Engine) Status(ctx context.Context, maxKeys int) *Status {
 				bs.Breaker = "Manual"
 			}
 		}
-		if insp != nil {
-			keys, err := insp.InspectBudget(ctx, r.spec, maxKeys)
-			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("budget %s: %v", r.cb.Name, err))
-			}
-			for i := range keys {
-				bs.Keys = append(bs.Keys, keyStatus(r.spec, &keys[i]))
-			}
+		keys, err := e.store.InspectBudget(ctx, r.spec, maxKeys)
+		if err != nil {
+			out.Errors = append(out.Errors, fmt.Sprintf("budget %s: %v", r.cb.Name, err))
+		}
+		for i := range keys {
+			bs.Keys = append(bs.Keys, keyStatus(r.spec, &keys[i]))
 		}
 		out.Budgets = append(out.Budgets, bs)
 	}
 	for _, r := range st.rates {
 		rs := RateStatus{Name: r.cr.Name, Mode: string(r.cr.Mode), QPS: r.spec.QPS, Burst: r.spec.Burst, Hottest: []RateKeyStatus{}}
-		if insp != nil {
-			keys, err := insp.HottestRates(ctx, r.spec, maxKeys)
-			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("rate limit %s: %v", r.cr.Name, err))
-			}
-			rs.Hottest = append(rs.Hottest, keys...)
+		keys, err := e.store.HottestRates(ctx, r.spec, maxKeys)
+		if err != nil {
+			out.Errors = append(out.Errors, fmt.Sprintf("rate limit %s: %v", r.cr.Name, err))
 		}
+		rs.Hottest = append(rs.Hottest, keys...)
 		out.RateLimits = append(out.RateLimits, rs)
 	}
 	for _, o := range e.Overrides() {

@@ -26,6 +26,8 @@ var (
 
 // Store keeps the counters behind budgets, breakers and rate limits. One call
 // is one decision: a Redis implementation makes one round trip per call.
+// Every method is part of the contract (a store that has nothing to do for
+// one says why and returns): the engine never asks a store what it is.
 //
 // Keys passed in checks (BudgetCheck.Key, RateCheck.Key) are valid only during
 // the call: a store that keeps a key must copy it.
@@ -43,24 +45,21 @@ type Store interface {
 	// ResetBudget closes the breaker of a budget key and clears its windows.
 	// Key AllKeys resets every key of the budget.
 	ResetBudget(ctx context.Context, spec *BudgetSpec, key string) error
-}
-
-// breakerCarrier is a store that can carry Open breakers over when a reload
-// changes a budget's windows, and so its store ID.
-type breakerCarrier interface {
+	// ResetBudgetKeys resets, as ResetBudget, every key of spec for which
+	// match is true, and returns them: an override scoped to some namespaces
+	// of a per [namespace, user] budget.
+	ResetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(key string) bool) ([]string, error)
 	// CarryBreakers gives every key of from whose breaker is Open at now a
 	// key of to, Open since the same time, with empty windows (unless to
-	// already has that key), and returns the keys carried.
+	// already has that key), and returns the keys carried. A reload that
+	// changes a budget's windows (so its store ID) calls it before the swap.
 	CarryBreakers(ctx context.Context, from, to *BudgetSpec) ([]string, error)
-}
-
-// keyResetter is a store that can reset the keys of a budget that a predicate
-// selects (an override scoped to some namespaces of a per [namespace, user]
-// budget).
-type keyResetter interface {
-	// ResetBudgetKeys resets, as ResetBudget, every key of spec for which
-	// match is true, and returns them.
-	ResetBudgetKeys(ctx context.Context, spec *BudgetSpec, match func(key string) bool) ([]string, error)
+	// Retain is called after every reload with the IDs of every rule the
+	// engine now runs (local shares included) and the budget specs by ID: a
+	// store forgets the state of rules not listed and judges the kept ones
+	// with the new specs from now on.
+	Retain(ids map[string]bool, budgets map[string]*BudgetSpec)
+	Inspector
 }
 
 // AllKeys names every key of a rule in ResetBudget.

@@ -219,7 +219,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)
 	}
-	e.policy.Subscribe(eng.SetPolicy)
+	e.policy.Subscribe(func(c *policy.Compiled) {
+		if commit, err := eng.PreparePolicy(c); err == nil { // only a nil policy is refused
+			commit()
+		}
+	})
 	e.engine = eng
 	u, _ := url.Parse(up.URL)
 	cfg := Config{

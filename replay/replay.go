@@ -185,7 +185,7 @@ func newReplayer(cfg Config) (*replayer, error) {
 		ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: rp.clock})
 		rp.stores[i] = ms
 		e, err := limiter.NewEngine(limiter.EngineConfig{
-			Policy: p, Store: &recorder{ms: ms, rp: rp, demand: i == 1}, Clock: rp.clock,
+			Policy: p, Store: &recorder{MemoryStore: ms, rp: rp, demand: i == 1}, Clock: rp.clock,
 			ChargeOnceTTL: cfg.ChargeOnceTTL,
 		})
 		if err != nil {
@@ -358,9 +358,10 @@ func (rp *replayer) reachedAdmission(r *request) bool {
 }
 
 // recorder is the engines' store: the memory store, watched. It sees every
-// check the engine makes with its result, which is all a report needs.
+// check the engine makes with its result, which is all a report needs; the
+// rest of the Store contract is the memory store's own.
 type recorder struct {
-	ms     *limiter.MemoryStore
+	*limiter.MemoryStore
 	rp     *replayer
 	demand bool
 }
@@ -368,7 +369,7 @@ type recorder struct {
 var _ limiter.Store = (*recorder)(nil)
 
 func (s *recorder) Budgets(ctx context.Context, b *limiter.BudgetBatch) error {
-	err := s.ms.Budgets(ctx, b)
+	err := s.MemoryStore.Budgets(ctx, b)
 	if err == nil && len(b.Results) == len(b.Checks) && !b.Repeat {
 		if s.demand {
 			s.rp.onDemand(b)
@@ -380,15 +381,11 @@ func (s *recorder) Budgets(ctx context.Context, b *limiter.BudgetBatch) error {
 }
 
 func (s *recorder) Rates(ctx context.Context, b *limiter.RateBatch) error {
-	err := s.ms.Rates(ctx, b)
+	err := s.MemoryStore.Rates(ctx, b)
 	if err == nil && len(b.Results) == len(b.Checks) {
 		s.rp.onRates(b)
 	}
 	return err
-}
-
-func (s *recorder) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, key string) error {
-	return s.ms.ResetBudget(ctx, spec, key)
 }
 
 func (rp *replayer) onBudgets(b *limiter.BudgetBatch) {

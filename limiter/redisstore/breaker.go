@@ -41,7 +41,7 @@ func (s *RedisStore) allow() error {
 // ErrStoreUnavailable. A call the caller gave up on (its context cancelled)
 // does not count against Redis.
 func (s *RedisStore) done(ctx context.Context, op redisOp, start time.Time, err error) error {
-	s.metrics.latency[op].Observe(time.Since(start).Seconds())
+	s.metrics.latency[op].Observe(s.timers.Since(start).Seconds())
 	if err == nil {
 		if s.fails.Load() != 0 {
 			s.fails.Store(0)
@@ -71,7 +71,7 @@ func (s *RedisStore) trip(err error) {
 		return
 	default:
 	}
-	s.openedAt = time.Now()
+	s.openedAt = s.timers.Now()
 	s.open.Store(true)
 	s.metrics.state.Set(1)
 	s.log.Error("redis unreachable; store breaker open, decisions fall back to onStoreFailure",
@@ -82,20 +82,20 @@ func (s *RedisStore) trip(err error) {
 
 func (s *RedisStore) probeLoop() {
 	defer s.wg.Done()
-	t := time.NewTicker(s.probe)
+	t := s.timers.NewTicker(s.probe)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		if err := s.ping(); err != nil {
 			s.log.Debug("redis probe failed", "err", err)
 			continue
 		}
 		s.openMu.Lock()
-		down := time.Since(s.openedAt)
+		down := s.timers.Since(s.openedAt)
 		s.inFallbk += down
 		s.fails.Store(0)
 		s.open.Store(false)
@@ -121,7 +121,7 @@ func (s *RedisStore) fallbackSeconds() float64 {
 	defer s.openMu.Unlock()
 	d := s.inFallbk
 	if s.open.Load() {
-		d += time.Since(s.openedAt)
+		d += s.timers.Since(s.openedAt)
 	}
 	return d.Seconds()
 }

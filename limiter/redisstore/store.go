@@ -3,130 +3,25 @@ package redisstore
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"k8s.io/utils/clock"
 
 	"github.com/kubedefender/kubedefender/limiter"
 )
 
-// RedisConfig configures a RedisStore. Zero values take the defaults named
-// on each field.
-type RedisConfig struct {
-	// URL is where Redis is; see ParseRedisURL for the forms (single node,
-	// Sentinel, Cluster; TLS with rediss). Required unless Options is set.
-	URL string
-	// Options replace URL when set (programmatic use). The store copies them
-	// and sets its own timeouts, retries and TLS on the copy.
-	Options *redis.UniversalOptions
-
-	// Username and Password, when set, replace those of the URL (so a
-	// password can come from a file or the environment rather than a flag).
-	Username, Password string
-	// SentinelUsername and SentinelPassword authenticate to the sentinels.
-	SentinelUsername, SentinelPassword string
-
-	// TLSCAFile verifies the server with this PEM bundle instead of the
-	// system roots. Setting it (or TLSInsecureSkipVerify, or a client
-	// certificate) turns TLS on even for a redis:// URL.
-	TLSCAFile string
-	// TLSCertFile and TLSKeyFile are a client certificate (mutual TLS).
-	TLSCertFile, TLSKeyFile string
-	// TLSServerName overrides the name checked in the server certificate.
-	TLSServerName string
-	// TLSInsecureSkipVerify skips server certificate verification (testing only).
-	TLSInsecureSkipVerify bool
-
-	// KeyPrefix starts every key (default "kd:v1:"). Bump the version to
-	// start afresh after an incompatible change of the stored layout. It must
-	// not contain '{' or '}' (the hash tags come after it).
-	KeyPrefix string
-	// Timeout bounds one decision: the whole call to Redis, waiting for a
-	// pooled connection, dialling, writing and reading (default 100ms). A
-	// decision never waits on Redis longer than this.
-	Timeout time.Duration
-	// DialTimeout bounds a new connection (default 250ms, and never more than
-	// Timeout within a decision).
-	DialTimeout time.Duration
-	// ReadTimeout and WriteTimeout bound one socket read or write (default Timeout).
-	ReadTimeout, WriteTimeout time.Duration
-	// MaxKeysPerRule bounds the keys of one rate limit in Redis, as
-	// MemoryConfig.MaxKeysPerRule does in memory (default 100000): 32 shards
-	// of MaxKeysPerRule/32 keys, new keys of a full shard share its overflow
-	// bucket. RateKeyIdle is how long a key is kept after its bucket refilled
-	// (default 1m), so clients that keep asking keep their own bucket.
-	MaxKeysPerRule int
-	RateKeyIdle    time.Duration
-
-	// PoolSize is the most connections per Redis node (default 64, or
-	// 10×GOMAXPROCS when larger): one decision holds one connection for one
-	// round trip.
-	PoolSize int
-
-	// FailureThreshold is how many consecutive failed calls open the breaker
-	// around Redis (default 3). While it is open every call fails at once
-	// with ErrStoreUnavailable and a background probe PINGs Redis every
-	// ProbeInterval (default 500ms); the first answer closes it.
-	FailureThreshold int
-	ProbeInterval    time.Duration
-
-	// Replicas, when > 0, is the replica count that Replicas returns (a flag),
-	// and heartbeats only keep the count of live replicas as a metric.
-	Replicas int
-	// ReplicaID names this replica in heartbeats (default hostname-random).
-	ReplicaID string
-	// HeartbeatInterval is how often Run records this replica as alive
-	// (default 5s); a replica not seen for 3 intervals is no longer counted.
-	HeartbeatInterval time.Duration
-
-	// Clock, when set, is the time every decision is made at: the client
-	// sends it to the scripts. nil (production) means Redis TIME, the same
-	// clock for every replica. With a Clock, keys live at least 10 minutes so
-	// a fake clock that stands still does not see them expire.
-	Clock clock.PassiveClock
-	// Logger receives store transitions (breaker opened/closed); nil discards.
-	Logger *slog.Logger
-	// Registerer takes the store metrics; nil registers nothing.
-	Registerer prometheus.Registerer
-	// Hooks are added to the client (tracing, or counting round trips in tests).
-	Hooks []redis.Hook
-	// AutoPipeline sends the decisions of concurrent callers down shared
-	// connections in pipelined batches (go-redis autopipelining, marked
-	// experimental there): each decision is still one script call, but Redis
-	// and the client make far fewer system calls under concurrency. Faster
-	// from a few concurrent callers up, slower for a lone caller; off by default.
-	AutoPipeline bool
-}
-
-// Defaults of RedisConfig.
-const (
-	DefaultRedisKeyPrefix    = "kd:v1:"
-	DefaultRedisTimeout      = 100 * time.Millisecond
-	DefaultRedisDialTimeout  = 250 * time.Millisecond
-	DefaultRedisFailures     = 3
-	DefaultRedisProbe        = 500 * time.Millisecond
-	DefaultRedisHeartbeat    = 5 * time.Second
-	redisClockTTLFloor       = 10 * time.Minute
-	redisHeartbeatTTLPeriods = 3
-)
-
 // RedisStore is the Store shared by every replica through Redis: single
 // node, Sentinel or Cluster (Redis 5 or later; tested with 7.0). Every
-// decision is one script call, one round trip (redis_lua.go has the key
+// decision is one script call, one round trip (lua.go has the key
 // layout and the scripts; they are budget.go and rateAllow in Lua), so it
 // makes the same decisions as the MemoryStore, at one shared clock: Redis
 // TIME.
@@ -163,7 +58,8 @@ type RedisStore struct {
 	hbKey     string
 	timeout   time.Duration
 	clock     clock.PassiveClock
-	ttlFloor  int64 // ms
+	timers    clock.WithTicker // TimerClock, or real time
+	ttlFloor  int64            // ms
 	log       *slog.Logger
 	metrics   *redisMetrics
 	threshold int32
@@ -202,6 +98,9 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.TimerClock == nil {
+		cfg.TimerClock = clock.RealClock{}
+	}
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = defaultReplicaID()
 	}
@@ -211,6 +110,7 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 		prefix:        cfg.KeyPrefix,
 		timeout:       cfg.Timeout,
 		clock:         cfg.Clock,
+		timers:        cfg.TimerClock,
 		log:           cfg.Logger,
 		threshold:     int32(cfg.FailureThreshold),
 		probe:         cfg.ProbeInterval,
@@ -248,141 +148,6 @@ func NewRedisStore(cfg RedisConfig) (*RedisStore, error) {
 		}
 	}
 	return s, nil
-}
-
-// clientOptions validates cfg, fills in defaults and builds the client
-// options. Every problem is reported at once.
-func (cfg *RedisConfig) clientOptions() (*redis.UniversalOptions, error) {
-	var errs []error
-	var opts *redis.UniversalOptions
-	switch {
-	case cfg.Options != nil:
-		o := *cfg.Options
-		opts = &o
-	case cfg.URL != "":
-		o, err := ParseRedisURL(cfg.URL)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		opts = o
-	default:
-		errs = append(errs, errors.New("no redis URL"))
-	}
-	if cfg.KeyPrefix == "" {
-		cfg.KeyPrefix = DefaultRedisKeyPrefix
-	}
-	if strings.ContainsAny(cfg.KeyPrefix, "{}") {
-		errs = append(errs, fmt.Errorf("key prefix %q: must not contain '{' or '}'", cfg.KeyPrefix))
-	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
-		{"timeout", &cfg.Timeout, DefaultRedisTimeout},
-		{"dial timeout", &cfg.DialTimeout, DefaultRedisDialTimeout},
-		{"read timeout", &cfg.ReadTimeout, cfg.Timeout},
-		{"write timeout", &cfg.WriteTimeout, cfg.Timeout},
-		{"probe interval", &cfg.ProbeInterval, DefaultRedisProbe},
-		{"heartbeat interval", &cfg.HeartbeatInterval, DefaultRedisHeartbeat},
-	} {
-		if *d.v < 0 {
-			errs = append(errs, fmt.Errorf("%s: must not be negative, got %s", d.name, *d.v))
-		}
-		if *d.v == 0 {
-			*d.v = d.def
-			if *d.v == 0 { // read/write default to the (defaulted) Timeout
-				*d.v = cfg.Timeout
-			}
-		}
-	}
-	if cfg.FailureThreshold < 0 || cfg.Replicas < 0 || cfg.PoolSize < 0 || cfg.MaxKeysPerRule < 0 || cfg.RateKeyIdle < 0 {
-		errs = append(errs, errors.New("failure threshold, replicas, pool size, max keys per rule and rate key idle must not be negative"))
-	}
-	if cfg.MaxKeysPerRule == 0 {
-		cfg.MaxKeysPerRule = limiter.DefaultMaxKeysPerRule
-	}
-	if cfg.RateKeyIdle < time.Millisecond {
-		cfg.RateKeyIdle = limiter.DefaultRateKeyIdle
-	}
-	if cfg.FailureThreshold == 0 {
-		cfg.FailureThreshold = DefaultRedisFailures
-	}
-	tlsConf, err := cfg.tlsConfig(opts)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("failed to configure redis store: %w", errors.Join(errs...))
-	}
-	if cfg.Username != "" {
-		opts.Username = cfg.Username
-	}
-	if cfg.Password != "" {
-		opts.Password = cfg.Password
-	}
-	if cfg.SentinelUsername != "" {
-		opts.SentinelUsername = cfg.SentinelUsername
-	}
-	if cfg.SentinelPassword != "" {
-		opts.SentinelPassword = cfg.SentinelPassword
-	}
-	opts.TLSConfig = tlsConf
-	opts.DialTimeout = cfg.DialTimeout
-	opts.ReadTimeout = cfg.ReadTimeout
-	opts.WriteTimeout = cfg.WriteTimeout
-	opts.PoolTimeout = cfg.Timeout
-	opts.ContextTimeoutEnabled = true
-	opts.MaxRetries = -1 // a retried charge could count twice: fail fast instead
-	opts.DialerRetries = 1
-	if cfg.PoolSize == 0 {
-		cfg.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
-	}
-	opts.PoolSize = cfg.PoolSize
-	opts.DisableIdentity = true // no CLIENT SETINFO on every new connection
-	if opts.ClientName == "" {
-		opts.ClientName = "kubedefender"
-	}
-	return opts, nil
-}
-
-func (cfg *RedisConfig) tlsConfig(opts *redis.UniversalOptions) (*tls.Config, error) {
-	var base *tls.Config
-	if opts != nil && opts.TLSConfig != nil {
-		base = opts.TLSConfig.Clone()
-	}
-	if cfg.TLSCAFile == "" && cfg.TLSCertFile == "" && cfg.TLSKeyFile == "" && !cfg.TLSInsecureSkipVerify && cfg.TLSServerName == "" {
-		return base, nil
-	}
-	if base == nil {
-		base = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	base.InsecureSkipVerify = cfg.TLSInsecureSkipVerify //nolint:gosec // explicit opt-in, documented as testing only
-	if cfg.TLSServerName != "" {
-		base.ServerName = cfg.TLSServerName
-	}
-	if cfg.TLSCAFile != "" {
-		pem, err := os.ReadFile(cfg.TLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read redis CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("failed to read redis CA file %s: no PEM certificate in it", cfg.TLSCAFile)
-		}
-		base.RootCAs = pool
-	}
-	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-		return nil, errors.New("redis client certificate: set both the certificate and the key file, or neither")
-	}
-	if cfg.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("failed to load redis client certificate: %w", err)
-		}
-		base.Certificates = []tls.Certificate{cert}
-	}
-	return base, nil
 }
 
 func defaultReplicaID() string {
@@ -483,7 +248,7 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	res, err := s.scripts.budget.Run(ctx, s.exec, a.keys, a.args...).Int64Slice()
 	cancel()
@@ -534,152 +299,6 @@ func decodeBudgets(b *limiter.BudgetBatch, res []int64) error {
 	return nil
 }
 
-// Rates implements Store: one EVALSHA for the batch (single node, Sentinel),
-// or one pipeline of one script per check (Cluster).
-func (s *RedisStore) Rates(ctx context.Context, b *limiter.RateBatch) error {
-	b.Results = b.Results[:0]
-	if len(b.Checks) == 0 {
-		b.Now = s.now()
-		return nil
-	}
-	for i := range b.Checks {
-		if err := b.Checks[i].Spec.Check(); err != nil {
-			return fmt.Errorf("failed to judge rate limits: %w", err)
-		}
-	}
-	if err := s.allow(); err != nil {
-		return err
-	}
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	var err error
-	if s.cluster && len(b.Checks) > 1 {
-		err = s.ratesPipelined(ctx, b)
-	} else {
-		err = s.ratesScript(ctx, b)
-	}
-	if err = s.done(ctx, opRates, start, err); err != nil {
-		b.Results = b.Results[:0]
-		return fmt.Errorf("failed to judge rate limits: %w", err)
-	}
-	return nil
-}
-
-func (s *RedisStore) rateArgs(a *redisArgs, checks []limiter.RateCheck) {
-	a.args = s.nowArgs(a.args)
-	a.args = append(a.args, s.ttlFloor, s.rateIdle, s.perShard)
-	for i := range checks {
-		c := &checks[i]
-		bucket, index, overflow := s.rateKeys(c.Spec, c.Key)
-		a.keys = append(a.keys, bucket, index, overflow)
-		iv := c.Spec.Interval
-		a.args = append(a.args, boolArg(c.Shadow), int64(iv/time.Second), int64(iv%time.Second), c.Spec.Burst)
-	}
-}
-
-func (s *RedisStore) ratesScript(ctx context.Context, b *limiter.RateBatch) error {
-	a := s.getArgs()
-	defer s.putArgs(a)
-	s.rateArgs(a, b.Checks)
-	res, err := s.scripts.rate.Run(ctx, s.exec, a.keys, a.args...).Int64Slice()
-	if err != nil {
-		return err
-	}
-	if len(res) != 2+4*len(b.Checks) {
-		return fmt.Errorf("%w: rate script returned %d values for %d checks", limiter.ErrStoreUnavailable, len(res), len(b.Checks))
-	}
-	b.Now = time.Unix(res[0], res[1])
-	for i := range b.Checks {
-		b.Results = append(b.Results, s.rateResult(res[2+4*i:6+4*i]))
-	}
-	return nil
-}
-
-// rateResult reads one check's status, retryS, retryNs, overflowed.
-func (s *RedisStore) rateResult(r []int64) limiter.RateResult {
-	if r[3] == 1 {
-		s.overflowed.Add(1)
-	}
-	return limiter.RateResult{Allowed: r[0] == 1, Skipped: r[0] == 2, RetryAfter: time.Duration(r[1])*time.Second + time.Duration(r[2])}
-}
-
-// Overflowed counts rate checks judged on a shard's overflow bucket because
-// the shard was full (as MemoryStats.Overflowed).
-func (s *RedisStore) Overflowed() int64 { return s.overflowed.Load() }
-
-// ratesPipelined sends one script per check in one pipeline: on a cluster
-// the checks' keys are in different slots. Checks after the first non-shadow
-// denial are reported skipped although they were charged.
-func (s *RedisStore) ratesPipelined(ctx context.Context, b *limiter.RateBatch) error {
-	cmds := make([]*redis.Cmd, len(b.Checks))
-	args := make([]*redisArgs, len(b.Checks))
-	for i := range b.Checks {
-		args[i] = s.getArgs()
-		s.rateArgs(args[i], b.Checks[i:i+1])
-	}
-	defer func() {
-		for _, a := range args {
-			s.putArgs(a)
-		}
-	}()
-	run := func(eval bool, only []bool) error {
-		pipe := s.client.Pipeline()
-		for i := range b.Checks {
-			if only != nil && !only[i] {
-				continue
-			}
-			if eval {
-				cmds[i] = s.scripts.rate.Eval(ctx, pipe, args[i].keys, args[i].args...)
-			} else {
-				cmds[i] = s.scripts.rate.EvalSha(ctx, pipe, args[i].keys, args[i].args...)
-			}
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	}
-	err := run(false, nil)
-	if err != nil {
-		// Scripts missing on a node (NOSCRIPT) did not run: load them by EVAL.
-		var retry []bool
-		for i, c := range cmds {
-			if c.Err() != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-				if retry == nil {
-					retry = make([]bool, len(cmds))
-				}
-				retry[i] = true
-			}
-		}
-		if retry == nil {
-			return err
-		}
-		if err := run(true, retry); err != nil {
-			return err
-		}
-	}
-	denied := false
-	for i, c := range cmds {
-		res, err := c.Int64Slice()
-		if err != nil {
-			return err
-		}
-		if len(res) != 6 {
-			return fmt.Errorf("%w: rate script returned %d values", limiter.ErrStoreUnavailable, len(res))
-		}
-		if i == 0 {
-			b.Now = time.Unix(res[0], res[1])
-		}
-		r := s.rateResult(res[2:6])
-		if denied {
-			r = limiter.RateResult{Skipped: true}
-		} else if !r.Allowed && !b.Checks[i].Shadow {
-			denied = true
-		}
-		b.Results = append(b.Results, r)
-	}
-	return nil
-}
-
 // ResetBudget implements Store: it deletes the key's breaker and log, or
 // with AllKeys every key of the rule (SCAN of the one node that holds the
 // {b} slot; a break-glass operation, not a hot path).
@@ -687,7 +306,7 @@ func (s *RedisStore) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, 
 	if err := s.allow(); err != nil {
 		return err
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	var err error
 	if key == limiter.AllKeys {
 		err = s.resetAll(ctx, spec)
@@ -748,101 +367,10 @@ func (s *RedisStore) now() time.Time {
 	if s.clock != nil {
 		return s.clock.Now()
 	}
-	return time.Now()
+	return s.timers.Now()
 }
 
-// Replicas returns how many replicas share the store: RedisConfig.Replicas
-// when set, else the live replicas counted by heartbeats (at least 1; 1
-// before the first heartbeat). Pass it as EngineConfig.Replicas.
-func (s *RedisStore) Replicas() int {
-	if s.replicasFixed > 0 {
-		return s.replicasFixed
-	}
-	return int(max(1, s.replicas.Load()))
-}
-
-// Run loads the scripts and heartbeats this replica until ctx is done. Call
-// it once, in its own goroutine; decisions work without it (scripts load on
-// first use) but Replicas then stays at 1.
-func (s *RedisStore) Run(ctx context.Context) {
-	s.loadScripts(ctx)
-	t := time.NewTicker(s.heartbeat)
-	defer t.Stop()
-	for {
-		s.beat(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (s *RedisStore) loadScripts(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 5*s.timeout)
-	defer cancel()
-	load := func(ctx context.Context, c redis.Scripter) error {
-		for _, sc := range []*redis.Script{s.scripts.budget, s.scripts.rate, s.scripts.heartbeat} {
-			if err := sc.Load(ctx, c).Err(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var err error
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
-	} else {
-		err = load(ctx, s.client)
-	}
-	if err != nil {
-		s.log.Debug("failed to preload redis scripts; they load on first use", "err", err)
-	}
-}
-
-// beat records this replica and refreshes the count of live replicas.
-func (s *RedisStore) beat(ctx context.Context) {
-	if s.open.Load() {
-		return // keep the last count through an outage
-	}
-	ttl := redisHeartbeatTTLPeriods * s.heartbeat
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	n, err := s.scripts.heartbeat.Run(ctx, s.client, []string{s.hbKey}, s.replicaID, ttl.Milliseconds()).Int64()
-	if err != nil {
-		s.log.Debug("failed to record replica heartbeat", "err", err)
-		return
-	}
-	if old := s.replicas.Swap(n); old != n {
-		s.log.Info("replicas sharing the redis store", "replicas", n, "was", old)
-	}
-}
-
-// Close stops the background probe and the heartbeats, removes this
-// replica from the live set (best effort) and closes the client. Decisions
-// after Close fail.
-func (s *RedisStore) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		s.openMu.Lock() // trip starts probes under openMu: none starts after this
-		close(s.stop)
-		s.openMu.Unlock()
-		s.wg.Wait()
-		if !s.open.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-			_ = s.client.ZRem(ctx, s.hbKey, s.replicaID).Err()
-			cancel()
-		}
-		if e := s.client.Close(); e != nil {
-			err = fmt.Errorf("failed to close redis client: %w", e)
-		}
-	})
-	return err
-}
-
-// CarryBreakers implements breakerCarrier: it SCANs the old ID's keys on the
+// CarryBreakers implements limiter.Store: it SCANs the old ID's keys on the
 // node holding the {b} slot and carries them in one script call per batch.
 // A reload, never a request path.
 func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.BudgetSpec) ([]string, error) {
@@ -887,6 +415,12 @@ func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.Budget
 	return carried, nil
 }
 
+// Retain implements limiter.Store and does nothing: every Redis key expires
+// by its own TTL (the longest window, the breaker's cooldown, the rate
+// bucket's idle time), so the keys of a rule a reload removed go on their own
+// and nothing is held in this process per rule.
+func (s *RedisStore) Retain(map[string]bool, map[string]*limiter.BudgetSpec) {}
+
 // scanEach calls fn with every batch of keys matching pattern on node, each
 // SCAN call under timeout.
 func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout time.Duration, fn func([]string) error) error {
@@ -909,14 +443,14 @@ func scanEach(ctx context.Context, node redis.Cmdable, pattern string, timeout t
 	}
 }
 
-// ResetBudgetKeys implements keyResetter: a SCAN of the rule's keys on the
+// ResetBudgetKeys implements limiter.Store: a SCAN of the rule's keys on the
 // node holding the {b} slot, and a DEL of those that match. A break-glass
 // operation, not a hot path.
 func (s *RedisStore) ResetBudgetKeys(ctx context.Context, spec *limiter.BudgetSpec, match func(string) bool) ([]string, error) {
 	if err := s.allow(); err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := s.timers.Now()
 	node, err := s.budgetNode(ctx)
 	var reset []string
 	if err == nil {

@@ -78,7 +78,9 @@ func TestRedisStoreOverTLS(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{TLS: &files})
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
 	decide := func(cfg RedisConfig) error {
-		cfg.URL, cfg.KeyPrefix, cfg.Timeout = srv.URL(), "kdtest:tls:", 2*time.Second
+		// A handshake that loads the system roots can take longer than the
+		// 250ms default dial timeout on a loaded machine under -race.
+		cfg.URL, cfg.KeyPrefix, cfg.Timeout, cfg.DialTimeout = srv.URL(), "kdtest:tls:", 2*time.Second, 2*time.Second
 		s, err := NewRedisStore(cfg)
 		if err != nil {
 			return err
@@ -290,5 +292,25 @@ func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 				t.Fatalf("base second %d (%v), want it moved past +100 days", base, err)
 			}
 		}
+	}
+}
+
+func TestBackendCarriesTheStoreItsReplicasAndItsClose(t *testing.T) {
+	if _, err := NewBackend(RedisConfig{}); err == nil {
+		t.Fatal("a backend without a URL was built")
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	b, err := NewBackend(RedisConfig{URL: srv.URL(), Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Store.(*RedisStore); !ok || b.Mode != "redis" || b.Replicas() != 3 {
+		t.Fatalf("redis backend: store %T, mode %q, replicas %d; want a *RedisStore, redis, 3", b.Store, b.Mode, b.Replicas())
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := b.Store.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{}), Key: "k"}}}); err == nil {
+		t.Fatal("a decision after Close succeeded; Close did not close the client")
 	}
 }

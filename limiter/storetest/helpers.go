@@ -41,3 +41,13 @@ func (l *LockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// Reload reloads e with p, both phases, as the policy watcher does.
+func Reload(t Fataler, e *limiter.Engine, p *policy.Compiled) {
+	t.Helper()
+	commit, err := e.PreparePolicy(p)
+	if err != nil {
+		t.Fatalf("PreparePolicy: %v", err)
+	}
+	commit()
+}

@@ -277,8 +277,8 @@ func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
 				editPolicy(rt, p)
 				noPanic(rt, "a reload", func() {
 					c = compilePolicy(rt, p)
-					mem.SetPolicy(c)
-					red.SetPolicy(c)
+					Reload(rt, mem, c)
+					Reload(rt, red, c)
 				})
 				continue
 			case 1: // an override, maybe resetting breakers

@@ -44,7 +44,7 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	}
 	e.Decide(ctx, PodDelete("dev", "p"))
 	edited := strings.Replace(reloadPolicy, "[{window: 1m, limit: 2}]", "[{window: 1m, limit: 3}, {window: 1h, limit: 10}]", 1)
-	e.SetPolicy(Parse(t, edited))
+	Reload(t, e, Parse(t, edited))
 	clk.Step(time.Minute)
 	d := e.Decide(ctx, PodDelete("prod", "p"))
 	if d.Allowed || d.Code != http.StatusForbidden || !strings.Contains(d.Message, "1m: 0/3, 1h: 0/10") {
@@ -62,7 +62,7 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after the override: %s", d.Message)
 	}
-	e.SetPolicy(Parse(t, reloadPolicy)) // revert: the old windows' state is gone
+	Reload(t, e, Parse(t, reloadPolicy)) // revert: the old windows' state is gone
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after reverting the edit: %s, want admitted (no stale Open state)", d.Message)
 	}

@@ -123,18 +123,20 @@ func testInspect(t *testing.T, newStore NewStore) {
 
 var specSeq atomic.Int64
 
-// testSpec returns a spec with a unique ID so tests never share state.
+// Spec returns a budget spec with a unique ID, so tests never share state.
 func Spec(windows []limiter.WindowSpec, br limiter.BreakerSpec) *limiter.BudgetSpec {
 	n := specSeq.Add(1)
 	return &limiter.BudgetSpec{Name: fmt.Sprintf("b%d", n), ID: fmt.Sprintf("b%d@test", n), Windows: windows, Breaker: br}
 }
 
-// Fataler is what take needs of *testing.T and *rapid.T.
+// Fataler is what Take needs of *testing.T and *rapid.T.
 type Fataler interface {
 	Helper()
 	Fatalf(format string, args ...any)
 }
 
+// Take judges one batch of checks on s (charging them when commit is set)
+// and fails the test on an error or a wrong number of results.
 func Take(t Fataler, s limiter.Store, commit bool, checks ...limiter.BudgetCheck) *limiter.BudgetBatch {
 	t.Helper()
 	b := &limiter.BudgetBatch{Checks: checks, Commit: commit}
@@ -147,6 +149,7 @@ func Take(t Fataler, s limiter.Store, commit bool, checks ...limiter.BudgetCheck
 	return b
 }
 
+// Epoch is where the suite's fake clocks start.
 var Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func testSlidingWindowProperty(t *testing.T, newStore NewStore) {

@@ -83,29 +83,30 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	store, storeComp, storeMode, err := newStore(cfg, reg)
+	backend, err := newStore(cfg, reg)
 	if err != nil {
 		return err
 	}
-	if c, ok := store.(interface{ Close() error }); ok {
-		// Closed only after every server has drained (runAll has returned):
-		// requests finishing during shutdown still reach the store.
-		defer func() { _ = c.Close() }()
-	}
-	engCfg := limiter.EngineConfig{Policy: watcher.Current(), Store: store, Logger: log.With("component", "limiter"), Registerer: reg}
-	if rs, ok := store.(*redisstore.RedisStore); ok {
-		engCfg.Replicas = rs.Replicas
-	}
-	engine, err := limiter.NewEngine(engCfg)
+	// Closed only after every server has drained (runAll has returned):
+	// requests finishing during shutdown still reach the store.
+	defer func() { _ = backend.Close() }()
+	storeMode := backend.Mode
+	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: watcher.Current(), Store: backend.Store, Replicas: backend.Replicas,
+		Logger: log.With("component", "limiter"), Registerer: reg})
 	if err != nil {
 		return err
 	}
-	watcher.Subscribe(engine.SetPolicy)
+	watcher.Subscribe(func(c *policy.Compiled) {
+		if commit, err := engine.PreparePolicy(c); err == nil { // only a nil policy is refused
+			commit()
+		}
+	})
 	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", storeMode)
 
 	comps := []component{
 		{"policy-watcher", watcher.Run},
-		storeComp,
+		// Sweeping idle keys, or Redis heartbeats and probes; closed above.
+		{storeMode + "-store", func(ctx context.Context) error { backend.Run(ctx); return nil }},
 		{"local-fallback", func(ctx context.Context) error { engine.Run(ctx); return nil }},
 	}
 	var casc *cascades
@@ -167,29 +168,19 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	return runAll(ctx, comps)
 }
 
-// newStore builds the shared store: Redis with --redis-url, else memory. It
-// returns the component that keeps the store alive (sweeping idle keys, or
-// Redis heartbeats and probes) and the store's mode for status.
-func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Store, component, string, error) {
+// newStore builds the shared store: Redis with --redis-url, else memory,
+// with what runServe needs to run and close it.
+func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Backend, error) {
 	o := cfg.Options
 	if o.RedisURL == "" {
-		ms := limiter.NewMemoryStore(limiter.MemoryConfig{})
-		return ms, component{"memory-store", func(ctx context.Context) error { ms.Run(ctx); return nil }}, "memory", nil
+		return limiter.NewMemoryBackend(limiter.MemoryConfig{}), nil
 	}
-	rs, err := redisstore.NewRedisStore(redisstore.RedisConfig{
+	return redisstore.NewBackend(redisstore.RedisConfig{
 		URL: o.RedisURL, Password: cfg.RedisPassword,
 		TLSCAFile: o.RedisCAFile, TLSCertFile: o.RedisCertFile, TLSKeyFile: o.RedisKeyFile, TLSInsecureSkipVerify: o.RedisInsecureSkipVerify,
 		KeyPrefix: o.RedisKeyPrefix, Timeout: o.RedisTimeout, Replicas: o.RedisReplicas, ReplicaID: replicaName(),
 		AutoPipeline: o.RedisAutoPipeline, Logger: cfg.Logger.With("component", "redis"), Registerer: reg,
 	})
-	if err != nil {
-		return nil, component{}, "", err
-	}
-	run := func(ctx context.Context) error {
-		rs.Run(ctx) // heartbeats and probes; runServe closes the client last
-		return nil
-	}
-	return rs, component{"redis-store", run}, "redis", nil
 }
 
 // newProxy builds the API proxy; its TokenReview client comes from the kube

@@ -24,10 +24,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// EnsureInstalled makes sure redis-server, redis-cli and redis-benchmark are
+// ensureInstalled makes sure redis-server, redis-cli and redis-benchmark are
 // on PATH, installing the redis-server package with apt-get when they are
 // not. It fails the test when the install fails.
-func EnsureInstalled(t testing.TB) {
+func ensureInstalled(t testing.TB) {
 	t.Helper()
 	if missing() == "" {
 		return
@@ -75,9 +75,6 @@ type Server struct {
 type Options struct {
 	// Args are extra redis-server arguments, e.g. "--cluster-enabled", "yes".
 	Args []string
-	// Port is the port to listen on; 0 picks a free one (with its cluster bus
-	// port, Port+10000, free too).
-	Port int
 	// Config is written to a redis.conf that is passed first (Sentinel needs
 	// a config file it can rewrite).
 	Config string
@@ -92,17 +89,15 @@ type Options struct {
 // kills it.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	EnsureInstalled(t)
-	s := &Server{t: t, dir: t.TempDir(), args: opts.Args, Port: opts.Port, opts: opts}
+	ensureInstalled(t)
+	s := &Server{t: t, dir: t.TempDir(), args: opts.Args, opts: opts}
 	for attempt := 0; ; attempt++ {
-		if s.Port == 0 || attempt > 0 {
-			s.Port = freePort(t)
-		}
+		s.Port = freePort(t) // with its cluster bus port, Port+10000, free too
 		err := s.start()
 		if err == nil {
 			break
 		}
-		if attempt == 5 || opts.Port != 0 {
+		if attempt == 5 {
 			t.Fatalf("redistest: %v", err)
 		}
 	}
@@ -213,12 +208,6 @@ func (s *Server) Restart() {
 	}
 	s.t.Fatalf("redistest: failed to restart: %v", err)
 }
-
-// Pause stops the process (SIGSTOP): connections stay open and nothing answers.
-func (s *Server) Pause() { _ = syscall.Kill(s.cmd.Process.Pid, syscall.SIGSTOP) }
-
-// Resume continues a paused process (SIGCONT).
-func (s *Server) Resume() { _ = syscall.Kill(s.cmd.Process.Pid, syscall.SIGCONT) }
 
 func (s *Server) clientOptions(o *redis.Options) *redis.Options {
 	if s.opts.TLS != nil {
