@@ -11,8 +11,8 @@ import "github.com/redis/go-redis/v9"
 // times are kept as a pair (seconds, nanoseconds) or as the decimal string
 // "S.NNNNNNNNN"; the admission log of a budget key keeps nanoseconds relative
 // to a per-key base second, which is moved forward (the log packed again)
-// when it falls more than 46 days behind, so log arithmetic is exact to the
-// nanosecond for windows up to about 50 days.
+// when it falls more than 46 days behind (or sooner, see below), so log
+// arithmetic is exact to the nanosecond for windows up to about 50 days.
 //
 // Budget keys (all under one hash tag, so a whole batch is in one slot). One
 // string per key, read with one GET and written with one SET (PX: it expires
@@ -37,12 +37,14 @@ import "github.com/redis/go-redis/v9"
 // and the k-th newest token by binary search over the string, and drops
 // what left the longest window by cutting the string: one decision costs
 // O(log n) unpacks and one copy of the string, whatever the cost it charges.
-// The widths fit the key (times: twice its longest window, 5 to 7 bytes;
-// counts: four times the tokens held, 1 to 4 bytes); the log is packed again
-// (at base now, counts from 0) only when they would overflow, at most once a
-// window and every 3× the tokens held.
+// The widths fit the key: times 4 to 8 bytes, room for twice the longest
+// window (5 bytes for a minute, 6 for an hour, 7 for a day); counts 1 to 7
+// bytes, room for four times the tokens held. The log is packed again (at
+// base now, counts from 0: a loop over every entry) only when the base is
+// half the time width or 46 days behind, or a count would overflow: at most
+// once a window and once every 3× the tokens held.
 //
-// The layout of before (kd 0.x: <key>:h, a hash with the base and the
+// The layout of before (<key>:h, a hash with the base second and the
 // breaker, and <key>:z, a sorted set with one member per token) is read when
 // a key has no v2 string yet, and deleted when the key is first written in
 // v2, so breakers and logs survive an upgrade. During a rolling upgrade
