@@ -172,7 +172,9 @@ local function useLog(c, v)
   c.log, c.ef, c.es, c.tw, c.cw = v, '<i' .. tw .. 'I' .. cw, tw + cw, tw, cw
   c.cap = 2 ^ (8 * cw) - 1
   c.n = (#v - HLEN) / c.es
-  c.last = cumAt(c, c.n)
+  c.newest, c.last = nil, c.c0
+  if c.n > 0 then c.newest, c.last = ent(c, c.n) end
+  c.d = nil
   return true
 end
 
@@ -184,6 +186,7 @@ for i = 1, n do
   local c = {k = KEYS[3 * i - 2], oh = KEYS[3 * i - 1], oz = KEYS[3 * i], shadow = false, nw = 0, wl = {}, wm = {},
     br = false, manual = false, cd = 0, hol = 0, cost = 0, imported = false,
     st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, cap = 0, n = 0, last = 0,
+    newest = false, d = false, dc0 = 0,
     card = 0, now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
   local shadow, br, manual
   shadow, br, manual, c.nw, c.cd, c.hol, c.cost, p = struct.unpack('<BBBBi8i8i8', specs, p)
@@ -217,7 +220,7 @@ for i = 1, n do
   c.card = c.last - c.c0
   -- clampNow: time never runs backwards for a key
   local newest = nil
-  if c.n > 0 then newest = ent(c, c.n) end
+  if c.n > 0 then newest = c.newest end
   if newest and newest > diff(nowS, nowN, c.base, 0) then
     nowS, nowN = norm(c.base, newest)
   elseif diff(c.ss, c.sn, nowS, nowN) > 0 then
@@ -263,8 +266,10 @@ for i = 1, n do
   c.rst, c.rss, c.rsn = st, ss, sn
   for j = 1, c.nw do
     local f = firstAfter(c, c.now - c.wl[j])
-    c.used[j] = 0
-    if f <= c.n then c.used[j] = c.last - cumAt(c, f - 1) end
+    local before = cumAt(c, f - 1)
+    c.used[j] = c.last - before
+    -- the longest window's first entry: what apply keeps
+    if j == c.nw then c.d, c.dc0 = f, before end
   end
   if st == OPEN then
     c.reason = ISOPEN
@@ -310,12 +315,15 @@ end
 -- would outgrow their width) or counts outgrow theirs.
 local function applied(c, st, ss, sn, ho, push)
   local longest = c.wl[c.nw]
-  local d = firstAfter(c, c.now - longest)
-  local c0 = cumAt(c, d - 1)
+  local d, c0 = c.d, c.dc0
+  if not d then
+    d = firstAfter(c, c.now - longest)
+    c0 = cumAt(c, d - 1)
+  end
   local last = c.last
   if push then last = last + c.cost end
   local kept = c.n - d + 1
-  local merge = push and kept > 0 and ent(c, c.n) == c.now
+  local merge = push and kept > 0 and c.newest == c.now
   if kept > 0 and not (c.now > math.min(2 ^ (8 * c.tw - 2), REBASE) or last > c.cap) then
     local tail = ''
     local upto = #c.log
@@ -370,7 +378,7 @@ if commit then
         for j = 1, c.nw do c.used[j] = c.used[j] + c.cost end
         if st == HALF then ho = ho + 1 end
       elseif c.n > 0 then
-        local t = ent(c, c.n)
+        local t = c.newest
         if t > c.now - longest then newest = t end
       end
       -- keep the key while its log or its breaker matters
