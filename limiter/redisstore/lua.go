@@ -10,28 +10,57 @@ import "github.com/redis/go-redis/v9"
 // nanoseconds. Lua numbers are doubles, exact only below 2^53, so absolute
 // times are kept as a pair (seconds, nanoseconds) or as the decimal string
 // "S.NNNNNNNNN"; the admission log of a budget key keeps nanoseconds relative
-// to a per-key base second, which is moved forward (all scores shifted) when
-// it falls more than 46 days behind, so log arithmetic is exact to the
-// nanosecond for windows up to about 50 days.
+// to a per-key base second, which is moved forward (the log packed again)
+// when it falls more than 46 days behind (or sooner, see below), so log
+// arithmetic is exact to the nanosecond for windows up to about 50 days.
 //
-// Budget keys (all under one hash tag, so a whole batch is in one slot):
+// Budget keys (all under one hash tag, so a whole batch is in one slot). One
+// string per key, read with one GET and written with one SET (PX: it expires
+// when neither its log nor its breaker matters any more):
 //
-//	<prefix>{b}:<rule id>:<key>:h  hash: b base second, st breaker state,
-//	                               ss/sn breaker since (s, ns), ho half-open
-//	                               admissions, q member sequence
-//	<prefix>{b}:<rule id>:<key>:z  sorted set: one member per token taken
-//	                               (a check of cost k adds k members at one
-//	                               score), score = ns since base
+//	<prefix>{b}:<rule id>:<key>:v2  the header, then the log
+//
+// The "v2" names the layout: a key of another layout is never read as this
+// one (and the script refuses a value whose version byte is not 2). All
+// integers are little endian (Lua struct.pack):
+//
+//	header, 40 bytes: version (1 byte, 2), tw, cw (1 byte each: widths of
+//	  an entry's time and count), breaker state (1), base second (8),
+//	  breaker since seconds (8) and nanoseconds (4), half-open admissions
+//	  (8), c0 (8: the count before the first entry)
+//	entries, tw+cw bytes each, oldest first: time (signed, ns since base),
+//	  count (unsigned, cumulative: the tokens of every entry up to this one,
+//	  plus c0). A check of cost k at one instant is one entry, and so are
+//	  several checks at the same instant.
+//
+// Entries have one width, so the script finds the first entry of a window
+// and the k-th newest token by binary search over the string, and drops
+// what left the longest window by cutting the string: one decision costs
+// O(log n) unpacks and one copy of the string, whatever the cost it charges.
+// The widths fit the key: times 4 to 8 bytes, room for twice the longest
+// window (5 bytes for a minute, 6 for an hour, 7 for a day); counts 1 to 7
+// bytes, room for four times the tokens held. The log is packed again (at
+// base now, counts from 0: a loop over every entry) only when the base is
+// half the time width or 46 days behind, or a count would overflow: at most
+// once a window and once every 3× the tokens held.
+//
+// The layout of before (<key>:h, a hash with the base second and the
+// breaker, and <key>:z, a sorted set with one member per token) is read when
+// a key has no v2 string yet, and deleted when the key is first written in
+// v2, so breakers and logs survive an upgrade. During a rolling upgrade
+// replicas of the old version still write the old keys; a key charged on
+// both sides counts each side apart until the old replicas are gone.
 //
 // The algorithm is limiter/budget.go line by line (judge every check at one
 // clamped now, then apply every check when committing).
 
 // budgetLua judges and (with commit) charges one BudgetBatch.
 //
-// KEYS: per check i: hash, log; then, optionally, the batch's charge-once key.
+// KEYS: per check i: the key (v2), and the hash and log of the layout of
+// before; then, optionally, the batch's charge-once key.
 // ARGV: commit, nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, onceTtlMs,
-// then per check: shadow, nWindows, (lengthNs, limit)×nWindows,
-// breakerEnabled, manual, cooldownNs, halfOpenLimit, cost.
+// checks: every check packed (appendBudgetCheck: shadow, breakerEnabled,
+// manual, nWindows, cooldownNs, halfOpenLimit, cost, (lengthNs, limit)×nWindows).
 // Returns: nowS, nowNs, admitted, then per check: allowed, reason, window
 // (0-based, -1), prev, state, sinceS, sinceNs, retryNs, used×nWindows.
 // A committed batch whose charge-once key exists is a repeat of a request
@@ -42,6 +71,8 @@ local E9 = 1000000000
 local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
+local REBASE = 4000000 * E9 -- move the base when it is more than 46 days behind
+local VERSION, HDR, HLEN = 2, '<BBBBi8i8i4i8i8', 40
 local commit = ARGV[1] == '1'
 local nowS, nowN
 if ARGV[2] == '' then
@@ -53,9 +84,9 @@ else
 end
 local ttlFloor = tonumber(ARGV[4])
 local onceTtl = tonumber(ARGV[5])
-local n = math.floor(#KEYS / 2)
+local n = math.floor(#KEYS / 3)
 local once = nil
-if #KEYS % 2 == 1 and commit then once = KEYS[#KEYS] end
+if #KEYS % 3 == 1 and commit then once = KEYS[#KEYS] end
 -- The charge-once key holds its expiry "S.NNNNNNNNN" (the clock may be the
 -- client's); PX only bounds memory.
 if once then
@@ -67,39 +98,129 @@ if once then
     end
   end
 end
--- Numbers go to redis.call as Lua numbers: Redis prints them exactly
--- (integers below 2^53), and scores are whole nanoseconds, so "more than x"
--- is "at least x+1".
+-- Numbers go to redis.call and struct.pack as Lua numbers: integers below
+-- 2^53 are exact, and times are whole nanoseconds, so "more than x" is "at
+-- least x+1".
 
 local function norm(s, n)
   local q = math.floor(n / E9)
   return s + q, n - q * E9
 end
 local function diff(s1, n1, s2, n2) return (s1 - s2) * E9 + (n1 - n2) end
--- window j of check c: length and limit, read from ARGV where they are
-local function wlen(c, j) return tonumber(ARGV[c.p + 2 * j]) end
-local function wlim(c, j) return tonumber(ARGV[c.p + 2 * j + 1]) end
+-- Entry i (1-based) of c's log: time (ns since base), cumulative count,
+-- read where a search looks (entries have one width).
+local unpack = struct.unpack
+local function ent(c, i)
+  return unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
+end
+-- the cumulative count through entry i (c0 through entry 0)
+local function cumAt(c, i)
+  if i == 0 then return c.c0 end
+  local _, q = unpack(c.ef, c.log, HLEN + (i - 1) * c.es + 1)
+  return q
+end
+-- the first entry later than cut (n+1 when none is), by binary search
+local function firstAfter(c, cut)
+  local log, ef, es, lo, hi = c.log, c.ef, c.es, 1, c.n + 1
+  while lo < hi do
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2
+    if unpack(ef, log, HLEN + (mid - 1) * es + 1) <= cut then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+-- the time of the k-th newest token (1 <= k <= tokens in the log): the
+-- first entry whose count reaches token number last-k+1
+local function kthNewest(c, k)
+  local r = c.last - k + 1
+  local lo, hi = 1, c.n
+  while lo < hi do
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2
+    if cumAt(c, mid) < r then lo = mid + 1 else hi = mid end
+  end
+  return (ent(c, lo))
+end
+-- widths of a log whose longest window is L, whose times reach span from
+-- its base and whose counts reach need: times keep room for twice the
+-- window (a rebase is due at most once a window), counts for four times
+-- what they hold (a repack is due at most every 3×need tokens)
+local function widths(L, span, need)
+  local tw, cw = 4, 1
+  while tw < 8 and 2 ^ (8 * tw - 1) < 2 * (math.max(L, span) + E9) do tw = tw + 1 end
+  while cw < 7 and 2 ^ (8 * cw) <= 4 * need do cw = cw + 1 end
+  return tw, cw
+end
+local function header(tw, cw, st, base, ss, sn, ho, c0)
+  return struct.pack(HDR, VERSION, tw, cw, st, base, ss, sn, ho, c0)
+end
+-- pack entries ts (times since base) and qs (cumulative counts)
+local function packLog(c, st, base, ss, sn, ho, ts, qs, c0)
+  local span, need = 0, 1
+  if #ts > 0 then span, need = math.max(-ts[1], ts[#ts]), qs[#qs] end
+  local tw, cw = widths(c.wl[c.nw], span, need)
+  local parts = {header(tw, cw, st, base, ss, sn, ho, c0)}
+  local ef = '<i' .. tw .. 'I' .. cw
+  for i = 1, #ts do parts[i + 1] = struct.pack(ef, ts[i], qs[i]) end
+  return table.concat(parts)
+end
+-- read a packed log: c.log, its entry format and size, entries, counts
+local function useLog(c, v)
+  local ver, tw, cw
+  ver, tw, cw, c.st, c.base, c.ss, c.sn, c.ho, c.c0 = struct.unpack(HDR, v)
+  if ver ~= VERSION then return false end
+  c.log, c.ef, c.es, c.tw, c.cw = v, '<i' .. tw .. 'I' .. cw, tw + cw, tw, cw
+  c.cap = 2 ^ (8 * cw) - 1
+  c.n = (#v - HLEN) / c.es
+  c.newest, c.last = nil, c.c0
+  if c.n > 0 then c.newest, c.last = ent(c, c.n) end
+  c.d = nil
+  return true
+end
 
 -- load every check
 local cs = {}
-local p = 6
+local specs, p = ARGV[6], 1
 for i = 1, n do
-  local c = {h = KEYS[2 * i - 1], z = KEYS[2 * i], shadow = ARGV[p] == '1', nw = tonumber(ARGV[p + 1]), p = p}
-  p = p + 2 + 2 * c.nw
-  c.br, c.manual = ARGV[p] == '1', ARGV[p + 1] == '1'
-  c.cd, c.hol, c.cost = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
-  p = p + 5
-  local f = redis.call('HMGET', c.h, 'b', 'st', 'ss', 'sn', 'ho', 'q')
-  c.base = tonumber(f[1])
-  c.st, c.ss, c.sn = tonumber(f[2]) or CLOSED, tonumber(f[3]) or 0, tonumber(f[4]) or 0
-  c.ho, c.seq = tonumber(f[5]) or 0, tonumber(f[6]) or 0
-  c.card = 0
-  if c.base then c.card = redis.call('ZCARD', c.z) else c.stale = true end
+  -- every field up front: the table is sized once
+  local c = {k = KEYS[3 * i - 2], oh = KEYS[3 * i - 1], oz = KEYS[3 * i], shadow = false, nw = 0, wl = {}, wm = {},
+    br = false, manual = false, cd = 0, hol = 0, cost = 0, imported = false,
+    st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, cap = 0, n = 0, last = 0,
+    newest = false, d = false, dc0 = 0,
+    card = 0, now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
+  local shadow, br, manual
+  shadow, br, manual, c.nw, c.cd, c.hol, c.cost, p = struct.unpack('<BBBBi8i8i8', specs, p)
+  c.shadow, c.br, c.manual = shadow == 1, br == 1, manual == 1
+  for j = 1, c.nw do c.wl[j], c.wm[j], p = struct.unpack('<i8i8', specs, p) end
+  local v = redis.call('GET', c.k)
+  if not v then
+    -- not in this layout yet: take a key of the hash-and-sorted-set layout
+    -- of before, if any (its hash gives the base), as a packed log
+    local f = redis.call('HMGET', c.oh, 'b', 'st', 'ss', 'sn', 'ho')
+    local base = tonumber(f[1])
+    if base then
+      local ts, qs = {}, {}
+      c.imported = true
+      local all = redis.call('ZRANGE', c.oz, 0, -1, 'WITHSCORES')
+      for k = 2, #all, 2 do
+        local t = tonumber(all[k])
+        if #ts > 0 and ts[#ts] == t then
+          qs[#qs] = qs[#qs] + 1
+        else
+          ts[#ts + 1], qs[#qs + 1] = t, (qs[#qs] or 0) + 1
+        end
+      end
+      v = packLog(c, tonumber(f[2]) or CLOSED, base, tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0, ts, qs, 0)
+    end
+  end
+  -- no v: a new key, no log, a closed breaker (the defaults above)
+  if v and not useLog(c, v) then
+    return redis.error_reply('budget key ' .. c.k .. ' is not in layout version ' .. VERSION)
+  end
+  c.card = c.last - c.c0
   -- clampNow: time never runs backwards for a key
   local newest = nil
-  if c.card > 0 then
-    newest = tonumber(redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')[2])
-  end
+  if c.n > 0 then newest = c.newest end
   if newest and newest > diff(nowS, nowN, c.base, 0) then
     nowS, nowN = norm(c.base, newest)
   elseif diff(c.ss, c.sn, nowS, nowN) > 0 then
@@ -108,19 +229,10 @@ for i = 1, n do
   cs[i] = c
 end
 
--- per key: base and now relative to it (exact below 2^53 ns)
+-- per key: now relative to its base (exact below 2^53 ns)
 for i = 1, n do
   local c = cs[i]
-  if c.card == 0 then
-    c.base = nowS
-  elseif commit and nowS - c.base > 4000000 then
-    local shift = (c.base - nowS) * E9
-    local all = redis.call('ZRANGE', c.z, 0, -1, 'WITHSCORES')
-    for k = 1, #all, 2 do
-      redis.call('ZADD', c.z, tonumber(all[k + 1]) + shift, all[k])
-    end
-    c.base, c.shifted = nowS, true
-  end
+  if c.n == 0 then c.base = nowS end
   c.now = diff(nowS, nowN, c.base, 0)
 end
 
@@ -153,11 +265,11 @@ for i = 1, n do
   local st, ss, sn, ho = effective(c)
   c.rst, c.rss, c.rsn = st, ss, sn
   for j = 1, c.nw do
-    if c.card == 0 then
-      c.used[j] = 0
-    else
-      c.used[j] = redis.call('ZCOUNT', c.z, c.now - wlen(c, j) + 1, '+inf')
-    end
+    local f = firstAfter(c, c.now - c.wl[j])
+    local before = cumAt(c, f - 1)
+    c.used[j] = c.last - before
+    -- the longest window's first entry: what apply keeps
+    if j == c.nw then c.d, c.dc0 = f, before end
   end
   if st == OPEN then
     c.reason = ISOPEN
@@ -171,14 +283,13 @@ for i = 1, n do
     -- not rebase)
     local freeIn = 0
     for j = 1, c.nw do
-      local lim = wlim(c, j)
+      local lim = c.wm[j]
       if c.cost > MAXCOST or c.cost > lim - c.used[j] then
         -- the window has room for cost when its (lim-cost+1)-th newest
         -- token leaves it; a cost above the limit never fits (a whole window)
-        local r = wlen(c, j)
+        local r = c.wl[j]
         if c.cost <= lim and c.cost <= MAXCOST then
-          local k = lim - c.cost + 1
-          r = tonumber(redis.call('ZRANGE', c.z, -k, -k, 'WITHSCORES')[2]) - c.now + wlen(c, j)
+          r = kthNewest(c, lim - c.cost + 1) - c.now + c.wl[j]
         end
         if c.window < 0 or r > freeIn then c.window, freeIn = j - 1, r end
       end
@@ -197,44 +308,78 @@ for i = 1, n do
   if c.allowed == 0 and not c.shadow then admitted = false end
 end
 
+-- the log after apply: what left the longest window dropped, cost tokens
+-- pushed at now (one entry with the newest when that is at now). The tail
+-- of the packed string is kept as it is; the whole log is packed again
+-- only when the base moves (it is 46 days old, or far enough that times
+-- would outgrow their width) or counts outgrow theirs.
+local function applied(c, st, ss, sn, ho, push)
+  local longest = c.wl[c.nw]
+  local d, c0 = c.d, c.dc0
+  if not d then
+    d = firstAfter(c, c.now - longest)
+    c0 = cumAt(c, d - 1)
+  end
+  local last = c.last
+  if push then last = last + c.cost end
+  local kept = c.n - d + 1
+  local merge = push and kept > 0 and c.newest == c.now
+  if kept > 0 and not (c.now > math.min(2 ^ (8 * c.tw - 2), REBASE) or last > c.cap) then
+    local tail = ''
+    local upto = #c.log
+    if push then
+      tail = struct.pack(c.ef, c.now, last)
+      if merge then upto = upto - c.es end
+    end
+    return header(c.tw, c.cw, st, c.base, ss, sn, ho, c0) .. string.sub(c.log, HLEN + (d - 1) * c.es + 1, upto) .. tail
+  end
+  -- pack again at base nowS, counts from 0
+  local shift = (c.base - nowS) * E9
+  local ts, qs = {}, {}
+  for k = d, c.n do
+    local t, q = ent(c, k)
+    ts[#ts + 1], qs[#qs + 1] = t + shift, q - c0
+  end
+  if push then
+    if merge then
+      qs[#qs] = last - c0
+    else
+      ts[#ts + 1], qs[#qs + 1] = c.now + shift, last - c0
+    end
+  end
+  return packLog(c, st, nowS, ss, sn, ho, ts, qs, 0)
+end
+
 -- apply: admitted requests take a token from every window; exhaustion trips.
 -- A check that changes nothing (a denial by an open breaker, say) writes
 -- nothing: no write amplification under a storm of denied requests.
 if commit then
+  local written = {}
   for i = 1, n do
     local c = cs[i]
+    local w = written[c.k]
+    if w ~= nil then
+      -- a key an earlier check of the batch wrote: apply to what it wrote
+      if not w then w = packLog(c, CLOSED, nowS, 0, 0, 0, {}, {}, 0) end
+      useLog(c, w)
+      if c.n == 0 then c.base = nowS end
+      c.now, c.imported = diff(nowS, nowN, c.base, 0), false
+    end
     local st, ss, sn, ho = effective(c)
-    local longest = wlen(c, c.nw)
+    local longest = c.wl[c.nw]
     local push = c.allowed == 1 and admitted
     local trip = not push and c.reason == EXHAUSTED and c.br
     if trip then st, ss, sn, ho = OPEN, nowS, nowN, 0 end
-    local dirty = push or c.shifted or st ~= c.st or ss ~= c.ss or sn ~= c.sn or ho ~= c.ho
+    local dirty = push or st ~= c.st or ss ~= c.ss or sn ~= c.sn or ho ~= c.ho
     if dirty then
-      if c.stale then
-        redis.call('DEL', c.z) -- a log without its hash has lost its base
-      elseif c.card > c.used[c.nw] then
-        -- only when something has left the longest window (used[nw] counts
-        -- what is still in it, before this request's push)
-        redis.call('ZREMRANGEBYSCORE', c.z, '-inf', c.now - longest)
-      end
       local newest = nil
       if push then
-        -- cost members at one score, in ZADDs of at most 1000
-        local left = c.cost
-        while left > 0 do
-          local m = math.min(left, 1000)
-          local za = {}
-          for k = 1, m do
-            za[2 * k - 1], za[2 * k] = c.now, c.seq + k
-          end
-          redis.call('ZADD', c.z, unpack(za))
-          c.seq, left = c.seq + m, left - m
-        end
         newest = c.now
         for j = 1, c.nw do c.used[j] = c.used[j] + c.cost end
         if st == HALF then ho = ho + 1 end
-      elseif c.card > 0 then
-        newest = tonumber(redis.call('ZRANGE', c.z, -1, -1, 'WITHSCORES')[2])
+      elseif c.n > 0 then
+        local t = c.newest
+        if t > c.now - longest then newest = t end
       end
       -- keep the key while its log or its breaker matters
       local keep = 0
@@ -244,13 +389,18 @@ if commit then
         if st == HALF then keep = math.max(keep, c.cd - diff(nowS, nowN, ss, sn)) end
       end
       local persist = c.br and c.manual and st == OPEN
+      if c.imported then redis.call('DEL', c.oh, c.oz) end
       if keep <= 0 and not persist then
-        redis.call('DEL', c.h, c.z)
+        redis.call('DEL', c.k)
+        written[c.k] = false
       else
-        redis.call('HSET', c.h, 'b', c.base, 'st', st, 'ss', ss, 'sn', sn, 'ho', ho, 'q', c.seq)
-        local ms = math.max(math.floor(keep / 1000000) + 1000, ttlFloor)
-        if persist then redis.call('PERSIST', c.h) else redis.call('PEXPIRE', c.h, ms) end
-        if newest then redis.call('PEXPIRE', c.z, ms) end
+        local v = applied(c, st, ss, sn, ho, push)
+        written[c.k] = v
+        if persist then
+          redis.call('SET', c.k, v)
+        else
+          redis.call('SET', c.k, v, 'PX', math.max(math.floor(keep / 1000000) + 1000, ttlFloor))
+        end
       end
     end
   end
@@ -372,33 +522,43 @@ return out
 `
 
 // carryLua carries Open breakers over to a budget's new store ID when a
-// reload changes its windows (breakerCarrier). For each triple it copies an
+// reload changes its windows (breakerCarrier). For each key it copies an
 // Open breaker (Open at now under the old spec: Manual, or Auto within its
-// cooldown) into the new hash unless that exists, with an empty log, and
-// deletes the old keys, so a later revert of the edit finds no stale state.
+// cooldown), read in either layout (budgetLua), into the new ID's key unless
+// that exists in either layout, with an empty log, and deletes the old keys,
+// so a later revert of the edit finds no stale state.
 //
-// KEYS: per key: old hash, old log, new hash.
+// KEYS: per key: the old ID's key, hash and log (the layout of before), the
+// new ID's key and hash.
 // ARGV: nowS|"" (empty: Redis TIME), nowNs, fromManual, fromCooldownNs,
 // toManual, toCooldownNs, ttlFloorMs.
-// Returns the 1-based numbers of the triples carried.
+// Returns the 1-based numbers of the keys carried.
 const carryLua = luaNowFromArgv1 + `
 local fromManual, fromCd = ARGV[3] == '1', tonumber(ARGV[4])
 local toManual, toCd = ARGV[5] == '1', tonumber(ARGV[6])
 local ttlFloor = tonumber(ARGV[7])
 local out = {}
-for i = 1, math.floor(#KEYS / 3) do
-  local oh, oz, nh = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local f = redis.call('HMGET', oh, 'st', 'ss', 'sn')
-  local st, ss, sn = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
+for i = 1, math.floor(#KEYS / 5) do
+  local ok, oh, oz, nk, nh = KEYS[5 * i - 4], KEYS[5 * i - 3], KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i]
+  local st, ss, sn = 0, 0, 0
+  local v = redis.call('GET', ok)
+  if v then
+    local ver, _, _, s1, _, s2, s3 = struct.unpack('<BBBBi8i8i4', v)
+    if ver == 2 then st, ss, sn = s1, s2, s3 end
+  else
+    local f = redis.call('HMGET', oh, 'st', 'ss', 'sn')
+    st, ss, sn = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]) or 0
+  end
   local d = (nowS - ss) * E9 + (nowN - sn)
-  if st == 1 and (fromManual or d < fromCd) and redis.call('EXISTS', nh) == 0 then
-    redis.call('HSET', nh, 'b', nowS, 'st', 1, 'ss', ss, 'sn', sn, 'ho', 0, 'q', 0)
+  if st == 1 and (fromManual or d < fromCd) and redis.call('EXISTS', nk, nh) == 0 then
+    -- the header of budgetLua's layout (version 2), no entries
+    local nv = struct.pack('<BBBBi8i8i4i8i8', 2, 4, 1, 1, nowS, ss, sn, 0, 0)
     if toManual then
-      redis.call('PERSIST', nh)
+      redis.call('SET', nk, nv)
     else
-      redis.call('PEXPIRE', nh, math.max(math.floor((2 * toCd - d) / 1000000) + 1000, ttlFloor))
+      redis.call('SET', nk, nv, 'PX', math.max(math.floor((2 * toCd - d) / 1000000) + 1000, ttlFloor))
     end
-    redis.call('DEL', oh, oz)
+    redis.call('DEL', ok, oh, oz)
     out[#out + 1] = i
   end
 end

@@ -23,8 +23,7 @@ func (s *RedisStore) InspectBudget(ctx context.Context, spec *limiter.BudgetSpec
 	if err != nil {
 		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
 	}
-	base := s.prefix + "{b}:" + spec.ID + ":"
-	keys, err := scanKeys(ctx, node, globEscape(base)+"*:h", s.timeout)
+	keys, err := budgetKeyNames(ctx, node, s.budgetBase(spec), s.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)
 	}
@@ -33,7 +32,7 @@ func (s *RedisStore) InspectBudget(ctx context.Context, spec *limiter.BudgetSpec
 		end := min(start+100, len(keys))
 		b := &limiter.BudgetBatch{}
 		for _, k := range keys[start:end] {
-			b.Checks = append(b.Checks, limiter.BudgetCheck{Spec: spec, Key: strings.TrimSuffix(strings.TrimPrefix(k, base), ":h")})
+			b.Checks = append(b.Checks, limiter.BudgetCheck{Spec: spec, Key: k})
 		}
 		if err := s.Budgets(ctx, b); err != nil {
 			return nil, fmt.Errorf("failed to inspect budget %s: %w", spec.Name, err)

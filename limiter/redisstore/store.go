@@ -161,6 +161,7 @@ func defaultReplicaID() string {
 type redisArgs struct {
 	keys []string
 	args []any
+	buf  []byte
 }
 
 func (s *RedisStore) getArgs() *redisArgs {
@@ -188,12 +189,6 @@ func boolArg(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// budgetKeys returns the hash and log keys of one budget key.
-func (s *RedisStore) budgetKeys(spec *limiter.BudgetSpec, key string) (h, z string) {
-	base := s.prefix + "{b}:" + spec.ID + ":" + key
-	return base + ":h", base + ":z"
 }
 
 // rateKeys returns the bucket, index and overflow keys of one rate key:
@@ -240,17 +235,16 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	a.args = append(a.args, boolArg(b.Commit))
 	a.args = s.nowArgs(a.args)
 	a.args = append(a.args, s.ttlFloor, b.OnceTTL.Milliseconds())
+	a.buf = a.buf[:0]
 	for i := range b.Checks {
 		c := &b.Checks[i]
-		h, z := s.budgetKeys(c.Spec, c.Key)
-		a.keys = append(a.keys, h, z)
-		a.args = append(a.args, boolArg(c.Shadow), len(c.Spec.Windows))
-		for _, w := range c.Spec.Windows {
-			a.args = append(a.args, int64(w.Length), w.Limit)
-		}
-		br := &c.Spec.Breaker
-		a.args = append(a.args, boolArg(br.Enabled), boolArg(br.Manual), int64(br.Cooldown), br.HalfOpenLimit, c.Tokens())
+		k, h, z := s.budgetKeys(c.Spec, c.Key)
+		a.keys = append(a.keys, k, h, z)
+		a.buf = appendBudgetCheck(a.buf, c)
 	}
+	// a string, not a.buf: a call given up on may still be written by the
+	// autopipeliner after a.buf went back to the pool
+	a.args = append(a.args, string(a.buf))
 	if b.Once != "" && b.Commit {
 		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
 	}
@@ -317,9 +311,9 @@ func (s *RedisStore) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, 
 	if key == limiter.AllKeys {
 		err = s.resetAll(ctx, spec)
 	} else {
-		h, z := s.budgetKeys(spec, key)
+		k, h, z := s.budgetKeys(spec, key)
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)
-		err = s.client.Del(cctx, h, z).Err()
+		err = s.client.Del(cctx, k, h, z).Err()
 		cancel()
 	}
 	if err = s.done(ctx, opReset, start, err); err != nil {
@@ -390,17 +384,14 @@ func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.Budget
 	if err != nil {
 		return nil, fmt.Errorf("failed to carry breakers of %s: %w", to.Name, err)
 	}
-	base := s.prefix + "{b}:" + from.ID + ":"
 	var carried []string
-	err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
-		keys := make([]string, 0, 3*len(hashes))
-		names := make([]string, 0, len(hashes))
-		for _, h := range hashes {
-			key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
-			oh, oz := s.budgetKeys(from, key)
-			nh, _ := s.budgetKeys(to, key)
-			keys = append(keys, oh, oz, nh)
-			names = append(names, key)
+	seen := map[string]bool{}
+	err = scanBudgetKeys(ctx, node, s.budgetBase(from), s.timeout, func(names []string) error {
+		keys := make([]string, 0, 5*len(names))
+		for _, key := range names {
+			ok, oh, oz := s.budgetKeys(from, key)
+			nk, nh, _ := s.budgetKeys(to, key)
+			keys = append(keys, ok, oh, oz, nk, nh)
 		}
 		args := s.nowArgs(nil)
 		args = append(args, boolArg(from.Breaker.Manual), int64(from.Breaker.Cooldown), boolArg(to.Breaker.Manual), int64(to.Breaker.Cooldown), s.ttlFloor)
@@ -411,7 +402,8 @@ func (s *RedisStore) CarryBreakers(ctx context.Context, from, to *limiter.Budget
 			return err
 		}
 		for _, i := range res {
-			if i >= 1 && int(i) <= len(names) {
+			if i >= 1 && int(i) <= len(names) && !seen[names[i-1]] {
+				seen[names[i-1]] = true
 				carried = append(carried, names[i-1])
 			}
 		}
@@ -462,15 +454,17 @@ func (s *RedisStore) ResetBudgetKeys(ctx context.Context, spec *limiter.BudgetSp
 	node, err := s.budgetNode(ctx)
 	var reset []string
 	if err == nil {
-		base := s.prefix + "{b}:" + spec.ID + ":"
-		err = scanEach(ctx, node, globEscape(base)+"*:h", s.timeout, func(hashes []string) error {
+		seen := map[string]bool{}
+		err = scanBudgetKeys(ctx, node, s.budgetBase(spec), s.timeout, func(names []string) error {
 			var del []string
-			for _, h := range hashes {
-				key := strings.TrimSuffix(strings.TrimPrefix(h, base), ":h")
+			for _, key := range names {
 				if match(key) {
-					hk, zk := s.budgetKeys(spec, key)
-					del = append(del, hk, zk)
-					reset = append(reset, key)
+					k, h, z := s.budgetKeys(spec, key)
+					del = append(del, k, h, z)
+					if !seen[key] {
+						seen[key] = true
+						reset = append(reset, key)
+					}
 				}
 			}
 			if len(del) == 0 {
