@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
@@ -71,25 +72,8 @@ type runningProxy struct {
 	URL      string
 	Proxy    *proxy.Proxy
 	Registry *prometheus.Registry
-	Logs     *lockedBuffer
+	Logs     *logtest.Buffer
 	stop     func()
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startProxy serves a KubeDefender proxy in front of upstream (the API
@@ -109,7 +93,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	}
 	cert, key := cp.IssueServingCert(t, "proxy-"+string(mode)+fmt.Sprint(time.Now().UnixNano()), "127.0.0.1")
 	u, _ := url.Parse(upstream)
-	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &lockedBuffer{}}
+	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &logtest.Buffer{}}
 	p, err := proxy.New(proxy.Config{
 		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
@@ -283,7 +267,7 @@ func startKubectlWatch(t *testing.T, kubeconfig, resource string, args ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr logtest.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("failed to start kubectl get -w: %v", err)

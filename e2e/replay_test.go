@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
@@ -215,7 +216,7 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	}
 	cert, key := cp.IssueServingCert(t, "replay-proxy", "127.0.0.1")
 	u, _ := url.Parse(cp.URL)
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	p, err := proxy.New(proxy.Config{
 		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,

@@ -1,20 +1,20 @@
 package filewatch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/internal/logtest"
 )
 
 var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
@@ -109,30 +109,13 @@ type loopHarness struct {
 	events   chan fsnotify.Event
 	errs     chan error
 	reloaded chan struct{}
-	logs     *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs     *logtest.Buffer
 }
 
 func startLoop(t *testing.T, debounce, resync time.Duration) *loopHarness {
 	t.Helper()
 	h := &loopHarness{clk: clocktesting.NewFakeClock(t0), events: make(chan fsnotify.Event), errs: make(chan error),
-		reloaded: make(chan struct{}, 100), logs: &lockedBuffer{}}
+		reloaded: make(chan struct{}, 100), logs: &logtest.Buffer{}}
 	cfg := Config{Files: []string{"/etc/kd/f"}, Debounce: debounce, Resync: resync, Clock: h.clk,
 		Logger: slog.New(slog.NewTextHandler(h.logs, nil)), Reload: func() { h.reloaded <- struct{}{} }}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,7 +1,6 @@
 package override
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,29 +26,12 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // t0 is when every test on the fake clock starts; overrides are created then.
 var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
-
-// syncBuffer is a log sink a test reads while the controller writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // harness runs a Controller on fake clients and a fake clock.
 type harness struct {
@@ -58,7 +40,7 @@ type harness struct {
 	events *kubefake.Clientset
 	eng    *fakeEngine
 	clk    *clocktesting.FakeClock
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	ctx    context.Context
 }
 
@@ -73,7 +55,7 @@ func start(t *testing.T, configure func(*ControllerConfig), objs ...runtime.Obje
 		events: kubefake.NewClientset(),
 		eng:    &fakeEngine{},
 		clk:    clocktesting.NewFakeClock(t0),
-		logs:   &syncBuffer{},
+		logs:   &logtest.Buffer{},
 	}
 	var evSeq atomic.Int64
 	h.events.PrependReactor("create", "events", func(a k8stesting.Action) (bool, runtime.Object, error) {
