@@ -83,14 +83,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	if upstream == "" {
 		upstream = cp.URL
 	}
-	compiled, err := policy.Parse("proxy-e2e.yaml", []byte(proxyPolicy))
-	if err != nil {
-		t.Fatalf("failed to parse the proxy policy: %v", err)
-	}
-	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled})
-	if err != nil {
-		t.Fatalf("failed to build the engine: %v", err)
-	}
+	compiled, engine := parsePolicyEngine(t, "proxy-e2e.yaml", proxyPolicy)
 	cert, key := cp.IssueServingCert(t, "proxy-"+string(mode)+fmt.Sprint(time.Now().UnixNano()), "127.0.0.1")
 	u, _ := url.Parse(upstream)
 	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &logtest.Buffer{}}
@@ -107,6 +100,32 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
+	rp.URL, rp.stop = serveProxy(t, p)
+	t.Cleanup(rp.stop)
+	rp.Proxy = p
+	return rp
+}
+
+// parsePolicyEngine compiles policyYAML (named name in errors) and builds an
+// in-memory engine on it; either failing fails t.
+func parsePolicyEngine(t *testing.T, name, policyYAML string) (*policy.Compiled, *limiter.Engine) {
+	t.Helper()
+	compiled, err := policy.Parse(name, []byte(policyYAML))
+	if err != nil {
+		t.Fatalf("failed to parse the policy %s: %v", name, err)
+	}
+	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled})
+	if err != nil {
+		t.Fatalf("failed to build the engine: %v", err)
+	}
+	return compiled, engine
+}
+
+// serveProxy serves p on a loopback port and returns its URL and stop, which
+// ends the serving (once, however often it is called) and fails t if Serve
+// returned an error. The caller arranges for stop to run.
+func serveProxy(t *testing.T, p *proxy.Proxy) (proxyURL string, stop func()) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("failed to listen: %v", err)
@@ -115,7 +134,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln) }()
 	var once sync.Once
-	rp.stop = func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -123,10 +142,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 			}
 		})
 	}
-	t.Cleanup(rp.stop)
-	rp.URL = "https://" + ln.Addr().String()
-	rp.Proxy = p
-	return rp
+	return "https://" + ln.Addr().String(), stop
 }
 
 // viaProxy rewrites a kubeconfig to point at the proxy and returns its path.
