@@ -201,6 +201,17 @@ func (d *defender) register(t *testing.T, cp *framework.ControlPlane, scenario s
 	})
 }
 
+// startDefenderFor is how most webhook scenarios begin: it starts a defender
+// named ns on policyYAML, registers it with failurePolicy Fail for the
+// namespaces of scenario ns, and creates namespace ns in that scenario.
+func startDefenderFor(t *testing.T, cp *framework.ControlPlane, ns, policyYAML string, o defenderOptions) *defender {
+	t.Helper()
+	d := startDefender(t, ns, policyYAML, o)
+	d.register(t, cp, ns, admissionregistrationv1.Fail)
+	createNamespace(t, cp, ns, ns)
+	return d
+}
+
 // createNamespace creates ns (with its default service account) labelled for
 // scenario.
 func createNamespace(t *testing.T, cp *framework.ControlPlane, ns, scenario string) {
