@@ -8,6 +8,7 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -263,13 +264,7 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 	}
 	for j, w := range b.Windows {
 		p := wp.Index(j)
-		switch {
-		case w.Window.Duration <= 0:
-			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration), "must be greater than 0"))
-		case w.Window.Duration > MaxWindow:
-			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration),
-				atMost(MaxWindow)))
-		}
+		errs = append(errs, validateDurationUpTo(w.Window.Duration, MaxWindow, p.Child("window"))...)
 		if w.Limit <= 0 {
 			errs = append(errs, field.Invalid(p.Child("limit"), w.Limit, "must be greater than 0"))
 		}
@@ -296,13 +291,7 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must not be set when recovery is Manual, the default; set recovery: Auto to use it"))
 			}
 		case RecoveryAuto:
-			switch {
-			case br.Cooldown.Duration <= 0:
-				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration), "must be greater than 0"))
-			case br.Cooldown.Duration > MaxCooldown:
-				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration),
-					atMost(MaxCooldown)))
-			}
+			errs = append(errs, validateDurationUpTo(br.Cooldown.Duration, MaxCooldown, bp.Child("cooldown"))...)
 			if br.HalfOpenLimit <= 0 {
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must be greater than 0"))
 			}
@@ -311,6 +300,18 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 		}
 	}
 	return errs
+}
+
+// validateDurationUpTo checks that d, at path, is greater than 0 and at
+// most upTo.
+func validateDurationUpTo(d, upTo time.Duration, path *field.Path) field.ErrorList {
+	switch {
+	case d <= 0:
+		return field.ErrorList{field.Invalid(path, FormatDuration(d), "must be greater than 0")}
+	case d > upTo:
+		return field.ErrorList{field.Invalid(path, FormatDuration(d), atMost(upTo))}
+	}
+	return nil
 }
 
 func validateRateLimit(r *RateLimit, path *field.Path, seen map[string]int, i int) field.ErrorList {
