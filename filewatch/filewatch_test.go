@@ -15,21 +15,10 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/internal/logtest"
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
-
-// waitFor polls cond until it holds; the test fails after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	// Given a ConfigMap mount: file -> ..data/file, ..data -> a timestamped directory
@@ -58,7 +47,7 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 			Reload: func() { reloads.Add(1) }})
 	}()
 	// Run starts its resync ticker once the directory is watched.
-	waitFor(t, "the directory is watched", clk.HasWaiters)
+	testwait.Until(t, "the directory is watched", clk.HasWaiters)
 
 	// When the kubelet swaps the data directory
 	v2 := filepath.Join(dir, "..v2")
@@ -77,11 +66,11 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 
 	// Then the events arm the debounce, and once it passes the file is reloaded.
 	// (Events still in flight re-arm it, so the clock steps a debounce at a time.)
-	waitFor(t, "an event arms the debounce", func() bool { return clk.Waiters() > 1 })
+	testwait.Until(t, "an event arms the debounce", func() bool { return clk.Waiters() > 1 })
 	if n := reloads.Load(); n != 0 {
 		t.Fatalf("%d reloads before the debounce passed, want 0", n)
 	}
-	waitFor(t, "the swap is reloaded", func() bool {
+	testwait.Until(t, "the swap is reloaded", func() bool {
 		if reloads.Load() == 0 && clk.Waiters() > 1 {
 			clk.Step(50 * time.Millisecond)
 		}
@@ -128,7 +117,7 @@ func startLoop(t *testing.T, debounce, resync time.Duration) *loopHarness {
 		}
 	})
 	if resync > 0 {
-		waitFor(t, "the resync ticker starts", h.clk.HasWaiters)
+		testwait.Until(t, "the resync ticker starts", h.clk.HasWaiters)
 	}
 	return h
 }
