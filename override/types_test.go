@@ -7,6 +7,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -56,21 +57,7 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := Check(tc.o, p)
-			if len(tc.wantErr) == 0 {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			for _, w := range tc.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q: %v", w, err)
-				}
-			}
+			errtest.Want(t, Check(tc.o, p), tc.wantErr...)
 		})
 	}
 }

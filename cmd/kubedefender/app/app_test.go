@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/kubedefender/kubedefender/config"
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -124,15 +125,7 @@ func TestServeReportsEveryBadFlagAtOnce(t *testing.T) {
 		return nil
 	})
 	cmd.SetArgs([]string{"--proxy-listen", "nope", "--auth-mode", "magic", "--budgets-at", "moon", "--redis-url", "http://x"})
-	err := cmd.Execute()
-	if err == nil {
-		t.Fatal("want an error")
-	}
-	for _, want := range []string{"--policy is required", `--proxy-listen "nope"`, "--upstream is required", `--auth-mode "magic"`, `--budgets-at "moon"`, "--redis-url", "--tls-cert-file and --tls-private-key-file are required"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error lacks %q:\n%v", want, err)
-		}
-	}
+	errtest.Want(t, cmd.Execute(), "--policy is required", `--proxy-listen "nope"`, "--upstream is required", `--auth-mode "magic"`, `--budgets-at "moon"`, "--redis-url", "--tls-cert-file and --tls-private-key-file are required")
 }
 
 // TestDocsServeFlags keeps docs/cli.md's flag reference equal to `serve -h`.
