@@ -243,6 +243,28 @@ func createPods(t *testing.T, c kubernetes.Interface, ns, prefix string, n int) 
 	return names
 }
 
+// kubectlDeleteAllPods runs kubectl delete pods --all in ns as the admin, as
+// an operator would, and checks what came of it: kubectl reports
+// wantDeleted deletions, its stderr holds every fragment of wantStderr (the
+// denials), and wantLeft pods remain in ns. It returns kubectl's outputs and
+// error for the checks a scenario adds.
+func kubectlDeleteAllPods(t *testing.T, cp *framework.ControlPlane, ns string, wantDeleted, wantLeft int, wantStderr ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	stdout, stderr, err = cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
+	if got := strings.Count(stdout, "deleted"); got != wantDeleted {
+		t.Errorf("kubectl reported %d deletions, want %d:\n%s\n%s", got, wantDeleted, stdout, stderr)
+	}
+	for _, w := range wantStderr {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("kubectl stderr lacks the denial %q:\n%s", w, stderr)
+		}
+	}
+	if n := countPods(t, cp.Client, ns); n != wantLeft {
+		t.Errorf("%d pods left in %s, want %d", n, ns, wantLeft)
+	}
+	return stdout, stderr, err
+}
+
 // countPods counts the pods of ns.
 func countPods(t *testing.T, c kubernetes.Interface, ns string) int {
 	t.Helper()
