@@ -78,6 +78,18 @@ func startAtRootDefender(t *testing.T, cp *framework.ControlPlane, scenario stri
 	return d, ctr
 }
 
+// startAtRootWithPods is how the namespace scenarios begin: an AtRoot
+// defender for scenario ns, namespace ns in it holding n pods web-0 …, and
+// both the API server and the counter seeing all n.
+func startAtRootWithPods(t *testing.T, cp *framework.ControlPlane, ns string, n int) *defender {
+	t.Helper()
+	d, ctr := startAtRootDefender(t, cp, ns)
+	createNamespace(t, cp, ns, ns)
+	createPods(t, cp.Client, ns, "web", n)
+	waitCounted(t, ctr, cp, ns, n)
+	return d
+}
+
 // used is what the pods-down budget used in its 1m window for namespace ns.
 func used(t *testing.T, d *defender, ns string) int64 {
 	t.Helper()
@@ -120,10 +132,7 @@ func waitPods(t *testing.T, c kubernetes.Interface, ns string, n int) {
 func bigNamespaceScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a 30-pod namespace under a 20/1m AtRoot budget
 	const ns = "br-big"
-	d, ctr := startAtRootDefender(t, cp, "br-big")
-	createNamespace(t, cp, ns, "br-big")
-	createPods(t, cp.Client, ns, "web", 30)
-	waitCounted(t, ctr, cp, ns, 30)
+	d := startAtRootWithPods(t, cp, ns, 30)
 
 	// When the namespace is deleted with kubectl
 	_, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false")
@@ -159,10 +168,7 @@ func waitCounted(t *testing.T, ctr *cascade.Counter, cp *framework.ControlPlane,
 func smallNamespaceScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a 12-pod namespace under a 20/1m AtRoot budget
 	const ns = "br-small"
-	d, ctr := startAtRootDefender(t, cp, "br-small")
-	createNamespace(t, cp, ns, "br-small")
-	createPods(t, cp.Client, ns, "web", 12)
-	waitCounted(t, ctr, cp, ns, 12)
+	d := startAtRootWithPods(t, cp, ns, 12)
 
 	// When the namespace is deleted
 	if _, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false"); err != nil {
