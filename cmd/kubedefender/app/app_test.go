@@ -21,11 +21,10 @@ import (
 
 var update = flag.Bool("update", false, "rewrite generated doc sections (docs/cli.md's serve flags)")
 
+// run runs the kubedefender command line with args and an empty stdin.
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	code = Main(args, strings.NewReader(""), &out, &errOut)
-	return code, out.String(), errOut.String()
+	return runWithStdin(t, "", args...)
 }
 
 const goodPolicy = `apiVersion: kubedefender.io/v1alpha1
