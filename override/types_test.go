@@ -92,3 +92,29 @@ func TestGrantValidateReportsEverything(t *testing.T) {
 		}
 	}
 }
+
+func TestTargetsAndScopeNameTheNonEmptyLists(t *testing.T) {
+	cases := []struct {
+		name       string
+		spec       Spec
+		wantTarget string
+		wantScope  string
+	}{
+		{name: "budgets only, everywhere", spec: Spec{Budgets: []string{"a", "b"}}, wantTarget: "budgets a,b", wantScope: "all"},
+		{name: "both kinds of rule, narrowed to namespaces and users",
+			spec:       Spec{Budgets: []string{"a"}, RateLimits: []string{"r"}, Namespaces: []string{"shop"}, Users: []string{"alice", "bob"}},
+			wantTarget: "budgets a; rateLimits r", wantScope: "namespaces shop; users alice,bob"},
+		{name: "rate limits only, narrowed to users", spec: Spec{RateLimits: []string{"r"}, Users: []string{"alice"}}, wantTarget: "rateLimits r", wantScope: "users alice"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &Override{Spec: tc.spec}
+			if got := o.Targets(); got != tc.wantTarget {
+				t.Errorf("Targets() = %q, want %q", got, tc.wantTarget)
+			}
+			if got := o.Scope(); got != tc.wantScope {
+				t.Errorf("Scope() = %q, want %q", got, tc.wantScope)
+			}
+		})
+	}
+}
