@@ -44,21 +44,12 @@ spec:
 // Pending, and unbound pods go at once when deleted).
 func TestBlastRadius(t *testing.T) {
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
-	scenarios := []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a namespace delete over the budget is denied whole and leaves every pod", bigNamespaceScenario},
 		{"a namespace delete within the budget is charged its pods once and the controller's deletes are free", smallNamespaceScenario},
 		{"a scale-down is charged old minus new, a delete of the rest is denied, an orphaning delete is not", scaleDownScenario},
 		{"a node delete is charged its bound pods in their namespaces and a NoExecute taint over the budget is denied", nodeScenario},
-	}
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // startAtRootDefender starts a defender for atRootPolicy with a cascade

@@ -201,6 +201,24 @@ func (d *defender) register(t *testing.T, cp *framework.ControlPlane, scenario s
 	})
 }
 
+// namedScenario is one Given/When/Then story of a test, run against the
+// control plane the test shares among its scenarios.
+type namedScenario struct {
+	name string
+	run  func(t *testing.T, cp *framework.ControlPlane)
+}
+
+// runScenarios runs each scenario as a parallel subtest of t on cp.
+func runScenarios(t *testing.T, cp *framework.ControlPlane, scenarios []namedScenario) {
+	t.Helper()
+	for _, s := range scenarios {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			s.run(t, cp)
+		})
+	}
+}
+
 // startDefenderFor is how most webhook scenarios begin: it starts a defender
 // named ns on policyYAML, registers it with failurePolicy Fail for the
 // namespaces of scenario ns, and creates namespace ns in that scenario.

@@ -20,19 +20,11 @@ import (
 // review found to get past the webhook's budgets, each now closed.
 func TestWebhookAttacks(t *testing.T) {
 	cp := framework.Start(t, framework.Options{})
-	for _, s := range []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a server-side dry-run drain (dryRun in the Eviction's deleteOptions) takes nothing from the budget", dryRunDrainScenario},
 		{"an open Manual breaker denies the eviction of a pod recreated under the name of a pod just evicted", recreatedPodEvictionScenario},
 		{"kubectl scale --replicas=0 is judged by a budget on deployment updates", scaleToZeroScenario},
-	} {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // evictOnce posts one policy/v1 Eviction of pod ns/name with opts.

@@ -43,10 +43,7 @@ func TestWebhook(t *testing.T) {
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
 	t.Logf("control plane up in %s", time.Since(began).Round(time.Millisecond))
 
-	scenarios := []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"twenty deletes pass, the twenty-first is denied and a Manual breaker keeps denying", manualBreakerScenario},
 		{"an Auto breaker half-opens after its cooldown and closes again", autoBreakerScenario},
 		{"kubectl delete pods --all deletes exactly the budget and touches nothing else", deleteAllScenario},
@@ -62,13 +59,7 @@ func TestWebhook(t *testing.T) {
 		{"a store that does not answer is cut off by the deadline and the local fallback decides", stuckStoreScenario},
 		{"a store that hangs past its deadline never makes the API server wait", hungStoreScenario},
 		{"the kubedefender binary serves the webhook it configured and its break-glass command reopens the breaker", binaryScenario},
-	}
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 func manualBreakerScenario(t *testing.T, cp *framework.ControlPlane) {
