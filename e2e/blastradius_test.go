@@ -10,7 +10,6 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -186,21 +185,7 @@ func scaleDownScenario(t *testing.T, cp *framework.ControlPlane) {
 	const ns = "br-scale"
 	d, ctr := startAtRootDefender(t, cp, "br-scale")
 	createNamespace(t, cp, ns, "br-scale")
-	labels := map[string]string{"app": "web"}
-	deploy := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](30),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
-				Containers:                    []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}},
-				TerminationGracePeriodSeconds: ptr.To[int64](0),
-			}},
-		},
-	}
-	if _, err := cp.Client.AppsV1().Deployments(ns).Create(context.Background(), deploy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("failed to create the deployment: %v", err)
-	}
+	createWebDeployment(t, cp.Client, ns, 30)
 	waitCounted(t, ctr, cp, ns, 30)
 
 	// When it is scaled 30 → 25
