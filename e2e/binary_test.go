@@ -96,10 +96,7 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 		t.Fatalf("failed to apply the Override CRD: %v\n%s%s", err, out, stderr)
 	}
 	cp.CreateNamespace(t, "kubedefender-system")
-	framework.Eventually(t, 20*time.Second, "the Override CRD to be served", func(context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	waitOverridesServed(t, cp)
 
 	// When `kubedefender serve` runs and `kubedefender webhook config --apply` registers it
 	startProcess(t, "serve", exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig,

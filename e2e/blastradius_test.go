@@ -287,17 +287,9 @@ func nodeScenario(t *testing.T, cp *framework.ControlPlane) {
 // over the budget is denied whole, and after a break-glass grant it goes
 // through completely.
 func TestBlastRadiusServe(t *testing.T) {
-	root := repoRoot(t)
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
-	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(ctx context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml")
+	waitOverridesServed(t, cp)
 	// Given a 30-pod namespace
 	const ns = "br-serve"
 	createNamespace(t, cp, ns, "br-serve")

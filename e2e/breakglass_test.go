@@ -56,22 +56,14 @@ type replica struct {
 // again. A user without the role is refused by the API server. Events,
 // metrics, `breakglass list` and `status` show each step.
 func TestBreakGlass(t *testing.T) {
-	root := repoRoot(t)
 	// Given a control plane with an on-call user and a developer
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "oncall"}, {Name: "dev"}}})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
 	if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "-n", "kubedefender-system", "create", "rolebinding", "oncall-breakglass",
 		"--clusterrole=kubedefender:breakglass", "--user=oncall"); err != nil {
 		t.Fatalf("rolebinding: %v\n%s%s", err, out, errOut)
 	}
-	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(ctx context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	waitOverridesServed(t, cp)
 
 	// And two kubedefender replicas sharing one Redis, the webhook registered with the first
 	redisURL := startRedis(t)

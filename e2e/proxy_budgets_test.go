@@ -57,12 +57,7 @@ func TestProxyBudgets(t *testing.T) {
 	// Given a control plane, the Override CRD, and kubedefender serve with
 	// the proxy charging budgets
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "oncall"}}})
-	root := repoRoot(t)
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
 	bin := buildKubedefender(t)
 	dir := t.TempDir()
 	policyFile := filepath.Join(dir, "policy.yaml")
