@@ -3,8 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -297,13 +295,7 @@ func review(t *testing.T, r *replica, caFile, ns, pod string) (allowed bool, mes
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, caFile, "", "")}}
 	defer client.CloseIdleConnections()
 	resp, err := client.Post(r.webhookURL, "application/json", bytes.NewReader(body))
 	if err != nil {

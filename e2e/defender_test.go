@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -281,6 +283,28 @@ func kubectlDeleteAllPods(t *testing.T, cp *framework.ControlPlane, ns string, w
 		t.Errorf("%d pods left in %s, want %d", n, ns, wantLeft)
 	}
 	return stdout, stderr, err
+}
+
+// clientTLS is the TLS configuration of a client that trusts the CA
+// certificates of caFile and presents the pair certFile, keyFile (none when
+// certFile is empty).
+func clientTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg
 }
 
 // countPods counts the pods of ns.

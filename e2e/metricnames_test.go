@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"net/http"
@@ -80,17 +78,7 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 	})
 
 	// When the webhook judges deletes past the budget (its breaker opens)
-	ca, err := os.ReadFile(cp.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	pair, err := tls.LoadX509KeyPair(clientCert, clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}}}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, clientCert, clientKey)}}
 	for i := 0; i < 5; i++ {
 		review := fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"00000000-0000-4000-8000-00000000000%d",
 "kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"name":"web-%d","namespace":"metrics",
@@ -102,12 +90,12 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 		_ = resp.Body.Close()
 	}
 	// And a client without a certificate is refused
-	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, "", "")}}
 	if resp, err := noCert.Post(fmt.Sprintf("https://127.0.0.1:%d/validate", wp), "application/json", strings.NewReader("{}")); err == nil {
 		_ = resp.Body.Close()
 	}
 	// And lists go through the proxy past their rate limit
-	proxied := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	proxied := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, "", "")}}
 	for i := 0; i < 5; i++ {
 		resp, err := proxied.Get(fmt.Sprintf("https://127.0.0.1:%d/api/v1/namespaces/default/pods", pp))
 		if err != nil {

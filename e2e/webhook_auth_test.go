@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -189,13 +188,7 @@ func forgedReview(t *testing.T, ns, name string, uid types.UID, old []byte) []by
 // webhookClient trusts caFile and presents cert (nil: none).
 func webhookClient(t *testing.T, caFile string, cert *tls.Certificate) *http.Client {
 	t.Helper()
-	ca, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	cfg := clientTLS(t, caFile, "", "")
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
