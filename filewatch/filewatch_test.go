@@ -23,13 +23,7 @@ var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
 func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	// Given a ConfigMap mount: file -> ..data/file, ..data -> a timestamped directory
 	dir := t.TempDir()
-	v1 := filepath.Join(dir, "..v1")
-	if err := os.Mkdir(v1, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(v1, "f"), []byte("1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDataDir(t, dir, "..v1", "1")
 	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
@@ -50,13 +44,7 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	testwait.Until(t, "the directory is watched", clk.HasWaiters)
 
 	// When the kubelet swaps the data directory
-	v2 := filepath.Join(dir, "..v2")
-	if err := os.Mkdir(v2, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(v2, "f"), []byte("2"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDataDir(t, dir, "..v2", "2")
 	if err := os.Symlink("..v2", filepath.Join(dir, "..data_tmp")); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +69,19 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	}
 	cancel()
 	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeDataDir writes a timestamped directory name of a ConfigMap mount in
+// dir, as the kubelet does, holding file f with content.
+func writeDataDir(t *testing.T, dir, name, content string) {
+	t.Helper()
+	v := filepath.Join(dir, name)
+	if err := os.Mkdir(v, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v, "f"), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
