@@ -145,6 +145,37 @@ func serveProxy(t *testing.T, p *proxy.Proxy) (proxyURL string, stop func()) {
 	return "https://" + ln.Addr().String(), stop
 }
 
+// createEditorRole creates ClusterRole name, which may do anything to config
+// maps and pods.
+func createEditorRole(t *testing.T, cp *framework.ControlPlane, name string) {
+	t.Helper()
+	_, err := cp.Client.RbacV1().ClusterRoles().Create(t.Context(), &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps", "pods"}, Verbs: []string{"*"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("failed to create the role %s: %v", name, err)
+	}
+}
+
+// bindClusterRole grants ClusterRole role to users in ns, as RoleBinding
+// name.
+func bindClusterRole(t *testing.T, cp *framework.ControlPlane, ns, name, role string, users ...string) {
+	t.Helper()
+	subjects := make([]rbacv1.Subject, 0, len(users))
+	for _, u := range users {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, Name: u})
+	}
+	_, err := cp.Client.RbacV1().RoleBindings(ns).Create(t.Context(), &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+		Subjects:   subjects,
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("failed to bind %s to %v in %s: %v", role, users, ns, err)
+	}
+}
+
 // viaProxy rewrites a kubeconfig to point at the proxy and returns its path.
 func viaProxy(t *testing.T, kubeconfig, proxyURL string) string {
 	t.Helper()
@@ -173,29 +204,11 @@ func restVia(cfg *rest.Config, proxyURL string) *rest.Config {
 func TestProxy(t *testing.T) {
 	began := time.Now()
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "dave"}, {Name: "flooder"}, {Name: "steady"}}})
-	ctx := t.Context()
 	cp.CreateNamespace(t, proxyNS)
 	// Given alice (token), carol (certificate), dave, flooder and steady may
 	// edit config maps in proxyNS, and bob may do nothing
-	_, err := cp.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "proxy-e2e-editor"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps", "pods"}, Verbs: []string{"*"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("failed to create the role: %v", err)
-	}
-	var subjects []rbacv1.Subject
-	for _, u := range []string{"alice", "carol", "dave", "flooder", "steady"} {
-		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, Name: u})
-	}
-	_, err = cp.Client.RbacV1().RoleBindings(proxyNS).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "proxy-e2e-editors"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "proxy-e2e-editor"},
-		Subjects:   subjects,
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("failed to bind the role: %v", err)
-	}
+	createEditorRole(t, cp, "proxy-e2e-editor")
+	bindClusterRole(t, cp, proxyNS, "proxy-e2e-editors", "proxy-e2e-editor", "alice", "carol", "dave", "flooder", "steady")
 	front := startProxy(t, cp, proxy.AuthFrontProxy, "")
 	pass := startProxy(t, cp, proxy.AuthPassthrough, "")
 
