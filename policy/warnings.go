@@ -183,15 +183,7 @@ func Warnings(p *DefenderPolicy) field.ErrorList {
 			}
 		}
 	}
-	matchResourceEntries(s, spec, func(r string, path *field.Path) {
-		if len(validateResource(r, path)) > 0 {
-			return
-		}
-		if _, warn := resourceProblem(r, builtinResources, false); warn != "" {
-			warns = append(warns, field.Invalid(path, r, warn))
-		}
-	})
-	return warns
+	return append(warns, builtinResourceProblems(s, spec, true)...)
 }
 
 // chargesWrites says whether a budget with these verbs charges create or update.
