@@ -80,6 +80,27 @@ func scrape(ctx context.Context, url, series string) (float64, error) {
 	return -1, sc.Err()
 }
 
+// metricLines fetches the Prometheus text exposition at url and returns
+// its lines; a failed fetch or read fails t.
+func metricLines(t *testing.T, url string) []string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("failed to read %s: %v", url, err)
+	}
+	return lines
+}
+
 func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given the kubedefender binary, certificates from `certs generate`, and a budget of 5 pod deletes
 	bin := buildKubedefender(t)

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -121,29 +119,18 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 // "name type label,label,..." (the label names its series carry, le aside).
 func metricFamilies(t *testing.T, url string) []string {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var body bytes.Buffer
-	if _, err := body.ReadFrom(resp.Body); err != nil {
-		t.Fatal(err)
-	}
 	family := regexp.MustCompile(`^# TYPE (kubedefender_[a-z_]+) ([a-z]+)$`)
 	series := regexp.MustCompile(`^(kubedefender_[a-z_]+?)(?:_bucket|_sum|_count)?\{(.*)\} `)
 	labelName := regexp.MustCompile(`(?:^|,)([a-zA-Z_][a-zA-Z0-9_]*)="`)
 	types := map[string]string{}
 	labels := map[string]map[string]bool{}
-	sc := bufio.NewScanner(&body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		if m := family.FindStringSubmatch(sc.Text()); m != nil {
+	for _, line := range metricLines(t, url) {
+		if m := family.FindStringSubmatch(line); m != nil {
 			types[m[1]] = m[2]
 			labels[m[1]] = map[string]bool{}
 			continue
 		}
-		m := series.FindStringSubmatch(sc.Text())
+		m := series.FindStringSubmatch(line)
 		if m == nil {
 			continue
 		}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -198,16 +197,8 @@ func webhookClient(t *testing.T, caFile string, cert *tls.Certificate) *http.Cli
 // sumSeries adds up every sample of /metrics whose line starts with prefix.
 func sumSeries(t *testing.T, url, prefix string) float64 {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
 	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	for _, line := range metricLines(t, url) {
 		if !strings.HasPrefix(line, prefix) {
 			continue
 		}
