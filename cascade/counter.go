@@ -332,16 +332,21 @@ func (c *Counter) get(kind, ns, name string) (any, error) {
 	return obj, nil
 }
 
+// metaOfRef is the metadata of the object ref names, from the cache.
+func (c *Counter) metaOfRef(ref ObjectRef) (*metav1.ObjectMeta, error) {
+	obj, err := c.get(ref.Kind, ref.Namespace, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	return metaOf(obj)
+}
+
 // uidOf resolves ref's UID through the cache when the caller did not give it.
 func (c *Counter) uidOf(ref ObjectRef) (types.UID, error) {
 	if ref.UID != "" {
 		return ref.UID, nil
 	}
-	obj, err := c.get(ref.Kind, ref.Namespace, ref.Name)
-	if err != nil {
-		return "", err
-	}
-	m, err := metaOf(obj)
+	m, err := c.metaOfRef(ref)
 	if err != nil {
 		return "", err
 	}

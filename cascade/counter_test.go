@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	"k8s.io/utils/ptr"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 func TestPodsInNamespace(t *testing.T) {
@@ -249,7 +251,7 @@ func TestObjectsInNamespace(t *testing.T) {
 	if err != nil && !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("the first call failed with %v, want nil or ErrNotSynced", err)
 	}
-	eventually(t, "the services watch syncs", func() bool {
+	testwait.Until(t, "the services watch syncs", func() bool {
 		_, err := c.ObjectsInNamespace(services, "prod")
 		return err == nil
 	})

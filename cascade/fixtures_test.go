@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 // uidFor makes a canonical UUID from a short name, so the compact store
@@ -146,20 +148,8 @@ func startCounter(t *testing.T, cfg Config, objs ...runtime.Object) (*Counter, *
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	c.Start(ctx)
-	eventually(t, "the counter syncs", c.HasSynced)
+	testwait.Until(t, "the counter syncs", c.HasSynced)
 	return c, client
-}
-
-// eventually polls cond until it holds; the test fails after 10s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func fakeClient(objs ...runtime.Object) *fake.Clientset { return fake.NewClientset(objs...) }

@@ -133,11 +133,7 @@ func (c *Counter) FollowUp(op FollowUpOp, ref ObjectRef) (Reason, bool) {
 	if ref.Kind == KindPod {
 		return c.podFollowUp(ref)
 	}
-	obj, err := c.get(ref.Kind, ref.Namespace, ref.Name)
-	if err != nil {
-		return "", false
-	}
-	m, err := metaOf(obj)
+	m, err := c.metaOfRef(ref)
 	if err != nil {
 		return "", false
 	}

@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 func pod(ns, name string) ObjectRef { return ObjectRef{Kind: KindPod, Namespace: ns, Name: name} }
@@ -156,7 +158,7 @@ func TestFollowUpAfterTheGarbageCollectorRemovedTheReplicaSet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the ReplicaSet leaves the cache", func() bool {
+	testwait.Until(t, "the ReplicaSet leaves the cache", func() bool {
 		_, err := c.Replicas(ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-new"})
 		return err != nil
 	})
@@ -177,7 +179,7 @@ func TestFollowUpSeesANamespaceTurnTerminating(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Update(context.Background(), ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the pod's delete becomes a follow-up", func() bool {
+	testwait.Until(t, "the pod's delete becomes a follow-up", func() bool {
 		r, _ := c.FollowUp(FollowUpDelete, pod("dev", "scratch-1"))
 		return r == ReasonNamespaceTerminating
 	})
@@ -287,7 +289,7 @@ func TestQueriesAreSafeWhileTheWatchUpdates(t *testing.T) {
 	for i := 0; ; i++ {
 		select {
 		case <-done:
-			eventually(t, "the churned pods are counted", func() bool { return c.PodsInNamespace("prod") == 15+100 })
+			testwait.Until(t, "the churned pods are counted", func() bool { return c.PodsInNamespace("prod") == 15+100 })
 			return
 		default:
 		}
@@ -311,7 +313,7 @@ func TestFollowUpWhileAReplicaSetIsOverItsReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Then the ReplicaSet controller's delete of the surplus pod is free
-	eventually(t, "the old ReplicaSet's pod is over its replicas", func() bool {
+	testwait.Until(t, "the old ReplicaSet's pod is over its replicas", func() bool {
 		r, _ := c.FollowUp(FollowUpDelete, pod("prod", "web-old-0"))
 		return r == ReasonOverReplicas
 	})
@@ -332,7 +334,7 @@ func TestFollowUpWhileAReplicaSetIsOverItsReplicas(t *testing.T) {
 	if _, err := client.AppsV1().ReplicaSets("prod").Update(context.Background(), rs, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the ReplicaSet is at its replicas again", func() bool {
+	testwait.Until(t, "the ReplicaSet is at its replicas again", func() bool {
 		r, err := c.Replicas(ObjectRef{Kind: KindReplicaSet, Namespace: "prod", Name: "web-old"})
 		info, found := c.Pod("prod", "web-old-new")
 		_, oldGone := c.Pod("prod", "web-old-0")

@@ -210,20 +210,14 @@ func (s *podStore) unindex(rec *podRec) {
 		if !rec.deleting() {
 			o.live--
 		}
-		last := o.pods[len(o.pods)-1]
-		o.pods[rec.ownerPos], last.ownerPos = last, rec.ownerPos
-		o.pods[len(o.pods)-1] = nil
-		o.pods = o.pods[:len(o.pods)-1]
+		o.pods = swapRemove(o.pods, rec.ownerPos, func(p *podRec) *int32 { return &p.ownerPos })
 		if len(o.pods) == 0 {
 			delete(s.owners, o.uid)
 		}
 		rec.owner = nil
 	}
 	if n := rec.node; n != nil {
-		last := n.pods[len(n.pods)-1]
-		n.pods[rec.nodePos], last.nodePos = last, rec.nodePos
-		n.pods[len(n.pods)-1] = nil
-		n.pods = n.pods[:len(n.pods)-1]
+		n.pods = swapRemove(n.pods, rec.nodePos, func(p *podRec) *int32 { return &p.nodePos })
 		if len(n.pods) == 0 {
 			delete(s.nodes, n.name)
 		}
@@ -239,6 +233,16 @@ func (s *podStore) unindex(rec *podRec) {
 	if rec.flags&podRawUID != 0 {
 		delete(s.rawUIDs, rec)
 	}
+}
+
+// swapRemove removes pods[pos] in constant time: the last pod takes its
+// place (posOf gives the field that holds a pod's index in this list, which
+// is updated) and the list is one shorter. The order of pods is not kept.
+func swapRemove(pods []*podRec, pos int32, posOf func(*podRec) *int32) []*podRec {
+	last := pods[len(pods)-1]
+	pods[pos], *posOf(last) = last, pos
+	pods[len(pods)-1] = nil
+	return pods[:len(pods)-1]
 }
 
 func (s *podStore) remove(rec *podRec) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/pki"
 )
 
@@ -81,21 +82,8 @@ func TestValidate(t *testing.T) {
 			o := base()
 			tc.mutate(o)
 			err := o.Validate()
-			if len(tc.wantErr) == 0 {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			for _, w := range tc.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
-			}
-			if strings.Contains(err.Error(), "hunter2") {
+			errtest.Want(t, err, tc.wantErr...)
+			if err != nil && strings.Contains(err.Error(), "hunter2") {
 				t.Errorf("the error shows a password:\n%v", err)
 			}
 		})

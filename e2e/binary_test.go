@@ -80,6 +80,27 @@ func scrape(ctx context.Context, url, series string) (float64, error) {
 	return -1, sc.Err()
 }
 
+// metricLines fetches the Prometheus text exposition at url and returns
+// its lines; a failed fetch or read fails t.
+func metricLines(t *testing.T, url string) []string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("failed to read %s: %v", url, err)
+	}
+	return lines
+}
+
 func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given the kubedefender binary, certificates from `certs generate`, and a budget of 5 pod deletes
 	bin := buildKubedefender(t)
@@ -96,10 +117,7 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 		t.Fatalf("failed to apply the Override CRD: %v\n%s%s", err, out, stderr)
 	}
 	cp.CreateNamespace(t, "kubedefender-system")
-	framework.Eventually(t, 20*time.Second, "the Override CRD to be served", func(context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	waitOverridesServed(t, cp)
 
 	// When `kubedefender serve` runs and `kubedefender webhook config --apply` registers it
 	startProcess(t, "serve", exec.Command(bin, "serve", "--policy", policyFile, "--kubeconfig", cp.AdminKubeconfig,
@@ -125,18 +143,8 @@ func binaryScenario(t *testing.T, cp *framework.ControlPlane) {
 	})
 
 	// And someone runs kubectl delete pods --all on 8 pods
-	stdout, stderr, _ := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
-
 	// Then 5 are deleted, 3 denied with the message, and /metrics counts the 3 denials
-	if got := strings.Count(stdout, "deleted"); got != 5 {
-		t.Errorf("kubectl reported %d deletions, want 5:\n%s\n%s", got, stdout, stderr)
-	}
-	if !strings.Contains(stderr, `budget "pod-deletes" (key namespace=binary)`) {
-		t.Errorf("kubectl stderr lacks the denial:\n%s", stderr)
-	}
-	if n := countPods(t, cp.Client, ns); n != 3 {
-		t.Errorf("%d pods left, want 3", n)
-	}
+	_, stderr, _ := kubectlDeleteAllPods(t, cp, ns, 5, 3, `budget "pod-deletes" (key namespace=binary)`)
 	ctx := context.Background()
 	if v, err := scrape(ctx, metricsURL+"/metrics", `kubedefender_webhook_requests_total{operation="DELETE",result="denied"}`); err != nil || v != 3 {
 		t.Errorf("denied = %v (err %v), want 3", v, err)

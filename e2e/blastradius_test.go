@@ -10,7 +10,6 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,21 +43,12 @@ spec:
 // Pending, and unbound pods go at once when deleted).
 func TestBlastRadius(t *testing.T) {
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
-	scenarios := []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a namespace delete over the budget is denied whole and leaves every pod", bigNamespaceScenario},
 		{"a namespace delete within the budget is charged its pods once and the controller's deletes are free", smallNamespaceScenario},
 		{"a scale-down is charged old minus new, a delete of the rest is denied, an orphaning delete is not", scaleDownScenario},
 		{"a node delete is charged its bound pods in their namespaces and a NoExecute taint over the budget is denied", nodeScenario},
-	}
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // startAtRootDefender starts a defender for atRootPolicy with a cascade
@@ -76,6 +66,18 @@ func startAtRootDefender(t *testing.T, cp *framework.ControlPlane, scenario stri
 	d := startDefender(t, scenario, atRootPolicy, defenderOptions{FakeClock: true, Cascades: ctr})
 	d.register(t, cp, scenario, admissionregistrationv1.Fail)
 	return d, ctr
+}
+
+// startAtRootWithPods is how the namespace scenarios begin: an AtRoot
+// defender for scenario ns, namespace ns in it holding n pods web-0 …, and
+// both the API server and the counter seeing all n.
+func startAtRootWithPods(t *testing.T, cp *framework.ControlPlane, ns string, n int) *defender {
+	t.Helper()
+	d, ctr := startAtRootDefender(t, cp, ns)
+	createNamespace(t, cp, ns, ns)
+	createPods(t, cp.Client, ns, "web", n)
+	waitCounted(t, ctr, cp, ns, n)
+	return d
 }
 
 // used is what the pods-down budget used in its 1m window for namespace ns.
@@ -120,10 +122,7 @@ func waitPods(t *testing.T, c kubernetes.Interface, ns string, n int) {
 func bigNamespaceScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a 30-pod namespace under a 20/1m AtRoot budget
 	const ns = "br-big"
-	d, ctr := startAtRootDefender(t, cp, "br-big")
-	createNamespace(t, cp, ns, "br-big")
-	createPods(t, cp.Client, ns, "web", 30)
-	waitCounted(t, ctr, cp, ns, 30)
+	d := startAtRootWithPods(t, cp, ns, 30)
 
 	// When the namespace is deleted with kubectl
 	_, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false")
@@ -159,10 +158,7 @@ func waitCounted(t *testing.T, ctr *cascade.Counter, cp *framework.ControlPlane,
 func smallNamespaceScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a 12-pod namespace under a 20/1m AtRoot budget
 	const ns = "br-small"
-	d, ctr := startAtRootDefender(t, cp, "br-small")
-	createNamespace(t, cp, ns, "br-small")
-	createPods(t, cp.Client, ns, "web", 12)
-	waitCounted(t, ctr, cp, ns, 12)
+	d := startAtRootWithPods(t, cp, ns, 12)
 
 	// When the namespace is deleted
 	if _, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "namespace", ns, "--wait=false"); err != nil {
@@ -189,21 +185,7 @@ func scaleDownScenario(t *testing.T, cp *framework.ControlPlane) {
 	const ns = "br-scale"
 	d, ctr := startAtRootDefender(t, cp, "br-scale")
 	createNamespace(t, cp, ns, "br-scale")
-	labels := map[string]string{"app": "web"}
-	deploy := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](30),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
-				Containers:                    []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}},
-				TerminationGracePeriodSeconds: ptr.To[int64](0),
-			}},
-		},
-	}
-	if _, err := cp.Client.AppsV1().Deployments(ns).Create(context.Background(), deploy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("failed to create the deployment: %v", err)
-	}
+	createWebDeployment(t, cp.Client, ns, 30)
 	waitCounted(t, ctr, cp, ns, 30)
 
 	// When it is scaled 30 → 25
@@ -305,17 +287,9 @@ func nodeScenario(t *testing.T, cp *framework.ControlPlane) {
 // over the budget is denied whole, and after a break-glass grant it goes
 // through completely.
 func TestBlastRadiusServe(t *testing.T) {
-	root := repoRoot(t)
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
-	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(ctx context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml")
+	waitOverridesServed(t, cp)
 	// Given a 30-pod namespace
 	const ns = "br-serve"
 	createNamespace(t, cp, ns, "br-serve")

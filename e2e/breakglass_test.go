@@ -3,8 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -56,22 +54,14 @@ type replica struct {
 // again. A user without the role is refused by the API server. Events,
 // metrics, `breakglass list` and `status` show each step.
 func TestBreakGlass(t *testing.T) {
-	root := repoRoot(t)
 	// Given a control plane with an on-call user and a developer
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "oncall"}, {Name: "dev"}}})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
 	if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "-n", "kubedefender-system", "create", "rolebinding", "oncall-breakglass",
 		"--clusterrole=kubedefender:breakglass", "--user=oncall"); err != nil {
 		t.Fatalf("rolebinding: %v\n%s%s", err, out, errOut)
 	}
-	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(ctx context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	waitOverridesServed(t, cp)
 
 	// And two kubedefender replicas sharing one Redis, the webhook registered with the first
 	redisURL := startRedis(t)
@@ -305,13 +295,7 @@ func review(t *testing.T, r *replica, caFile, ns, pod string) (allowed bool, mes
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, caFile, "", "")}}
 	defer client.CloseIdleConnections()
 	resp, err := client.Post(r.webhookURL, "application/json", bytes.NewReader(body))
 	if err != nil {

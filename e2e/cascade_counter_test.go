@@ -36,18 +36,7 @@ func TestCascadeCounter(t *testing.T) {
 	cp.CreateNamespace(t, ns)
 
 	// And a Deployment of 6 replicas
-	labels := map[string]string{"app": "web"}
-	deploy := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](6),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: pod("", nil).Spec},
-		},
-	}
-	if _, err := c.AppsV1().Deployments(ns).Create(ctx, deploy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("failed to create the deployment: %v", err)
-	}
+	createWebDeployment(t, c, ns, 6)
 	// And a node with three bound pods, one tolerating the taint to come
 	if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("failed to create the node: %v", err)

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
@@ -129,20 +130,7 @@ func TestControlPlaneSmoke(t *testing.T) {
 
 	t.Run("the garbage collector deletes what a deleted Deployment owned", func(t *testing.T) {
 		// Given a Deployment whose controllers made a ReplicaSet and two pods
-		d := &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "web"},
-			Spec: appsv1.DeploymentSpec{
-				Replicas: ptr.To[int32](2),
-				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
-					Spec:       pod("", nil).Spec,
-				},
-			},
-		}
-		if _, err := c.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("failed to create deployment: %v", err)
-		}
+		createWebDeployment(t, c, ns, 2)
 		webPods := func(ctx context.Context) (int, error) {
 			l, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 			if err != nil {
@@ -206,5 +194,23 @@ func pod(name string, labels map[string]string) *corev1.Pod {
 			Containers:                    []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}},
 			TerminationGracePeriodSeconds: ptr.To[int64](0),
 		},
+	}
+}
+
+// createWebDeployment creates Deployment web in ns: replicas pods labelled
+// app=web, of the spec pod gives.
+func createWebDeployment(t *testing.T, c kubernetes.Interface, ns string, replicas int32) {
+	t.Helper()
+	labels := map[string]string{"app": "web"}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: pod("", nil).Spec},
+		},
+	}
+	if _, err := c.AppsV1().Deployments(ns).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("failed to create the deployment: %v", err)
 	}
 }

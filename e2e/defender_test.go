@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -201,6 +203,35 @@ func (d *defender) register(t *testing.T, cp *framework.ControlPlane, scenario s
 	})
 }
 
+// namedScenario is one Given/When/Then story of a test, run against the
+// control plane the test shares among its scenarios.
+type namedScenario struct {
+	name string
+	run  func(t *testing.T, cp *framework.ControlPlane)
+}
+
+// runScenarios runs each scenario as a parallel subtest of t on cp.
+func runScenarios(t *testing.T, cp *framework.ControlPlane, scenarios []namedScenario) {
+	t.Helper()
+	for _, s := range scenarios {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			s.run(t, cp)
+		})
+	}
+}
+
+// startDefenderFor is how most webhook scenarios begin: it starts a defender
+// named ns on policyYAML, registers it with failurePolicy Fail for the
+// namespaces of scenario ns, and creates namespace ns in that scenario.
+func startDefenderFor(t *testing.T, cp *framework.ControlPlane, ns, policyYAML string, o defenderOptions) *defender {
+	t.Helper()
+	d := startDefender(t, ns, policyYAML, o)
+	d.register(t, cp, ns, admissionregistrationv1.Fail)
+	createNamespace(t, cp, ns, ns)
+	return d
+}
+
 // createNamespace creates ns (with its default service account) labelled for
 // scenario.
 func createNamespace(t *testing.T, cp *framework.ControlPlane, ns, scenario string) {
@@ -230,6 +261,50 @@ func createPods(t *testing.T, c kubernetes.Interface, ns, prefix string, n int) 
 		}
 	}
 	return names
+}
+
+// kubectlDeleteAllPods runs kubectl delete pods --all in ns as the admin, as
+// an operator would, and checks what came of it: kubectl reports
+// wantDeleted deletions, its stderr holds every fragment of wantStderr (the
+// denials), and wantLeft pods remain in ns. It returns kubectl's outputs and
+// error for the checks a scenario adds.
+func kubectlDeleteAllPods(t *testing.T, cp *framework.ControlPlane, ns string, wantDeleted, wantLeft int, wantStderr ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	stdout, stderr, err = cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
+	if got := strings.Count(stdout, "deleted"); got != wantDeleted {
+		t.Errorf("kubectl reported %d deletions, want %d:\n%s\n%s", got, wantDeleted, stdout, stderr)
+	}
+	for _, w := range wantStderr {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("kubectl stderr lacks the denial %q:\n%s", w, stderr)
+		}
+	}
+	if n := countPods(t, cp.Client, ns); n != wantLeft {
+		t.Errorf("%d pods left in %s, want %d", n, ns, wantLeft)
+	}
+	return stdout, stderr, err
+}
+
+// clientTLS is the TLS configuration of a client that trusts the CA
+// certificates of caFile and presents the pair certFile, keyFile (none when
+// certFile is empty).
+func clientTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg
 }
 
 // countPods counts the pods of ns.

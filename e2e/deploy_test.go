@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/utils/ptr"
@@ -26,6 +27,27 @@ func repoRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return root
+}
+
+// applyBase applies files of deploy/base (server-side, as the admin) to cp.
+func applyBase(t *testing.T, cp *framework.ControlPlane, files ...string) {
+	t.Helper()
+	root := repoRoot(t)
+	for _, f := range files {
+		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
+		}
+	}
+}
+
+// waitOverridesServed waits until cp serves the Override CRD in the
+// kubedefender-system namespace.
+func waitOverridesServed(t *testing.T, cp *framework.ControlPlane) {
+	t.Helper()
+	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(context.Context) (bool, error) {
+		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
+		return err == nil, nil
+	})
 }
 
 // TestDeployManifests applies every manifest under deploy/ to a real API

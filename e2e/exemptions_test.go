@@ -29,20 +29,11 @@ import (
 // disjoint webhooks, so nothing is judged twice).
 func TestWebhookConfigurationExemptions(t *testing.T) {
 	cp := framework.Start(t, framework.Options{})
-	scenarios := []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a wildcard budget never sees Leases or Events", wildcardLeasesScenario},
 		{"the exempt label is honoured only in the namespaces the policy lists", labelListScenario},
 		{"policy validate --kubeconfig checks resources against the cluster's discovery", validateDiscoveryScenario},
-	}
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // seenBy runs op and returns how many AdmissionReviews d received meanwhile.

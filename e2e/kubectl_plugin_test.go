@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
 )
@@ -21,7 +20,6 @@ import (
 // real API server, reached with --kubeconfig and with KUBECONFIG, the
 // Override's namespace given with kubectl's -n.
 func TestKubectlPlugin(t *testing.T) {
-	root := repoRoot(t)
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Fatalf("failed to find kubectl on PATH: %v", err)
@@ -70,15 +68,8 @@ func TestKubectlPlugin(t *testing.T) {
 
 	// Given a control plane serving the Override CRD
 	cp := framework.Start(t, framework.Options{})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
-	framework.Eventually(t, 30*time.Second, "the Override CRD to be served", func(context.Context) (bool, error) {
-		_, _, err := cp.Kubectl(t, cp.AdminKubeconfig, "get", "overrides.kubedefender.io", "-n", "kubedefender-system")
-		return err == nil, nil
-	})
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
+	waitOverridesServed(t, cp)
 
 	// When an engineer grants an override through kubectl, -n naming where it
 	// lives and --namespace its scope

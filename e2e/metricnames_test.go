@@ -1,11 +1,7 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"net/http"
@@ -80,17 +76,7 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 	})
 
 	// When the webhook judges deletes past the budget (its breaker opens)
-	ca, err := os.ReadFile(cp.CACertFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	pair, err := tls.LoadX509KeyPair(clientCert, clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}}}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, clientCert, clientKey)}}
 	for i := 0; i < 5; i++ {
 		review := fmt.Sprintf(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"00000000-0000-4000-8000-00000000000%d",
 "kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"name":"web-%d","namespace":"metrics",
@@ -102,12 +88,12 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 		_ = resp.Body.Close()
 	}
 	// And a client without a certificate is refused
-	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	noCert := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, "", "")}}
 	if resp, err := noCert.Post(fmt.Sprintf("https://127.0.0.1:%d/validate", wp), "application/json", strings.NewReader("{}")); err == nil {
 		_ = resp.Body.Close()
 	}
 	// And lists go through the proxy past their rate limit
-	proxied := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	proxied := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, "", "")}}
 	for i := 0; i < 5; i++ {
 		resp, err := proxied.Get(fmt.Sprintf("https://127.0.0.1:%d/api/v1/namespaces/default/pods", pp))
 		if err != nil {
@@ -133,29 +119,18 @@ func TestMetricNamesGoldenIsFresh(t *testing.T) {
 // "name type label,label,..." (the label names its series carry, le aside).
 func metricFamilies(t *testing.T, url string) []string {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var body bytes.Buffer
-	if _, err := body.ReadFrom(resp.Body); err != nil {
-		t.Fatal(err)
-	}
 	family := regexp.MustCompile(`^# TYPE (kubedefender_[a-z_]+) ([a-z]+)$`)
 	series := regexp.MustCompile(`^(kubedefender_[a-z_]+?)(?:_bucket|_sum|_count)?\{(.*)\} `)
 	labelName := regexp.MustCompile(`(?:^|,)([a-zA-Z_][a-zA-Z0-9_]*)="`)
 	types := map[string]string{}
 	labels := map[string]map[string]bool{}
-	sc := bufio.NewScanner(&body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		if m := family.FindStringSubmatch(sc.Text()); m != nil {
+	for _, line := range metricLines(t, url) {
+		if m := family.FindStringSubmatch(line); m != nil {
 			types[m[1]] = m[2]
 			labels[m[1]] = map[string]bool{}
 			continue
 		}
-		m := series.FindStringSubmatch(sc.Text())
+		m := series.FindStringSubmatch(line)
 		if m == nil {
 			continue
 		}

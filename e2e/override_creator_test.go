@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,14 +20,9 @@ import (
 // text, so anyone allowed to break the glass could sign the grant with
 // someone else's name. With the shipped CRD file, the API server refuses it.
 func TestOverrideRequestedByIsTheAuthenticatedCreator(t *testing.T) {
-	root := repoRoot(t)
 	// Given the shipped CRD (with its admission policy) and two users allowed to break the glass
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "oncall"}, {Name: "mallory"}}})
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
 	for _, u := range []string{"oncall", "mallory"} {
 		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "-n", "kubedefender-system", "create", "rolebinding", u+"-breakglass",
 			"--clusterrole=kubedefender:breakglass", "--user="+u); err != nil {

@@ -29,18 +29,10 @@ import (
 // the API server does with a request is what the proxy charges.
 func TestProxyAttack(t *testing.T) {
 	cp := framework.Start(t, framework.Options{})
-	for _, s := range []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a server-side apply that creates through the proxy is charged by a budget on create", proxyApplyCreatesScenario},
 		{"a server-side dry-run eviction (dryRun in the Eviction body) through the proxy takes nothing", proxyDryRunEvictionScenario},
-	} {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // startBudgetProxy serves an in-process proxy charging budgets itself in

@@ -12,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
 )
@@ -57,12 +55,7 @@ func TestProxyBudgets(t *testing.T) {
 	// Given a control plane, the Override CRD, and kubedefender serve with
 	// the proxy charging budgets
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "oncall"}}})
-	root := repoRoot(t)
-	for _, f := range []string{"namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml"} {
-		if out, errOut, err := cp.Kubectl(t, cp.AdminKubeconfig, "apply", "--server-side", "-f", filepath.Join(root, "deploy", "base", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s%s", f, err, out, errOut)
-		}
-	}
+	applyBase(t, cp, "namespace.yaml", "crd-override.yaml", "rbac-breakglass.yaml")
 	bin := buildKubedefender(t)
 	dir := t.TempDir()
 	policyFile := filepath.Join(dir, "policy.yaml")
@@ -246,29 +239,12 @@ func TestProxyBudgets(t *testing.T) {
 // and oncall write config maps in pb-trip and break the glass.
 func grantRBAC(t *testing.T, cp *framework.ControlPlane, namespaces []string) {
 	t.Helper()
-	ctx := t.Context()
-	_, err := cp.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "proxy-budgets-e2e"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps", "pods"}, Verbs: []string{"*"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("failed to create the role: %v", err)
-	}
-	bind := func(c kubernetes.Interface, ns, name, role, user string) {
-		_, err := c.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
-			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: user}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatalf("failed to bind %s to %s in %s: %v", role, user, ns, err)
-		}
-	}
+	createEditorRole(t, cp, "proxy-budgets-e2e")
 	for _, ns := range namespaces {
-		bind(cp.Client, ns, "alice", "proxy-budgets-e2e", "alice")
+		bindClusterRole(t, cp, ns, "alice", "proxy-budgets-e2e", "alice")
 	}
-	bind(cp.Client, "pb-trip", "oncall", "proxy-budgets-e2e", "oncall")
-	bind(cp.Client, "kubedefender-system", "oncall-breakglass", "kubedefender:breakglass", "oncall")
+	bindClusterRole(t, cp, "pb-trip", "oncall", "proxy-budgets-e2e", "oncall")
+	bindClusterRole(t, cp, "kubedefender-system", "oncall-breakglass", "kubedefender:breakglass", "oncall")
 }
 
 // wantRefusedByProxy checks that err is the proxy's own refusal (no

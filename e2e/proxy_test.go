@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
@@ -71,25 +72,8 @@ type runningProxy struct {
 	URL      string
 	Proxy    *proxy.Proxy
 	Registry *prometheus.Registry
-	Logs     *lockedBuffer
+	Logs     *logtest.Buffer
 	stop     func()
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startProxy serves a KubeDefender proxy in front of upstream (the API
@@ -99,17 +83,10 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	if upstream == "" {
 		upstream = cp.URL
 	}
-	compiled, err := policy.Parse("proxy-e2e.yaml", []byte(proxyPolicy))
-	if err != nil {
-		t.Fatalf("failed to parse the proxy policy: %v", err)
-	}
-	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled})
-	if err != nil {
-		t.Fatalf("failed to build the engine: %v", err)
-	}
+	compiled, engine := parsePolicyEngine(t, "proxy-e2e.yaml", proxyPolicy)
 	cert, key := cp.IssueServingCert(t, "proxy-"+string(mode)+fmt.Sprint(time.Now().UnixNano()), "127.0.0.1")
 	u, _ := url.Parse(upstream)
-	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &lockedBuffer{}}
+	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &logtest.Buffer{}}
 	p, err := proxy.New(proxy.Config{
 		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
@@ -123,6 +100,32 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
+	rp.URL, rp.stop = serveProxy(t, p)
+	t.Cleanup(rp.stop)
+	rp.Proxy = p
+	return rp
+}
+
+// parsePolicyEngine compiles policyYAML (named name in errors) and builds an
+// in-memory engine on it; either failing fails t.
+func parsePolicyEngine(t *testing.T, name, policyYAML string) (*policy.Compiled, *limiter.Engine) {
+	t.Helper()
+	compiled, err := policy.Parse(name, []byte(policyYAML))
+	if err != nil {
+		t.Fatalf("failed to parse the policy %s: %v", name, err)
+	}
+	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled})
+	if err != nil {
+		t.Fatalf("failed to build the engine: %v", err)
+	}
+	return compiled, engine
+}
+
+// serveProxy serves p on a loopback port and returns its URL and stop, which
+// ends the serving (once, however often it is called) and fails t if Serve
+// returned an error. The caller arranges for stop to run.
+func serveProxy(t *testing.T, p *proxy.Proxy) (proxyURL string, stop func()) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("failed to listen: %v", err)
@@ -131,7 +134,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, ln) }()
 	var once sync.Once
-	rp.stop = func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -139,10 +142,38 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 			}
 		})
 	}
-	t.Cleanup(rp.stop)
-	rp.URL = "https://" + ln.Addr().String()
-	rp.Proxy = p
-	return rp
+	return "https://" + ln.Addr().String(), stop
+}
+
+// createEditorRole creates ClusterRole name, which may do anything to config
+// maps and pods.
+func createEditorRole(t *testing.T, cp *framework.ControlPlane, name string) {
+	t.Helper()
+	_, err := cp.Client.RbacV1().ClusterRoles().Create(t.Context(), &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps", "pods"}, Verbs: []string{"*"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("failed to create the role %s: %v", name, err)
+	}
+}
+
+// bindClusterRole grants ClusterRole role to users in ns, as RoleBinding
+// name.
+func bindClusterRole(t *testing.T, cp *framework.ControlPlane, ns, name, role string, users ...string) {
+	t.Helper()
+	subjects := make([]rbacv1.Subject, 0, len(users))
+	for _, u := range users {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, Name: u})
+	}
+	_, err := cp.Client.RbacV1().RoleBindings(ns).Create(t.Context(), &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+		Subjects:   subjects,
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("failed to bind %s to %v in %s: %v", role, users, ns, err)
+	}
 }
 
 // viaProxy rewrites a kubeconfig to point at the proxy and returns its path.
@@ -173,29 +204,11 @@ func restVia(cfg *rest.Config, proxyURL string) *rest.Config {
 func TestProxy(t *testing.T) {
 	began := time.Now()
 	cp := framework.Start(t, framework.Options{Users: []framework.User{{Name: "dave"}, {Name: "flooder"}, {Name: "steady"}}})
-	ctx := t.Context()
 	cp.CreateNamespace(t, proxyNS)
 	// Given alice (token), carol (certificate), dave, flooder and steady may
 	// edit config maps in proxyNS, and bob may do nothing
-	_, err := cp.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "proxy-e2e-editor"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps", "pods"}, Verbs: []string{"*"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("failed to create the role: %v", err)
-	}
-	var subjects []rbacv1.Subject
-	for _, u := range []string{"alice", "carol", "dave", "flooder", "steady"} {
-		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, Name: u})
-	}
-	_, err = cp.Client.RbacV1().RoleBindings(proxyNS).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "proxy-e2e-editors"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "proxy-e2e-editor"},
-		Subjects:   subjects,
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("failed to bind the role: %v", err)
-	}
+	createEditorRole(t, cp, "proxy-e2e-editor")
+	bindClusterRole(t, cp, proxyNS, "proxy-e2e-editors", "proxy-e2e-editor", "alice", "carol", "dave", "flooder", "steady")
 	front := startProxy(t, cp, proxy.AuthFrontProxy, "")
 	pass := startProxy(t, cp, proxy.AuthPassthrough, "")
 
@@ -283,7 +296,7 @@ func startKubectlWatch(t *testing.T, kubeconfig, resource string, args ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr logtest.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("failed to start kubectl get -w: %v", err)

@@ -3,12 +3,10 @@ package e2e
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -124,22 +122,12 @@ func upgradeScenario(t *testing.T, cp *framework.ControlPlane) {
 
 	t.Run("a WebSocket stream through the proxy", func(t *testing.T) {
 		// When a WebSocket client opens an exec channel stream through the proxy
-		pem, err := os.ReadFile(cp.CACertFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
 		cfg, err := websocket.NewConfig(strings.Replace(rp.URL, "https://", "wss://", 1)+execPath, rp.URL)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg.Protocol = []string{echoProtocol}
-		cfg.TlsConfig = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+		cfg.TlsConfig = clientTLS(t, cp.CACertFile, certFile, keyFile)
 		ws, err := websocket.DialConfig(cfg)
 		if err != nil {
 			t.Fatalf("failed to open a WebSocket through the proxy: %v", err)

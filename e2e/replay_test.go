@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,8 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
-	"github.com/kubedefender/kubedefender/limiter"
-	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/proxy"
 	"github.com/kubedefender/kubedefender/replay"
 )
@@ -205,17 +203,10 @@ type replayProxy struct {
 // in front of the API server.
 func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	t.Helper()
-	compiled, err := policy.Parse("replay-e2e.yaml", []byte(replayPolicy))
-	if err != nil {
-		t.Fatalf("failed to parse the policy: %v", err)
-	}
-	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled})
-	if err != nil {
-		t.Fatalf("failed to build the engine: %v", err)
-	}
+	compiled, engine := parsePolicyEngine(t, "replay-e2e.yaml", replayPolicy)
 	cert, key := cp.IssueServingCert(t, "replay-proxy", "127.0.0.1")
 	u, _ := url.Parse(cp.URL)
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	p, err := proxy.New(proxy.Config{
 		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
@@ -227,23 +218,14 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("failed to listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
+	proxyURL, stop := serveProxy(t, p)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy stopped with %v", err)
-		}
+		stop()
 		if t.Failed() {
 			t.Logf("---- proxy log ----\n%s", logs.String())
 		}
 	})
-	rp := &replayProxy{url: "https://" + ln.Addr().String()}
+	rp := &replayProxy{url: proxyURL}
 	cfg := restVia(cp.Config, rp.url)
 	cfg.UserAgent = "replay-agent/1.0"
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {

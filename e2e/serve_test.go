@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -183,17 +182,10 @@ func checkMetricsDocumented(t *testing.T, url string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
 	family := regexp.MustCompile(`^# TYPE (kubedefender_[a-z_]+) `)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	n := 0
-	for sc.Scan() {
-		m := family.FindStringSubmatch(sc.Text())
+	for _, line := range metricLines(t, url) {
+		m := family.FindStringSubmatch(line)
 		if m == nil {
 			continue
 		}

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-
 	"github.com/kubedefender/kubedefender/e2e/framework"
 	"github.com/kubedefender/kubedefender/limiter"
 )
@@ -49,10 +47,8 @@ func stuckStoreScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a shared store that never answers but honours deadlines, and a
 	// budget of 3 with onStoreFailure: Local
 	extra := manualBreaker + "    onStoreFailure: Local\n"
-	d := startDefender(t, "stuck", budgetPolicy("stuck", extra, 3, "1m"), defenderOptions{Store: stuckStore{}})
-	d.register(t, cp, "stuck", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "stuck", budgetPolicy("stuck", extra, 3, "1m"), defenderOptions{Store: stuckStore{}})
 	const ns = "stuck"
-	createNamespace(t, cp, ns, "stuck")
 	pods := createPods(t, cp.Client, ns, "web", 4)
 
 	// When 4 pods are deleted
@@ -71,10 +67,8 @@ func stuckStoreScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func hungStoreScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a shared store that hangs and ignores its deadline
-	d := startDefender(t, "hung", budgetPolicy("hung", manualBreaker, 1, "1m"), defenderOptions{Store: stuckStore{ignoreDeadline: true}})
-	d.register(t, cp, "hung", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "hung", budgetPolicy("hung", manualBreaker, 1, "1m"), defenderOptions{Store: stuckStore{ignoreDeadline: true}})
 	const ns = "hung"
-	createNamespace(t, cp, ns, "hung")
 	pods := createPods(t, cp.Client, ns, "web", 2)
 
 	// When kubectl deletes both pods

@@ -20,19 +20,11 @@ import (
 // review found to get past the webhook's budgets, each now closed.
 func TestWebhookAttacks(t *testing.T) {
 	cp := framework.Start(t, framework.Options{})
-	for _, s := range []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"a server-side dry-run drain (dryRun in the Eviction's deleteOptions) takes nothing from the budget", dryRunDrainScenario},
 		{"an open Manual breaker denies the eviction of a pod recreated under the name of a pod just evicted", recreatedPodEvictionScenario},
 		{"kubectl scale --replicas=0 is judged by a budget on deployment updates", scaleToZeroScenario},
-	} {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 // evictOnce posts one policy/v1 Eviction of pod ns/name with opts.
@@ -47,10 +39,8 @@ func evictOnce(cp *framework.ControlPlane, ns, name string, opts *metav1.DeleteO
 // --dry-run=server sends exactly this.
 func dryRunDrainScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 1 pod eviction and 2 pods
-	d := startDefender(t, "wa-drain", budgetPolicy("wa-drain", manualBreaker, 1, "1h"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "wa-drain", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "wa-drain", budgetPolicy("wa-drain", manualBreaker, 1, "1h"), defenderOptions{FakeClock: true})
 	const ns = "wa-drain"
-	createNamespace(t, cp, ns, "wa-drain")
 	pods := createPods(t, cp.Client, ns, "web", 2)
 	// When pod web-0 is evicted twice in a server-side dry run
 	for range 2 {
@@ -75,10 +65,8 @@ func dryRunDrainScenario(t *testing.T, cp *framework.ControlPlane) {
 // repeat is not charged again, but an open breaker still denies it.
 func recreatedPodEvictionScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 1 eviction with a Manual breaker, and pods web-0 and web-1
-	d := startDefender(t, "wa-repeat", budgetPolicy("wa-repeat", manualBreaker, 1, "1h"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "wa-repeat", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "wa-repeat", budgetPolicy("wa-repeat", manualBreaker, 1, "1h"), defenderOptions{FakeClock: true})
 	const ns = "wa-repeat"
-	createNamespace(t, cp, ns, "wa-repeat")
 	pods := createPods(t, cp.Client, ns, "web", 2)
 	// When web-0 is evicted (the budget is spent) and web-1's eviction opens the breaker
 	if err := evictOnce(cp, ns, pods[0], nil); err != nil {

@@ -43,10 +43,7 @@ func TestWebhook(t *testing.T) {
 	cp := framework.Start(t, framework.Options{ControllerManager: true})
 	t.Logf("control plane up in %s", time.Since(began).Round(time.Millisecond))
 
-	scenarios := []struct {
-		name string
-		run  func(t *testing.T, cp *framework.ControlPlane)
-	}{
+	runScenarios(t, cp, []namedScenario{
 		{"twenty deletes pass, the twenty-first is denied and a Manual breaker keeps denying", manualBreakerScenario},
 		{"an Auto breaker half-opens after its cooldown and closes again", autoBreakerScenario},
 		{"kubectl delete pods --all deletes exactly the budget and touches nothing else", deleteAllScenario},
@@ -62,21 +59,13 @@ func TestWebhook(t *testing.T) {
 		{"a store that does not answer is cut off by the deadline and the local fallback decides", stuckStoreScenario},
 		{"a store that hangs past its deadline never makes the API server wait", hungStoreScenario},
 		{"the kubedefender binary serves the webhook it configured and its break-glass command reopens the breaker", binaryScenario},
-	}
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			s.run(t, cp)
-		})
-	}
+	})
 }
 
 func manualBreakerScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 20 pod deletes per minute per namespace with a Manual breaker
-	d := startDefender(t, "manual", budgetPolicy("manual", manualBreaker, 20, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "manual", admissionregistrationv1.Fail)
+	d := startDefenderFor(t, cp, "manual", budgetPolicy("manual", manualBreaker, 20, "1m"), defenderOptions{FakeClock: true})
 	const ns = "manual"
-	createNamespace(t, cp, ns, "manual")
 	pods := createPods(t, cp.Client, ns, "web", 23)
 
 	// When 20 pods are deleted within the minute
@@ -105,10 +94,8 @@ func manualBreakerScenario(t *testing.T, cp *framework.ControlPlane) {
 func autoBreakerScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given 5 deletes per 30s with an Auto breaker: cooldown 1m, 2 probes while HalfOpen
 	auto := "    breaker: {recovery: Auto, cooldown: 1m, halfOpenLimit: 2}\n"
-	d := startDefender(t, "auto", budgetPolicy("auto", auto, 5, "30s"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "auto", admissionregistrationv1.Fail)
+	d := startDefenderFor(t, cp, "auto", budgetPolicy("auto", auto, 5, "30s"), defenderOptions{FakeClock: true})
 	const ns = "auto"
-	createNamespace(t, cp, ns, "auto")
 	pods := createPods(t, cp.Client, ns, "job", 12)
 	ctx := context.Background()
 
@@ -140,29 +127,17 @@ func autoBreakerScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func deleteAllScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a namespace with 15 pods, a bystander namespace with 3, and a budget of 10 with a Manual breaker
-	d := startDefender(t, "delete-all", budgetPolicy("delete-all", manualBreaker, 10, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "delete-all", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "delete-all", budgetPolicy("delete-all", manualBreaker, 10, "1m"), defenderOptions{FakeClock: true})
 	const ns, bystander = "delete-all", "delete-all-bystander"
-	createNamespace(t, cp, ns, "delete-all")
 	createNamespace(t, cp, bystander, "delete-all")
 	createPods(t, cp.Client, ns, "web", 15)
 	createPods(t, cp.Client, bystander, "db", 3)
 
 	// When someone runs kubectl delete pods --all
-	stdout, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "delete", "pods", "--all", "-n", ns, "--wait=false")
-
 	// Then exactly 10 are deleted, kubectl reports the denials, and the bystanders are untouched
+	_, _, err := kubectlDeleteAllPods(t, cp, ns, 10, 5, "window 1m is exhausted (10/10 used)", "kubedefender breakglass grant")
 	if err == nil {
 		t.Errorf("kubectl delete --all succeeded, want it to fail on the denied pods")
-	}
-	if got := strings.Count(stdout, "deleted"); got != 10 {
-		t.Errorf("kubectl reported %d deletions, want 10:\n%s", got, stdout)
-	}
-	if !strings.Contains(stderr, "window 1m is exhausted (10/10 used)") || !strings.Contains(stderr, "kubedefender breakglass grant") {
-		t.Errorf("kubectl stderr does not carry the denial message:\n%s", stderr)
-	}
-	if n := countPods(t, cp.Client, ns); n != 5 {
-		t.Errorf("%d pods left in %s, want 5", n, ns)
 	}
 	if n := countPods(t, cp.Client, bystander); n != 3 {
 		t.Errorf("%d pods left in %s, want 3", n, bystander)
@@ -171,10 +146,8 @@ func deleteAllScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func deleteCollectionScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given 12 pods and a budget of 4 with a Manual breaker
-	d := startDefender(t, "collection", budgetPolicy("collection", manualBreaker, 4, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "collection", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "collection", budgetPolicy("collection", manualBreaker, 4, "1m"), defenderOptions{FakeClock: true})
 	const ns = "collection"
-	createNamespace(t, cp, ns, "collection")
 	createPods(t, cp.Client, ns, "web", 12)
 
 	// When client-go deletes the whole collection in one request
@@ -206,10 +179,8 @@ func perNamespaceScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func dryRunScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 3 and 4 pods
-	d := startDefender(t, "dry-run", budgetPolicy("dry-run", manualBreaker, 3, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "dry-run", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "dry-run", budgetPolicy("dry-run", manualBreaker, 3, "1m"), defenderOptions{FakeClock: true})
 	const ns = "dry-run"
-	createNamespace(t, cp, ns, "dry-run")
 	pods := createPods(t, cp.Client, ns, "web", 4)
 
 	// When kubectl dry-runs deleting all 4, three times over
@@ -227,10 +198,8 @@ func dryRunScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func evictionScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 3 on deletes and evictions, and 5 pods
-	d := startDefender(t, "evict", budgetPolicy("evict", manualBreaker, 3, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "evict", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "evict", budgetPolicy("evict", manualBreaker, 3, "1m"), defenderOptions{FakeClock: true})
 	const ns = "evict"
-	createNamespace(t, cp, ns, "evict")
 	pods := createPods(t, cp.Client, ns, "web", 5)
 	evict := func(name string) error {
 		return cp.Client.PolicyV1().Evictions(ns).Evict(context.Background(), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
@@ -254,10 +223,8 @@ func evictionScenario(t *testing.T, cp *framework.ControlPlane) {
 func excludedUserScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a budget of 2 that excludes alice, who may delete pods
 	extra := manualBreaker + "    exclude: {users: [alice]}\n"
-	d := startDefender(t, "exclude", budgetPolicy("exclude", extra, 2, "1m"), defenderOptions{FakeClock: true})
-	d.register(t, cp, "exclude", admissionregistrationv1.Fail)
+	startDefenderFor(t, cp, "exclude", budgetPolicy("exclude", extra, 2, "1m"), defenderOptions{FakeClock: true})
 	const ns = "exclude"
-	createNamespace(t, cp, ns, "exclude")
 	grantPodDelete(t, cp, ns, framework.UserAlice)
 	pods := createPods(t, cp.Client, ns, "web", 7)
 	alice := framework.ClientFor(t, cp.TokenConfig(t, framework.UserAlice))
@@ -327,10 +294,8 @@ func namespaceCascadeScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func shadowScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a Shadow budget of 2
-	d := startDefender(t, "shadow", strings.Replace(budgetPolicy("shadow", "", 2, "1m"), "  - name: pod-deletes\n", "  - name: pod-deletes\n    mode: Shadow\n", 1), defenderOptions{FakeClock: true})
-	d.register(t, cp, "shadow", admissionregistrationv1.Fail)
+	d := startDefenderFor(t, cp, "shadow", strings.Replace(budgetPolicy("shadow", "", 2, "1m"), "  - name: pod-deletes\n", "  - name: pod-deletes\n    mode: Shadow\n", 1), defenderOptions{FakeClock: true})
 	const ns = "shadow"
-	createNamespace(t, cp, ns, "shadow")
 	pods := createPods(t, cp.Client, ns, "web", 5)
 	w := &warnings{}
 	cfg := *cp.Config
@@ -363,10 +328,8 @@ func shadowScenario(t *testing.T, cp *framework.ControlPlane) {
 
 func policyReloadScenario(t *testing.T, cp *framework.ControlPlane) {
 	// Given a watched policy with a budget of 2
-	d := startDefender(t, "reload", budgetPolicy("reload", manualBreaker, 2, "1m"), defenderOptions{FakeClock: true, Watch: true})
-	d.register(t, cp, "reload", admissionregistrationv1.Fail)
+	d := startDefenderFor(t, cp, "reload", budgetPolicy("reload", manualBreaker, 2, "1m"), defenderOptions{FakeClock: true, Watch: true})
 	const ns = "reload"
-	createNamespace(t, cp, ns, "reload")
 	pods := createPods(t, cp.Client, ns, "web", 9)
 	mustDelete(t, cp.Client, ns, pods[:2]...)
 	wantDenied(t, deletePod(context.Background(), cp.Client, ns, pods[2]), 403, "(2/2 used)")

@@ -1,46 +1,29 @@
 package filewatch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/internal/logtest"
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
 
-// waitFor polls cond until it holds; the test fails after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	// Given a ConfigMap mount: file -> ..data/file, ..data -> a timestamped directory
 	dir := t.TempDir()
-	v1 := filepath.Join(dir, "..v1")
-	if err := os.Mkdir(v1, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(v1, "f"), []byte("1"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDataDir(t, dir, "..v1", "1")
 	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
@@ -58,16 +41,10 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 			Reload: func() { reloads.Add(1) }})
 	}()
 	// Run starts its resync ticker once the directory is watched.
-	waitFor(t, "the directory is watched", clk.HasWaiters)
+	testwait.Until(t, "the directory is watched", clk.HasWaiters)
 
 	// When the kubelet swaps the data directory
-	v2 := filepath.Join(dir, "..v2")
-	if err := os.Mkdir(v2, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(v2, "f"), []byte("2"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDataDir(t, dir, "..v2", "2")
 	if err := os.Symlink("..v2", filepath.Join(dir, "..data_tmp")); err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +54,11 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 
 	// Then the events arm the debounce, and once it passes the file is reloaded.
 	// (Events still in flight re-arm it, so the clock steps a debounce at a time.)
-	waitFor(t, "an event arms the debounce", func() bool { return clk.Waiters() > 1 })
+	testwait.Until(t, "an event arms the debounce", func() bool { return clk.Waiters() > 1 })
 	if n := reloads.Load(); n != 0 {
 		t.Fatalf("%d reloads before the debounce passed, want 0", n)
 	}
-	waitFor(t, "the swap is reloaded", func() bool {
+	testwait.Until(t, "the swap is reloaded", func() bool {
 		if reloads.Load() == 0 && clk.Waiters() > 1 {
 			clk.Step(50 * time.Millisecond)
 		}
@@ -92,6 +69,19 @@ func TestRunReloadsAfterAConfigMapSymlinkSwap(t *testing.T) {
 	}
 	cancel()
 	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeDataDir writes a timestamped directory name of a ConfigMap mount in
+// dir, as the kubelet does, holding file f with content.
+func writeDataDir(t *testing.T, dir, name, content string) {
+	t.Helper()
+	v := filepath.Join(dir, name)
+	if err := os.Mkdir(v, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v, "f"), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -109,30 +99,13 @@ type loopHarness struct {
 	events   chan fsnotify.Event
 	errs     chan error
 	reloaded chan struct{}
-	logs     *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs     *logtest.Buffer
 }
 
 func startLoop(t *testing.T, debounce, resync time.Duration) *loopHarness {
 	t.Helper()
 	h := &loopHarness{clk: clocktesting.NewFakeClock(t0), events: make(chan fsnotify.Event), errs: make(chan error),
-		reloaded: make(chan struct{}, 100), logs: &lockedBuffer{}}
+		reloaded: make(chan struct{}, 100), logs: &logtest.Buffer{}}
 	cfg := Config{Files: []string{"/etc/kd/f"}, Debounce: debounce, Resync: resync, Clock: h.clk,
 		Logger: slog.New(slog.NewTextHandler(h.logs, nil)), Reload: func() { h.reloaded <- struct{}{} }}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -145,7 +118,7 @@ func startLoop(t *testing.T, debounce, resync time.Duration) *loopHarness {
 		}
 	})
 	if resync > 0 {
-		waitFor(t, "the resync ticker starts", h.clk.HasWaiters)
+		testwait.Until(t, "the resync ticker starts", h.clk.HasWaiters)
 	}
 	return h
 }

@@ -1,7 +1,6 @@
 package override
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,29 +26,13 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
+	"github.com/kubedefender/kubedefender/internal/testwait"
 	"github.com/kubedefender/kubedefender/limiter"
 )
 
 // t0 is when every test on the fake clock starts; overrides are created then.
 var t0 = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
-
-// syncBuffer is a log sink a test reads while the controller writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // harness runs a Controller on fake clients and a fake clock.
 type harness struct {
@@ -58,7 +41,7 @@ type harness struct {
 	events *kubefake.Clientset
 	eng    *fakeEngine
 	clk    *clocktesting.FakeClock
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	ctx    context.Context
 }
 
@@ -73,7 +56,7 @@ func start(t *testing.T, configure func(*ControllerConfig), objs ...runtime.Obje
 		events: kubefake.NewClientset(),
 		eng:    &fakeEngine{},
 		clk:    clocktesting.NewFakeClock(t0),
-		logs:   &syncBuffer{},
+		logs:   &logtest.Buffer{},
 	}
 	var evSeq atomic.Int64
 	h.events.PrependReactor("create", "events", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -123,7 +106,7 @@ func (h *harness) eventsIn(t *testing.T, ns string) []corev1.Event {
 func (h *harness) eventFor(t *testing.T, name, reason string) corev1.Event {
 	t.Helper()
 	var found corev1.Event
-	eventually(t, "an Event "+reason+" on "+name, func() bool {
+	testwait.Until(t, "an Event "+reason+" on "+name, func() bool {
 		for _, ev := range h.eventsIn(t, "bg-a") {
 			if ev.InvolvedObject.Name == name && ev.Reason == reason {
 				found = ev
@@ -168,7 +151,7 @@ func TestControllerAppliesAnOverrideUntilItExpires(t *testing.T) {
 	h := start(t, nil, newOverride(t, "bg-a", "drain", func(o *Override) { o.Spec.Namespaces = []string{"prod"} }))
 
 	// When the controller has listed it, then the engine applies it as written
-	eventually(t, "the override applies", func() bool { return h.eng.applied() == "bg-a/drain" })
+	testwait.Until(t, "the override applies", func() bool { return h.eng.applied() == "bg-a/drain" })
 	h.eng.mu.Lock()
 	got := h.eng.overrides[0]
 	h.eng.mu.Unlock()
@@ -200,7 +183,7 @@ func TestControllerAppliesAnOverrideUntilItExpires(t *testing.T) {
 
 	// When the clock steps to expiresAt, then the tick removes it from the engine
 	h.clk.Step(time.Second)
-	eventually(t, "the expired override no longer applies", func() bool { return h.eng.applied() == "" })
+	testwait.Until(t, "the expired override no longer applies", func() bool { return h.eng.applied() == "" })
 	ev = h.eventFor(t, "drain", "Expired")
 	if want := "override expired on r1 at 2026-11-30T06:30:00Z; the rules apply again"; ev.Message != want || !ev.FirstTimestamp.Time.Equal(t0.Add(30*time.Minute)) {
 		t.Errorf("Expired Event = %q at %s, want %q at expiry", ev.Message, ev.FirstTimestamp, want)
@@ -223,9 +206,9 @@ func TestControllerIgnoresAnOverrideExpiredBeforeItStarted(t *testing.T) {
 	}), newOverride(t, "bg-a", "current", nil))
 
 	// When the controller has listed both, then only the current one applies
-	eventually(t, "the current override applies", func() bool { return h.eng.applied() == "bg-a/current" })
+	testwait.Until(t, "the current override applies", func() bool { return h.eng.applied() == "bg-a/current" })
 	// and the old one is only noted at debug level, with no Event: nothing changed on this replica
-	eventually(t, "a debug line notes the already expired override", func() bool {
+	testwait.Until(t, "a debug line notes the already expired override", func() bool {
 		return strings.Contains(h.logs.String(), `msg="break-glass override seen already expired" override=bg-a/old`)
 	})
 	h.eventFor(t, "current", "Activated")
@@ -237,7 +220,7 @@ func TestControllerIgnoresAnOverrideExpiredBeforeItStarted(t *testing.T) {
 func TestControllerRevokesADeletedOverride(t *testing.T) {
 	// Given an override in force
 	h := start(t, nil, newOverride(t, "bg-a", "drain", nil))
-	eventually(t, "the override applies", func() bool { return h.eng.applied() == "bg-a/drain" })
+	testwait.Until(t, "the override applies", func() bool { return h.eng.applied() == "bg-a/drain" })
 
 	// When it is deleted (breakglass revoke)
 	if err := h.dyn.Resource(GVR).Namespace("bg-a").Delete(context.Background(), "drain", metav1.DeleteOptions{}); err != nil {
@@ -245,9 +228,9 @@ func TestControllerRevokesADeletedOverride(t *testing.T) {
 	}
 
 	// Then it stops applying at once, without waiting for a tick
-	eventually(t, "the deleted override no longer applies", func() bool { return h.eng.applied() == "" })
+	testwait.Until(t, "the deleted override no longer applies", func() bool { return h.eng.applied() == "" })
 	// and the revocation is logged and counted, with no Event on the gone object
-	eventually(t, "the revocation is logged", func() bool {
+	testwait.Until(t, "the revocation is logged", func() bool {
 		return strings.Contains(h.logs.String(), `msg="break-glass override revoked"`) && strings.Contains(h.logs.String(), "why=deleted")
 	})
 	if v := testutil.ToFloat64(h.c.transitions.WithLabelValues(PhaseRevoked)); v != 1 {
@@ -282,7 +265,7 @@ func TestControllerRejectsBadOverridesAndAppliesTheRest(t *testing.T) {
 	h := start(t, nil, objs...)
 
 	// Then the good one applies and only it
-	eventually(t, "the good override applies", func() bool { return h.eng.applied() == "bg-a/good" })
+	testwait.Until(t, "the good override applies", func() bool { return h.eng.applied() == "bg-a/good" })
 	// and each bad one gets a Rejected Event saying why
 	for _, r := range rejected {
 		t.Run("an override with "+strings.ReplaceAll(r.name, "-", " ")+" is rejected with the reason", func(t *testing.T) {
@@ -309,7 +292,7 @@ func TestControllerRejectsBadOverridesAndAppliesTheRest(t *testing.T) {
 	if _, err := h.dyn.Resource(GVR).Namespace("bg-a").Update(context.Background(), fixed, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the fixed override applies", func() bool { return h.eng.applied() == "bg-a/good,bg-a/no-reason" })
+	testwait.Until(t, "the fixed override applies", func() bool { return h.eng.applied() == "bg-a/good,bg-a/no-reason" })
 	h.eventFor(t, "no-reason", "Activated")
 }
 
@@ -354,8 +337,8 @@ func TestControllerResetsBreakersOnceForTheSharedStore(t *testing.T) {
 	h := start(t, func(c *ControllerConfig) { c.Engine, c.SharedStore = eng, true }, obj)
 
 	// When it activates, then the override applies while the failed reset is logged
-	eventually(t, "the override applies", func() bool { return eng.applied() == "bg-a/drain" })
-	eventually(t, "the failed reset is logged", func() bool {
+	testwait.Until(t, "the override applies", func() bool { return eng.applied() == "bg-a/drain" })
+	testwait.Until(t, "the failed reset is logged", func() bool {
 		return strings.Contains(h.logs.String(), "failed to reset breakers for override; retrying")
 	})
 	if _, reset := eng.resets(); len(reset) != 0 {
@@ -393,8 +376,8 @@ func TestControllerResetsBreakersOnceForTheSharedStore(t *testing.T) {
 	// When a second replica starts on the same store, then it sees the record and does not reset
 	eng2 := newResettingEngine(t)
 	h2 := start(t, func(c *ControllerConfig) { c.Engine, c.SharedStore, c.Replica = eng2, true, "r2" }, recorded)
-	eventually(t, "the second replica applies the override", func() bool { return eng2.applied() == "bg-a/drain" })
-	eventually(t, "the second replica says it was already reset", func() bool {
+	testwait.Until(t, "the second replica applies the override", func() bool { return eng2.applied() == "bg-a/drain" })
+	testwait.Until(t, "the second replica says it was already reset", func() bool {
 		return strings.Contains(h2.logs.String(), "breakers of override already reset in the shared store")
 	})
 	if calls, _ := eng2.resets(); calls != 0 {
@@ -432,22 +415,22 @@ func TestControllerSaysWhenItCannotListOverrides(t *testing.T) {
 	}, newOverride(t, "bg-a", "drain", nil))
 	const said = "cannot list break-glass overrides yet"
 	// (Run checks the admission policy right after it starts the watch.)
-	eventually(t, "the watch has started", func() bool { return strings.Contains(h.logs.String(), "Override spec.requestedBy") })
+	testwait.Until(t, "the watch has started", func() bool { return strings.Contains(h.logs.String(), "Override spec.requestedBy") })
 
 	// When 10s pass, then a round of Run says nothing yet
 	// (a round starts by reading the policy: once the round after the tick's
 	// has started, the tick's round is over)
 	n := h.eng.policyReads.Load()
 	h.clk.Step(syncWarnAfter)
-	eventually(t, "the tick starts a round", func() bool { return h.eng.policyReads.Load() > n })
+	testwait.Until(t, "the tick starts a round", func() bool { return h.eng.policyReads.Load() > n })
 	h.c.poke()
-	eventually(t, "the next round starts", func() bool { return h.eng.policyReads.Load() > n+1 })
+	testwait.Until(t, "the next round starts", func() bool { return h.eng.policyReads.Load() > n+1 })
 	if strings.Contains(h.logs.String(), said) {
 		t.Fatalf("warned after only %s:\n%s", syncWarnAfter, h.logs)
 	}
 	// When the watch has not synced for longer, then the next tick says so
 	h.clk.Step(time.Second)
-	eventually(t, "the controller says it cannot list overrides", func() bool { return strings.Contains(h.logs.String(), said) })
+	testwait.Until(t, "the controller says it cannot list overrides", func() bool { return strings.Contains(h.logs.String(), said) })
 	// and no override applies meanwhile
 	if got := h.eng.applied(); got != "" {
 		t.Errorf("the engine applies %q without a synced watch, want nothing", got)

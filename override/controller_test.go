@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/kubedefender/kubedefender/internal/testwait"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -61,29 +62,18 @@ func policyIn(t *testing.T, ns string) *policy.Compiled {
 	return p
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestControllerFollowsTheBreakGlassNamespaceOnReload: a reload that moved
 // breakGlass.namespace moved the webhook's exemption but not the watch, so
 // the old namespace's overrides kept applying and the new one's never did.
 func TestControllerFollowsTheBreakGlassNamespaceOnReload(t *testing.T) {
 	// Given overrides in bg-a, the policy's breakGlass.namespace, and in bg-b
 	h := start(t, nil, newOverride(t, "bg-a", "in-a", nil), newOverride(t, "bg-b", "in-b", func(o *Override) { o.Spec.RequestedBy = "bob" }))
-	eventually(t, "the override of bg-a applies", func() bool { return h.eng.applied() == "bg-a/in-a" })
+	testwait.Until(t, "the override of bg-a applies", func() bool { return h.eng.applied() == "bg-a/in-a" })
 
 	// When a reload moves breakGlass.namespace to bg-b, then within a tick only bg-b's override applies
 	h.eng.pol.Store(policyIn(t, "bg-b"))
 	h.clk.Step(time.Second)
-	eventually(t, "after the reload only the override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b" })
+	testwait.Until(t, "after the reload only the override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b" })
 
 	// and the override left behind is told why it stopped applying.
 	ev := h.eventFor(t, "in-a", "Revoked")
@@ -95,7 +85,7 @@ func TestControllerFollowsTheBreakGlassNamespaceOnReload(t *testing.T) {
 	if _, err := h.dyn.Resource(GVR).Namespace("bg-b").Create(context.Background(), newOverride(t, "bg-b", "second", nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b,bg-b/second" })
+	testwait.Until(t, "the new override of bg-b applies", func() bool { return h.eng.applied() == "bg-b/in-b,bg-b/second" })
 }
 
 func admissionObject(kind string, spec map[string]any) *unstructured.Unstructured {

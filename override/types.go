@@ -119,27 +119,31 @@ func (o *Override) Limiter() limiter.Override {
 
 // Targets describes what the override bypasses, for logs and tables.
 func (o *Override) Targets() string {
-	var parts []string
-	if len(o.Spec.Budgets) > 0 {
-		parts = append(parts, "budgets "+strings.Join(o.Spec.Budgets, ","))
-	}
-	if len(o.Spec.RateLimits) > 0 {
-		parts = append(parts, "rateLimits "+strings.Join(o.Spec.RateLimits, ","))
-	}
-	return strings.Join(parts, "; ")
+	return joinLists(namedList{"budgets", o.Spec.Budgets}, namedList{"rateLimits", o.Spec.RateLimits})
 }
 
 // Scope describes the narrowing of the override, for logs and tables.
 func (o *Override) Scope() string {
+	if s := joinLists(namedList{"namespaces", o.Spec.Namespaces}, namedList{"users", o.Spec.Users}); s != "" {
+		return s
+	}
+	return "all"
+}
+
+// namedList is a list of names and what they name ("budgets").
+type namedList struct {
+	what  string
+	names []string
+}
+
+// joinLists writes each non-empty list as its what and its names
+// ("budgets a,b"), the lists joined with "; ".
+func joinLists(lists ...namedList) string {
 	var parts []string
-	if len(o.Spec.Namespaces) > 0 {
-		parts = append(parts, "namespaces "+strings.Join(o.Spec.Namespaces, ","))
-	}
-	if len(o.Spec.Users) > 0 {
-		parts = append(parts, "users "+strings.Join(o.Spec.Users, ","))
-	}
-	if len(parts) == 0 {
-		return "all"
+	for _, l := range lists {
+		if len(l.names) > 0 {
+			parts = append(parts, l.what+" "+strings.Join(l.names, ","))
+		}
 	}
 	return strings.Join(parts, "; ")
 }

@@ -7,6 +7,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -56,21 +57,7 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := Check(tc.o, p)
-			if len(tc.wantErr) == 0 {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			for _, w := range tc.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q: %v", w, err)
-				}
-			}
+			errtest.Want(t, Check(tc.o, p), tc.wantErr...)
 		})
 	}
 }
@@ -103,5 +90,31 @@ func TestGrantValidateReportsEverything(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q: %v", w, err)
 		}
+	}
+}
+
+func TestTargetsAndScopeNameTheNonEmptyLists(t *testing.T) {
+	cases := []struct {
+		name       string
+		spec       Spec
+		wantTarget string
+		wantScope  string
+	}{
+		{name: "budgets only, everywhere", spec: Spec{Budgets: []string{"a", "b"}}, wantTarget: "budgets a,b", wantScope: "all"},
+		{name: "both kinds of rule, narrowed to namespaces and users",
+			spec:       Spec{Budgets: []string{"a"}, RateLimits: []string{"r"}, Namespaces: []string{"shop"}, Users: []string{"alice", "bob"}},
+			wantTarget: "budgets a; rateLimits r", wantScope: "namespaces shop; users alice,bob"},
+		{name: "rate limits only, narrowed to users", spec: Spec{RateLimits: []string{"r"}, Users: []string{"alice"}}, wantTarget: "rateLimits r", wantScope: "users alice"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &Override{Spec: tc.spec}
+			if got := o.Targets(); got != tc.wantTarget {
+				t.Errorf("Targets() = %q, want %q", got, tc.wantTarget)
+			}
+			if got := o.Scope(); got != tc.wantScope {
+				t.Errorf("Scope() = %q, want %q", got, tc.wantScope)
+			}
+		})
 	}
 }

@@ -188,26 +188,34 @@ func (ca *CA) Issue(o ServingOptions) (*Pair, error) {
 			o.CommonName = o.IPs[0].String()
 		}
 	}
-	if o.Validity <= 0 {
-		o.Validity = DefaultServingValidity
-	}
-	if o.Now.IsZero() {
-		o.Now = time.Now()
-	}
-	notAfter := o.Now.Add(o.Validity)
-	if notAfter.After(ca.Cert.NotAfter) {
-		notAfter = ca.Cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
+	return ca.issueLeaf(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: o.CommonName, Organization: []string{"kubedefender"}},
 		DNSNames:    o.DNSNames,
 		IPAddresses: o.IPs,
-		NotBefore:   o.Now.Add(-backdate),
-		NotAfter:    notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, o.Validity, o.Now, "serving")
+}
+
+// issueLeaf signs tmpl, a leaf certificate of kind what ("serving",
+// "client"), valid from a little before now (zero: time.Now()) for validity
+// (zero or less: DefaultServingValidity), but never beyond the CA itself.
+// tmpl carries the names and the extended key usage; issueLeaf sets the
+// validity window and the key usage.
+func (ca *CA) issueLeaf(tmpl *x509.Certificate, validity time.Duration, now time.Time, what string) (*Pair, error) {
+	if validity <= 0 {
+		validity = DefaultServingValidity
 	}
-	p, _, err := sign(tmpl, ca.Cert, ca.Key, "serving")
+	if now.IsZero() {
+		now = time.Now()
+	}
+	notAfter := now.Add(validity)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	tmpl.NotBefore = now.Add(-backdate)
+	tmpl.NotAfter = notAfter
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	p, _, err := sign(tmpl, ca.Cert, ca.Key, what)
 	return p, err
 }
 
@@ -228,25 +236,10 @@ func (ca *CA) IssueClient(o ClientOptions) (*Pair, error) {
 	if o.CommonName == "" {
 		return nil, errors.New("failed to issue client certificate: a common name (the user) is required")
 	}
-	if o.Validity <= 0 {
-		o.Validity = DefaultServingValidity
-	}
-	if o.Now.IsZero() {
-		o.Now = time.Now()
-	}
-	notAfter := o.Now.Add(o.Validity)
-	if notAfter.After(ca.Cert.NotAfter) {
-		notAfter = ca.Cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
+	return ca.issueLeaf(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: o.CommonName, Organization: o.Groups},
-		NotBefore:   o.Now.Add(-backdate),
-		NotAfter:    notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	p, _, err := sign(tmpl, ca.Cert, ca.Key, "client")
-	return p, err
+	}, o.Validity, o.Now, "client")
 }
 
 // Write writes the pair to certFile (0644) and keyFile (0600), each through a

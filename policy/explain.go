@@ -29,7 +29,7 @@ func (c *Matcher) mismatches(a *Attributes, m *Match) []string {
 		out = append(out, fmt.Sprintf("verb %s is not one of %v", a.Verb, m.Verbs))
 	}
 	if len(c.resources) > 0 && fails(Matcher{resources: c.resources}) {
-		out = append(out, fmt.Sprintf("resource %s is not one of %v", groupResource(a.APIGroup, a.Resource), m.Resources))
+		out = append(out, fmt.Sprintf("resource %s is not one of %v", ResourceEntry(a.APIGroup, a.Resource, ""), m.Resources))
 	}
 	if len(c.namespaces) > 0 && fails(Matcher{namespaces: c.namespaces}) {
 		if a.Namespace == "" {
@@ -82,9 +82,16 @@ func excludedBy(ex *Match) string {
 	return "the rule's exclude matches (" + strings.Join(parts, ", ") + ")"
 }
 
-func groupResource(group, resource string) string {
-	if group == "" {
-		return resource
+// ResourceEntry writes a resource as a resources entry of a policy names it:
+// [group/]resource[/subresource] ("pods", "apps/deployments",
+// "pods/eviction", "apps/deployments/scale"); the core group is empty.
+func ResourceEntry(group, resource, subresource string) string {
+	s := resource
+	if group != "" {
+		s = group + "/" + s
 	}
-	return group + "/" + resource
+	if subresource != "" {
+		s += "/" + subresource
+	}
+	return s
 }

@@ -50,3 +50,23 @@ func TestRuleExplainAgreesWithApplies(t *testing.T) {
 		t.Fatal("no rule was checked")
 	}
 }
+
+func TestResourceEntryWritesTheResourceAsAPolicyNamesIt(t *testing.T) {
+	cases := []struct {
+		name                         string
+		group, resource, subresource string
+		want                         string
+	}{
+		{name: "a core resource is its name", resource: "pods", want: "pods"},
+		{name: "a grouped resource carries its group", group: "apps", resource: "deployments", want: "apps/deployments"},
+		{name: "a core subresource follows its resource", resource: "pods", subresource: "eviction", want: "pods/eviction"},
+		{name: "a grouped subresource has all three", group: "apps", resource: "deployments", subresource: "scale", want: "apps/deployments/scale"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ResourceEntry(tc.group, tc.resource, tc.subresource); got != tc.want {
+				t.Errorf("ResourceEntry(%q, %q, %q) = %q, want %q", tc.group, tc.resource, tc.subresource, got, tc.want)
+			}
+		})
+	}
+}

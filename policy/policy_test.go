@@ -16,11 +16,7 @@ spec:
 // mustParse parses a policy whose spec is given (indented by two spaces).
 func mustParse(t *testing.T, spec string) *Compiled {
 	t.Helper()
-	c, err := Parse("test.yaml", []byte(header+spec))
-	if err != nil {
-		t.Fatalf("Parse: %v", err)
-	}
-	return c
+	return mustParseText(t, header+spec)
 }
 
 func TestSetDefaults(t *testing.T) {
@@ -384,6 +380,7 @@ spec:
 	}
 }
 
+// mustParseText parses a whole policy document; an error fails t.
 func mustParseText(t *testing.T, text string) *Compiled {
 	t.Helper()
 	c, err := Parse("test.yaml", []byte(text))

@@ -245,16 +245,27 @@ func matchResourceEntries(s *Spec, spec *field.Path, visit func(entry string, pa
 // each with what to write instead. Entries validateResource already refuses
 // are left to it.
 func validateResourceNames(s *Spec, spec *field.Path) field.ErrorList {
-	var errs field.ErrorList
+	return builtinResourceProblems(s, spec, false)
+}
+
+// builtinResourceProblems reports what resourceProblem finds in each
+// resources entry of s against the standard API groups: its errors, or with
+// warnings its warnings. Entries validateResource refuses are left to it.
+func builtinResourceProblems(s *Spec, spec *field.Path, warnings bool) field.ErrorList {
+	var problems field.ErrorList
 	matchResourceEntries(s, spec, func(r string, p *field.Path) {
 		if len(validateResource(r, p)) > 0 {
 			return
 		}
-		if msg, _ := resourceProblem(r, builtinResources, false); msg != "" {
-			errs = append(errs, field.Invalid(p, r, msg))
+		msg, warn := resourceProblem(r, builtinResources, false)
+		if warnings {
+			msg = warn
+		}
+		if msg != "" {
+			problems = append(problems, field.Invalid(p, r, msg))
 		}
 	})
-	return errs
+	return problems
 }
 
 // CheckResources checks every resources entry of p against what a cluster

@@ -5,15 +5,6 @@ import (
 	"testing"
 )
 
-func parseValid(t *testing.T, spec string) *Compiled {
-	t.Helper()
-	c, err := Parse("p.yaml", []byte("apiVersion: kubedefender.io/v1alpha1\nkind: DefenderPolicy\nmetadata: {name: test}\nspec:\n"+spec))
-	if err != nil {
-		t.Fatalf("Parse: %v", err)
-	}
-	return c
-}
-
 func TestWarningsTellWhatAValidPolicyDoesThatItsAuthorMayNotMean(t *testing.T) {
 	tests := []struct {
 		name string
@@ -52,7 +43,7 @@ func TestWarningsTellWhatAValidPolicyDoesThatItsAuthorMayNotMean(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := parseValid(t, tc.spec)
+			c := mustParse(t, tc.spec)
 			got := Warnings(c.Policy)
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %d warnings, want %d: %v", len(got), len(tc.want), got)
@@ -67,7 +58,7 @@ func TestWarningsTellWhatAValidPolicyDoesThatItsAuthorMayNotMean(t *testing.T) {
 }
 
 func TestCheckResourcesAgainstTheClusterReportsOnlyWhatTheBuiltinTableCannotKnow(t *testing.T) {
-	c := parseValid(t, "  budgets:\n  - {name: b, match: {verbs: [delete], resources: [pods, example.com/widgets, example.com/gadgetz, other.io/things, \"*/sprockets\"]}, windows: [{window: 1m, limit: 10}]}\n")
+	c := mustParse(t, "  budgets:\n  - {name: b, match: {verbs: [delete], resources: [pods, example.com/widgets, example.com/gadgetz, other.io/things, \"*/sprockets\"]}, windows: [{window: 1m, limit: 10}]}\n")
 	served := BuiltinResources()
 	served["example.com"] = []string{"widgets", "gadgets"}
 	errs, warns := CheckResources(c.Policy, served)
@@ -92,7 +83,7 @@ func TestExemptionsDefaultToHonouringTheLabelEverywhere(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := parseValid(t, "  budgets:\n  - {name: b, match: {verbs: [delete], resources: [pods]}, windows: [{window: 1m, limit: 10}]}\n"+tc.spec)
+			c := mustParse(t, "  budgets:\n  - {name: b, match: {verbs: [delete], resources: [pods]}, windows: [{window: 1m, limit: 10}]}\n"+tc.spec)
 			if got := c.Policy.Spec.NamespaceLabelHonoured(); got != tc.honoured {
 				t.Errorf("NamespaceLabelHonoured = %v, want %v", got, tc.honoured)
 			}

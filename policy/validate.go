@@ -8,6 +8,7 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -215,15 +216,43 @@ func validatePer(per []string, allowed []string, path *field.Path) field.ErrorLi
 	return errs
 }
 
-func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) field.ErrorList {
-	errs := validateName(b.Name, path.Child("name"), seen, i)
-	errs = append(errs, validateMode(b.Mode, path.Child("mode"))...)
-	errs = append(errs, validateMatch(&b.Match, path.Child("match"), budgetVerbs, false)...)
-	if b.Exclude != nil {
-		errs = append(errs, validateMatch(b.Exclude, path.Child("exclude"), knownVerbs, false)...)
+// ruleFields are the fields every rule (a budget, a rate limit) has, and
+// what its kind allows in them; validateRuleFields checks them.
+type ruleFields struct {
+	Name           string
+	Mode           Mode
+	Match          *Match
+	Exclude        *Match // nil: none
+	Per            []string
+	OnStoreFailure StoreFailurePolicy
+
+	// MatchVerbs are the verbs Match may name (Exclude may name any).
+	MatchVerbs []string
+	// UserAgents says whether Match and Exclude may name user agents.
+	UserAgents bool
+	// PerAllowed are the dimensions Per may list.
+	PerAllowed []string
+}
+
+// validateRuleFields checks the fields of rule i at path that budgets and
+// rate limits share: its name (unique among all rules, by seen), mode,
+// match, exclude, per and onStoreFailure.
+func validateRuleFields(r ruleFields, path *field.Path, seen map[string]int, i int) field.ErrorList {
+	errs := validateName(r.Name, path.Child("name"), seen, i)
+	errs = append(errs, validateMode(r.Mode, path.Child("mode"))...)
+	errs = append(errs, validateMatch(r.Match, path.Child("match"), r.MatchVerbs, r.UserAgents)...)
+	if r.Exclude != nil {
+		errs = append(errs, validateMatch(r.Exclude, path.Child("exclude"), knownVerbs, r.UserAgents)...)
 	}
-	errs = append(errs, validatePer(b.Per, []string{PerNamespace, PerUser}, path.Child("per"))...)
-	errs = append(errs, validateStoreFailure(b.OnStoreFailure, path.Child("onStoreFailure"))...)
+	errs = append(errs, validatePer(r.Per, r.PerAllowed, path.Child("per"))...)
+	return append(errs, validateStoreFailure(r.OnStoreFailure, path.Child("onStoreFailure"))...)
+}
+
+func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) field.ErrorList {
+	errs := validateRuleFields(ruleFields{
+		Name: b.Name, Mode: b.Mode, Match: &b.Match, Exclude: b.Exclude, Per: b.Per, OnStoreFailure: b.OnStoreFailure,
+		MatchVerbs: budgetVerbs, UserAgents: false, PerAllowed: []string{PerNamespace, PerUser},
+	}, path, seen, i)
 	errs = append(errs, validateCascades(b, path)...)
 
 	wp := path.Child("windows")
@@ -235,13 +264,7 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 	}
 	for j, w := range b.Windows {
 		p := wp.Index(j)
-		switch {
-		case w.Window.Duration <= 0:
-			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration), "must be greater than 0"))
-		case w.Window.Duration > MaxWindow:
-			errs = append(errs, field.Invalid(p.Child("window"), FormatDuration(w.Window.Duration),
-				atMost(MaxWindow)))
-		}
+		errs = append(errs, validateDurationUpTo(w.Window.Duration, MaxWindow, p.Child("window"))...)
 		if w.Limit <= 0 {
 			errs = append(errs, field.Invalid(p.Child("limit"), w.Limit, "must be greater than 0"))
 		}
@@ -268,13 +291,7 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must not be set when recovery is Manual, the default; set recovery: Auto to use it"))
 			}
 		case RecoveryAuto:
-			switch {
-			case br.Cooldown.Duration <= 0:
-				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration), "must be greater than 0"))
-			case br.Cooldown.Duration > MaxCooldown:
-				errs = append(errs, field.Invalid(bp.Child("cooldown"), FormatDuration(br.Cooldown.Duration),
-					atMost(MaxCooldown)))
-			}
+			errs = append(errs, validateDurationUpTo(br.Cooldown.Duration, MaxCooldown, bp.Child("cooldown"))...)
 			if br.HalfOpenLimit <= 0 {
 				errs = append(errs, field.Invalid(bp.Child("halfOpenLimit"), br.HalfOpenLimit, "must be greater than 0"))
 			}
@@ -285,15 +302,23 @@ func validateBudget(b *Budget, path *field.Path, seen map[string]int, i int) fie
 	return errs
 }
 
-func validateRateLimit(r *RateLimit, path *field.Path, seen map[string]int, i int) field.ErrorList {
-	errs := validateName(r.Name, path.Child("name"), seen, i)
-	errs = append(errs, validateMode(r.Mode, path.Child("mode"))...)
-	errs = append(errs, validateMatch(&r.Match, path.Child("match"), knownVerbs, true)...)
-	if r.Exclude != nil {
-		errs = append(errs, validateMatch(r.Exclude, path.Child("exclude"), knownVerbs, true)...)
+// validateDurationUpTo checks that d, at path, is greater than 0 and at
+// most upTo.
+func validateDurationUpTo(d, upTo time.Duration, path *field.Path) field.ErrorList {
+	switch {
+	case d <= 0:
+		return field.ErrorList{field.Invalid(path, FormatDuration(d), "must be greater than 0")}
+	case d > upTo:
+		return field.ErrorList{field.Invalid(path, FormatDuration(d), atMost(upTo))}
 	}
-	errs = append(errs, validatePer(r.Per, []string{PerUser, PerUserAgent, PerNamespace}, path.Child("per"))...)
-	errs = append(errs, validateStoreFailure(r.OnStoreFailure, path.Child("onStoreFailure"))...)
+	return nil
+}
+
+func validateRateLimit(r *RateLimit, path *field.Path, seen map[string]int, i int) field.ErrorList {
+	errs := validateRuleFields(ruleFields{
+		Name: r.Name, Mode: r.Mode, Match: &r.Match, Exclude: r.Exclude, Per: r.Per, OnStoreFailure: r.OnStoreFailure,
+		MatchVerbs: knownVerbs, UserAgents: true, PerAllowed: []string{PerUser, PerUserAgent, PerNamespace},
+	}, path, seen, i)
 	// The ranges keep 1/qps and burst/qps exact in both stores (policy/bounds.go).
 	if !(r.QPS >= MinQPS && r.QPS <= MaxQPS) {
 		errs = append(errs, field.Invalid(path.Child("qps"), r.QPS, fmt.Sprintf("must be between %v and %d", MinQPS, int64(MaxQPS))))

@@ -122,9 +122,24 @@ func validateExemptions(s *Spec, spec *field.Path) field.ErrorList {
 	}
 	var errs field.ErrorList
 	p := spec.Child("exemptions")
+	errs = append(errs, validateNamespaceList(s.Exemptions.Namespaces, p.Child("namespaces"))...)
+	if ex := s.Exemptions.ExcludeNamespaces; ex != nil {
+		errs = append(errs, validateNamespaceList(*ex, p.Child("excludeNamespaces"))...)
+	}
+	if !s.NamespaceLabelHonoured() && len(s.Exemptions.Namespaces) > 0 {
+		errs = append(errs, field.Forbidden(p.Child("namespaces"),
+			"names the namespaces where the "+ExemptNamespaceLabel+" label is honoured, but namespaceLabel is false, so it is honoured nowhere: remove one of the two"))
+	}
+	return errs
+}
+
+// validateNamespaceList checks that every entry of a list of namespace names
+// at path is a DNS-1123 label and appears once.
+func validateNamespaceList(namespaces []string, path *field.Path) field.ErrorList {
+	var errs field.ErrorList
 	seen := map[string]bool{}
-	for i, ns := range s.Exemptions.Namespaces {
-		np := p.Child("namespaces").Index(i)
+	for i, ns := range namespaces {
+		np := path.Index(i)
 		for _, msg := range validation.IsDNS1123Label(ns) {
 			errs = append(errs, field.Invalid(np, ns, msg))
 		}
@@ -132,23 +147,6 @@ func validateExemptions(s *Spec, spec *field.Path) field.ErrorList {
 			errs = append(errs, field.Duplicate(np, ns))
 		}
 		seen[ns] = true
-	}
-	if ex := s.Exemptions.ExcludeNamespaces; ex != nil {
-		seen := map[string]bool{}
-		for i, ns := range *ex {
-			np := p.Child("excludeNamespaces").Index(i)
-			for _, msg := range validation.IsDNS1123Label(ns) {
-				errs = append(errs, field.Invalid(np, ns, msg))
-			}
-			if seen[ns] {
-				errs = append(errs, field.Duplicate(np, ns))
-			}
-			seen[ns] = true
-		}
-	}
-	if !s.NamespaceLabelHonoured() && len(s.Exemptions.Namespaces) > 0 {
-		errs = append(errs, field.Forbidden(p.Child("namespaces"),
-			"names the namespaces where the "+ExemptNamespaceLabel+" label is honoured, but namespaceLabel is false, so it is honoured nowhere: remove one of the two"))
 	}
 	return errs
 }
@@ -185,15 +183,7 @@ func Warnings(p *DefenderPolicy) field.ErrorList {
 			}
 		}
 	}
-	matchResourceEntries(s, spec, func(r string, path *field.Path) {
-		if len(validateResource(r, path)) > 0 {
-			return
-		}
-		if _, warn := resourceProblem(r, builtinResources, false); warn != "" {
-			warns = append(warns, field.Invalid(path, r, warn))
-		}
-	})
-	return warns
+	return append(warns, builtinResourceProblems(s, spec, true)...)
 }
 
 // chargesWrites says whether a budget with these verbs charges create or update.

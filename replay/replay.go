@@ -449,20 +449,9 @@ func (rp *replayer) denial(at time.Time, key string) Denial {
 		name = rp.curName
 	}
 	return Denial{At: at.UTC(), Key: displayKey(key), Request: RequestRef{
-		AuditID: r.id, Verb: r.verb, Resource: groupResource(r.ref), Namespace: r.ref.Namespace, Name: name,
+		AuditID: r.id, Verb: r.verb, Resource: policy.ResourceEntry(r.ref.APIGroup, r.ref.Resource, r.ref.Subresource), Namespace: r.ref.Namespace, Name: name,
 		User: r.user, UserAgent: r.userAgent, Code: r.code, Source: fmt.Sprintf("%s:%d", r.file, r.line),
 	}}
-}
-
-func groupResource(ref objectRef) string {
-	s := ref.Resource
-	if ref.APIGroup != "" {
-		s = ref.APIGroup + "/" + s
-	}
-	if ref.Subresource != "" {
-		s += "/" + ref.Subresource
-	}
-	return s
 }
 
 // displayKey writes a cluster-wide key as "(cluster)", as status does.

@@ -14,17 +14,17 @@ import (
 	"unicode"
 
 	"github.com/kubedefender/kubedefender/config"
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite generated doc sections (docs/cli.md's serve flags)")
 
+// run runs the kubedefender command line with args and an empty stdin.
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	code = Main(args, strings.NewReader(""), &out, &errOut)
-	return code, out.String(), errOut.String()
+	return runWithStdin(t, "", args...)
 }
 
 const goodPolicy = `apiVersion: kubedefender.io/v1alpha1
@@ -124,15 +124,7 @@ func TestServeReportsEveryBadFlagAtOnce(t *testing.T) {
 		return nil
 	})
 	cmd.SetArgs([]string{"--proxy-listen", "nope", "--auth-mode", "magic", "--budgets-at", "moon", "--redis-url", "http://x"})
-	err := cmd.Execute()
-	if err == nil {
-		t.Fatal("want an error")
-	}
-	for _, want := range []string{"--policy is required", `--proxy-listen "nope"`, "--upstream is required", `--auth-mode "magic"`, `--budgets-at "moon"`, "--redis-url", "--tls-cert-file and --tls-private-key-file are required"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error lacks %q:\n%v", want, err)
-		}
-	}
+	errtest.Want(t, cmd.Execute(), "--policy is required", `--proxy-listen "nope"`, "--upstream is required", `--auth-mode "magic"`, `--budgets-at "moon"`, "--redis-url", "--tls-cert-file and --tls-private-key-file are required")
 }
 
 // TestDocsServeFlags keeps docs/cli.md's flag reference equal to `serve -h`.

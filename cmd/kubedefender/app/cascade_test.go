@@ -13,23 +13,6 @@ import (
 )
 
 func TestCascadesReadyz(t *testing.T) {
-	parse := func(cascades string) *policy.Compiled {
-		t.Helper()
-		p, err := policy.Parse("p.yaml", []byte(`apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: t}
-spec:
-  budgets:
-  - name: pods-down
-    match: {verbs: [delete], resources: [pods]}
-    cascades: `+cascades+`
-    windows: [{window: 1m, limit: 20}]
-`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	// An API server that answers nothing: the counter never syncs.
 	unreachable := &rest.Config{Host: "http://127.0.0.1:1"}
 	cases := []struct {
@@ -44,7 +27,7 @@ spec:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCascades(tc.kube, slog.New(slog.DiscardHandler), parse(tc.cascades))
+			c := newCascades(tc.kube, slog.New(slog.DiscardHandler), podsDownPolicy(t, tc.cascades))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			c.start(ctx)
@@ -59,31 +42,7 @@ spec:
 }
 
 func TestCascadesStartWhenAReloadAddsAnAtRootBudget(t *testing.T) {
-	perObject, err := policy.Parse("p.yaml", []byte(`apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: t}
-spec:
-  budgets:
-  - name: pods-down
-    match: {verbs: [delete], resources: [pods]}
-    windows: [{window: 1m, limit: 20}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	atRoot, err := policy.Parse("p.yaml", []byte(`apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: t}
-spec:
-  budgets:
-  - name: pods-down
-    match: {verbs: [delete], resources: [pods]}
-    cascades: AtRoot
-    windows: [{window: 1m, limit: 20}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	perObject, atRoot := podsDownPolicy(t, ""), podsDownPolicy(t, "AtRoot")
 	c := newCascades(&rest.Config{Host: "http://127.0.0.1:1"}, slog.New(slog.DiscardHandler), perObject)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -98,4 +57,26 @@ spec:
 	if c.ready() {
 		t.Error("ready before the counter synced")
 	}
+}
+
+// podsDownPolicy compiles a policy of one budget on pod deletes whose
+// cascades field is cascades (empty: not set).
+func podsDownPolicy(t *testing.T, cascades string) *policy.Compiled {
+	t.Helper()
+	if cascades != "" {
+		cascades = "    cascades: " + cascades + "\n"
+	}
+	p, err := policy.Parse("p.yaml", []byte(`apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: t}
+spec:
+  budgets:
+  - name: pods-down
+    match: {verbs: [delete], resources: [pods]}
+`+cascades+`    windows: [{window: 1m, limit: 20}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -17,12 +17,7 @@ import (
 )
 
 func newCertsCommand(s Streams) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "certs",
-		Short: "Generate serving certificates for the webhook and proxy",
-	}
-	cmd.AddCommand(newCertsGenerateCommand(s))
-	return cmd
+	return newGroupCommand("certs", "Generate serving certificates for the webhook and proxy", newCertsGenerateCommand(s))
 }
 
 // certsOptions are the flags of certs generate.

@@ -346,14 +346,7 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 }
 
 func describeRequest(a *policy.Attributes) string {
-	r := a.Resource
-	if a.APIGroup != "" {
-		r = a.APIGroup + "/" + r
-	}
-	if a.Subresource != "" {
-		r += "/" + a.Subresource
-	}
-	s := a.Verb + " " + r
+	s := a.Verb + " " + policy.ResourceEntry(a.APIGroup, a.Resource, a.Subresource)
 	if a.Name != "" {
 		s += " " + a.Name
 	}

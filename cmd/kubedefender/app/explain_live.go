@@ -29,21 +29,23 @@ func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server 
 		}
 	}
 	wa, _, _ := webhookView(a)
-	covered := func(kind limiter.RuleKind, rule string, attrs *policy.Attributes) string {
+	// settled says whether rule m needs no live reading: it does not apply,
+	// or an active override covers it for attrs (m.Live then names it).
+	settled := func(m *RuleMatch, kind limiter.RuleKind, attrs *policy.Attributes) bool {
+		if !m.Applies {
+			return true
+		}
 		for i := range overrides {
-			if overrides[i].Covers(kind, rule, attrs, now) {
-				return overrides[i].Name
+			if overrides[i].Covers(kind, m.Name, attrs, now) {
+				m.Live = "bypassed by active override " + overrides[i].Name
+				return true
 			}
 		}
-		return ""
+		return false
 	}
 	for i := range ex.Budgets {
 		m := &ex.Budgets[i]
-		if !m.Applies {
-			continue
-		}
-		if o := covered(limiter.KindBudget, m.Name, &wa); o != "" {
-			m.Live = "bypassed by active override " + o
+		if settled(m, limiter.KindBudget, &wa) {
 			continue
 		}
 		var bs *limiter.BudgetStatus
@@ -97,11 +99,7 @@ func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server 
 	}
 	for i := range ex.RateLimits {
 		m := &ex.RateLimits[i]
-		if !m.Applies {
-			continue
-		}
-		if o := covered(limiter.KindRateLimit, m.Name, &a); o != "" {
-			m.Live = "bypassed by active override " + o
+		if settled(m, limiter.KindRateLimit, &a) {
 			continue
 		}
 		for _, rs := range st.Engine.RateLimits {

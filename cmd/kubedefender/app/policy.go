@@ -21,12 +21,8 @@ import (
 )
 
 func newPolicyCommand(s Streams) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "policy",
-		Short: "Validate policies and explain how they judge a request",
-	}
-	cmd.AddCommand(newPolicyValidateCommand(s), newPolicyExplainCommand(s))
-	return cmd
+	return newGroupCommand("policy", "Validate policies and explain how they judge a request",
+		newPolicyValidateCommand(s), newPolicyExplainCommand(s))
 }
 
 // validateOptions are the flags of policy validate.

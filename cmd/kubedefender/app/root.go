@@ -83,6 +83,14 @@ isolates traffic with APF-style priority levels. See docs/policy.md for the poli
 	return root
 }
 
+// newGroupCommand is a command that only holds subcommands (policy, webhook,
+// certs): run without one, it prints its help.
+func newGroupCommand(use, short string, subcommands ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short}
+	cmd.AddCommand(subcommands...)
+	return cmd
+}
+
 // exampleCommand is kubedefender where an example line starts with it.
 var exampleCommand = regexp.MustCompile(`(?m)^(\s*)kubedefender `)
 

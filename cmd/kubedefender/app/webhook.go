@@ -24,12 +24,7 @@ import (
 )
 
 func newWebhookCommand(s Streams) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "webhook",
-		Short: "Print or apply the ValidatingWebhookConfiguration",
-	}
-	cmd.AddCommand(newWebhookConfigCommand(s))
-	return cmd
+	return newGroupCommand("webhook", "Print or apply the ValidatingWebhookConfiguration", newWebhookConfigCommand(s))
 }
 
 // webhookConfigOptions are the flags of webhook config.
