@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +35,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // proxyPolicy is the policy of the proxy scenarios: a rate limit on one
@@ -111,7 +113,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	u, _ := url.Parse(upstream)
 	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &lockedBuffer{}}
 	p, err := proxy.New(proxy.Config{
-		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		Upstream: u, UpstreamCAFile: cp.CACertFile, Serving: servingPair(t, cert, key),
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
@@ -123,26 +125,52 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("failed to listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
+	var stop func() error
+	rp.URL, stop = serveProxy(t, p)
 	var once sync.Once
 	rp.stop = func() {
 		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
+			if err := stop(); err != nil {
 				t.Errorf("proxy stopped with %v", err)
 			}
 		})
 	}
 	t.Cleanup(rp.stop)
-	rp.URL = "https://" + ln.Addr().String()
 	rp.Proxy = p
 	return rp
+}
+
+// servingPair loads a proxy's serving pair.
+func servingPair(t *testing.T, certFile, keyFile string) *serving.CertKey {
+	t.Helper()
+	c, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatalf("failed to load the serving pair: %v", err)
+	}
+	return c
+}
+
+// serveProxy serves p on a loopback port, as serve does (its listener and
+// its certificate reloads), and returns its URL and a stop function that
+// returns the listener's error.
+func serveProxy(t *testing.T, p *proxy.Proxy) (string, func() error) {
+	t.Helper()
+	sc, err := p.ServerConfig("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := serving.New(sc)
+	if err != nil {
+		t.Fatalf("failed to listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served, reloaded := make(chan error, 1), make(chan error, 1)
+	go func() { served <- srv.Run(ctx) }()
+	go func() { reloaded <- p.Run(ctx) }()
+	return srv.URL(), func() error {
+		cancel()
+		return errors.Join(<-served, <-reloaded)
+	}
 }
 
 // staticSource is a policy source that never reloads.

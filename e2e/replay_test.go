@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -217,7 +216,7 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	u, _ := url.Parse(cp.URL)
 	logs := &lockedBuffer{}
 	p, err := proxy.New(proxy.Config{
-		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		Upstream: u, UpstreamCAFile: cp.CACertFile, Serving: servingPair(t, cert, key),
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
@@ -227,23 +226,16 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("failed to listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
+	proxyURL, stop := serveProxy(t, p)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("proxy stopped with %v", err)
 		}
 		if t.Failed() {
 			t.Logf("---- proxy log ----\n%s", logs.String())
 		}
 	})
-	rp := &replayProxy{url: "https://" + ln.Addr().String()}
+	rp := &replayProxy{url: proxyURL}
 	cfg := restVia(cp.Config, rp.url)
 	cfg.UserAgent = "replay-agent/1.0"
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -55,18 +54,7 @@ func startBenchServer(b *testing.B) (string, *http.Client) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pair, err := ca.Issue(pki.ServingOptions{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	if err := pki.WriteFiles(dir, ca, pair, false); err != nil {
-		b.Fatal(err)
-	}
-	certs, err := NewCertReloader(CertConfig{CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	certs := servingPair(b, b.TempDir(), ca)
 	srv, err := NewServer(ServerConfig{Addr: "127.0.0.1:0", Handler: h, Certificates: certs})
 	if err != nil {
 		b.Fatal(err)
@@ -80,7 +68,7 @@ func startBenchServer(b *testing.B) (string, *http.Client) {
 	// Like the API server's webhook client against a server without HTTP/2:
 	// a pool of HTTP/1.1 keep-alive connections, one per concurrent call.
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 128}
-	return srv.URL(), &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	return srv.URL() + Path, &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }
 
 // BenchmarkAdmissionReviewTLS measures an AdmissionReview round trip (a pod
