@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/serving"
@@ -247,5 +248,42 @@ func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
 	}
 	if e.hits.Load() != hits {
 		t.Error("the refused request reached the handler")
+	}
+}
+
+func TestClientAuthVerifiesAtTheClocksTime(t *testing.T) {
+	ca, err := pki.NewCA(pki.CAOptions{CommonName: "apiserver-client-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := serving.NewCA(serving.CAConfig{Purpose: "webhook client CA", File: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := issueClient(t, ca, "kube-apiserver")
+	cases := []struct {
+		name       string
+		now        time.Time
+		wantReason string
+	}{
+		{name: "a certificate is accepted while it is valid", now: client.Cert.NotBefore.Add(time.Hour)},
+		{name: "a certificate is refused once it has expired", now: client.Cert.NotAfter.Add(time.Second), wantReason: RejectUntrusted},
+		{name: "a certificate is refused before it is valid", now: client.Cert.NotBefore.Add(-time.Second), wantReason: RejectUntrusted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			auth, err := NewClientAuth(ClientAuthConfig{CA: bundle, Clock: clocktesting.NewFakePassiveClock(tc.now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = auth.verifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{client.Cert}})
+			if got := testutil.ToFloat64(auth.rejected.WithLabelValues(RejectUntrusted)); (err != nil) != (tc.wantReason != "") || (tc.wantReason != "") != (got == 1) {
+				t.Errorf("verifyConnection = %v, untrusted rejections %v; want reason %q", err, got, tc.wantReason)
+			}
+		})
 	}
 }
