@@ -174,7 +174,7 @@ func (d *defender) register(t *testing.T, cp *framework.ControlPlane, scenario s
 	t.Helper()
 	cfg, _, err := webhook.BuildConfiguration(d.Watcher.Current(), webhook.ConfigurationOptions{
 		Name:              "kd-" + scenario + "-" + strings.ToLower(string(fp)),
-		URL:               d.Server.URL() + webhook.Path,
+		URL:               "https://" + d.Server.Addr().String() + webhook.Path,
 		CABundle:          d.CA.CertPEM,
 		FailurePolicy:     fp,
 		TimeoutSeconds:    3,

@@ -167,7 +167,7 @@ func serveProxy(t *testing.T, p *proxy.Proxy) (string, func() error) {
 	served, reloaded := make(chan error, 1), make(chan error, 1)
 	go func() { served <- srv.Run(ctx) }()
 	go func() { reloaded <- p.Run(ctx) }()
-	return srv.URL(), func() error {
+	return "https://" + srv.Addr().String(), func() error {
 		cancel()
 		return errors.Join(<-served, <-reloaded)
 	}

@@ -121,7 +121,7 @@ func bareProxy(b *testing.B, e *env, pooled bool) string {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Run(ctx) }()
 	b.Cleanup(func() { cancel(); <-done })
-	return srv.URL()
+	return "https://" + srv.Addr().String()
 }
 
 // BenchmarkProxyVersusBareReverseProxy puts the same load, from the same

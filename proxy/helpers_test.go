@@ -257,7 +257,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		<-e.served
 		<-e.served
 	})
-	e.proxyURL = srv.URL()
+	e.proxyURL = "https://" + srv.Addr().String()
 	return e
 }
 

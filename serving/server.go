@@ -97,15 +97,6 @@ func New(cfg Config) (*Server, error) {
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// URL is the server's base URL on its listening address: https://ADDR with
-// TLS, else http://ADDR.
-func (s *Server) URL() string {
-	if s.cfg.TLS != nil {
-		return "https://" + s.ln.Addr().String()
-	}
-	return "http://" + s.ln.Addr().String()
-}
-
 // Run serves until ctx is done, then shuts down: it stops accepting, lets
 // in-flight requests finish for ShutdownTimeout and cuts the connections
 // still open after it. It returns nil after a clean shutdown, and an error

@@ -76,7 +76,7 @@ func startBenchServers(b *testing.B) (webhookURL, noopURL string, client *http.C
 			b.Fatal(err)
 		}
 		runServer(b, srv)
-		urls = append(urls, srv.URL()+Path)
+		urls = append(urls, "https://"+srv.Addr().String()+Path)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.CertPEM)

@@ -83,7 +83,7 @@ func (e *clientAuthEnv) client(t *testing.T, pair *pki.Pair) *http.Client {
 
 func (e *clientAuthEnv) post(t *testing.T, pair *pki.Pair) (*http.Response, error) {
 	t.Helper()
-	resp, err := e.client(t, pair).Post(e.srv.URL()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+	resp, err := e.client(t, pair).Post("https://"+e.srv.Addr().String()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
 	if err == nil {
 		_ = resp.Body.Close()
 	}
@@ -215,7 +215,7 @@ func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{
 		RootCAs: roots, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{c}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}}}
 	post := func() (*http.Response, error) {
-		resp, err := client.Post(e.srv.URL()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+		resp, err := client.Post("https://"+e.srv.Addr().String()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			_ = resp.Body.Close()

@@ -59,7 +59,7 @@ func TestServer(t *testing.T) {
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}, ForceAttemptHTTP2: true}}
 
 	t.Run("a review over TLS is answered, over HTTP/1.1 although the client offers h2", func(t *testing.T) {
-		resp, err := client.Post(srv.URL()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+		resp, err := client.Post("https://"+srv.Addr().String()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
 		if err != nil {
 			t.Fatal(err)
 		}
