@@ -121,7 +121,7 @@ func (c *CA) Reload() error {
 // Run watches the file until ctx is done, reloading on change and every
 // Interval. It returns an error only when the watch cannot start.
 func (c *CA) Run(ctx context.Context) error {
-	return c.cfg.Watch.run(ctx, []string{c.cfg.File}, func() { _ = c.Reload() }, c.log)
+	return c.cfg.run(ctx, []string{c.cfg.File}, func() { _ = c.Reload() }, c.log)
 }
 
 // ParseCABundle parses a PEM bundle of CA certificates; it fails when the

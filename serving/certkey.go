@@ -175,5 +175,5 @@ func (c *CertKey) Reload() error {
 // Run watches the files until ctx is done, reloading on change and every
 // Interval. It returns an error only when the watch cannot start.
 func (c *CertKey) Run(ctx context.Context) error {
-	return c.cfg.Watch.run(ctx, []string{c.cfg.CertFile, c.cfg.KeyFile}, func() { _ = c.Reload() }, c.log)
+	return c.cfg.run(ctx, []string{c.cfg.CertFile, c.cfg.KeyFile}, func() { _ = c.Reload() }, c.log)
 }

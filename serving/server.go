@@ -127,7 +127,10 @@ func (s *Server) Run(ctx context.Context) error {
 		// Connections still busy after the grace period are cut.
 		_ = s.srv.Close()
 	}
-	<-served // http.ErrServerClosed
+	// Serve returns http.ErrServerClosed once Shutdown or Close has begun.
+	if serr := <-served; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = serr
+	}
 	if err != nil {
 		return fmt.Errorf("failed to shut down the %s within %s: %w", s.cfg.Name, s.cfg.ShutdownTimeout, err)
 	}
