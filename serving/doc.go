@@ -26,6 +26,10 @@
 //   - The parsed pair is kept for handshakes (GetCertificate,
 //     GetClientCertificate) and for the expiry gauge (Leaf).
 //
+// Each content object keeps one idle goroutine (its work queue's) for the
+// life of the process, since only its own Run would shut the queue down;
+// a process builds a handful of them.
+//
 // One process builds one CertKey per pair of files and hands it to every
 // listener that serves it: the webhook and the proxy share the serving pair
 // of --tls-cert-file, and its files are watched once.
