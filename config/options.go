@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubedefender/kubedefender/limiter/redisstore"
-	"github.com/kubedefender/kubedefender/webhook"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // Auth modes of the proxy.
@@ -156,7 +156,7 @@ func (o *ServeOptions) Validate() error {
 	}
 	if o.WebhookClientCAFile != "" {
 		if data, err := os.ReadFile(o.WebhookClientCAFile); err == nil {
-			if _, err := webhook.ParseCABundle(data); err != nil {
+			if _, err := serving.ParseCABundle(data); err != nil {
 				add("--webhook-client-ca-file %s: %v", o.WebhookClientCAFile, err)
 			}
 		}

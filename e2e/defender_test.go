@@ -34,6 +34,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/serving"
 	"github.com/kubedefender/kubedefender/webhook"
 )
 
@@ -51,7 +52,7 @@ type defender struct {
 	Watcher    *policy.Watcher
 	Engine     *limiter.Engine
 	Registry   *prometheus.Registry
-	Server     *webhook.Server
+	Server     *serving.Server
 	CA         *pki.CA
 	// Seen counts the AdmissionReviews the webhook received.
 	Seen atomic.Int64
@@ -127,7 +128,7 @@ func startDefender(t *testing.T, name, policyYAML string, o defenderOptions) *de
 	if err := pki.WriteFiles(dir, d.CA, pair, false); err != nil {
 		t.Fatalf("%v", err)
 	}
-	certs, err := webhook.NewCertReloader(webhook.CertConfig{CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile), Logger: log})
+	certs, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile), Logger: log})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -175,7 +176,7 @@ func (d *defender) register(t *testing.T, cp *framework.ControlPlane, scenario s
 	t.Helper()
 	cfg, _, err := webhook.BuildConfiguration(d.Watcher.Current(), webhook.ConfigurationOptions{
 		Name:              "kd-" + scenario + "-" + strings.ToLower(string(fp)),
-		URL:               d.Server.URL(),
+		URL:               "https://" + d.Server.Addr().String() + webhook.Path,
 		CABundle:          d.CA.CertPEM,
 		FailurePolicy:     fp,
 		TimeoutSeconds:    3,

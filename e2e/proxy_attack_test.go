@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -41,15 +40,9 @@ func TestProxyAttack(t *testing.T) {
 func startBudgetProxy(t *testing.T, cp *framework.ControlPlane, name, policyYAML string) *rest.Config {
 	t.Helper()
 	p := newProxyFor(t, cp, name, policyYAML, true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("failed to listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	c := restVia(cp.Config, "https://"+ln.Addr().String())
+	url, stop := serveProxy(t, p)
+	t.Cleanup(stop)
+	c := restVia(cp.Config, url)
 	c.QPS, c.Burst = -1, 0
 	return c
 }
@@ -73,7 +66,7 @@ func newProxyFor(t *testing.T, cp *framework.ControlPlane, name, policyYAML stri
 	cert, key := cp.IssueServingCert(t, name, "127.0.0.1")
 	p, err := proxy.New(proxy.Config{Upstream: up, UpstreamCAFile: cp.CACertFile, AuthMode: proxy.AuthFrontProxy,
 		ClientCAFile: cp.CACertFile, FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
-		TLSCertFile: cert, TLSKeyFile: key, Engine: eng, Policy: w.Current(), BudgetsAtProxy: budgetsAtProxy})
+		Serving: servingPair(t, cert, key), Engine: eng, Policy: w.Current(), BudgetsAtProxy: budgetsAtProxy})
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}

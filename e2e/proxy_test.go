@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -35,6 +36,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // proxyPolicy is the policy of the proxy scenarios: a rate limit on one
@@ -88,7 +90,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	u, _ := url.Parse(upstream)
 	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &logtest.Buffer{}}
 	p, err := proxy.New(proxy.Config{
-		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		Upstream: u, UpstreamCAFile: cp.CACertFile, Serving: servingPair(t, cert, key),
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
@@ -121,28 +123,44 @@ func parsePolicyEngine(t *testing.T, name, policyYAML string) (*policy.Compiled,
 	return compiled, engine
 }
 
-// serveProxy serves p on a loopback port and returns its URL and stop, which
-// ends the serving (once, however often it is called) and fails t if Serve
-// returned an error. The caller arranges for stop to run.
+// servingPair loads a proxy's serving pair.
+func servingPair(t *testing.T, certFile, keyFile string) *serving.CertKey {
+	t.Helper()
+	c, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatalf("failed to load the serving pair: %v", err)
+	}
+	return c
+}
+
+// serveProxy serves p on a loopback port, as serve does (its listener and
+// its certificate reloads), and returns its URL and stop, which ends the
+// serving (once, however often it is called) and fails t if the listener or
+// the reloads returned an error. The caller arranges for stop to run.
 func serveProxy(t *testing.T, p *proxy.Proxy) (proxyURL string, stop func()) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sc, err := p.ServerConfig("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := serving.New(sc)
 	if err != nil {
 		t.Fatalf("failed to listen: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
+	served, reloaded := make(chan error, 1), make(chan error, 1)
+	go func() { served <- srv.Run(ctx) }()
+	go func() { reloaded <- p.Run(ctx) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
+			if err := errors.Join(<-served, <-reloaded); err != nil {
 				t.Errorf("proxy stopped with %v", err)
 			}
 		})
 	}
-	return "https://" + ln.Addr().String(), stop
+	return "https://" + srv.Addr().String(), stop
 }
 
 // createEditorRole creates ClusterRole name, which may do anything to config

@@ -208,7 +208,7 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 	u, _ := url.Parse(cp.URL)
 	logs := &logtest.Buffer{}
 	p, err := proxy.New(proxy.Config{
-		Upstream: u, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		Upstream: u, UpstreamCAFile: cp.CACertFile, Serving: servingPair(t, cert, key),
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // loadResult is one load run: completed requests, elapsed time and latencies.
@@ -107,15 +108,20 @@ func bareProxy(b *testing.B, e *env, pooled bool) string {
 	if pooled {
 		rp.BufferPool = copyBuffers{}
 	}
-	srv := e.proxy.newServer()
-	srv.Handler = rp
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	cfg, err := e.proxy.ServerConfig("127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	b.Cleanup(func() { _ = srv.Close() })
-	return "https://" + ln.Addr().String()
+	cfg.Handler, cfg.AfterShutdown = rp, nil
+	srv, err := serving.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return "https://" + srv.Addr().String()
 }
 
 // BenchmarkProxyVersusBareReverseProxy puts the same load, from the same

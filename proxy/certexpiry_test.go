@@ -13,7 +13,7 @@ func TestProxyReportsItsCertificateExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := float64(e.proxy.serving.leaf().NotAfter.Unix())
+	want := float64(e.proxy.cfg.Serving.Leaf().NotAfter.Unix())
 	for _, mf := range mfs {
 		if mf.GetName() != "kubedefender_certificate_expiry_timestamp_seconds" {
 			continue

@@ -25,8 +25,7 @@ func (p *Proxy) buildTransports() error {
 	}
 	front := base.Clone()
 	if p.frontCert != nil {
-		kp := p.frontCert
-		front.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.current() }
+		front.GetClientCertificate = p.frontCert.GetClientCertificate
 	}
 	p.upstreamTransport = p.newTransport(base.Clone())
 	p.frontTransport = p.newTransport(front.Clone())

@@ -23,6 +23,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // testCA is a certificate authority for tests, its certificate in file.
@@ -229,7 +230,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.engine = eng
 	u, _ := url.Parse(up.URL)
 	cfg := Config{
-		Upstream: u, UpstreamCAFile: e.serverCA.file, TLSCertFile: servingCert, TLSKeyFile: servingKey,
+		Upstream: u, UpstreamCAFile: e.serverCA.file, Serving: servingPair(t, servingCert, servingKey),
 		AuthMode: o.mode, ClientCAFile: e.clientCA.file, Engine: eng, Policy: e.policy.watcher.Current(), BudgetsAtProxy: o.budgets,
 		MaxQueueWait: o.maxWait, BodyReadTimeout: o.bodyReadTimeout, Registerer: e.registry,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -249,19 +250,35 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	e.proxy = p
 	e.policy.watcher.Subscribe("proxy", p)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sc, err := p.ServerConfig("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := serving.New(sc)
 	if err != nil {
 		t.Fatalf("failed to listen: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel, e.served = cancel, make(chan error, 1)
-	go func() { e.served <- p.Serve(ctx, ln) }()
+	e.cancel, e.served = cancel, make(chan error, 2)
+	go func() { e.served <- srv.Run(ctx) }()
+	go func() { e.served <- p.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		<-e.served
+		<-e.served
 	})
-	e.proxyURL = "https://" + ln.Addr().String()
+	e.proxyURL = "https://" + srv.Addr().String()
 	return e
+}
+
+// servingPair loads the proxy's serving pair.
+func servingPair(t testing.TB, certFile, keyFile string) *serving.CertKey {
+	t.Helper()
+	c, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // client returns an HTTP client trusting the proxy, presenting pair if given.

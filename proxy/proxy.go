@@ -1,13 +1,11 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // AuthMode says how the proxy treats client credentials.
@@ -36,8 +35,8 @@ const (
 	AuthPassthrough AuthMode = "passthrough"
 )
 
-// Config configures a Proxy. File paths are read by New (and the serving and
-// front-proxy pairs again whenever they change on disk).
+// Config configures a Proxy. File paths are read by New (and the client CA
+// and front-proxy pair again whenever they change on disk, while Run runs).
 type Config struct {
 	// Upstream is the API server, https://host:port; required.
 	Upstream *url.URL
@@ -47,11 +46,10 @@ type Config struct {
 	// UpstreamServerName overrides the name checked in the upstream certificate.
 	UpstreamServerName string
 
-	// Listen is the address Run serves on, e.g. ":6443".
-	Listen string
-	// TLSCertFile and TLSKeyFile are the serving pair; reloaded on rotation.
-	// Required by Run (Handler works without them).
-	TLSCertFile, TLSKeyFile string
+	// Serving is the serving pair, shared with every listener serving the
+	// same files; its owner runs its reload loop. Required by ServerConfig
+	// (Handler works without it).
+	Serving *serving.CertKey
 
 	// AuthMode is front-proxy (default) or passthrough.
 	AuthMode AuthMode
@@ -89,7 +87,8 @@ type Config struct {
 	BodyReadTimeout time.Duration
 	// DialTimeout bounds connecting to the upstream; default 5s.
 	DialTimeout time.Duration
-	// ShutdownTimeout is how long Run lets in-flight requests finish; default 15s.
+	// ShutdownTimeout is how long the proxy's listener lets in-flight
+	// requests finish; zero means serving.DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// UpstreamHealthInterval is how long an answer of the upstream's /readyz
 	// is reused by Readyz; default 5s.
@@ -106,8 +105,9 @@ type Config struct {
 	Clock clock.WithDelayedExecution
 }
 
-// Proxy is the reverse proxy. Build it with New; serve it with Run or mount
-// Handler in a server of your own.
+// Proxy is the reverse proxy. Build it with New; serve it with a
+// serving.Server built from ServerConfig (or mount Handler in a server of
+// your own), and run Run beside it for the certificates it reloads.
 type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
@@ -115,8 +115,7 @@ type Proxy struct {
 	metrics   *metrics
 	auth      authenticator.Request
 	clientCA  *dynamiccertificates.DynamicFileCAContent
-	serving   *keyPair
-	frontCert *keyPair
+	frontCert *serving.CertKey
 	levels    *priorityLevels
 	forward   http.Handler
 	// upstreamTransport is the plain one; frontTransport presents the
@@ -142,20 +141,14 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 	}
-	if cfg.TLSCertFile != "" {
-		kp, err := newKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile, p.log.With("pair", "serving"))
-		if err != nil {
-			return nil, err
-		}
-		p.serving = kp
-		if cfg.Registerer != nil {
-			if err := cfg.Registerer.Register(pki.ExpiryGauge("proxy", kp.leaf)); err != nil {
-				return nil, fmt.Errorf("failed to register the proxy's certificate expiry metric: %w", err)
-			}
+	if cfg.Serving != nil && cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(pki.ExpiryGauge("proxy", cfg.Serving.Leaf)); err != nil {
+			return nil, fmt.Errorf("failed to register the proxy's certificate expiry metric: %w", err)
 		}
 	}
 	if cfg.FrontProxyCertFile != "" {
-		kp, err := newKeyPair(cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, p.log.With("pair", "front-proxy"))
+		kp, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "front-proxy", CertFile: cfg.FrontProxyCertFile, KeyFile: cfg.FrontProxyKeyFile,
+			Logger: p.log})
 		if err != nil {
 			return nil, err
 		}
@@ -212,9 +205,6 @@ func (c *Config) validate() error {
 	if (c.FrontProxyCertFile == "") != (c.FrontProxyKeyFile == "") {
 		errs = append(errs, errors.New("the front-proxy certificate and key go together"))
 	}
-	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
-		errs = append(errs, errors.New("the serving certificate and key go together"))
-	}
 	if len(errs) > 0 {
 		return fmt.Errorf("failed to configure the proxy: %w", errors.Join(errs...))
 	}
@@ -239,9 +229,6 @@ func (c *Config) defaults() {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
-	}
-	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 15 * time.Second
 	}
 	if c.UpstreamHealthInterval <= 0 {
 		c.UpstreamHealthInterval = 5 * time.Second
@@ -285,71 +272,6 @@ func (p *Proxy) buildChain() http.Handler {
 	h = WithInstrumentation(p.metrics, h)
 	h = WithRequestState(p.clock, h)
 	return p.withHealth(h)
-}
-
-// Run serves the proxy on cfg.Listen with TLS until ctx is done, then shuts
-// down gracefully within ShutdownTimeout.
-func (p *Proxy) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", p.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("failed to listen on %s: %w", p.cfg.Listen, err)
-	}
-	return p.Serve(ctx, ln)
-}
-
-// Serve is Run on a listener of the caller's (tests use port 0).
-func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	if p.serving == nil {
-		_ = ln.Close()
-		return errors.New("failed to serve: no serving certificate configured")
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if p.clientCA != nil {
-		go p.clientCA.Run(ctx, 1)
-	}
-	srv := p.newServer()
-	p.log.Info("proxy serving", "addr", ln.Addr().String(), "upstream", p.cfg.Upstream.String(), "authMode", string(p.cfg.AuthMode),
-		"budgetsAt", map[bool]string{true: "proxy", false: "webhook"}[p.cfg.BudgetsAtProxy])
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("failed to serve the proxy: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
-	defer scancel()
-	err := srv.Shutdown(sctx)
-	for _, t := range []*http.Transport{p.upstreamTransport, p.frontTransport, p.upstreamUpgrade, p.frontUpgrade} {
-		t.CloseIdleConnections()
-	}
-	if err != nil {
-		// Hijacked and long-running connections do not end by themselves.
-		_ = srv.Close()
-	}
-	return nil
-}
-
-// newServer returns the HTTP server: TLS with the reloading serving pair,
-// client certificates requested (the authenticator verifies them, so a
-// rotated client CA applies without a restart), HTTP/2 and HTTP/1.1, no
-// write timeout (watches and exec streams last), a header read timeout and
-// an idle timeout.
-func (p *Proxy) newServer() *http.Server {
-	return &http.Server{
-		Handler: p.handler,
-		TLSConfig: &tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.serving.current() },
-			ClientAuth:     tls.RequestClientCert,
-			NextProtos:     []string{"h2", "http/1.1"},
-		},
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-	}
 }
 
 // withHealth answers /kubedefender/healthz and /kubedefender/readyz on the

@@ -159,15 +159,15 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		}
 		return nil
 	}
-	group, resource, sub := req.Resource.Group, req.Resource.Resource, req.SubResource
-	switch {
-	case a.Verb == "delete" && group == "" && resource == "namespaces" && sub == "":
+	kind, w := rootOf(a.Verb, req.Resource.Group, req.Resource.Resource, req.SubResource)
+	switch kind {
+	case namespaceDelete:
 		return h.namespaceRoot(req, a)
-	case a.Verb == "delete" && group == "" && resource == "nodes" && sub == "":
+	case nodeDelete:
 		ref := cascade.ObjectRef{Kind: cascade.KindNode, Name: req.Name, UID: req.OldObject.Metadata.UID}
 		setPods(a, h.cascades.PodsOnNode(req.Name))
 		return cascadeRoot{{Op: cascade.RootDelete, Object: ref}}
-	case a.Verb == "update" && group == "" && resource == "nodes" && sub == "":
+	case nodeUpdate:
 		added := cascade.AddedNoExecuteTaints(req.OldObject.Spec.Taints, req.Object.Spec.Taints)
 		if len(added) == 0 {
 			return nil
@@ -179,7 +179,7 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 			roots = append(roots, cascade.Root{Op: cascade.RootTaint, Object: ref, Taint: t})
 		}
 		return roots
-	case (a.Verb == "delete" || a.Verb == "evict") && group == "" && resource == "pods":
+	case podRemoval:
 		if a.DryRun {
 			return nil // asking would spend a scale-down's credit
 		}
@@ -192,17 +192,8 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 			h.log.Debug("follow-up of a charged root", "verb", a.Verb, "namespace", req.Namespace, "name", req.Name, "why", why)
 		}
 		return nil
-	}
-	w, ok := workloadOf(group, resource)
-	if !ok {
-		return nil
-	}
-	ref := cascade.ObjectRef{Kind: w.kind, Namespace: req.Namespace, Name: req.Name}
-	if sub == "" {
-		ref.UID = req.OldObject.Metadata.UID
-	}
-	switch {
-	case a.Verb == "delete" && sub == "":
+	case workloadDelete:
+		ref := cascade.ObjectRef{Kind: w.kind, Namespace: req.Namespace, Name: req.Name, UID: req.OldObject.Metadata.UID}
 		if why, ok := h.cascades.FollowUp(cascade.FollowUpDelete, ref); ok {
 			a.FollowUp = true
 			h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
@@ -223,9 +214,13 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		}
 		setPods(a, r)
 		return cascadeRoot{{Op: cascade.RootDelete, Object: ref}}
-	case a.Verb == "update" && w.scalable && (sub == "" || sub == "scale"):
+	case workloadScale:
+		ref := cascade.ObjectRef{Kind: w.kind, Namespace: req.Namespace, Name: req.Name}
+		if req.SubResource == "" {
+			ref.UID = req.OldObject.Metadata.UID
+		}
 		newR, oldR := req.Object.Spec.Replicas, req.OldObject.Spec.Replicas
-		if sub == "scale" {
+		if req.SubResource == "scale" {
 			// A Scale's spec.replicas is omitted when zero (omitempty on an
 			// int32): kubectl scale --replicas=0 sends a Scale without it.
 			var zero int32
@@ -309,28 +304,61 @@ func (h *Handler) record(roots cascadeRoot) {
 	}
 }
 
-// CascadeRoot says what a request removes when AtRoot budgets judge it as a
-// root, or "" when it is no root: the same cases classify counts (a
-// namespace, node or workload delete, a workload scale-down, a node update
-// that may add NoExecute taints). `policy explain` shows it, since it cannot
-// count offline what the webhook counts from the cluster.
-func CascadeRoot(verb, group, resource, subresource string) string {
+// rootKind is what a request is to AtRoot budgets, by its verb and resource
+// alone: a root (what it removes is counted and charged up front), a pod's
+// removal (which may be a follow-up of a charged root), or neither.
+type rootKind int
+
+const (
+	notRoot rootKind = iota
+	namespaceDelete
+	nodeDelete
+	// nodeUpdate is a root when it adds NoExecute taints.
+	nodeUpdate
+	podRemoval
+	workloadDelete
+	// workloadScale is a root when it lowers the replicas.
+	workloadScale
+)
+
+// rootOf classifies a request for classify and CascadeRoot; w is the
+// workload of workloadDelete and workloadScale.
+func rootOf(verb, group, resource, sub string) (kind rootKind, w cascadeWorkload) {
 	switch {
-	case verb == "delete" && group == "" && resource == "namespaces" && subresource == "":
-		return "the objects in the namespace (its pods, and what AtRoot budgets name)"
-	case verb == "delete" && group == "" && resource == "nodes" && subresource == "":
-		return "the pods bound to the node"
-	case verb == "update" && group == "" && resource == "nodes" && subresource == "":
-		return "the pods that do not tolerate a NoExecute taint the update adds"
+	case verb == "delete" && group == "" && resource == "namespaces" && sub == "":
+		return namespaceDelete, w
+	case verb == "delete" && group == "" && resource == "nodes" && sub == "":
+		return nodeDelete, w
+	case verb == "update" && group == "" && resource == "nodes" && sub == "":
+		return nodeUpdate, w
+	case (verb == "delete" || verb == "evict") && group == "" && resource == "pods":
+		return podRemoval, w
 	}
 	w, ok := workloadOf(group, resource)
 	switch {
 	case !ok:
-		return ""
-	case verb == "delete" && subresource == "":
-		return "the pods it owns, unless the delete orphans them"
-	case verb == "update" && w.scalable && (subresource == "" || subresource == "scale"):
-		return "the pods a lower replica count removes (old minus new)"
+	case verb == "delete" && sub == "":
+		return workloadDelete, w
+	case verb == "update" && w.scalable && (sub == "" || sub == "scale"):
+		return workloadScale, w
 	}
-	return ""
+	return notRoot, cascadeWorkload{}
+}
+
+// rootRemoves says what each kind of root removes.
+var rootRemoves = map[rootKind]string{
+	namespaceDelete: "the objects in the namespace (its pods, and what AtRoot budgets name)",
+	nodeDelete:      "the pods bound to the node",
+	nodeUpdate:      "the pods that do not tolerate a NoExecute taint the update adds",
+	workloadDelete:  "the pods it owns, unless the delete orphans them",
+	workloadScale:   "the pods a lower replica count removes (old minus new)",
+}
+
+// CascadeRoot says what a request removes when AtRoot budgets judge it as a
+// root, or "" when it is no root: the cases classify counts (rootOf).
+// `policy explain` shows it, since it cannot count offline what the webhook
+// counts from the cluster.
+func CascadeRoot(verb, group, resource, subresource string) string {
+	kind, _ := rootOf(verb, group, resource, subresource)
+	return rootRemoves[kind]
 }

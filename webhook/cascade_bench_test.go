@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kubedefender/kubedefender/cascade"
 	"github.com/kubedefender/kubedefender/limiter"
@@ -39,8 +40,8 @@ func BenchmarkRootDelete(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ctr.Start(ctx)
-	for !ctr.HasSynced() {
-		time.Sleep(10 * time.Millisecond)
+	if !cache.WaitForCacheSync(ctx.Done(), ctr.HasSynced) {
+		b.Fatal("the counter never synced")
 	}
 	if n := ctr.PodsInNamespace("prod"); n != pods {
 		b.Fatalf("the counter holds %d pods, want %d", n, pods)

@@ -383,3 +383,30 @@ func TestCascadeDryRunPodDeleteSpendsNoCredit(t *testing.T) {
 		t.Errorf("a dry run asked FollowUp %v (which spends a scale-down's credit)", fc.followAsks)
 	}
 }
+
+func TestCascadeRootNamesWhatEachRootRemoves(t *testing.T) {
+	cases := []struct {
+		name                      string
+		verb, group, resource, sb string
+		want                      string
+	}{
+		{name: "a namespace delete removes the objects in it", verb: "delete", resource: "namespaces", want: "the objects in the namespace"},
+		{name: "a node delete removes its pods", verb: "delete", resource: "nodes", want: "the pods bound to the node"},
+		{name: "a node update may taint its pods away", verb: "update", resource: "nodes", want: "NoExecute taint"},
+		{name: "a deployment delete removes the pods it owns", verb: "delete", group: "apps", resource: "deployments", want: "the pods it owns"},
+		{name: "a scale update lowers the replicas", verb: "update", group: "apps", resource: "statefulsets", sb: "scale", want: "lower replica count"},
+		{name: "a daemonset cannot be scaled", verb: "update", group: "apps", resource: "daemonsets"},
+		{name: "a pod delete is no root", verb: "delete", resource: "pods"},
+		{name: "an eviction is no root", verb: "evict", resource: "pods", sb: "eviction"},
+		{name: "a status update of a workload is no root", verb: "update", group: "apps", resource: "deployments", sb: "status"},
+		{name: "a configmap delete is no root", verb: "delete", resource: "configmaps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := CascadeRoot(tc.verb, tc.group, tc.resource, tc.sb)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("CascadeRoot = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

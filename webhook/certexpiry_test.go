@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kubedefender/kubedefender/pki"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // TestCertificateExpiryMetricFollowsTheServedPair checks that
@@ -35,10 +36,16 @@ func TestCertificateExpiryMetricFollowsTheServedPair(t *testing.T) {
 	}
 	first := issue(48 * time.Hour)
 	reg := prometheus.NewRegistry()
-	c, err := NewCertReloader(CertConfig{CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile), Registerer: reg})
+	c, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	env := newTestEnv(t, Config{})
+	srv, err := NewServer(ServerConfig{Addr: "127.0.0.1:0", Handler: env.h, Certificates: c, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, srv)
 	want := func(p *pki.Pair) string {
 		return `# HELP kubedefender_certificate_expiry_timestamp_seconds When the serving certificate of a listener expires (its notAfter, Unix seconds).
 # TYPE kubedefender_certificate_expiry_timestamp_seconds gauge

@@ -1,7 +1,6 @@
 package webhook
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -15,15 +14,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/pki"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 // clientAuthEnv is a webhook server over real TLS on a loopback port that
 // requires client certificates from clientCA.
 type clientAuthEnv struct {
-	srv      *Server
+	srv      *serving.Server
 	auth     *ClientAuth
+	ca       *serving.CA
 	served   *pki.CA // signs the serving certificate
 	clientCA *pki.CA
 	caFile   string
@@ -42,16 +44,15 @@ func newClientAuthEnv(t *testing.T, allowed ...string) *clientAuthEnv {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	writePair(t, dir, e.served)
-	certs, err := NewCertReloader(CertConfig{CertFile: filepath.Join(dir, pki.CertFile), KeyFile: filepath.Join(dir, pki.KeyFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	certs := servingPair(t, dir, e.served)
 	e.caFile = filepath.Join(dir, "client-ca.crt")
 	if err := os.WriteFile(e.caFile, e.clientCA.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if e.auth, err = NewClientAuth(ClientAuthConfig{CAFile: e.caFile, AllowedNames: allowed, Registerer: e.reg}); err != nil {
+	if e.ca, err = serving.NewCA(serving.CAConfig{Purpose: "webhook client CA", File: e.caFile, Registerer: e.reg, MetricsSubsystem: "webhook"}); err != nil {
+		t.Fatal(err)
+	}
+	if e.auth, err = NewClientAuth(ClientAuthConfig{CA: e.ca, AllowedNames: allowed, Registerer: e.reg}); err != nil {
 		t.Fatal(err)
 	}
 	env := newTestEnv(t, Config{})
@@ -59,15 +60,7 @@ func newClientAuthEnv(t *testing.T, allowed ...string) *clientAuthEnv {
 	if e.srv, err = NewServer(ServerConfig{Addr: "127.0.0.1:0", Handler: counted, Certificates: certs, ClientAuth: e.auth, ShutdownTimeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run returned %v", err)
-		}
-	})
+	runServer(t, e.srv)
 	return e
 }
 
@@ -90,7 +83,7 @@ func (e *clientAuthEnv) client(t *testing.T, pair *pki.Pair) *http.Client {
 
 func (e *clientAuthEnv) post(t *testing.T, pair *pki.Pair) (*http.Response, error) {
 	t.Helper()
-	resp, err := e.client(t, pair).Post(e.srv.URL(), "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+	resp, err := e.client(t, pair).Post("https://"+e.srv.Addr().String()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
 	if err == nil {
 		_ = resp.Body.Close()
 	}
@@ -178,7 +171,7 @@ func TestClientAuthReloadsItsCA(t *testing.T) {
 	if err := os.WriteFile(e.caFile, next.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.auth.Reload(); err != nil {
+	if err := e.ca.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	// Then the new CA's certificates are accepted and the old CA's refused
@@ -193,49 +186,20 @@ func TestClientAuthReloadsItsCA(t *testing.T) {
 	if err := os.WriteFile(e.caFile, []byte("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.auth.Reload(); err == nil {
+	if err := e.ca.Reload(); err == nil {
 		t.Fatal("a broken CA file was accepted")
 	}
 	// Then the running CA stays, and both reloads are counted
 	if resp, err := e.post(t, newClient); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("after a bad edit: %v %v, want 200 with the running CA", resp, err)
 	}
-	for result, want := range map[string]float64{"success": 1, "failure": 1} {
-		if got := testutil.ToFloat64(e.auth.reloads.WithLabelValues(result)); got != want {
-			t.Errorf("client_ca_reloads_total{result=%s} = %v, want %v", result, got, want)
-		}
-	}
-}
-
-func TestParseCABundle(t *testing.T) {
-	ca, err := pki.NewCA(pki.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name    string
-		data    string
-		wantErr string
-	}{
-		{name: "one certificate parses", data: string(ca.CertPEM)},
-		{name: "an empty file holds no certificate", data: "", wantErr: "holds no PEM certificate"},
-		{name: "a key is not a CA", data: string(ca.KeyPEM), wantErr: `want CERTIFICATE`},
-		{name: "text after the certificates is refused", data: string(ca.CertPEM) + "garbage", wantErr: "not PEM"},
-		{name: "a corrupt certificate is refused", data: "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n", wantErr: "certificate 1"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseCABundle([]byte(tc.data))
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("err = %v, want %q", err, tc.wantErr)
-			}
-		})
+	want := `# HELP kubedefender_webhook_client_ca_reloads_total Client CA reloads by result: success (a new bundle verifies callers) or failure (the running bundle stays).
+# TYPE kubedefender_webhook_client_ca_reloads_total counter
+kubedefender_webhook_client_ca_reloads_total{result="failure"} 1
+kubedefender_webhook_client_ca_reloads_total{result="success"} 1
+`
+	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want), "kubedefender_webhook_client_ca_reloads_total"); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -251,7 +215,7 @@ func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{
 		RootCAs: roots, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{c}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}}}
 	post := func() (*http.Response, error) {
-		resp, err := client.Post(e.srv.URL(), "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
+		resp, err := client.Post("https://"+e.srv.Addr().String()+Path, "application/json", strings.NewReader(pods("DELETE", "a", "p1").json()))
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			_ = resp.Body.Close()
@@ -274,7 +238,7 @@ func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
 	if err := os.WriteFile(e.caFile, next.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.auth.Reload(); err != nil {
+	if err := e.ca.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	// Then a resumed session of a certificate from the old CA is refused too
@@ -284,5 +248,42 @@ func TestClientAuthVerifiesResumedSessionsAgainstTheCurrentCA(t *testing.T) {
 	}
 	if e.hits.Load() != hits {
 		t.Error("the refused request reached the handler")
+	}
+}
+
+func TestClientAuthVerifiesAtTheClocksTime(t *testing.T) {
+	ca, err := pki.NewCA(pki.CAOptions{CommonName: "apiserver-client-ca"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := serving.NewCA(serving.CAConfig{Purpose: "webhook client CA", File: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := issueClient(t, ca, "kube-apiserver")
+	cases := []struct {
+		name       string
+		now        time.Time
+		wantReason string
+	}{
+		{name: "a certificate is accepted while it is valid", now: client.Cert.NotBefore.Add(time.Hour)},
+		{name: "a certificate is refused once it has expired", now: client.Cert.NotAfter.Add(time.Second), wantReason: RejectUntrusted},
+		{name: "a certificate is refused before it is valid", now: client.Cert.NotBefore.Add(-time.Second), wantReason: RejectUntrusted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			auth, err := NewClientAuth(ClientAuthConfig{CA: bundle, Clock: clocktesting.NewFakePassiveClock(tc.now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = auth.verifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{client.Cert}})
+			if got := testutil.ToFloat64(auth.rejected.WithLabelValues(RejectUntrusted)); (err != nil) != (tc.wantReason != "") || (tc.wantReason != "") != (got == 1) {
+				t.Errorf("verifyConnection = %v, untrusted rejections %v; want reason %q", err, got, tc.wantReason)
+			}
+		})
 	}
 }

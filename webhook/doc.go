@@ -1,9 +1,9 @@
 // Package webhook owns the validating admission webhook that charges delete
 // budgets, and the helpers that install it: the ValidatingWebhookConfiguration
-// built from a policy (BuildConfiguration) and a TLS server whose serving
-// certificate is reloaded when its files change (CertReloader, Server), and
-// that accepts only callers presenting a client certificate from a CA it
-// reloads too (ClientAuth).
+// built from a policy (BuildConfiguration) and its TLS listener (NewServer, a
+// serving.Server whose serving pair is a reloading serving.CertKey) that
+// accepts only callers presenting a client certificate from a reloading CA
+// bundle (ClientAuth on a serving.CA).
 //
 // # Who may call it
 //

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -74,6 +75,10 @@ type Config struct {
 	// Resolve maps a resource an AtRoot budget names to the version the
 	// counter watches, for namespace deletes; nil counts pods only.
 	Resolve func(schema.GroupResource) (schema.GroupVersionResource, bool)
+	// Clock times the decision timeout, the request duration metric and the
+	// charge-once memory; nil is real time. (The store's deadline within a
+	// decision is a context deadline, in real time.)
+	Clock clock.Clock
 }
 
 // Handler serves POST /validate (AdmissionReview admission.k8s.io/v1) and
@@ -90,6 +95,7 @@ type Handler struct {
 	chain     http.Handler
 	cascades  Cascades
 	resolve   func(schema.GroupResource) (schema.GroupVersionResource, bool)
+	clock     clock.Clock
 	// notSyncedLogged is set once the webhook has said that AtRoot budgets
 	// judge as PerObject until the counter syncs.
 	notSyncedLogged atomic.Bool
@@ -119,6 +125,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	h := &Handler{
 		engine:    cfg.Engine,
 		namespace: cfg.Namespace,
@@ -129,6 +138,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		memo:      newChargeMemo(memoTTL, memoMax),
 		cascades:  cfg.Cascades,
 		resolve:   cfg.Resolve,
+		clock:     cfg.Clock,
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -187,7 +197,7 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, msg, http.StatusBadRequest)
 		return
 	}
-	start := time.Now()
+	start := h.clock.Now()
 	req, err := decodeReview(body)
 	if err != nil {
 		h.rejected(r, http.StatusBadRequest, err.Error())
@@ -206,7 +216,7 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out)
 	h.metrics.requests.WithLabelValues(op, result).Inc()
-	h.metrics.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	h.metrics.duration.WithLabelValues(op).Observe(h.clock.Since(start).Seconds())
 }
 
 // bodyChunk is the least a body buffer grows by.
@@ -284,7 +294,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	if a.Verb == "delete" && objUID != "" && !a.DryRun {
 		once = &chargeKey{UID: objUID, Group: a.APIGroup, Resource: a.Resource, Namespace: a.Namespace, Name: a.Name}
 	}
-	if once != nil && h.memo.charged(*once, time.Now()) {
+	if once != nil && h.memo.charged(*once, h.clock.Now()) {
 		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
@@ -305,7 +315,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		a.ChargeOnce = evictOnceKey(a.Namespace, a.Name, req.Object.podUID())
 	}
 	roots := h.classify(req, a)
-	began := time.Now()
+	began := h.clock.Now()
 	d, ok := h.decide(ctx, a, h.timeout)
 	if ok && d.Repeat && a.Verb == "evict" {
 		// The charge-once key of an eviction without a UID names a pod, not
@@ -315,7 +325,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// stops every eviction it covers, repeats included (a drain retrying
 		// past a PodDisruptionBudget waits for the breaker like any other).
 		// Both decisions share the one decision timeout.
-		switch bd, bok := h.decide(ctx, breakersOf(a), h.timeout-time.Since(began)); {
+		switch bd, bok := h.decide(ctx, breakersOf(a), h.timeout-h.clock.Since(began)); {
 		case !bok:
 			ok = false
 		case !bd.Allowed:
@@ -340,7 +350,7 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		}}, ResultTimeout
 	}
 	if once != nil && d.Charged {
-		h.memo.remember(*once, time.Now())
+		h.memo.remember(*once, h.clock.Now())
 	}
 	if d.Repeat {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
@@ -426,7 +436,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 		}()
 		done <- decided{d: h.engine.Decide(ctx, a)}
 	}()
-	t := time.NewTimer(timeout)
+	t := h.clock.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case r := <-done:
@@ -434,7 +444,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 			panic(r.panic)
 		}
 		return r.d, true
-	case <-t.C:
+	case <-t.C():
 		return limiter.Decision{}, false
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
@@ -75,6 +76,9 @@ func newTestEnv(t testing.TB, cfg Config) *testEnv {
 		}
 	}
 	cfg.Registerer = env.reg
+	if cfg.Clock == nil {
+		cfg.Clock = env.clock
+	}
 	if env.h, err = NewHandler(cfg); err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -130,6 +134,22 @@ func post(h http.Handler, body, contentType string) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec
+}
+
+// postTimingOut posts body to env's handler whose engine is stuck: once stuck
+// reports that the engine is stuck and a decision timer waits on the fake
+// clock, it steps the clock by timeout, so the decision times out without
+// real time passing.
+func (env *testEnv) postTimingOut(t *testing.T, body string, timeout time.Duration, stuck func() bool) *httptest.ResponseRecorder {
+	t.Helper()
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() { done <- post(env.h, body, "application/json") }()
+	if err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return stuck() && env.clock.HasWaiters(), nil }); err != nil {
+		t.Fatal("the engine never got stuck waiting on the decision timeout")
+	}
+	env.clock.Step(timeout)
+	return <-done
 }
 
 func decodeResponse(t *testing.T, rec *httptest.ResponseRecorder) *admissionv1.AdmissionResponse {
@@ -384,44 +404,51 @@ func TestHandlerSurvivesAFaultyEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const timeout = 100 * time.Millisecond
 	cases := []struct {
 		name        string
 		decide      func(ctx context.Context) limiter.Decision
+		stuck       bool // the engine never answers: the test times the decision out
 		wantAllowed bool
 		wantCode    int32
 		wantText    string
 		wantResult  string
-		maxLatency  time.Duration
 	}{
 		{name: "a panicking engine yields a 500 denial that carries the request's uid",
 			decide:   func(context.Context) limiter.Decision { panic("boom") },
-			wantCode: 500, wantText: "internal error while judging this request (logged with uid the-uid)", wantResult: ResultError,
-			maxLatency: time.Second},
+			wantCode: 500, wantText: "internal error while judging this request (logged with uid the-uid)", wantResult: ResultError},
 		{name: "an engine that ignores its deadline is cut off and the request admitted with a warning",
-			decide: func(context.Context) limiter.Decision {
-				time.Sleep(2 * time.Second)
-				return limiter.Decision{Allowed: true}
-			},
-			wantAllowed: true, wantText: "could not judge this request within 100ms", wantResult: ResultTimeout,
-			maxLatency: 500 * time.Millisecond},
+			stuck:       true,
+			wantAllowed: true, wantText: "could not judge this request within 100ms", wantResult: ResultTimeout},
 		{name: "an engine that honours its deadline answers within it",
 			decide: func(ctx context.Context) limiter.Decision {
 				<-ctx.Done()
 				return limiter.Decision{Code: 503, Reason: "ServiceUnavailable", Message: "store down"}
 			},
-			wantCode: 503, wantText: "store down", wantResult: ResultDenied,
-			maxLatency: 500 * time.Millisecond},
+			wantCode: 503, wantText: "store down", wantResult: ResultDenied},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			env := newTestEnv(t, Config{Engine: engineFunc{decide: tc.decide, policy: p}, DecisionTimeout: 100 * time.Millisecond})
+			entered, release := make(chan struct{}), make(chan struct{})
+			defer close(release)
+			decide := tc.decide
+			if tc.stuck {
+				decide = func(context.Context) limiter.Decision {
+					close(entered)
+					<-release
+					return limiter.Decision{Allowed: true}
+				}
+			}
+			env := newTestEnv(t, Config{Engine: engineFunc{decide: decide, policy: p}, DecisionTimeout: timeout})
 			r := pods("DELETE", "a", "p1")
 			r.uid = "the-uid"
-			start := time.Now()
-			resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
-			if took := time.Since(start); took > tc.maxLatency {
-				t.Errorf("answered in %s, want under %s", took, tc.maxLatency)
+			var rec *httptest.ResponseRecorder
+			if tc.stuck {
+				rec = env.postTimingOut(t, r.json(), timeout, func() bool { return isClosed(entered) })
+			} else {
+				rec = post(env.h, r.json(), "application/json")
 			}
+			resp := decodeResponse(t, rec)
 			if resp.UID != "the-uid" || resp.Allowed != tc.wantAllowed {
 				t.Errorf("uid %q allowed %v, want the-uid and %v", resp.UID, resp.Allowed, tc.wantAllowed)
 			}
@@ -439,6 +466,15 @@ func TestHandlerSurvivesAFaultyEngine(t *testing.T) {
 				t.Errorf("requests_total{result=%s} = %v, want 1", tc.wantResult, got)
 			}
 		})
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -623,7 +659,8 @@ func TestATimedOutDecisionRecordsNoCharge(t *testing.T) {
 	env := newTestEnv(t, Config{Engine: eng, DecisionTimeout: 50 * time.Millisecond})
 	r := reviewSpec{uid: "first", op: "DELETE", resource: "pods", ns: "a", name: "p1", objUID: "uid-1"}
 	// Given a delete whose decision timed out and was admitted unjudged
-	if resp := decodeResponse(t, post(env.h, r.json(), "application/json")); !resp.Allowed || len(resp.Warnings) == 0 {
+	rec := env.postTimingOut(t, r.json(), 50*time.Millisecond, func() bool { return calls.Load() == 1 })
+	if resp := decodeResponse(t, rec); !resp.Allowed || len(resp.Warnings) == 0 {
 		t.Fatalf("the timed-out delete: allowed %v warnings %q, want admitted with a warning", resp.Allowed, resp.Warnings)
 	}
 	// When the same object's delete is validated again
@@ -665,6 +702,7 @@ func TestARepeatedEvictionMeetsTheBreakers(t *testing.T) {
 	cases := []struct {
 		name        string
 		breakers    func(ctx context.Context) limiter.Decision
+		stuck       bool // the breaker check never answers: the test times it out
 		wantAllowed bool
 		wantResult  string
 		wantText    string
@@ -682,6 +720,7 @@ func TestARepeatedEvictionMeetsTheBreakers(t *testing.T) {
 				<-release
 				return limiter.Decision{Allowed: true}
 			},
+			stuck:       true,
 			wantAllowed: true, wantResult: ResultTimeout, wantText: "could not judge this request within 100ms"},
 	}
 	for _, tc := range cases {
@@ -690,7 +729,17 @@ func TestARepeatedEvictionMeetsTheBreakers(t *testing.T) {
 			env := newTestEnv(t, Config{Engine: eng, DecisionTimeout: 100 * time.Millisecond})
 			r := eviction("a", "p1", "policy/v1", "")
 			r.uid = "the-uid"
-			resp := decodeResponse(t, post(env.h, r.json(), "application/json"))
+			var rec *httptest.ResponseRecorder
+			if tc.stuck {
+				rec = env.postTimingOut(t, r.json(), 100*time.Millisecond, func() bool {
+					eng.mu.Lock()
+					defer eng.mu.Unlock()
+					return len(eng.calls) == 2
+				})
+			} else {
+				rec = post(env.h, r.json(), "application/json")
+			}
+			resp := decodeResponse(t, rec)
 			if resp.Allowed != tc.wantAllowed {
 				t.Errorf("allowed = %v, want %v (%+v)", resp.Allowed, tc.wantAllowed, resp.Result)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -28,6 +27,7 @@ import (
 	"github.com/kubedefender/kubedefender/override"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
+	"github.com/kubedefender/kubedefender/serving"
 	"github.com/kubedefender/kubedefender/version"
 	"github.com/kubedefender/kubedefender/webhook"
 )
@@ -107,17 +107,24 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 		{storeMode + "-store", func(ctx context.Context) error { backend.Run(ctx); return nil }},
 		{"local-fallback", func(ctx context.Context) error { engine.Run(ctx); return nil }},
 	}
+	certs, certsComp, err := newServingCertificates(cfg, reg)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		comps = append(comps, certsComp)
+	}
 	var casc *cascades
 	if cfg.Options.WebhookListen != "" {
 		// AtRoot budgets are judged by the webhook, from the cascade counts.
 		casc = newCascades(cfg.Kube, log.With("component", "cascade"), watcher.Current())
 		watcher.Subscribe("cascades", policy.SubscriberFunc(casc.setPolicy))
 		comps = append(comps, component{"cascade", casc.run})
-		c, err := newWebhookComponent(cfg, engine, reg, casc)
+		c, err := newWebhookComponents(cfg, engine, reg, casc, certs)
 		if err != nil {
 			return err
 		}
-		comps = append(comps, c)
+		comps = append(comps, c...)
 		engine.DeclareFronts(limiter.FrontWebhook)
 	}
 	if cfg.Kube != nil {
@@ -135,12 +142,20 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	var levels func() []levelStatus
 	ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	if cfg.Options.ProxyListen != "" {
-		p, err := newProxy(cfg, engine, watcher.Current(), reg)
+		p, err := newProxy(cfg, engine, watcher.Current(), reg, certs)
 		if err != nil {
 			return err
 		}
 		watcher.Subscribe("proxy", p)
-		comps = append(comps, component{"proxy", p.Run})
+		sc, err := p.ServerConfig(cfg.Options.ProxyListen)
+		if err != nil {
+			return err
+		}
+		srv, err := serving.New(sc)
+		if err != nil {
+			return err
+		}
+		comps = append(comps, component{"proxy", srv.Run}, component{"proxy-certificates", p.Run})
 		engine.DeclareFronts(limiter.FrontProxy)
 		levels = func() []levelStatus { return proxyLevels(p) }
 		ready = p.Readyz() // a proxy that cannot reach its upstream is not ready
@@ -161,7 +176,12 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 			}
 			return st
 		}))
-		comps = append(comps, component{"metrics", httpServer(cfg.Options.MetricsListen, mux, cfg.Options.ShutdownTimeout)},
+		srv, err := serving.New(serving.Config{Name: "metrics", Addr: cfg.Options.MetricsListen, Handler: mux,
+			ReadHeaderTimeout: 10 * time.Second, ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log.With("component", "metrics")})
+		if err != nil {
+			return err
+		}
+		comps = append(comps, component{"metrics", srv.Run},
 			component{"limiter-gauges", func(ctx context.Context) error { engine.RunMetrics(ctx, 0); return nil }})
 	}
 	return runAll(ctx, comps)
@@ -184,11 +204,10 @@ func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Backend, e
 
 // newProxy builds the API proxy; its TokenReview client comes from the kube
 // config when there is one (without it, bearer tokens are not accepted).
-func newProxy(cfg *config.Config, engine *limiter.Engine, pol *policy.Compiled, reg prometheus.Registerer) (*proxy.Proxy, error) {
+func newProxy(cfg *config.Config, engine *limiter.Engine, pol *policy.Compiled, reg prometheus.Registerer, certs *serving.CertKey) (*proxy.Proxy, error) {
 	o := cfg.Options
 	pc := proxy.Config{
-		Upstream: cfg.Upstream, UpstreamCAFile: o.UpstreamCAFile,
-		Listen: o.ProxyListen, TLSCertFile: o.TLSCertFile, TLSKeyFile: o.TLSPrivateKeyFile,
+		Upstream: cfg.Upstream, UpstreamCAFile: o.UpstreamCAFile, Serving: certs,
 		AuthMode: proxy.AuthMode(o.AuthMode), ClientCAFile: o.ClientCAFile,
 		FrontProxyCertFile: o.FrontProxyCertFile, FrontProxyKeyFile: o.FrontProxyKeyFile,
 		Engine: engine, Policy: pol, BudgetsAtProxy: o.BudgetsAt == config.BudgetsAtProxy,
@@ -247,27 +266,6 @@ func replicaName() string {
 	return n
 }
 
-// httpServer serves h on addr until ctx is done, then shuts down gracefully.
-func httpServer(addr string, h http.Handler, grace time.Duration) func(context.Context) error {
-	return func(ctx context.Context) error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("failed to listen on %s: %w", addr, err)
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), grace)
-			defer cancel()
-			return srv.Shutdown(sctx)
-		}
-	}
-}
-
 // runAll runs every component until ctx is done or one fails; then it stops
 // the others and returns the first error.
 func runAll(ctx context.Context, comps []component) error {
@@ -279,7 +277,7 @@ func runAll(ctx context.Context, comps []component) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.run(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, context.Canceled) {
+			if err := c.run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				errs <- fmt.Errorf("%s: %w", c.name, err)
 			}
 			cancel()
@@ -290,30 +288,50 @@ func runAll(ctx context.Context, comps []component) error {
 	return <-errs
 }
 
-// newWebhookComponent builds the admission webhook: its handler on the engine,
-// a TLS server on --webhook-listen with the serving pair reloaded from disk,
-// requiring the API server's client certificate with --webhook-client-ca-file
-// (and warning that anyone may call it without). It listens at once so that a
-// taken port fails startup.
-func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer, casc *cascades) (component, error) {
+// newServingCertificates loads the serving pair of --tls-cert-file once for
+// every listener that serves it (the webhook and the proxy share it, and its
+// files are watched once), with the component that reloads it; nil when
+// nothing serves TLS. Its reloads are counted as the webhook's, as they were
+// when only the webhook counted them.
+func newServingCertificates(cfg *config.Config, reg prometheus.Registerer) (*serving.CertKey, component, error) {
+	o := cfg.Options
+	if o.WebhookListen == "" && o.ProxyListen == "" {
+		return nil, component{}, nil
+	}
+	cc := serving.CertKeyConfig{Purpose: "serving", CertFile: o.TLSCertFile, KeyFile: o.TLSPrivateKeyFile, Logger: cfg.Logger.With("component", "tls")}
+	if o.WebhookListen != "" {
+		cc.Registerer, cc.MetricsSubsystem = reg, "webhook"
+	}
+	certs, err := serving.NewCertKey(cc)
+	if err != nil {
+		return nil, component{}, err
+	}
+	return certs, component{"serving-certificate", certs.Run}, nil
+}
+
+// newWebhookComponents builds the admission webhook: its handler on the
+// engine, a TLS server on --webhook-listen with the serving pair, requiring
+// the API server's client certificate with --webhook-client-ca-file (and
+// warning that anyone may call it without), and the component that reloads
+// that CA. It listens at once so that a taken port fails startup.
+func newWebhookComponents(cfg *config.Config, engine *limiter.Engine, reg prometheus.Registerer, casc *cascades, certs *serving.CertKey) ([]component, error) {
 	log := cfg.Logger.With("component", "webhook")
 	h, err := webhook.NewHandler(webhook.Config{Engine: engine, Logger: log, Registerer: reg, Cascades: casc, Resolve: casc.resolve})
 	if err != nil {
-		return component{}, err
+		return nil, err
 	}
-	certs, err := webhook.NewCertReloader(webhook.CertConfig{
-		CertFile: cfg.Options.TLSCertFile, KeyFile: cfg.Options.TLSPrivateKeyFile, Logger: log, Registerer: reg,
-	})
-	if err != nil {
-		return component{}, err
-	}
+	var comps []component
 	var clientAuth *webhook.ClientAuth
 	if cfg.Options.WebhookClientCAFile != "" {
-		clientAuth, err = webhook.NewClientAuth(webhook.ClientAuthConfig{
-			CAFile: cfg.Options.WebhookClientCAFile, AllowedNames: cfg.Options.WebhookClientAllowedNames, Logger: log, Registerer: reg,
-		})
+		ca, err := serving.NewCA(serving.CAConfig{Purpose: "webhook client CA", File: cfg.Options.WebhookClientCAFile, Logger: log,
+			Registerer: reg, MetricsSubsystem: "webhook"})
 		if err != nil {
-			return component{}, err
+			return nil, err
+		}
+		comps = append(comps, component{"webhook-client-ca", ca.Run})
+		clientAuth, err = webhook.NewClientAuth(webhook.ClientAuthConfig{CA: ca, AllowedNames: cfg.Options.WebhookClientAllowedNames, Registerer: reg})
+		if err != nil {
+			return nil, err
 		}
 		if len(cfg.Options.WebhookClientAllowedNames) == 0 {
 			log.Warn("the webhook accepts any client certificate its client CA signed: if --webhook-client-ca-file is the cluster CA, "+
@@ -329,12 +347,12 @@ func newWebhookComponent(cfg *config.Config, engine *limiter.Engine, reg prometh
 	}
 	srv, err := webhook.NewServer(webhook.ServerConfig{
 		Addr: cfg.Options.WebhookListen, Handler: h, Certificates: certs, ClientAuth: clientAuth,
-		ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log,
+		ShutdownTimeout: cfg.Options.ShutdownTimeout, Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return component{}, err
+		return nil, err
 	}
-	return component{"webhook", srv.Run}, nil
+	return append(comps, component{"webhook", srv.Run}), nil
 }
 
 func proxyLevels(p *proxy.Proxy) []levelStatus {

@@ -56,13 +56,17 @@ func TestTheWebhookWarnsWhenItAcceptsAnyCaller(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			comp, err := newWebhookComponent(cfg, eng, nil, newCascades(nil, cfg.Logger, p))
+			certs, _, err := newServingCertificates(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			comps, err := newWebhookComponents(cfg, eng, nil, newCascades(nil, cfg.Logger, p), certs)
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel() // runs and shuts down at once, closing its listener
-			if err := comp.run(ctx); err != nil {
+			if err := runAll(ctx, comps); err != nil {
 				t.Errorf("the webhook did not shut down cleanly: %v", err)
 			}
 			for _, w := range []string{anyCaller, anyName} {
