@@ -99,8 +99,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Run serves until ctx is done, then shuts down: it stops accepting, lets
 // in-flight requests finish for ShutdownTimeout and cuts the connections
-// still open after it. It returns nil after a clean shutdown, and an error
-// when serving failed or connections had to be cut. Run must be called at
+// still open after it (a proxy always has watches open: cutting them is how
+// they end, and clients reconnect; it is logged, not a failure). It returns an
+// error when serving failed or the shutdown failed for any other reason. Run must be called at
 // most once; the listener is closed when it returns.
 func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.AfterShutdown != nil {
@@ -123,8 +124,12 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 	err := s.srv.Shutdown(sctx)
-	if err != nil {
-		// Connections still busy after the grace period are cut.
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Connections still busy after the grace period are cut: the same
+		// end for every listener, and not a failure of the process.
+		s.log.Warn(s.cfg.Name+" cut the connections still open after the shutdown timeout", "shutdownTimeout", s.cfg.ShutdownTimeout.String())
+		err = s.srv.Close()
+	} else if err != nil {
 		_ = s.srv.Close()
 	}
 	// Serve returns http.ErrServerClosed once Shutdown or Close has begun.
