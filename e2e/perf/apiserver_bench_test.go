@@ -1,0 +1,467 @@
+package perf
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/policy"
+	"github.com/kubedefender/kubedefender/proxy"
+)
+
+var (
+	flagClients = flag.Int("perf.clients", 16, "concurrent clients per target, each on its own connection")
+	flagRounds  = flag.Int("perf.rounds", 8, "rounds per target; targets alternate within each round")
+	flagRound   = flag.Duration("perf.round", 5*time.Second, "length of one target's round")
+	flagWarmup  = flag.Duration("perf.warmup", 2*time.Second, "warm-up load per target before the first round")
+	flagHTTP2   = flag.Bool("perf.http2", true, "clients speak HTTP/2 (as client-go does); false: HTTP/1.1 keep-alive")
+)
+
+const (
+	perfNS     = "perf"
+	configMaps = 5
+	// userAgent is kubectl's, so that the policy's kubectl-lists rate limit
+	// judges every request, as does the Shadow per-user-catch-all.
+	userAgent = "kubectl/v1.37.2 (linux/amd64) kubedefender-perf"
+)
+
+// unlimited matches the qps and burst of every rate limit of the example
+// policy, which the benchmark raises so that they evaluate every request
+// but never deny one.
+var unlimited = regexp.MustCompile(`(?m)^(\s+)(qps|burst): \d+`)
+
+// BenchmarkAPIServerLists measures what KubeDefender's proxy costs the API
+// server's throughput (see the package doc). b.N is ignored: one run is a
+// fixed number of rounds (run it with -benchtime 1x).
+func BenchmarkAPIServerLists(b *testing.B) {
+	load0 := loadAverage()
+	cp := framework.Start(b, framework.Options{})
+	path := seed(b, cp)
+	token := cp.Token(b, framework.UserAlice)
+
+	kd, reg := startKubeDefender(b, cp)
+	bare := startBareProxy(b, cp)
+	targets := []*target{
+		{name: "direct", url: cp.URL + path},
+		{name: "bare proxy", url: bare + path},
+		{name: "kubedefender", url: kd + path},
+	}
+	ca := caPool(b, cp.CACertFile)
+	for _, t := range targets {
+		t.clients = newClients(*flagClients, ca, *flagHTTP2)
+		if r := t.run(token, *flagWarmup); r.errors > 0 || r.n == 0 {
+			b.Fatalf("%s: warm-up: %d requests, %d errors (first: %s)", t.name, r.n, r.errors, r.firstErr)
+		}
+	}
+
+	b.ResetTimer()
+	for i := range *flagRounds {
+		for j := range targets {
+			t := targets[(i+j)%len(targets)]
+			t.results = append(t.results, t.run(token, *flagRound))
+		}
+	}
+	b.StopTimer()
+
+	all := map[*target]result{}
+	for _, t := range targets {
+		all[t] = merge(t.results)
+		if all[t].errors > 0 {
+			b.Fatalf("%s: %d errors (first: %s)", t.name, all[t].errors, all[t].firstErr)
+		}
+	}
+	rejected := sumCounters(b, reg, "kubedefender_proxy_rejections_total", nil)
+	judged := sumCounters(b, reg, "kubedefender_limiter_decisions_total", map[string]string{"kind": "rateLimit"})
+	if rejected > 0 {
+		b.Fatalf("kubedefender rejected %.0f requests: the benchmark's limits must not deny", rejected)
+	}
+	direct, bareT, kdT := targets[0], targets[1], targets[2]
+	d, r, k := all[direct], all[bareT], all[kdT]
+	fmt.Printf("\nLIST of %d ConfigMaps by a token user (not exempt), %d clients (%s), %d x %s rounds per target, alternating; GOMAXPROCS=%d\n",
+		configMaps, *flagClients, map[bool]string{true: "HTTP/2", false: "HTTP/1.1"}[*flagHTTP2], *flagRounds, *flagRound, runtime.GOMAXPROCS(0))
+	fmt.Printf("load average before %s, after %s\n", load0, loadAverage())
+	for _, t := range targets {
+		m := all[t]
+		fmt.Printf("  %-13s %8.0f req/s  p50 %9s  p99 %9s  (per round: %s)\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), perRound(t.results))
+	}
+	kdBare, kdBareMedian := k.qps()/r.qps(), medianRatio(kdT.results, bareT.results)
+	bareDirect, bareDirectMedian := r.qps()/d.qps(), medianRatio(bareT.results, direct.results)
+	fmt.Printf("  kubedefender/bare:  %.3fx (median per round %.3fx; goal >= 0.97x)  added p50 %s, added p99 %s (goal <= 1ms)\n",
+		kdBare, kdBareMedian, (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
+	fmt.Printf("  bare/direct:        %.3fx (median per round %.3fx)\n", bareDirect, bareDirectMedian)
+	fmt.Printf("  kubedefender/direct: %.3fx; rate-limit decisions %.0f, rejections %.0f\n", k.qps()/d.qps(), judged, rejected)
+	b.ReportMetric(k.qps(), "kd-req/s")
+	b.ReportMetric(r.qps(), "bare-req/s")
+	b.ReportMetric(d.qps(), "direct-req/s")
+	b.ReportMetric(kdBareMedian, "kd/bare")
+	b.ReportMetric(bareDirectMedian, "bare/direct")
+	b.ReportMetric(float64(k.p99-r.p99)/1e3, "added-p99-µs")
+}
+
+// seed creates the namespace, the ConfigMaps and a Role letting alice read
+// them, and returns the path of the LIST.
+func seed(b *testing.B, cp *framework.ControlPlane) string {
+	b.Helper()
+	ctx := context.Background()
+	cp.CreateNamespace(b, perfNS)
+	for i := range configMaps {
+		cm := &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("settings-%d", i), Labels: map[string]string{"app": "perf"}},
+			Data:       map[string]string{"mode": "production", "replicas": "3", "endpoint": "https://service.perf.svc:8443"},
+		}
+		if _, err := cp.Client.CoreV1().ConfigMaps(perfNS).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			b.Fatalf("failed to create a ConfigMap: %v", err)
+		}
+	}
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "configmap-reader"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"}}},
+	}
+	if _, err := cp.Client.RbacV1().Roles(perfNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		b.Fatalf("failed to create the role: %v", err)
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "configmap-readers"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: framework.UserAlice}},
+	}
+	if _, err := cp.Client.RbacV1().RoleBindings(perfNS).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		b.Fatalf("failed to bind the role: %v", err)
+	}
+	return "/api/v1/namespaces/" + perfNS + "/configmaps"
+}
+
+// startKubeDefender serves, in this process, the proxy `kubedefender serve
+// --proxy-listen` builds: front-proxy mode, the cluster CA for client
+// certificates, TokenReview through the admin client (cached), a memory
+// store, and the example production policy with its rate limits raised. It
+// returns the proxy's URL and the registry of its metrics.
+func startKubeDefender(b *testing.B, cp *framework.ControlPlane) (string, *prometheus.Registry) {
+	b.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "examples", "production.yaml"))
+	if err != nil {
+		b.Fatalf("failed to read the example policy: %v", err)
+	}
+	yaml := unlimited.ReplaceAllString(string(raw), "${1}${2}: 1000000")
+	compiled, err := policy.Parse("production.yaml", []byte(yaml))
+	if err != nil {
+		b.Fatalf("failed to parse the example policy: %v", err)
+	}
+	dir := b.TempDir()
+	logFile, err := os.Create(filepath.Join(dir, "kubedefender.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = logFile.Close() })
+	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	reg := prometheus.NewRegistry()
+	store := limiter.NewMemoryStore(limiter.MemoryConfig{})
+	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: compiled, Store: store, Registerer: reg, Logger: log})
+	if err != nil {
+		b.Fatalf("failed to build the engine: %v", err)
+	}
+	engine.DeclareFronts(limiter.FrontProxy)
+	up, err := url.Parse(cp.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert, key := cp.IssueServingCert(b, "kubedefender-perf", "127.0.0.1")
+	p, err := proxy.New(proxy.Config{
+		Upstream: up, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
+		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
+		TokenReviewClient: cp.Client.AuthenticationV1(),
+		Engine:            engine, Policy: staticPolicy{compiled},
+		Logger: log.With("component", "proxy"), Registerer: reg,
+	})
+	if err != nil {
+		b.Fatalf("failed to build the proxy: %v", err)
+	}
+	ln := listen(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	pprof.Do(ctx, pprof.Labels("target", "kubedefender"), func(ctx context.Context) {
+		wg.Go(func() { store.Run(ctx) })
+		wg.Go(func() { engine.Run(ctx) })
+		wg.Go(func() {
+			if err := p.Serve(ctx, ln); err != nil {
+				b.Errorf("kubedefender: %v", err)
+			}
+		})
+	})
+	b.Cleanup(func() { cancel(); wg.Wait() })
+	return "https://" + ln.Addr().String(), reg
+}
+
+// staticPolicy is a policy source that never reloads.
+type staticPolicy struct{ c *policy.Compiled }
+
+func (s staticPolicy) Current() *policy.Compiled        { return s.c }
+func (s staticPolicy) Subscribe(func(*policy.Compiled)) {}
+
+// startBareProxy serves a bare httputil.ReverseProxy with TLS in front of
+// the API server: it passes the client's token on and does nothing else.
+// Its upstream transport is the one a careful reverse proxy would use, and
+// the one KubeDefender uses: HTTP/2 over TLS, idle connections kept, the
+// client's Accept-Encoding passed through untouched.
+func startBareProxy(b *testing.B, cp *framework.ControlPlane) string {
+	b.Helper()
+	up, err := url.Parse(cp.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(up) },
+		Transport: &http.Transport{
+			TLSClientConfig:     &tls.Config{RootCAs: caPool(b, cp.CACertFile), MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2:   true,
+			MaxIdleConns:        1000,
+			MaxIdleConnsPerHost: 1000,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		},
+	}
+	certFile, keyFile := cp.IssueServingCert(b, "bare-proxy-perf", "127.0.0.1")
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:           rp,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	ln := listen(b)
+	pprof.Do(context.Background(), pprof.Labels("target", "bare"), func(context.Context) {
+		go func() { _ = srv.ServeTLS(ln, "", "") }()
+	})
+	b.Cleanup(func() { _ = srv.Close() })
+	return "https://" + ln.Addr().String()
+}
+
+func listen(b *testing.B) net.Listener {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("failed to listen: %v", err)
+	}
+	return ln
+}
+
+func caPool(b *testing.B, file string) *x509.CertPool {
+	b.Helper()
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		b.Fatalf("failed to read the CA: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		b.Fatalf("failed to parse the CA %s", file)
+	}
+	return pool
+}
+
+// target is one way to the API server, with its own clients (so that each
+// keeps its connections across rounds) and its rounds' results.
+type target struct {
+	name    string
+	url     string
+	clients []*http.Client
+	results []result
+}
+
+func newClients(n int, ca *x509.CertPool, h2 bool) []*http.Client {
+	out := make([]*http.Client, n)
+	for i := range out {
+		out[i] = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2: h2,
+		}}
+	}
+	return out
+}
+
+// run has every client LIST as fast as it can for d, each on its own
+// connection, and returns the completed requests and their latencies.
+func (t *target) run(token string, d time.Duration) result {
+	var (
+		mu       sync.Mutex
+		lats     []time.Duration
+		errs     atomic.Int64
+		firstErr atomic.Value
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		errs.Add(1)
+		firstErr.CompareAndSwap(nil, err.Error())
+	}
+	began := time.Now()
+	deadline := began.Add(d)
+	pprof.Do(context.Background(), pprof.Labels("target", "client"), func(context.Context) {
+		for _, c := range t.clients {
+			wg.Go(func() {
+				local := make([]time.Duration, 0, 8192)
+				for time.Now().Before(deadline) {
+					req, err := http.NewRequest(http.MethodGet, t.url, nil)
+					if err != nil {
+						fail(err)
+						return
+					}
+					req.Header.Set("Authorization", "Bearer "+token)
+					req.Header.Set("Accept", "application/json")
+					req.Header.Set("User-Agent", userAgent)
+					t0 := time.Now()
+					resp, err := c.Do(req)
+					if err != nil {
+						fail(err)
+						continue
+					}
+					_, err = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if err != nil || resp.StatusCode != http.StatusOK {
+						fail(fmt.Errorf("%s: status %d, body error %v", t.name, resp.StatusCode, err))
+						continue
+					}
+					local = append(local, time.Since(t0))
+				}
+				mu.Lock()
+				lats = append(lats, local...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+	})
+	first, _ := firstErr.Load().(string)
+	return summarize(lats, time.Since(began), errs.Load(), first)
+}
+
+// result is one or more rounds of one target.
+type result struct {
+	n        int
+	elapsed  time.Duration
+	lats     []time.Duration // sorted
+	p50, p99 time.Duration
+	errors   int64
+	firstErr string
+}
+
+func (r result) qps() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func summarize(lats []time.Duration, elapsed time.Duration, errors int64, firstErr string) result {
+	slices.Sort(lats)
+	r := result{n: len(lats), elapsed: elapsed, lats: lats, errors: errors, firstErr: firstErr}
+	if len(lats) > 0 {
+		r.p50, r.p99 = lats[len(lats)/2], lats[len(lats)*99/100]
+	}
+	return r
+}
+
+// merge pools rounds: requests over their summed time, percentiles over all
+// their latencies.
+func merge(rs []result) result {
+	var (
+		lats     []time.Duration
+		elapsed  time.Duration
+		errors   int64
+		firstErr string
+	)
+	for _, r := range rs {
+		lats = append(lats, r.lats...)
+		elapsed += r.elapsed
+		errors += r.errors
+		if firstErr == "" {
+			firstErr = r.firstErr
+		}
+	}
+	return summarize(lats, elapsed, errors, firstErr)
+}
+
+// medianRatio is the median over rounds of a's throughput over b's in the
+// same round: one stalled round cannot move it.
+func medianRatio(a, b []result) float64 {
+	var xs []float64
+	for i := range min(len(a), len(b)) {
+		xs = append(xs, a[i].qps()/b[i].qps())
+	}
+	if len(xs) == 0 {
+		return 0
+	}
+	slices.Sort(xs)
+	return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
+}
+
+func perRound(rs []result) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprintf("%.0f", r.qps())
+	}
+	return strings.Join(parts, " ")
+}
+
+// sumCounters adds up the counters of name in reg whose labels include want.
+func sumCounters(b *testing.B, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	b.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatalf("failed to gather metrics: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for k, v := range want {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || l.GetName() == k && l.GetValue() == v
+				}
+				if !found {
+					continue metric
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// loadAverage is the first three fields of /proc/loadavg, or "unknown".
+func loadAverage() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
