@@ -109,7 +109,7 @@ func startDefender(t *testing.T, name, policyYAML string, o defenderOptions) *de
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)
 	}
-	d.Watcher.Subscribe(d.Engine.SetPolicy)
+	d.Watcher.Subscribe("engine", policy.SubscriberFunc(d.Engine.SetPolicy))
 	h, err := webhook.NewHandler(webhook.Config{Engine: d.Engine, Registerer: d.Registry, Logger: log, Cascades: o.Cascades})
 	if err != nil {
 		t.Fatalf("failed to build the handler: %v", err)

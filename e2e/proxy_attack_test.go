@@ -81,7 +81,7 @@ func newProxyFor(t *testing.T, cp *framework.ControlPlane, name, policyYAML stri
 	cert, key := cp.IssueServingCert(t, name, "127.0.0.1")
 	p, err := proxy.New(proxy.Config{Upstream: up, UpstreamCAFile: cp.CACertFile, AuthMode: proxy.AuthFrontProxy,
 		ClientCAFile: cp.CACertFile, FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
-		TLSCertFile: cert, TLSKeyFile: key, Engine: eng, Policy: w, BudgetsAtProxy: budgetsAtProxy})
+		TLSCertFile: cert, TLSKeyFile: key, Engine: eng, Policy: w.Current(), BudgetsAtProxy: budgetsAtProxy})
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}

@@ -115,7 +115,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
-		Engine:            engine, Policy: staticSource{compiled},
+		Engine:            engine, Policy: compiled,
 		MaxQueueWait: 20 * time.Second,
 		Logger:       slog.New(slog.NewJSONHandler(rp.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer:   rp.Registry,
@@ -144,12 +144,6 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	rp.Proxy = p
 	return rp
 }
-
-// staticSource is a policy source that never reloads.
-type staticSource struct{ c *policy.Compiled }
-
-func (s staticSource) Current() *policy.Compiled        { return s.c }
-func (s staticSource) Subscribe(func(*policy.Compiled)) {}
 
 // viaProxy rewrites a kubeconfig to point at the proxy and returns its path.
 func viaProxy(t *testing.T, kubeconfig, proxyURL string) string {

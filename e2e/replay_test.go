@@ -221,7 +221,7 @@ func startReplayProxy(t *testing.T, cp *framework.ControlPlane) *replayProxy {
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
-		Engine:            engine, Policy: staticSource{compiled},
+		Engine:            engine, Policy: compiled,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 	})
 	if err != nil {

@@ -26,6 +26,9 @@
 //
 // Reload (Watcher) watches the directory that holds the file, so a ConfigMap
 // mount's symlink swap is seen; a new version is decoded, validated and compiled
-// to the side and published only when it is good. A bad edit keeps the running
-// policy and is reported.
+// to the side and published only when it is good. Each Subscriber (the engine,
+// the cascade counter, the proxy's priority levels) then prepares it to the side
+// and, once all have, every one commits: a subscriber that refuses it fails the
+// reload as a bad edit does. A bad edit keeps the running policy and is
+// reported.
 package policy

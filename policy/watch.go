@@ -47,7 +47,36 @@ type Watcher struct {
 	read     [sha256.Size]byte
 
 	mu          sync.Mutex
-	subscribers []func(*Compiled)
+	subscribers []subscription
+}
+
+// Subscriber takes part in policy reloads, in two phases, as the API
+// server's queue sets do with BeginConfigChange and Complete.
+//
+// PreparePolicy is called from the watcher's goroutine with each new policy,
+// after it has been validated and before anything runs it. It builds
+// everything the subscriber needs to run c and changes nothing that runs; an
+// error refuses c: the reload fails, no subscriber commits and the running
+// policy stays. commit makes c the subscriber's running policy; it cannot
+// fail and must not block for long. It is called once, after every
+// subscriber has prepared, or never (another subscriber refused c). Reloads
+// are serialised: no PreparePolicy comes between a prepare and its commit.
+type Subscriber interface {
+	PreparePolicy(c *Compiled) (commit func(), err error)
+}
+
+// SubscriberFunc adapts a subscriber that cannot refuse a policy: it
+// prepares nothing and is called with the new policy at commit.
+type SubscriberFunc func(*Compiled)
+
+// PreparePolicy returns a commit that calls f with c.
+func (f SubscriberFunc) PreparePolicy(c *Compiled) (func(), error) {
+	return func() { f(c) }, nil
+}
+
+type subscription struct {
+	name string
+	s    Subscriber
 }
 
 // Reload results, the values of the result label.
@@ -124,12 +153,14 @@ func (w *Watcher) LastError() string {
 	return ""
 }
 
-// Subscribe registers fn to be called, from the watcher's goroutine, with each
-// new policy after it has been validated and swapped in. fn must not block for long.
-func (w *Watcher) Subscribe(fn func(*Compiled)) {
+// Subscribe makes s take part in every later reload (see Subscriber); name
+// says who it is in LastError and the log when it refuses a policy.
+// Subscribers prepare and commit in the order they subscribed. The policy
+// running when s subscribes is not passed to it: s starts from Current.
+func (w *Watcher) Subscribe(name string, s Subscriber) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.subscribers = append(w.subscribers, fn)
+	w.subscribers = append(w.subscribers, subscription{name: name, s: s})
 }
 
 // digestOf is the SHA-256 of the file's bytes, zero when it cannot be read.
@@ -141,10 +172,10 @@ func digestOf(path string) [sha256.Size]byte {
 	return sha256.Sum256(data)
 }
 
-// Reload reads the file now. A bad file keeps the running policy and returns
-// the validation error. A file whose bytes are those of the last reload (or
-// of startup) is not decoded again and counts no reload: it returns the error
-// it had then, if any.
+// Reload reads the file now. A bad file, or a policy a subscriber refuses,
+// keeps the running policy and returns the error. A file whose bytes are
+// those of the last reload (or of startup) is not decoded again and counts
+// no reload: it returns the error it had then, if any.
 func (w *Watcher) Reload() error {
 	w.reloadMu.Lock()
 	defer w.reloadMu.Unlock()
@@ -158,32 +189,60 @@ func (w *Watcher) Reload() error {
 	w.read = d
 	c, err := Load(w.cfg.Path)
 	if err != nil {
-		w.reloads.WithLabelValues(ReloadFailure).Inc()
-		w.lastOK.Set(0)
-		msg := err.Error()
-		w.lastErr.Store(&msg)
-		w.log.Error("policy reload refused; the running policy stays", "file", w.cfg.Path, "running", w.Current().Hash, "err", msg)
-		return err
+		return w.refuse(err)
 	}
+	old := w.current.Load()
+	if old.Hash == c.Hash {
+		w.succeed(ReloadUnchanged)
+		return nil
+	}
+	commits, err := w.prepare(c)
+	if err != nil {
+		return w.refuse(err)
+	}
+	for _, commit := range commits {
+		commit()
+	}
+	w.current.Store(c)
+	w.succeed(ReloadSuccess)
+	w.log.Info("policy reloaded", "file", w.cfg.Path, "hash", c.Hash, "previous", old.Hash,
+		"budgets", len(c.Budgets), "rateLimits", len(c.RateLimits), "flowSchemas", len(c.FlowSchemas))
+	return nil
+}
+
+// prepare asks every subscriber to prepare c and returns their commits, or
+// the first refusal (naming the subscriber).
+func (w *Watcher) prepare(c *Compiled) ([]func(), error) {
+	w.mu.Lock()
+	subs := append([]subscription(nil), w.subscribers...)
+	w.mu.Unlock()
+	commits := make([]func(), 0, len(subs))
+	for _, sub := range subs {
+		commit, err := sub.s.PreparePolicy(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s refused policy %s: %w", sub.name, c.Hash, err)
+		}
+		commits = append(commits, commit)
+	}
+	return commits, nil
+}
+
+// refuse records a failed reload: the running policy stays.
+func (w *Watcher) refuse(err error) error {
+	w.reloads.WithLabelValues(ReloadFailure).Inc()
+	w.lastOK.Set(0)
+	msg := err.Error()
+	w.lastErr.Store(&msg)
+	w.log.Error("policy reload refused; the running policy stays", "file", w.cfg.Path, "running", w.Current().Hash, "err", msg)
+	return err
+}
+
+// succeed records a reload whose file is now the running policy.
+func (w *Watcher) succeed(result string) {
 	empty := ""
 	w.lastErr.Store(&empty)
 	w.lastOK.Set(1)
-	old := w.current.Load()
-	if old != nil && old.Hash == c.Hash {
-		w.reloads.WithLabelValues(ReloadUnchanged).Inc()
-		return nil
-	}
-	w.current.Store(c)
-	w.reloads.WithLabelValues(ReloadSuccess).Inc()
-	w.log.Info("policy reloaded", "file", w.cfg.Path, "hash", c.Hash, "previous", old.Hash,
-		"budgets", len(c.Budgets), "rateLimits", len(c.RateLimits), "flowSchemas", len(c.FlowSchemas))
-	w.mu.Lock()
-	subs := append([]func(*Compiled){}, w.subscribers...)
-	w.mu.Unlock()
-	for _, fn := range subs {
-		fn(c)
-	}
-	return nil
+	w.reloads.WithLabelValues(result).Inc()
 }
 
 // Run watches the policy file's directory until ctx is done.

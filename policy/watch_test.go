@@ -2,9 +2,11 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -97,11 +99,11 @@ func startWatcher(t *testing.T, path string, touch func(n int)) *watched {
 		t.Fatalf("NewWatcher: %v", err)
 	}
 	h.w = w
-	w.Subscribe(func(c *Compiled) {
+	w.Subscribe("recorder", SubscriberFunc(func(c *Compiled) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.received = append(h.received, c)
-	})
+	}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -342,5 +344,109 @@ kubedefender_policy_rules 1
 	// A second watcher on the same registry is refused, not a panic.
 	if _, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg}); err == nil {
 		t.Error("a second watcher registered the same metrics")
+	}
+}
+
+// recordingSubscriber logs its prepares and commits into a shared journal;
+// refuse makes its prepare fail.
+type recordingSubscriber struct {
+	name    string
+	refuse  error
+	journal *[]string
+}
+
+func (r *recordingSubscriber) PreparePolicy(c *Compiled) (func(), error) {
+	*r.journal = append(*r.journal, "prepare "+r.name)
+	if r.refuse != nil {
+		return nil, r.refuse
+	}
+	return func() { *r.journal = append(*r.journal, "commit "+r.name) }, nil
+}
+
+// TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits: a policy any
+// subscriber refuses is a failed reload: nothing commits, the running policy
+// stays, and LastError names the subscriber (the proxy's priority levels
+// used to be refused in a log line while the reload counted as a success).
+func TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits(t *testing.T) {
+	refused := errors.New("priority level \"workload\" does not configure")
+	for _, tc := range []struct {
+		name        string
+		refusedBy   string
+		wantJournal []string
+		wantErr     string
+		wantResult  string
+	}{
+		{
+			name:        "every subscriber prepares, then all commit in the order they subscribed",
+			wantJournal: []string{"prepare engine", "prepare cascades", "prepare proxy", "commit engine", "commit cascades", "commit proxy"},
+			wantResult:  ReloadSuccess,
+		},
+		{
+			name:        "the last subscriber refuses: the others prepared but none commits",
+			refusedBy:   "proxy",
+			wantJournal: []string{"prepare engine", "prepare cascades", "prepare proxy"},
+			wantErr:     "proxy refused policy ",
+			wantResult:  ReloadFailure,
+		},
+		{
+			name:        "the first subscriber refuses: the others are not asked",
+			refusedBy:   "engine",
+			wantJournal: []string{"prepare engine"},
+			wantErr:     "engine refused policy ",
+			wantResult:  ReloadFailure,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.yaml")
+			writeAtomically(t, path, policyWithLimit(10))
+			reg := prometheus.NewRegistry()
+			w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var journal []string
+			for _, name := range []string{"engine", "cascades", "proxy"} {
+				s := &recordingSubscriber{name: name, journal: &journal}
+				if name == tc.refusedBy {
+					s.refuse = refused
+				}
+				w.Subscribe(name, s)
+			}
+			before := w.Current()
+
+			writeAtomically(t, path, policyWithLimit(20))
+			err = w.Reload()
+
+			if !slices.Equal(journal, tc.wantJournal) {
+				t.Errorf("journal = %q, want %q", journal, tc.wantJournal)
+			}
+			if got := testutil.ToFloat64(w.reloads.WithLabelValues(tc.wantResult)); got != 1 {
+				t.Errorf("reloads_total{result=%q} = %v, want 1", tc.wantResult, got)
+			}
+			if tc.wantErr == "" {
+				if err != nil || w.LastError() != "" {
+					t.Fatalf("Reload = %v, LastError = %q, want neither", err, w.LastError())
+				}
+				if w.Current() == before || w.Current().Budgets[0].Windows[0].Limit != 20 {
+					t.Errorf("the new policy is not running")
+				}
+				return
+			}
+			if !errors.Is(err, refused) || !strings.HasPrefix(err.Error(), tc.wantErr) {
+				t.Errorf("Reload = %v, want %q… wrapping the refusal", err, tc.wantErr)
+			}
+			if got := w.LastError(); !strings.HasPrefix(got, tc.wantErr) || !strings.HasSuffix(got, refused.Error()) {
+				t.Errorf("LastError = %q, want the subscriber and its error", got)
+			}
+			if w.Current() != before {
+				t.Errorf("the running policy changed to %s after a refused reload", w.Current().Hash)
+			}
+			if got := testutil.ToFloat64(w.lastOK); got != 0 {
+				t.Errorf("last_reload_successful = %v, want 0", got)
+			}
+			if got := testutil.ToFloat64(w.reloads.WithLabelValues(ReloadSuccess)); got != 0 {
+				t.Errorf("reloads_total{result=success} = %v, want 0", got)
+			}
+		})
 	}
 }

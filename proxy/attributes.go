@@ -91,7 +91,8 @@ func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) htt
 // client's connection (its stream, over HTTP/2), lifted afterwards unless
 // read failed (the request is then answered at once, and a body that did
 // not come must not be waited for while the server drains it); a writer
-// that cannot set deadlines (a test recorder) runs read without.
+// that cannot set deadlines (a test recorder) runs read without. The
+// deadline is the network's, on the wall clock: not the proxy's clock.
 func withBodyDeadline(w http.ResponseWriter, timeout time.Duration, read func() error) error {
 	rc := http.NewResponseController(w)
 	if timeout <= 0 || rc.SetReadDeadline(time.Now().Add(timeout)) != nil {

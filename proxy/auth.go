@@ -16,6 +16,7 @@ import (
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	"k8s.io/utils/clock"
 )
 
 // Identity headers the API server reads from a front proxy
@@ -263,7 +264,7 @@ func (p *Proxy) buildAuthenticator() error {
 	if p.cfg.TokenReviewClient != nil {
 		cfg.TokenAccessReviewClient = p.cfg.TokenReviewClient
 	}
-	cache := &certCache{entries: map[[sha256.Size]byte]certEntry{}}
+	cache := newCertCache(p.clock)
 	if p.cfg.ClientCAFile != "" {
 		ca, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", p.cfg.ClientCAFile)
 		if err != nil {
@@ -294,12 +295,17 @@ func (p *Proxy) buildAuthenticator() error {
 // who a verified certificate is, but a failed certificate falls through to
 // the token). A change of the client CA empties it.
 type certCache struct {
-	next authenticator.Request
-	mu   sync.Mutex
+	next  authenticator.Request
+	clock clock.PassiveClock
+	mu    sync.Mutex
 	// entries are keyed by the hash of the whole leaf certificate: its
 	// signature alone is public and could be pasted into a forged certificate
 	// with the attacker's own key (the handshake proves only the key).
 	entries map[[sha256.Size]byte]certEntry
+}
+
+func newCertCache(clk clock.PassiveClock) *certCache {
+	return &certCache{clock: clk, entries: map[[sha256.Size]byte]certEntry{}}
 }
 
 type certEntry struct {
@@ -325,7 +331,7 @@ func (c *certCache) AuthenticateRequest(r *http.Request) (*authenticator.Respons
 	}
 	leaf := r.TLS.PeerCertificates[0]
 	key := sha256.Sum256(leaf.Raw)
-	now := time.Now()
+	now := c.clock.Now()
 	c.mu.Lock()
 	e, ok := c.entries[key]
 	c.mu.Unlock()

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,6 +12,8 @@ import (
 
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestCachedIdentityHeadersMatchTheUser(t *testing.T) {
@@ -74,7 +75,8 @@ func TestCertCacheCannotBeFooledByAPastedSignature(t *testing.T) {
 	victim := &x509.Certificate{Raw: []byte("victim DER"), Signature: []byte("the victim's signature"), NotAfter: time.Now().Add(time.Hour)}
 	forged := &x509.Certificate{Raw: []byte("forged DER with the attacker's key"), Signature: victim.Signature, NotAfter: victim.NotAfter}
 	next := &verifyingAuthenticator{accept: victim.Raw}
-	cache := &certCache{next: next, entries: map[[sha256.Size]byte]certEntry{}}
+	cache := newCertCache(clock.RealClock{})
+	cache.next = next
 	req := func(c *x509.Certificate) *http.Request {
 		r := httptest.NewRequest(http.MethodGet, "/api", nil)
 		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}}
@@ -88,5 +90,43 @@ func TestCertCacheCannotBeFooledByAPastedSignature(t *testing.T) {
 	}
 	if _, ok, _ := cache.AuthenticateRequest(req(victim)); !ok || next.calls != 2 {
 		t.Fatalf("the victim's second request: ok=%v, %d verifications, want a cache hit (2 verifications in all)", ok, next.calls)
+	}
+}
+
+// TestACachedCertificateIsVerifiedAgainOnceItsEntryExpires: an entry lives
+// certCacheTTL, or until the certificate expires when that comes first.
+func TestACachedCertificateIsVerifiedAgainOnceItsEntryExpires(t *testing.T) {
+	start := time.Now()
+	for _, tc := range []struct {
+		name      string
+		notAfter  time.Time
+		after     time.Duration
+		wantCalls int
+	}{
+		{name: "within the cache's lifetime the entry answers", notAfter: start.Add(time.Hour), after: certCacheTTL - time.Second, wantCalls: 1},
+		{name: "past the cache's lifetime the certificate is verified again", notAfter: start.Add(time.Hour), after: certCacheTTL, wantCalls: 2},
+		{name: "past the certificate's expiry the certificate is verified again", notAfter: start.Add(10 * time.Second), after: 10 * time.Second, wantCalls: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktesting.NewFakePassiveClock(start)
+			cert := &x509.Certificate{Raw: []byte("client DER"), NotAfter: tc.notAfter}
+			next := &verifyingAuthenticator{accept: cert.Raw}
+			cache := newCertCache(clk)
+			cache.next = next
+			r := httptest.NewRequest(http.MethodGet, "/api", nil)
+			r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+			if _, ok, err := cache.AuthenticateRequest(r); !ok || err != nil {
+				t.Fatalf("first request: %v %v", ok, err)
+			}
+
+			clk.SetTime(start.Add(tc.after))
+			if _, ok, err := cache.AuthenticateRequest(r); !ok || err != nil {
+				t.Fatalf("second request: %v %v", ok, err)
+			}
+
+			if next.calls != tc.wantCalls {
+				t.Errorf("verifications = %d, want %d", next.calls, tc.wantCalls)
+			}
+		})
 	}
 }

@@ -11,16 +11,21 @@
 // A request passes these filters, outermost first (Proxy.Handler builds it,
 // in one place):
 //
-//  1. instrumentation: requests_total{verb,code} and the latency the proxy adds;
-//  2. header hygiene: client-sent X-Remote-* headers are removed before
+//  1. request state: the state every filter after it shares (who the
+//     client is, what the request is, its level, timings) and the response
+//     writer that records the response's start; a filter that runs without
+//     it is a bug, counted (missing_request_state_total) and a panic under
+//     the package's tests;
+//  2. instrumentation: requests_total{verb,code} and the latency the proxy adds;
+//  3. header hygiene: client-sent X-Remote-* headers are removed before
 //     anything else reads the request;
-//  3. authentication (see below); 401 in front-proxy mode when it fails;
-//  4. request attributes, from k8s.io/apiserver's RequestInfoFactory;
-//  5. limits: rate limits and early breaker rejects (or budgets), answered
+//  4. authentication (see below); 401 in front-proxy mode when it fails;
+//  5. request attributes, from k8s.io/apiserver's RequestInfoFactory;
+//  6. limits: rate limits and early breaker rejects (or budgets), answered
 //     with a Kubernetes Status, 429 and Retry-After;
-//  6. priority levels: APF-style fair queuing on k8s.io/apiserver's queue
+//  7. priority levels: APF-style fair queuing on k8s.io/apiserver's queue
 //     sets; 429 when a queue is full or the wait times out;
-//  7. the reverse proxy itself.
+//  8. the reverse proxy itself.
 //
 // Cheap rejections come before queuing so that a rejected request never
 // takes a queue slot, and authentication comes before everything that keys
@@ -73,8 +78,9 @@
 // (ByUser / ByNamespace). Exempt levels never queue. Long-running requests
 // (watch, exec, attach, port-forward, proxy, log?follow=true and any upgrade)
 // hold their seat only until their response starts. A policy reload
-// reconfigures each level's queue set in place (BeginConfigChange), so queued
-// requests stay queued; a level that disappears keeps serving the requests it
+// (Proxy.PreparePolicy, subscribed by serve) reconfigures each level's queue
+// set in place (BeginConfigChange, then Complete at commit), so queued
+// requests stay queued; a level that does not configure refuses the policy; a level that disappears keeps serving the requests it
 // already holds.
 //
 // # Cost

@@ -53,7 +53,7 @@ func TestAFloodingFlowDoesNotStarveAnotherFlowAtItsLevel(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(100 * time.Millisecond)
+	eventually(t, "the flooder's backlog is queued", func() bool { return e.queued("workload") >= 8 })
 	flood := p99()
 	cancel()
 	wg.Wait()

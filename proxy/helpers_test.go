@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
@@ -73,32 +75,34 @@ func (ca *testCA) pool() *x509.CertPool {
 	return p
 }
 
-// staticPolicy is a PolicySource a test pushes new policies into.
-type staticPolicy struct {
-	mu   sync.Mutex
-	cur  *policy.Compiled
-	subs []func(*policy.Compiled)
+// testPolicy is the policy of a test's proxy on disk, watched as serve
+// watches it: the engine and the proxy subscribe to its reloads.
+type testPolicy struct {
+	file    string
+	watcher *policy.Watcher
 }
 
-func (s *staticPolicy) Current() *policy.Compiled {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cur
+func newTestPolicy(t testing.TB, dir, yaml string) *testPolicy {
+	t.Helper()
+	file := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := policy.NewWatcher(policy.WatcherConfig{Path: file})
+	if err != nil {
+		t.Fatalf("failed to load the test policy: %v", err)
+	}
+	return &testPolicy{file: file, watcher: w}
 }
 
-func (s *staticPolicy) Subscribe(fn func(*policy.Compiled)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.subs = append(s.subs, fn)
-}
-
-func (s *staticPolicy) push(c *policy.Compiled) {
-	s.mu.Lock()
-	s.cur = c
-	subs := append([]func(*policy.Compiled){}, s.subs...)
-	s.mu.Unlock()
-	for _, fn := range subs {
-		fn(c)
+// push writes yaml as the policy and reloads it.
+func (s *testPolicy) push(t testing.TB, yaml string) {
+	t.Helper()
+	if err := os.WriteFile(s.file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.watcher.Reload(); err != nil {
+		t.Fatalf("failed to reload the test policy: %v", err)
 	}
 }
 
@@ -120,7 +124,7 @@ type env struct {
 	upstream   *httptest.Server
 	proxyURL   string
 	proxy      *Proxy
-	policy     *staticPolicy
+	policy     *testPolicy
 	engine     *limiter.Engine
 	logs       *syncBuffer
 	registry   *prometheus.Registry
@@ -141,6 +145,8 @@ type envOptions struct {
 	noFront  bool
 	// bodyReadTimeout is Config.BodyReadTimeout (0: the default).
 	bodyReadTimeout time.Duration
+	// clock is Config.Clock (nil: real time).
+	clock *clocktesting.FakeClock
 }
 
 type syncBuffer struct {
@@ -214,22 +220,25 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.upstream = up
 
 	servingCert, servingKey, _ := e.serverCA.issue(t, dir, "proxy", nil, true)
-	e.policy = &staticPolicy{cur: mustPolicy(t, o.policy)}
-	eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: e.policy.cur})
+	e.policy = newTestPolicy(t, dir, o.policy)
+	eng, err := limiter.NewEngine(limiter.EngineConfig{Policy: e.policy.watcher.Current()})
 	if err != nil {
 		t.Fatalf("failed to build the engine: %v", err)
 	}
-	e.policy.Subscribe(eng.SetPolicy)
+	e.policy.watcher.Subscribe("engine", policy.SubscriberFunc(eng.SetPolicy))
 	e.engine = eng
 	u, _ := url.Parse(up.URL)
 	cfg := Config{
 		Upstream: u, UpstreamCAFile: e.serverCA.file, TLSCertFile: servingCert, TLSKeyFile: servingKey,
-		AuthMode: o.mode, ClientCAFile: e.clientCA.file, Engine: eng, Policy: e.policy, BudgetsAtProxy: o.budgets,
+		AuthMode: o.mode, ClientCAFile: e.clientCA.file, Engine: eng, Policy: e.policy.watcher.Current(), BudgetsAtProxy: o.budgets,
 		MaxQueueWait: o.maxWait, BodyReadTimeout: o.bodyReadTimeout, Registerer: e.registry,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if !o.noFront {
 		cfg.FrontProxyCertFile, cfg.FrontProxyKeyFile, _ = e.frontCA.issue(t, dir, "front-proxy-client", nil, false)
+	}
+	if o.clock != nil {
+		cfg.Clock = o.clock
 	}
 	if o.tokens != nil {
 		cfg.TokenReviewClient = tokenReviewServer(t, o.tokens)
@@ -239,6 +248,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
 	e.proxy = p
+	e.policy.watcher.Subscribe("proxy", p)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("failed to listen: %v", err)
@@ -274,4 +284,14 @@ func (e *env) upstreamSaw() *http.Request {
 	e.upstreamMu.Lock()
 	defer e.upstreamMu.Unlock()
 	return e.lastUpstream
+}
+
+// eventually waits until cond holds, failing the test after 10s.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil })
+	if err != nil {
+		t.Fatalf("timed out waiting until %s", what)
+	}
 }

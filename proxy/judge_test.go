@@ -218,8 +218,8 @@ func TestTheFiltersAfterTheLimitsSeeTheRealVerb(t *testing.T) {
 	for _, budgets := range []bool{false, true} {
 		var seen string
 		m := newMetrics()
-		h := WithInstrumentation(m, clock.RealClock{}, WithRequestAttributes(WithLimits(LimitsConfig{Engine: eng, BudgetsAtProxy: budgets, Metrics: m},
-			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = stateOf(r).attrs.Verb }))))
+		h := WithRequestState(clock.RealClock{}, WithInstrumentation(m, WithRequestAttributes(WithLimits(LimitsConfig{Engine: eng, BudgetsAtProxy: budgets, Metrics: m},
+			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = stateOf(r).attrs.Verb })))))
 		r := httptest.NewRequest(http.MethodPatch, "/api/v1/namespaces/default/configmaps/c", strings.NewReader("{}"))
 		h.ServeHTTP(httptest.NewRecorder(), r)
 		if seen != "patch" {

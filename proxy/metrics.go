@@ -17,6 +17,9 @@ type metrics struct {
 	wait       *prometheus.HistogramVec
 	rejections *prometheus.CounterVec
 	upstream   *prometheus.CounterVec
+	// missingState counts what stateOf reports: nothing unless the chain
+	// is built wrong.
+	missingState missingStateCounter
 }
 
 func newMetrics() *metrics {
@@ -40,14 +43,29 @@ func newMetrics() *metrics {
 			Help: "Requests the proxy refused, by kind (rateLimit, budget, priorityLevel), rule or level name, and reason."}, []string{"kind", "rule", "reason"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
 			Help: "Requests that failed to reach the upstream API server, answered 503."}, []string{"verb"}),
+		missingState: missingStateCounter{desc: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "missing_request_state_total"),
+			"Requests a filter saw without the state the chain's first filter gives them, so the filters did not share what they learned: a bug, exposed only once it happened. Counted across the process.",
+			nil, nil)},
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.requests, m.added, m.waiting, m.executing, m.seats, m.wait, m.rejections, m.upstream} {
+	for _, c := range []prometheus.Collector{m.requests, m.added, m.waiting, m.executing, m.seats, m.wait, m.rejections, m.upstream, m.missingState} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("failed to register proxy metrics: %w", err)
 		}
 	}
 	return nil
+}
+
+// missingStateCounter exposes missingStates, like a vector without children,
+// only once it is not zero: a healthy proxy shows no such series.
+type missingStateCounter struct{ desc *prometheus.Desc }
+
+func (c missingStateCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c missingStateCounter) Collect(ch chan<- prometheus.Metric) {
+	if n := missingStates.Load(); n > 0 {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n))
+	}
 }

@@ -17,21 +17,22 @@ import (
 	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/queueset"
 	fcmetrics "k8s.io/apiserver/pkg/util/flowcontrol/metrics"
 	fcrequest "k8s.io/apiserver/pkg/util/flowcontrol/request"
+	"k8s.io/utils/clock"
 
 	"github.com/kubedefender/kubedefender/policy"
 )
 
 // priorityLevels holds one queue set per non-exempt priority level of the
 // running policy. Requests read the current set of levels without a lock;
-// setPolicy builds the next set to the side and swaps it in.
+// prepare builds the next set to the side and its commit swaps it in.
 type priorityLevels struct {
 	factory fq.QueueSetFactory
-	clock   eventclock.Interface
+	clock   clock.WithDelayedExecution
 	maxWait time.Duration
 	metrics *metrics
 	log     *slog.Logger
 
-	mu    sync.Mutex // serialises setPolicy
+	mu    sync.Mutex // serialises prepare and commit
 	state atomic.Pointer[levelsState]
 	// all keeps every queue set ever built, by level name, so that a level
 	// that comes back after a reload reuses its queue set (and its queued
@@ -55,12 +56,31 @@ type level struct {
 	wait prometheus.Observer
 }
 
-func newPriorityLevels(clk eventclock.Interface, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
+func newPriorityLevels(clk clock.WithDelayedExecution, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
 	if maxWait <= 0 {
 		return nil, errors.New("failed to build priority levels: the maximum queue wait must be positive")
 	}
-	return &priorityLevels{factory: queueset.NewQueueSetFactory(clk), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
+	return &priorityLevels{factory: queueset.NewQueueSetFactory(eventClock{clk}), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
 }
+
+// eventClock gives the queue sets the proxy's clock (they read the time for
+// their virtual time and schedule nothing), so one clock drives both the
+// queue sets and the queue wait's bound.
+type eventClock struct{ clock.WithDelayedExecution }
+
+// EventAfterDuration calls f after d with the time it was due.
+func (c eventClock) EventAfterDuration(f eventclock.EventFunc, d time.Duration) {
+	due := c.Now().Add(d)
+	// f gets the time it was due, not Now: a fake clock runs f under its lock.
+	c.AfterFunc(d, func() { f(due) })
+}
+
+// EventAfterTime calls f at t.
+func (c eventClock) EventAfterTime(f eventclock.EventFunc, t time.Time) {
+	c.EventAfterDuration(f, t.Sub(c.Now()))
+}
+
+var _ eventclock.Interface = eventClock{}
 
 // seatsFor splits concurrency among the non-exempt levels by shares, as the
 // API server does: ceil(concurrency*shares/sum), at least one seat each.
@@ -89,21 +109,20 @@ func shares(l policy.PriorityLevel) int {
 	return l.Shares
 }
 
-// setPolicy reconfigures the levels for c. An existing queue set is
-// reconfigured in place, keeping its queued and executing requests; a new
-// level gets a new queue set. Nothing is swapped in unless every level
-// configures.
-func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
+// prepare builds the levels of c to the side and changes nothing that
+// runs: an existing queue set begins a configuration change, a new level
+// the construction of a queue set (apiserver's BeginConfigChange and
+// BeginConstruction, which only check the configuration). It fails unless
+// every level configures. The returned commit completes them and swaps the
+// levels in; it cannot fail. An existing queue set keeps its queued and
+// executing requests. Prepare and commit are serialised by the caller (the
+// policy watcher): no other prepare comes between a prepare and its commit.
+func (pl *priorityLevels) prepare(c *policy.Compiled) (commit func(), err error) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	spec := &c.Policy.Spec
 	seats := seatsFor(spec)
-	type change struct {
-		lvl *level
-		qsc fq.QueueSetCompleter
-		dc  fq.DispatchingConfig
-	}
-	var changes []change
+	var changes []levelChange
 	next := map[string]*level{}
 	for _, l := range spec.PriorityLevels {
 		if l.Exempt {
@@ -121,10 +140,7 @@ func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
 			qc.QueueLengthLimit = policy.DefaultQueueLengthLimit
 		}
 		dc := fq.DispatchingConfig{ConcurrencyLimit: seats[l.Name], ConcurrencyDenominator: seats[l.Name]}
-		var (
-			qsc fq.QueueSetCompleter
-			err error
-		)
+		var qsc fq.QueueSetCompleter
 		old := pl.all[l.Name]
 		if old != nil {
 			qsc, err = old.qs.BeginConfigChange(qc)
@@ -132,29 +148,42 @@ func (pl *priorityLevels) setPolicy(c *policy.Compiled) error {
 			qsc, err = pl.factory.BeginConstruction(qc, pl.gauges(l.Name), gaugeFor(pl.metrics.executing, l.Name), noopGauge{})
 		}
 		if err != nil {
-			return fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
+			return nil, fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
 		}
 		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit, wait: pl.metrics.wait.WithLabelValues(l.Name)}
 		if old != nil {
 			lvl.qs = old.qs
 		}
 		next[l.Name] = lvl
-		changes = append(changes, change{lvl: lvl, qsc: qsc, dc: dc})
+		changes = append(changes, levelChange{lvl: lvl, qsc: qsc, dc: dc})
 	}
+	return func() { pl.commit(&levelsState{policy: c, levels: next}, changes) }, nil
+}
+
+// levelChange is one prepared queue set: completed at commit.
+type levelChange struct {
+	lvl *level
+	qsc fq.QueueSetCompleter
+	dc  fq.DispatchingConfig
+}
+
+// commit completes the prepared queue sets and publishes next.
+func (pl *priorityLevels) commit(next *levelsState, changes []levelChange) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
 	for _, ch := range changes {
 		ch.lvl.qs = ch.qsc.Complete(ch.dc)
 		pl.all[ch.lvl.name] = ch.lvl
 		pl.metrics.seats.WithLabelValues(ch.lvl.name).Set(float64(ch.lvl.seats))
 	}
 	for name := range pl.all {
-		if _, ok := next[name]; !ok {
+		if _, ok := next.levels[name]; !ok {
 			// Gone from the policy: its queue set drains the requests it holds
 			// and takes no more; a later policy with the name reuses it.
 			pl.metrics.seats.WithLabelValues(name).Set(0)
 		}
 	}
-	pl.state.Store(&levelsState{policy: c, levels: next})
-	return nil
+	pl.state.Store(next)
 }
 
 func (pl *priorityLevels) gauges(name string) fcmetrics.RatioedGaugePair {
@@ -240,11 +269,11 @@ func (q *queueWait) noteQueued(inQueue bool) { q.queued.Store(inQueue) }
 
 func (q *queueWait) expire() { q.once.Do(func() { close(q.done) }) }
 
-// arm makes Done ready when the request's context ends or after wait; the
-// returned function disarms it.
-func (q *queueWait) arm(wait time.Duration) (disarm func()) {
+// arm makes Done ready when the request's context ends or after wait on
+// clk; the returned function disarms it.
+func (q *queueWait) arm(clk clock.WithDelayedExecution, wait time.Duration) (disarm func()) {
 	q.done = make(chan struct{})
-	t := time.AfterFunc(wait, q.expire)
+	t := clk.AfterFunc(wait, q.expire)
 	stop := context.AfterFunc(q.Context, q.expire)
 	return func() {
 		t.Stop()
@@ -287,7 +316,7 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 	if sr.queued.Load() {
 		// The wait is bounded from arrival, as a deadline set before
 		// StartRequest would be.
-		defer sr.arm(pl.maxWait - pl.clock.Since(arrived))()
+		defer sr.arm(pl.clock, pl.maxWait-pl.clock.Since(arrived))()
 	}
 	if !st.longRunning {
 		req.Finish(sr.execute)

@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
-	"k8s.io/apiserver/pkg/util/flowcontrol/fairqueuing/eventclock"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	"k8s.io/utils/clock"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
@@ -35,14 +35,6 @@ const (
 	// AuthPassthrough forwards credentials untouched.
 	AuthPassthrough AuthMode = "passthrough"
 )
-
-// PolicySource gives the running policy and tells of new ones.
-// *policy.Watcher implements it.
-type PolicySource interface {
-	Current() *policy.Compiled
-	// Subscribe registers fn to be called with each new policy.
-	Subscribe(fn func(*policy.Compiled))
-}
 
 // Config configures a Proxy. File paths are read by New (and the serving and
 // front-proxy pairs again whenever they change on disk).
@@ -78,9 +70,10 @@ type Config struct {
 
 	// Engine judges rate limits, breakers and budgets; required.
 	Engine *limiter.Engine
-	// Policy gives the priority levels and flow schemas and their reloads;
-	// required.
-	Policy PolicySource
+	// Policy is the policy the proxy starts with: its priority levels and
+	// flow schemas; required. Later ones come through PreparePolicy, which
+	// the caller subscribes to its policy watcher.
+	Policy *policy.Compiled
 	// BudgetsAtProxy charges budgets here (no webhook deployed); otherwise the
 	// proxy only rejects requests whose budget key has an open breaker.
 	BudgetsAtProxy bool
@@ -107,8 +100,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer takes the proxy metrics; nil registers nothing.
 	Registerer prometheus.Registerer
-	// Clock drives queue waits and fair-queuing virtual time; nil is real time.
-	Clock eventclock.Interface
+	// Clock is the proxy's one clock: queue waits and their bound,
+	// fair-queuing virtual time, latencies, the client certificate cache and
+	// the upstream health cache; nil is real time.
+	Clock clock.WithDelayedExecution
 }
 
 // Proxy is the reverse proxy. Build it with New; serve it with Run or mount
@@ -116,7 +111,7 @@ type Config struct {
 type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
-	clock     eventclock.Interface
+	clock     clock.WithDelayedExecution
 	metrics   *metrics
 	auth      authenticator.Request
 	clientCA  *dynamiccertificates.DynamicFileCAContent
@@ -134,7 +129,8 @@ type Proxy struct {
 	health                        *upstreamHealth
 }
 
-// New builds a Proxy from cfg and subscribes it to policy reloads.
+// New builds a Proxy from cfg. It runs cfg.Policy until the caller commits
+// another through PreparePolicy.
 func New(cfg Config) (*Proxy, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -177,10 +173,11 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.levels = levels
-	if err := p.levels.setPolicy(cfg.Policy.Current()); err != nil {
+	commit, err := p.levels.prepare(cfg.Policy)
+	if err != nil {
 		return nil, err
 	}
-	cfg.Policy.Subscribe(p.SetPolicy)
+	commit()
 	p.forward = p.newForwarder()
 	p.handler = p.buildChain()
 	return p, nil
@@ -195,7 +192,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("engine is required"))
 	}
 	if c.Policy == nil {
-		errs = append(errs, errors.New("policy source is required"))
+		errs = append(errs, errors.New("policy is required"))
 	}
 	switch c.AuthMode {
 	case "", AuthFrontProxy:
@@ -250,24 +247,27 @@ func (c *Config) defaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Clock == nil {
-		c.Clock = eventclock.Real{}
+		c.Clock = clock.RealClock{}
 	}
 }
 
-// SetPolicy reconfigures the priority levels for a new policy; queued
-// requests stay queued. New subscribes it to Config.Policy; the engine is
-// reloaded by its own subscription.
-func (p *Proxy) SetPolicy(c *policy.Compiled) {
-	if err := p.levels.setPolicy(c); err != nil {
-		p.log.Error("failed to reconfigure priority levels; the previous ones stay", "policy", c.Hash, "err", err)
-	}
+// PreparePolicy builds the priority levels of a new policy to the side and
+// returns the commit that swaps them in (policy.Subscriber); queued requests
+// stay queued. A level whose queue set does not configure refuses the
+// policy. The engine is reloaded by its own subscription.
+func (p *Proxy) PreparePolicy(c *policy.Compiled) (commit func(), err error) {
+	return p.levels.prepare(c)
 }
+
+var _ policy.Subscriber = (*Proxy)(nil)
 
 // Handler returns the whole chain: what Run serves.
 func (p *Proxy) Handler() http.Handler { return p.handler }
 
-// buildChain writes the order of the filters once. Outermost first:
-// instrumentation sees every answer, including the proxy's own rejections;
+// buildChain writes the order of the filters once. Outermost first: the
+// health endpoints need no state; the request state, which every filter
+// after it shares; instrumentation sees every answer, including the proxy's
+// own rejections;
 // header hygiene runs before anything reads identity; authentication before
 // anything keyed on the user; attributes before the limits that match on
 // them; cheap limit rejections before queuing, so a rejected request never
@@ -279,7 +279,8 @@ func (p *Proxy) buildChain() http.Handler {
 	h = withRequestAttributes(p.cfg.BodyReadTimeout, h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
 	h = WithHeaderHygiene(h)
-	h = WithInstrumentation(p.metrics, p.clock, h)
+	h = WithInstrumentation(p.metrics, h)
+	h = WithRequestState(p.clock, h)
 	return p.withHealth(h)
 }
 

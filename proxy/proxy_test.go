@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func decodeStatus(t *testing.T, resp *http.Response) status {
@@ -261,7 +263,9 @@ func TestPriorityLevelsQueueRejectAndReleaseSeats(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	inflight, peak := 0, 0
-	e := newEnv(t, envOptions{maxWait: 300 * time.Millisecond, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	const maxWait = 300 * time.Millisecond
+	e := newEnv(t, envOptions{maxWait: maxWait, clock: clk, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("watch") == "true" {
 			w.WriteHeader(http.StatusOK)
 			http.NewResponseController(w).Flush()
@@ -312,14 +316,23 @@ func TestPriorityLevelsQueueRejectAndReleaseSeats(t *testing.T) {
 				results <- code
 			}()
 		}
-		time.Sleep(700 * time.Millisecond)
+		// When one holds the seat and the others are queued (each with its
+		// wait's timer) or refused, and the maximum wait passes
+		eventually(t, "one request runs and the others queue or are refused", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return inflight == 1 && clk.Waiters()+len(results) == 3
+		})
+		clk.Step(maxWait)
+		eventually(t, "the queued requests are answered", func() bool { return len(results) == 3 })
 		close(release)
 		counts := map[int]int{}
 		for range 4 {
 			counts[<-results]++
 		}
-		if counts[200] < 1 || counts[429] < 1 {
-			t.Errorf("codes = %v, want some 200 and some 429", counts)
+		// Then the one that ran succeeds and the others are refused
+		if counts[200] != 1 || counts[429] != 3 {
+			t.Errorf("codes = %v, want one 200 and three 429", counts)
 		}
 		if peak > 1 {
 			t.Errorf("%d requests ran at once at a one-seat level", peak)
@@ -348,16 +361,10 @@ func TestAReloadKeepsQueuedRequests(t *testing.T) {
 		}()
 	}
 	// Given one running and two queued requests
-	deadline := time.Now().Add(5 * time.Second)
-	for e.queued("workload") < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if q := e.queued("workload"); q != 2 {
-		t.Fatalf("queued = %v, want 2", q)
-	}
+	eventually(t, "two requests are queued", func() bool { return e.queued("workload") == 2 })
 	// When the policy reloads with more seats and other queue sizes
-	e.policy.push(mustPolicy(t, strings.Replace(strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1),
-		"queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 2, handSize: 1, queueLengthLimit: 5", 1)))
+	e.policy.push(t, strings.Replace(strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1),
+		"queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 2, handSize: 1, queueLengthLimit: 5", 1))
 	close(release)
 	// Then every request is served
 	for range 3 {

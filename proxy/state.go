@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -19,8 +20,10 @@ import (
 )
 
 // reqState is what the filters learn about one request, shared through its
-// context. One is allocated per request, by WithInstrumentation, together
-// with the request's responseWriter.
+// context. One is allocated per request, by WithRequestState, together with
+// the request's responseWriter. It is not pooled: a request's context, and
+// the state in it, may be held by what the request started (a hijacked
+// connection's copies, a transport's goroutines) after the chain returns.
 type reqState struct {
 	start time.Time
 	user  user.Info
@@ -50,13 +53,40 @@ type reqState struct {
 
 type stateKey struct{}
 
-// stateOf returns the request's state; a request that did not pass
-// WithInstrumentation gets a fresh one, so each filter also works alone.
+// stateOf returns the request's state, which WithRequestState put in its
+// context. A request without one reached a filter mounted outside
+// WithRequestState: a chain built in the wrong order, whose filters would
+// each see a different request. That is reported (missingState) and the
+// filter goes on with a fresh state of its own.
 func stateOf(r *http.Request) *reqState {
 	if st, ok := r.Context().Value(stateKey{}).(*reqState); ok {
 		return st
 	}
-	return &reqState{start: time.Now()}
+	return missingState()
+}
+
+var (
+	// missingStates counts the requests stateOf found without a state; the
+	// proxies of the process export it (kubedefender_proxy_missing_request_state_total).
+	missingStates    atomic.Int64
+	missingStateOnce sync.Once
+	// panicOnMissingState turns a missing state into a panic; the package's
+	// tests set it, so that a chain built in the wrong order fails them.
+	panicOnMissingState bool
+)
+
+// missingState reports a request without a state: counted, logged once (the
+// filters have no logger of their own, so on the default logger), a panic
+// under the package's tests. It returns a fresh state.
+func missingState() *reqState {
+	missingStates.Add(1)
+	missingStateOnce.Do(func() {
+		slog.Error("kubedefender proxy: a filter ran outside WithRequestState; filters do not share what they learn about a request (a bug in how the chain is built)")
+	})
+	if panicOnMissingState {
+		panic("proxy: a filter ran outside WithRequestState")
+	}
+	return &reqState{}
 }
 
 func withState(r *http.Request, st *reqState) *http.Request {
@@ -136,15 +166,29 @@ func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// WithInstrumentation counts every answer by verb and code and observes the
-// latency the proxy adds: the time to the response's start, less the queue
-// wait (a deliberate delay, measured on its own) and the upstream's own time.
-func WithInstrumentation(m *metrics, clk clock.PassiveClock, next http.Handler) http.Handler {
-	counters := newRequestCounters(m.requests)
+// WithRequestState gives each request the state the filters after it share
+// (who the client is, what the request is, its level and timings) and wraps
+// the response writer to record the response's status and start. It is the
+// outermost filter of the chain: a filter outside it would see no state.
+func WithRequestState(clk clock.PassiveClock, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := &reqState{start: clk.Now()}
 		st.rw = responseWriter{ResponseWriter: w, st: st, clock: clk}
 		next.ServeHTTP(&st.rw, withState(r, st))
+	})
+}
+
+// WithInstrumentation counts every answer by verb and code and observes the
+// latency the proxy adds: the time to the response's start, less the queue
+// wait (a deliberate delay, measured on its own) and the upstream's own time.
+// It reads the request's state once the filters after it have returned, so it
+// may sit anywhere after WithRequestState; outermost, it also counts the
+// proxy's own rejections.
+func WithInstrumentation(m *metrics, next http.Handler) http.Handler {
+	counters := newRequestCounters(m.requests)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		st := stateOf(r)
 		code := st.rw.code
 		if code == 0 {
 			// Nothing written: the client went away or the handler aborted.

@@ -99,7 +99,9 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	watcher.Subscribe(engine.SetPolicy)
+	// Every reload is prepared by each subscriber, then committed by all, in
+	// this order: the engine, the cascade counter, the proxy.
+	watcher.Subscribe("engine", policy.SubscriberFunc(engine.SetPolicy))
 	log.Info("kubedefender starting", "version", version.Version, "policy", watcher.Current().Hash, "store", storeMode)
 
 	comps := []component{
@@ -111,7 +113,7 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	if cfg.Options.WebhookListen != "" {
 		// AtRoot budgets are judged by the webhook, from the cascade counts.
 		casc = newCascades(cfg.Kube, log.With("component", "cascade"), watcher.Current())
-		watcher.Subscribe(casc.setPolicy)
+		watcher.Subscribe("cascades", policy.SubscriberFunc(casc.setPolicy))
 		comps = append(comps, component{"cascade", casc.run})
 		c, err := newWebhookComponent(cfg, engine, reg, casc)
 		if err != nil {
@@ -135,10 +137,11 @@ func runServe(ctx context.Context, cfg *config.Config) error {
 	var levels func() []levelStatus
 	ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	if cfg.Options.ProxyListen != "" {
-		p, err := newProxy(cfg, engine, watcher, reg)
+		p, err := newProxy(cfg, engine, watcher.Current(), reg)
 		if err != nil {
 			return err
 		}
+		watcher.Subscribe("proxy", p)
 		comps = append(comps, component{"proxy", p.Run})
 		engine.DeclareFronts(limiter.FrontProxy)
 		levels = func() []levelStatus { return proxyLevels(p) }
@@ -193,14 +196,14 @@ func newStore(cfg *config.Config, reg prometheus.Registerer) (limiter.Store, com
 
 // newProxy builds the API proxy; its TokenReview client comes from the kube
 // config when there is one (without it, bearer tokens are not accepted).
-func newProxy(cfg *config.Config, engine *limiter.Engine, watcher *policy.Watcher, reg prometheus.Registerer) (*proxy.Proxy, error) {
+func newProxy(cfg *config.Config, engine *limiter.Engine, pol *policy.Compiled, reg prometheus.Registerer) (*proxy.Proxy, error) {
 	o := cfg.Options
 	pc := proxy.Config{
 		Upstream: cfg.Upstream, UpstreamCAFile: o.UpstreamCAFile,
 		Listen: o.ProxyListen, TLSCertFile: o.TLSCertFile, TLSKeyFile: o.TLSPrivateKeyFile,
 		AuthMode: proxy.AuthMode(o.AuthMode), ClientCAFile: o.ClientCAFile,
 		FrontProxyCertFile: o.FrontProxyCertFile, FrontProxyKeyFile: o.FrontProxyKeyFile,
-		Engine: engine, Policy: watcher, BudgetsAtProxy: o.BudgetsAt == config.BudgetsAtProxy,
+		Engine: engine, Policy: pol, BudgetsAtProxy: o.BudgetsAt == config.BudgetsAtProxy,
 		ShutdownTimeout: o.ShutdownTimeout, Logger: cfg.Logger.With("component", "proxy"), Registerer: reg,
 	}
 	if cfg.Kube != nil {
