@@ -18,9 +18,11 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +43,7 @@ var (
 	flagRound   = flag.Duration("perf.round", 5*time.Second, "length of one target's round")
 	flagWarmup  = flag.Duration("perf.warmup", 2*time.Second, "warm-up load per target before the first round")
 	flagHTTP2   = flag.Bool("perf.http2", true, "clients speak HTTP/2 (as client-go does); false: HTTP/1.1 keep-alive")
+	flagFront   = flag.Bool("perf.bare-front-proxy", true, "also measure a bare proxy that asserts the user with front-proxy headers, as KubeDefender does: what the API server's per-request front-proxy certificate check costs")
 )
 
 const (
@@ -66,11 +69,13 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	token := cp.Token(b, framework.UserAlice)
 
 	kd, reg := startKubeDefender(b, cp)
-	bare := startBareProxy(b, cp)
-	targets := []*target{
-		{name: "direct", url: cp.URL + path},
-		{name: "bare proxy", url: bare + path},
-		{name: "kubedefender", url: kd + path},
+	bare := startBareProxy(b, cp, false)
+	direct, bareT, kdT := &target{name: "direct", url: cp.URL + path}, &target{name: "bare proxy", url: bare + path}, &target{name: "kubedefender", url: kd + path}
+	targets := []*target{direct, bareT, kdT}
+	var frontT *target
+	if *flagFront {
+		frontT = &target{name: "bare front-proxy", url: startBareProxy(b, cp, true) + path}
+		targets = append(targets, frontT)
 	}
 	ca := caPool(b, cp.CACertFile)
 	for _, t := range targets {
@@ -101,14 +106,19 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	if rejected > 0 {
 		b.Fatalf("kubedefender rejected %.0f requests: the benchmark's limits must not deny", rejected)
 	}
-	direct, bareT, kdT := targets[0], targets[1], targets[2]
 	d, r, k := all[direct], all[bareT], all[kdT]
 	fmt.Printf("\nLIST of %d ConfigMaps by a token user (not exempt), %d clients (%s), %d x %s rounds per target, alternating; GOMAXPROCS=%d\n",
 		configMaps, *flagClients, map[bool]string{true: "HTTP/2", false: "HTTP/1.1"}[*flagHTTP2], *flagRounds, *flagRound, runtime.GOMAXPROCS(0))
 	fmt.Printf("load average before %s, after %s\n", load0, loadAverage())
 	for _, t := range targets {
 		m := all[t]
-		fmt.Printf("  %-13s %8.0f req/s  p50 %9s  p99 %9s  (per round: %s)\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), perRound(t.results))
+		fmt.Printf("  %-16s %6.0f req/s  p50 %9s  p99 %9s  (per round: %s)\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), perRound(t.results))
+	}
+	fmt.Printf("CPU per request (µs): this process (clients and proxy), kube-apiserver, etcd\n")
+	for _, t := range targets {
+		m := all[t]
+		fmt.Printf("  %-16s %6.0f  %6.0f  %6.0f   total %6.0f\n", t.name, m.cpu.per(m.n, cpuSelf), m.cpu.per(m.n, cpuAPIServer), m.cpu.per(m.n, cpuEtcd),
+			m.cpu.per(m.n, cpuSelf)+m.cpu.per(m.n, cpuAPIServer)+m.cpu.per(m.n, cpuEtcd))
 	}
 	kdBare, kdBareMedian := k.qps()/r.qps(), medianRatio(kdT.results, bareT.results)
 	bareDirect, bareDirectMedian := r.qps()/d.qps(), medianRatio(bareT.results, direct.results)
@@ -116,6 +126,12 @@ func BenchmarkAPIServerLists(b *testing.B) {
 		kdBare, kdBareMedian, (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
 	fmt.Printf("  bare/direct:        %.3fx (median per round %.3fx)\n", bareDirect, bareDirectMedian)
 	fmt.Printf("  kubedefender/direct: %.3fx; rate-limit decisions %.0f, rejections %.0f\n", k.qps()/d.qps(), judged, rejected)
+	if frontT != nil {
+		f := all[frontT]
+		fmt.Printf("  bare front-proxy/bare: %.3fx (median per round %.3fx): the API server's front-proxy check\n", f.qps()/r.qps(), medianRatio(frontT.results, bareT.results))
+		fmt.Printf("  kubedefender/bare front-proxy: %.3fx (median per round %.3fx)  added p99 %s: KubeDefender's own work\n",
+			k.qps()/f.qps(), medianRatio(kdT.results, frontT.results), (k.p99 - f.p99).Round(time.Microsecond))
+	}
 	b.ReportMetric(k.qps(), "kd-req/s")
 	b.ReportMetric(r.qps(), "bare-req/s")
 	b.ReportMetric(d.qps(), "direct-req/s")
@@ -197,7 +213,7 @@ func startKubeDefender(b *testing.B, cp *framework.ControlPlane) (string, *prome
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
-		Engine:            engine, Policy: staticPolicy{compiled},
+		Engine:            engine, Policy: compiled,
 		Logger: log.With("component", "proxy"), Registerer: reg,
 	})
 	if err != nil {
@@ -219,27 +235,43 @@ func startKubeDefender(b *testing.B, cp *framework.ControlPlane) (string, *prome
 	return "https://" + ln.Addr().String(), reg
 }
 
-// staticPolicy is a policy source that never reloads.
-type staticPolicy struct{ c *policy.Compiled }
-
-func (s staticPolicy) Current() *policy.Compiled        { return s.c }
-func (s staticPolicy) Subscribe(func(*policy.Compiled)) {}
-
 // startBareProxy serves a bare httputil.ReverseProxy with TLS in front of
 // the API server: it passes the client's token on and does nothing else.
 // Its upstream transport is the one a careful reverse proxy would use, and
 // the one KubeDefender uses: HTTP/2 over TLS, idle connections kept, the
 // client's Accept-Encoding passed through untouched.
-func startBareProxy(b *testing.B, cp *framework.ControlPlane) string {
+//
+// With asFrontProxy it authenticates nobody but asserts the benchmark's
+// user as KubeDefender would, with X-Remote-* headers over the front-proxy
+// client certificate (the API server then verifies that certificate's chain
+// on every request) instead of the token.
+func startBareProxy(b *testing.B, cp *framework.ControlPlane, asFrontProxy bool) string {
 	b.Helper()
 	up, err := url.Parse(cp.URL)
 	if err != nil {
 		b.Fatal(err)
 	}
+	upTLS := &tls.Config{RootCAs: caPool(b, cp.CACertFile), MinVersion: tls.VersionTLS12}
+	rewrite := func(pr *httputil.ProxyRequest) { pr.SetURL(up) }
+	name := "bare"
+	if asFrontProxy {
+		pair, err := tls.LoadX509KeyPair(cp.FrontProxyClientCertFile, cp.FrontProxyClientKeyFile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		upTLS.Certificates = []tls.Certificate{pair}
+		rewrite = func(pr *httputil.ProxyRequest) {
+			pr.SetURL(up)
+			pr.Out.Header.Del("Authorization")
+			pr.Out.Header["X-Remote-User"] = []string{framework.UserAlice}
+			pr.Out.Header["X-Remote-Group"] = []string{"system:authenticated"}
+		}
+		name = "bare-front-proxy"
+	}
 	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(up) },
+		Rewrite: rewrite,
 		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: caPool(b, cp.CACertFile), MinVersion: tls.VersionTLS12},
+			TLSClientConfig:     upTLS,
 			ForceAttemptHTTP2:   true,
 			MaxIdleConns:        1000,
 			MaxIdleConnsPerHost: 1000,
@@ -247,7 +279,7 @@ func startBareProxy(b *testing.B, cp *framework.ControlPlane) string {
 			DisableCompression:  true,
 		},
 	}
-	certFile, keyFile := cp.IssueServingCert(b, "bare-proxy-perf", "127.0.0.1")
+	certFile, keyFile := cp.IssueServingCert(b, name+"-perf", "127.0.0.1")
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		b.Fatal(err)
@@ -258,7 +290,7 @@ func startBareProxy(b *testing.B, cp *framework.ControlPlane) string {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	ln := listen(b)
-	pprof.Do(context.Background(), pprof.Labels("target", "bare"), func(context.Context) {
+	pprof.Do(context.Background(), pprof.Labels("target", name), func(context.Context) {
 		go func() { _ = srv.ServeTLS(ln, "", "") }()
 	})
 	b.Cleanup(func() { _ = srv.Close() })
@@ -321,6 +353,7 @@ func (t *target) run(token string, d time.Duration) result {
 		errs.Add(1)
 		firstErr.CompareAndSwap(nil, err.Error())
 	}
+	cpu0 := cpuTimes()
 	began := time.Now()
 	deadline := began.Add(d)
 	pprof.Do(context.Background(), pprof.Labels("target", "client"), func(context.Context) {
@@ -357,8 +390,11 @@ func (t *target) run(token string, d time.Duration) result {
 		}
 		wg.Wait()
 	})
+	elapsed := time.Since(began)
 	first, _ := firstErr.Load().(string)
-	return summarize(lats, time.Since(began), errs.Load(), first)
+	r := summarize(lats, elapsed, errs.Load(), first)
+	r.cpu = cpuTimes().sub(cpu0)
+	return r
 }
 
 // result is one or more rounds of one target.
@@ -369,6 +405,8 @@ type result struct {
 	p50, p99 time.Duration
 	errors   int64
 	firstErr string
+	// cpu is the CPU time each process used over the rounds.
+	cpu cpuUse
 }
 
 func (r result) qps() float64 { return float64(r.n) / r.elapsed.Seconds() }
@@ -399,7 +437,11 @@ func merge(rs []result) result {
 			firstErr = r.firstErr
 		}
 	}
-	return summarize(lats, elapsed, errors, firstErr)
+	out := summarize(lats, elapsed, errors, firstErr)
+	for _, r := range rs {
+		out.cpu = out.cpu.add(r.cpu)
+	}
+	return out
 }
 
 // medianRatio is the median over rounds of a's throughput over b's in the
@@ -464,4 +506,90 @@ func loadAverage() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// The processes whose CPU time the benchmark reads.
+const (
+	cpuSelf = iota
+	cpuAPIServer
+	cpuEtcd
+	cpuProcesses
+)
+
+// cpuUse is CPU time (user and system) by process.
+type cpuUse [cpuProcesses]time.Duration
+
+func (c cpuUse) sub(o cpuUse) cpuUse {
+	for i := range c {
+		c[i] -= o[i]
+	}
+	return c
+}
+
+func (c cpuUse) add(o cpuUse) cpuUse {
+	for i := range c {
+		c[i] += o[i]
+	}
+	return c
+}
+
+// per is process i's CPU time per request, in µs.
+func (c cpuUse) per(n, i int) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(c[i].Microseconds()) / float64(n)
+}
+
+// cpuTimes reads the CPU time of this process and of its children
+// kube-apiserver and etcd (from /proc; zero where it cannot be read).
+func cpuTimes() cpuUse {
+	var c cpuUse
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c[cpuSelf] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	entries, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, ppid, ticks, ok := procStat(pid)
+		if !ok || ppid != self {
+			continue
+		}
+		switch comm {
+		case "kube-apiserver":
+			c[cpuAPIServer] += ticks
+		case "etcd":
+			c[cpuEtcd] += ticks
+		}
+	}
+	return c
+}
+
+// procStat reads a process's name, parent and CPU time (utime + stime at
+// the usual 100 clock ticks a second) from /proc/<pid>/stat.
+func procStat(pid int) (comm string, ppid int, cpu time.Duration, ok bool) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", 0, 0, false
+	}
+	s := string(raw)
+	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || closing < open {
+		return "", 0, 0, false
+	}
+	comm = s[open+1 : closing]
+	f := strings.Fields(s[closing+1:])
+	// f[0] is the state, f[1] the parent, f[11] utime and f[12] stime.
+	if len(f) < 13 {
+		return "", 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return comm, ppid, time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
