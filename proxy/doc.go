@@ -83,10 +83,20 @@
 // requests stay queued; a level that does not configure refuses the policy; a level that disappears keeps serving the requests it
 // already holds.
 //
+// A level's seats are counted beside its queue set (seatGate): while
+// nothing of the level is in its queue set and a seat is free, a request
+// takes the seat at once without entering the queue set, as the queue set
+// would have dispatched it at once; from the first request that finds no
+// free seat until the queue set is empty again, every request goes through
+// the queue set, and those it dispatches take their seats from the gate
+// (waiting, within the maximum queue wait, for the seats the fast path still
+// holds), so the seats held never exceed the level's.
+//
 // # Cost
 //
-// A request dispatched at once by its priority level costs no timer (the
-// queue wait is armed only when the request is actually queued); its state
+// A request with a free seat at its priority level skips the queue set (see
+// above) and costs no timer (the queue wait is armed only when a request
+// actually waits); its state
 // and response writer are one allocation; identity headers are built once
 // per authenticated user; copy buffers are pooled. Responses of long-running
 // requests are flushed after every write; other responses when complete, or
