@@ -30,6 +30,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
 	"github.com/kubedefender/kubedefender/limiter"
@@ -43,6 +44,7 @@ var (
 	flagRound   = flag.Duration("perf.round", 5*time.Second, "length of one target's round")
 	flagWarmup  = flag.Duration("perf.warmup", 2*time.Second, "warm-up load per target before the first round")
 	flagHTTP2   = flag.Bool("perf.http2", true, "clients speak HTTP/2 (as client-go does); false: HTTP/1.1 keep-alive")
+	flagAPIProf = flag.String("perf.apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over all the rounds to this file (starts it with --profiling)")
 	flagFront   = flag.Bool("perf.bare-front-proxy", true, "also measure a bare proxy that asserts the user with front-proxy headers, as KubeDefender does: what the API server's per-request front-proxy certificate check costs")
 )
 
@@ -64,7 +66,11 @@ var unlimited = regexp.MustCompile(`(?m)^(\s+)(qps|burst): \d+`)
 // fixed number of rounds (run it with -benchtime 1x).
 func BenchmarkAPIServerLists(b *testing.B) {
 	load0 := loadAverage()
-	cp := framework.Start(b, framework.Options{})
+	var opts framework.Options
+	if *flagAPIProf != "" {
+		opts.APIServerFlags = []string{"--profiling=true"}
+	}
+	cp := framework.Start(b, opts)
 	path := seed(b, cp)
 	token := cp.Token(b, framework.UserAlice)
 
@@ -86,6 +92,7 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	}
 
 	b.ResetTimer()
+	profiled := profileAPIServer(b, cp, time.Duration(*flagRounds*len(targets))*(*flagRound))
 	for i := range *flagRounds {
 		for j := range targets {
 			t := targets[(i+j)%len(targets)]
@@ -93,6 +100,9 @@ func BenchmarkAPIServerLists(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	if err := <-profiled; err != nil {
+		b.Errorf("failed to profile kube-apiserver: %v", err)
+	}
 
 	all := map[*target]result{}
 	for _, t := range targets {
@@ -138,6 +148,43 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	b.ReportMetric(kdBareMedian, "kd/bare")
 	b.ReportMetric(bareDirectMedian, "bare/direct")
 	b.ReportMetric(float64(k.p99-r.p99)/1e3, "added-p99-µs")
+}
+
+// profileAPIServer fetches a CPU profile of kube-apiserver for d into
+// -perf.apiserver-cpuprofile, if set; the channel tells when it is done.
+func profileAPIServer(b *testing.B, cp *framework.ControlPlane, d time.Duration) <-chan error {
+	done := make(chan error, 1)
+	if *flagAPIProf == "" {
+		done <- nil
+		return done
+	}
+	client, err := rest.HTTPClientFor(cp.Config)
+	if err != nil {
+		b.Fatalf("failed to build the admin HTTP client: %v", err)
+	}
+	go func() {
+		resp, err := client.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", cp.URL, int(d.Seconds())))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if resp.StatusCode != http.StatusOK {
+			done <- fmt.Errorf("status %s", resp.Status)
+			return
+		}
+		f, err := os.Create(*flagAPIProf)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	return done
 }
 
 // seed creates the namespace, the ConfigMaps and a Role letting alice read
