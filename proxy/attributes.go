@@ -39,9 +39,10 @@ func WithRequestAttributes(next http.Handler) http.Handler {
 }
 
 func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
+	infos := newRequestInfoCache()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r)
-		info, err := requestInfoFactory.NewRequestInfo(r)
+		info, err := infos.get(r)
 		if err != nil {
 			writeStatus(w, http.StatusBadRequest, "BadRequest", "kubedefender: failed to read the request path: "+err.Error(), 0)
 			return
