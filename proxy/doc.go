@@ -96,13 +96,15 @@
 //
 // A request with a free seat at its priority level skips the queue set (see
 // above) and costs no timer (the queue wait is armed only when a request
-// actually waits); its state
+// actually waits); the RequestInfo of a method, path and query is read once
+// and kept (requestInfoCache); its state
 // and response writer are one allocation; identity headers are built once
 // per authenticated user; copy buffers are pooled. Responses of long-running
 // requests are flushed after every write; other responses when complete, or
 // after every write if their length is unknown. BenchmarkChain measures the
-// chain in process (ns/op, allocs/op) and BenchmarkProxyVersusBareReverseProxy
-// end to end against a bare httputil.ReverseProxy.
+// chain in process (ns/op, allocs/op), BenchmarkProxyVersusBareReverseProxy
+// end to end against a bare httputil.ReverseProxy, and e2e/perf's
+// BenchmarkAPIServerLists (make bench-apiserver) against a real API server.
 //
 // # Judging what the API server will do
 //
