@@ -424,8 +424,12 @@ func (t *target) run(token string, d time.Duration) result {
 					}
 					_, err = io.Copy(io.Discard, resp.Body)
 					_ = resp.Body.Close()
-					if err != nil || resp.StatusCode != http.StatusOK {
-						fail(fmt.Errorf("%s: status %d, body error %v", t.name, resp.StatusCode, err))
+					if err != nil {
+						fail(fmt.Errorf("%s: failed to read the body: %w", t.name, err))
+						continue
+					}
+					if resp.StatusCode != http.StatusOK {
+						fail(fmt.Errorf("%s: status %d", t.name, resp.StatusCode))
 						continue
 					}
 					local = append(local, time.Since(t0))
