@@ -59,8 +59,9 @@ type Watcher struct {
 // error refuses c: the reload fails, no subscriber commits and the running
 // policy stays. commit makes c the subscriber's running policy; it cannot
 // fail and must not block for long. It is called once, after every
-// subscriber has prepared, or never (another subscriber refused c). Reloads
-// are serialised: no PreparePolicy comes between a prepare and its commit.
+// subscriber has prepared, or never (another subscriber refused c: the
+// prepared state is dropped). Reloads are serialised: no PreparePolicy comes
+// between a prepare and its commit.
 type Subscriber interface {
 	PreparePolicy(c *Compiled) (commit func(), err error)
 }

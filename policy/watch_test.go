@@ -82,6 +82,13 @@ func (h *watched) reloads(result string) float64 {
 	return testutil.ToFloat64(h.w.reloads.WithLabelValues(result))
 }
 
+// readTheFile says whether the watcher's last reload read the bytes now in path.
+func (h *watched) readTheFile(path string) bool {
+	h.w.reloadMu.Lock()
+	defer h.w.reloadMu.Unlock()
+	return h.w.read == digestOf(path)
+}
+
 func (h *watched) notified() []*Compiled {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -113,15 +120,22 @@ func startWatcher(t *testing.T, path string, touch func(n int)) *watched {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	n := 0
+	polls, n := 0, 0
 	eventually(t, "the watcher sees the directory", func() bool {
-		n++
-		touch(n)
-		time.Sleep(20 * time.Millisecond)
-		return h.reloads(ReloadUnchanged) > 0
+		if h.reloads(ReloadUnchanged) > 0 && h.readTheFile(path) {
+			return true
+		}
+		// A touch every fourth poll (20ms), slower than the debounce, which
+		// would otherwise keep putting the reload off.
+		if polls%4 == 0 {
+			n++
+			touch(n)
+		}
+		polls++
+		return false
 	})
-	// Let the probe's last events settle, then start counting from zero.
-	time.Sleep(50 * time.Millisecond)
+	// Start counting from zero. The probe's later events count nothing: they
+	// read the bytes of its last touch, which a reload has read.
 	w.reloads.Reset()
 	return h
 }

@@ -32,13 +32,10 @@ var requestInfoFactory = &apirequest.RequestInfoFactory{
 //
 // The options body of a delete or an eviction is read here, before the
 // limits and the priority levels, so its wait is bounded: a read deadline of
-// DefaultBodyReadTimeout (Proxy uses Config.BodyReadTimeout), after which the
-// proxy answers 408 itself; a body that cannot be read is answered 400.
-func WithRequestAttributes(next http.Handler) http.Handler {
-	return withRequestAttributes(DefaultBodyReadTimeout, next)
-}
-
-func withRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
+// bodyReadTimeout (Proxy passes Config.BodyReadTimeout, by default
+// DefaultBodyReadTimeout; zero reads without one), after which the proxy
+// answers 408 itself; a body that cannot be read is answered 400.
+func WithRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
 	infos := newRequestInfoCache()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r)

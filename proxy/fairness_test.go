@@ -1,65 +1,73 @@
 package proxy
 
 import (
-	"context"
-	"io"
 	"net/http"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
+// TestAFloodingFlowDoesNotStarveAnotherFlowAtItsLevel counts dispatches on a
+// fake clock, not time: with a flooder's backlog queued at a one-seat level,
+// a request of another flow (another user: the distinguisher) is dispatched
+// within a few of the flooder's requests, not after its whole backlog as a
+// single FIFO queue would serve it.
 func TestAFloodingFlowDoesNotStarveAnotherFlowAtItsLevel(t *testing.T) {
-	// Given a one-seat level and an upstream that takes 5ms per request
+	// Given a one-seat level whose upstream holds every request until
+	// released, each served for 5ms of the fake clock
+	const backlog = 15
+	clk := clocktesting.NewFakeClock(time.Now())
 	pol := strings.Replace(basePolicy, "queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 64, handSize: 2, queueLengthLimit: 50", 1)
-	e := newEnv(t, envOptions{policy: pol, maxWait: 10 * time.Second, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(5 * time.Millisecond)
+	arrivals, release := make(chan string, backlog+2), make(chan struct{})
+	e := newEnv(t, envOptions{policy: pol, clock: clk, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrivals <- r.Header.Get("X-Remote-User")
+		<-release
 	})})
-	steady, flooder := e.client(e.userCert(t, "steady"), false), e.client(e.userCert(t, "flooder"), false)
-	get := func(c *http.Client, ctx context.Context) (time.Duration, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.proxyURL+"/api/v1/pods", nil)
+	done := make(chan error, backlog+2)
+	send := func(c *http.Client) {
+		req, _ := http.NewRequest(http.MethodGet, e.proxyURL+"/api/v1/pods", nil)
 		req.Header.Set("User-Agent", "slow/1")
-		began := time.Now()
 		resp, err := c.Do(req)
-		if err != nil {
-			return 0, err
+		if err == nil {
+			resp.Body.Close()
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return time.Since(began), nil
+		done <- err
 	}
-	p99 := func() time.Duration {
-		var lat []time.Duration
-		for range 50 {
-			d, err := get(steady, context.Background())
-			if err != nil {
-				t.Fatalf("steady: %v", err)
-			}
-			lat = append(lat, d)
+	steady, flooder := e.client(e.userCert(t, "steady"), false), e.client(e.userCert(t, "flooder"), false)
+	// When the flooder holds the seat with a backlog queued behind it
+	for range backlog + 1 {
+		go send(flooder)
+	}
+	if who := <-arrivals; who != "flooder" {
+		t.Fatalf("the first request upstream came from %q", who)
+	}
+	eventually(t, "the flooder's backlog is queued", func() bool { return e.queued("workload") == backlog })
+	// And the steady flow sends one request
+	go send(steady)
+	eventually(t, "the steady request is queued", func() bool { return e.queued("workload") == backlog+1 })
+	// Then it is among the next few requests the seat serves
+	dispatches := 0
+	for {
+		clk.Step(5 * time.Millisecond)
+		release <- struct{}{}
+		dispatches++
+		if who := <-arrivals; who == "steady" {
+			break
 		}
-		slices.Sort(lat)
-		return lat[len(lat)*99/100]
+		if dispatches > backlog {
+			t.Fatal("the steady request was never dispatched")
+		}
 	}
-	alone := p99()
-	// When the flooder keeps 16 requests outstanding
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				_, _ = get(flooder, ctx)
-			}
-		})
+	close(release)
+	for range backlog + 2 {
+		if err := <-done; err != nil {
+			t.Errorf("request: %v", err)
+		}
 	}
-	eventually(t, "the flooder's backlog is queued", func() bool { return e.queued("workload") >= 8 })
-	flood := p99()
-	cancel()
-	wg.Wait()
-	// Then the steady flow waits for about handSize requests of the flooder, not for its backlog
-	t.Logf("steady p99 alone %s, under flood %s (%.2fx)", alone, flood, float64(flood)/float64(alone))
-	if flood > 5*alone+25*time.Millisecond {
-		t.Errorf("steady p99 under flood = %s, alone %s", flood, alone)
+	t.Logf("the steady request was dispatched %d requests after it queued, behind a backlog of %d", dispatches, backlog)
+	if dispatches > 3 {
+		t.Errorf("the steady request waited for %d of the flooder's %d queued requests, want at most 2 (one per queue of the flooder's hand)", dispatches-1, backlog)
 	}
 }

@@ -218,7 +218,7 @@ func TestTheFiltersAfterTheLimitsSeeTheRealVerb(t *testing.T) {
 	for _, budgets := range []bool{false, true} {
 		var seen string
 		m := newMetrics()
-		h := WithRequestState(clock.RealClock{}, WithInstrumentation(m, WithRequestAttributes(WithLimits(LimitsConfig{Engine: eng, BudgetsAtProxy: budgets, Metrics: m},
+		h := WithRequestState(clock.RealClock{}, WithInstrumentation(m, WithRequestAttributes(DefaultBodyReadTimeout, WithLimits(LimitsConfig{Engine: eng, BudgetsAtProxy: budgets, Metrics: m},
 			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = stateOf(r).attrs.Verb })))))
 		r := httptest.NewRequest(http.MethodPatch, "/api/v1/namespaces/default/configmaps/c", strings.NewReader("{}"))
 		h.ServeHTTP(httptest.NewRecorder(), r)

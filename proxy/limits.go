@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 
 	"github.com/kubedefender/kubedefender/limiter"
@@ -15,7 +14,6 @@ type LimitsConfig struct {
 	// BudgetsAtProxy charges budgets; otherwise only open breakers deny.
 	BudgetsAtProxy bool
 	Metrics        *metrics
-	Logger         *slog.Logger
 }
 
 // WithLimits asks the engine about the request's rate limits and budgets

@@ -178,6 +178,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	commit()
+	// The proxy keeps no copy of its own: the levels hold the policy they
+	// run (from a commit on), the engine the one it judges by.
+	p.cfg.Policy = nil
 	p.forward = p.newForwarder()
 	p.handler = p.buildChain()
 	return p, nil
@@ -275,8 +278,8 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 // a seat is held only while the upstream works.
 func (p *Proxy) buildChain() http.Handler {
 	h := WithPriorityLevels(p.levels, p.forward)
-	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics, Logger: p.log}, h)
-	h = withRequestAttributes(p.cfg.BodyReadTimeout, h)
+	h = WithLimits(LimitsConfig{Engine: p.cfg.Engine, BudgetsAtProxy: p.cfg.BudgetsAtProxy, Metrics: p.metrics}, h)
+	h = WithRequestAttributes(p.cfg.BodyReadTimeout, h)
 	h = WithAuthentication(AuthConfig{Mode: p.cfg.AuthMode, Authenticator: p.auth, CanForwardIdentity: p.frontCert != nil, Logger: p.log}, h)
 	h = WithHeaderHygiene(h)
 	h = WithInstrumentation(p.metrics, h)

@@ -41,7 +41,7 @@ func TestAFilterOutsideTheRequestStateFailsLoudly(t *testing.T) {
 		name   string
 		filter http.Handler
 	}{
-		{name: "the request attributes", filter: WithRequestAttributes(http.HandlerFunc(ok200))},
+		{name: "the request attributes", filter: WithRequestAttributes(DefaultBodyReadTimeout, http.HandlerFunc(ok200))},
 		{name: "the authentication", filter: WithAuthentication(AuthConfig{Mode: AuthPassthrough, Authenticator: authenticator.RequestFunc(func(*http.Request) (*authenticator.Response, bool, error) { return nil, false, nil })}, http.HandlerFunc(ok200))},
 		{name: "the instrumentation", filter: WithInstrumentation(m, http.HandlerFunc(ok200))},
 	} {
@@ -79,10 +79,10 @@ func TestMovingInstrumentationKeepsTheRequestsIdentity(t *testing.T) {
 		build func(m *metrics, record func(http.Handler) http.Handler, last http.Handler) http.Handler
 	}{
 		{name: "instrumentation outside the attributes", build: func(m *metrics, record func(http.Handler) http.Handler, last http.Handler) http.Handler {
-			return WithInstrumentation(m, record(WithRequestAttributes(last)))
+			return WithInstrumentation(m, record(WithRequestAttributes(DefaultBodyReadTimeout, last)))
 		}},
 		{name: "instrumentation inside the attributes", build: func(m *metrics, record func(http.Handler) http.Handler, last http.Handler) http.Handler {
-			return record(WithRequestAttributes(WithInstrumentation(m, last)))
+			return record(WithRequestAttributes(DefaultBodyReadTimeout, WithInstrumentation(m, last)))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
