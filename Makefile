@@ -77,3 +77,12 @@ demo: deps ## a local control plane with KubeDefender in front, stopping a mass 
 
 clean:
 	rm -rf bin
+
+# The API server benchmark of issue 15: direct, a bare reverse proxy and
+# KubeDefender in alternating rounds against a real kube-apiserver (a few
+# minutes; loopback only). Extra go test flags go in BENCH_APISERVER_FLAGS,
+# e.g. '-cpuprofile cpu.out -memprofile mem.out' or '-perf.rounds 4'.
+BENCH_APISERVER_FLAGS ?=
+.PHONY: bench-apiserver
+bench-apiserver: controlplane ## KubeDefender vs a bare proxy vs direct, against a real API server
+	cd e2e/perf && go test -run '^$$' -bench '^BenchmarkAPIServerLists$$' -benchtime 1x -timeout 20m . $(BENCH_APISERVER_FLAGS)

@@ -36,9 +36,10 @@ var requestInfoFactory = &apirequest.RequestInfoFactory{
 // DefaultBodyReadTimeout; zero reads without one), after which the proxy
 // answers 408 itself; a body that cannot be read is answered 400.
 func WithRequestAttributes(bodyReadTimeout time.Duration, next http.Handler) http.Handler {
+	infos := newRequestInfoCache()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r)
-		info, err := requestInfoFactory.NewRequestInfo(r)
+		info, err := infos.get(r)
 		if err != nil {
 			writeStatus(w, http.StatusBadRequest, "BadRequest", "kubedefender: failed to read the request path: "+err.Error(), 0)
 			return

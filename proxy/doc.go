@@ -83,16 +83,28 @@
 // requests stay queued; a level that does not configure refuses the policy; a level that disappears keeps serving the requests it
 // already holds.
 //
+// A level's seats are counted beside its queue set (seatGate): while
+// nothing of the level is in its queue set and a seat is free, a request
+// takes the seat at once without entering the queue set, as the queue set
+// would have dispatched it at once; from the first request that finds no
+// free seat until the queue set is empty again, every request goes through
+// the queue set, and those it dispatches take their seats from the gate
+// (waiting, within the maximum queue wait, for the seats the fast path still
+// holds), so the seats held never exceed the level's.
+//
 // # Cost
 //
-// A request dispatched at once by its priority level costs no timer (the
-// queue wait is armed only when the request is actually queued); its state
+// A request with a free seat at its priority level skips the queue set (see
+// above) and costs no timer (the queue wait is armed only when a request
+// actually waits); the RequestInfo of a method, path and query is read once
+// and kept (requestInfoCache); its state
 // and response writer are one allocation; identity headers are built once
 // per authenticated user; copy buffers are pooled. Responses of long-running
 // requests are flushed after every write; other responses when complete, or
 // after every write if their length is unknown. BenchmarkChain measures the
-// chain in process (ns/op, allocs/op) and BenchmarkProxyVersusBareReverseProxy
-// end to end against a bare httputil.ReverseProxy.
+// chain in process (ns/op, allocs/op), BenchmarkProxyVersusBareReverseProxy
+// end to end against a bare httputil.ReverseProxy, and e2e/perf's
+// BenchmarkAPIServerLists (make bench-apiserver) against a real API server.
 //
 // # Judging what the API server will do
 //

@@ -52,6 +52,9 @@ type level struct {
 	exempt bool
 	seats  int
 	qs     fq.QueueSet
+	// gate holds the level's seats and its fast path (see seatGate); it
+	// lives as long as qs.
+	gate *seatGate
 	// wait is the level's child of the queue wait histogram.
 	wait prometheus.Observer
 }
@@ -145,14 +148,17 @@ func (pl *priorityLevels) prepare(c *policy.Compiled) (commit func(), err error)
 		if old != nil {
 			qsc, err = old.qs.BeginConfigChange(qc)
 		} else {
-			qsc, err = pl.factory.BeginConstruction(qc, pl.gauges(l.Name), gaugeFor(pl.metrics.executing, l.Name), noopGauge{})
+			// The gate counts the seats held (executing), not the queue set.
+			qsc, err = pl.factory.BeginConstruction(qc, pl.gauges(l.Name), noopGauge{}, noopGauge{})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("failed to configure priority level %q: %w", l.Name, err)
 		}
 		lvl := &level{name: l.Name, seats: dc.ConcurrencyLimit, wait: pl.metrics.wait.WithLabelValues(l.Name)}
 		if old != nil {
-			lvl.qs = old.qs
+			lvl.qs, lvl.gate = old.qs, old.gate
+		} else {
+			lvl.gate = newSeatGate(0, pl.metrics.executing.WithLabelValues(l.Name), pl.metrics.waiting.WithLabelValues(l.Name))
 		}
 		next[l.Name] = lvl
 		changes = append(changes, levelChange{lvl: lvl, qsc: qsc, dc: dc})
@@ -173,6 +179,7 @@ func (pl *priorityLevels) commit(next *levelsState, changes []levelChange) {
 	defer pl.mu.Unlock()
 	for _, ch := range changes {
 		ch.lvl.qs = ch.qsc.Complete(ch.dc)
+		ch.lvl.gate.setLimit(ch.dc.ConcurrencyLimit)
 		pl.all[ch.lvl.name] = ch.lvl
 		pl.metrics.seats.WithLabelValues(ch.lvl.name).Set(float64(ch.lvl.seats))
 	}
@@ -294,10 +301,26 @@ type seatRequest struct {
 	next     http.Handler
 	arrived  time.Time
 	executed bool
+	// disarm stops the armed wait (nil until arm).
+	disarm func()
 }
 
-// execute runs the request once it holds a seat.
+// waitDone is what ends the request's wait for a seat: the armed queue
+// wait, armed now if the queue set dispatched the request at once.
+func (s *seatRequest) waitDone() <-chan struct{} {
+	if s.done == nil {
+		s.disarm = s.arm(s.pl.clock, s.pl.maxWait-s.pl.clock.Since(s.arrived))
+	}
+	return s.done
+}
+
+// execute runs the request once the queue set dispatched it and it holds
+// a seat of the level's gate.
 func (s *seatRequest) execute() {
+	if !s.lvl.gate.acquire(s.waitDone) {
+		return
+	}
+	defer s.lvl.gate.release()
 	s.executed = true
 	s.st.queueWait = s.pl.clock.Since(s.arrived)
 	s.lvl.wait.Observe(s.st.queueWait.Seconds())
@@ -305,10 +328,16 @@ func (s *seatRequest) execute() {
 }
 
 func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, fsName, dist string, next http.Handler) {
+	if lvl.gate.tryFast() {
+		serveSeated(w, r, st, lvl, next)
+		return
+	}
 	arrived := pl.clock.Now()
 	sr := &seatRequest{queueWait: queueWait{Context: r.Context()}, pl: pl, lvl: lvl, st: st, w: w, r: r, next: next, arrived: arrived}
+	lvl.gate.enterQueueSet()
 	req, _ := lvl.qs.StartRequest(&sr.queueWait, &oneSeat, flowHash(fsName, dist), dist, fsName, st.info, nil, sr.noteQueued)
 	if req == nil {
+		lvl.gate.leaveQueueSet()
 		pl.reject(w, st, lvl, "queue-full",
 			"kubedefender: priority level "+strconv.Quote(lvl.name)+" is full: its queues hold as many requests as they may; retry shortly")
 		return
@@ -316,9 +345,15 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 	if sr.queued.Load() {
 		// The wait is bounded from arrival, as a deadline set before
 		// StartRequest would be.
-		defer sr.arm(pl.clock, pl.maxWait-pl.clock.Since(arrived))()
+		sr.disarm = sr.arm(pl.clock, pl.maxWait-pl.clock.Since(arrived))
 	}
+	defer func() {
+		if sr.disarm != nil {
+			sr.disarm()
+		}
+	}()
 	if !st.longRunning {
+		defer lvl.gate.leaveQueueSet()
 		req.Finish(sr.execute)
 		if !sr.executed {
 			pl.timedOut(w, r, st, lvl, arrived)
@@ -331,7 +366,12 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 	granted, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
+		defer lvl.gate.leaveQueueSet()
 		req.Finish(func() {
+			if !lvl.gate.acquire(sr.waitDone) {
+				return
+			}
+			defer lvl.gate.release()
 			close(granted)
 			<-release
 		})
@@ -346,6 +386,22 @@ func (pl *priorityLevels) serve(w http.ResponseWriter, r *http.Request, st *reqS
 	lvl.wait.Observe(st.queueWait.Seconds())
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
+	st.setOnStart(free)
+	defer free()
+	next.ServeHTTP(w, r)
+}
+
+// serveSeated runs a request that took a seat on the fast path, without
+// waiting: until its response starts if it is long-running, else to its end.
+func serveSeated(w http.ResponseWriter, r *http.Request, st *reqState, lvl *level, next http.Handler) {
+	lvl.wait.Observe(0)
+	if !st.longRunning {
+		defer lvl.gate.release()
+		next.ServeHTTP(w, r)
+		return
+	}
+	var once sync.Once
+	free := func() { once.Do(lvl.gate.release) }
 	st.setOnStart(free)
 	defer free()
 	next.ServeHTTP(w, r)
@@ -422,8 +478,11 @@ func (pl *priorityLevels) status() []LevelStatus {
 		}
 		ls := LevelStatus{Name: lvl.name, Exempt: lvl.exempt, Seats: lvl.seats}
 		if lvl.qs != nil {
+			// The gate holds the seats (one a request) and the requests the
+			// queue set dispatched that wait for one; the queue set the rest.
+			inUse, waiting := lvl.gate.load()
 			d := lvl.qs.Dump(false)
-			ls.SeatsInUse, ls.Executing, ls.Waiting = d.SeatsInUse, d.Executing, d.Waiting
+			ls.SeatsInUse, ls.Executing, ls.Waiting = inUse, inUse, d.Waiting+waiting
 		}
 		out = append(out, ls)
 	}
