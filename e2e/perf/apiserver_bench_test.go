@@ -36,6 +36,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
+	"github.com/kubedefender/kubedefender/serving"
 )
 
 var (
@@ -255,8 +256,12 @@ func startKubeDefender(b *testing.B, cp *framework.ControlPlane) (string, *prome
 		b.Fatal(err)
 	}
 	cert, key := cp.IssueServingCert(b, "kubedefender-perf", "127.0.0.1")
+	pair, err := serving.NewCertKey(serving.CertKeyConfig{Purpose: "serving", CertFile: cert, KeyFile: key})
+	if err != nil {
+		b.Fatalf("failed to load the serving pair: %v", err)
+	}
 	p, err := proxy.New(proxy.Config{
-		Upstream: up, UpstreamCAFile: cp.CACertFile, TLSCertFile: cert, TLSKeyFile: key,
+		Upstream: up, UpstreamCAFile: cp.CACertFile, Serving: pair,
 		AuthMode: proxy.AuthFrontProxy, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
 		TokenReviewClient: cp.Client.AuthenticationV1(),
@@ -266,20 +271,32 @@ func startKubeDefender(b *testing.B, cp *framework.ControlPlane) (string, *prome
 	if err != nil {
 		b.Fatalf("failed to build the proxy: %v", err)
 	}
-	ln := listen(b)
+	sc, err := p.ServerConfig("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := serving.New(sc)
+	if err != nil {
+		b.Fatalf("failed to listen: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	pprof.Do(ctx, pprof.Labels("target", "kubedefender"), func(ctx context.Context) {
 		wg.Go(func() { store.Run(ctx) })
 		wg.Go(func() { engine.Run(ctx) })
 		wg.Go(func() {
-			if err := p.Serve(ctx, ln); err != nil {
+			if err := p.Run(ctx); err != nil {
+				b.Errorf("kubedefender certificates: %v", err)
+			}
+		})
+		wg.Go(func() {
+			if err := srv.Run(ctx); err != nil {
 				b.Errorf("kubedefender: %v", err)
 			}
 		})
 	})
 	b.Cleanup(func() { cancel(); wg.Wait() })
-	return "https://" + ln.Addr().String(), reg
+	return "https://" + srv.Addr().String(), reg
 }
 
 // startBareProxy serves a bare httputil.ReverseProxy with TLS in front of
