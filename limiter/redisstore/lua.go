@@ -344,7 +344,9 @@ local function applied(c, st, ss, sn, ho, push)
     if merge then
       qs[#qs] = last - c0
     else
-      ts[#ts + 1], qs[#qs + 1] = c.now + shift, last - c0
+      -- now is nowN past the new base, exactly: c.now + shift is not when
+      -- the old base is more than 104 days back (c.now is past 2^53 ns)
+      ts[#ts + 1], qs[#qs + 1] = nowN, last - c0
     end
   end
   return packLog(c, st, nowS, ss, sn, ho, ts, qs, 0)
