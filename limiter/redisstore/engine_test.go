@@ -19,8 +19,8 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
-	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -73,7 +73,7 @@ func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 		hourly := limit + rapid.IntRange(0, 10).Draw(rt, "hourlyExtra")
 		workers := rapid.IntRange(2, 12).Draw(rt, "workers")
 		each := rapid.IntRange(1, 8).Draw(rt, "requestsPerWorker")
-		pol := storetest.Parse(t, fmt.Sprintf(`
+		pol := limitertest.Parse(t, fmt.Sprintf(`
 apiVersion: kubedefender.io/v1alpha1
 kind: DefenderPolicy
 metadata: {name: prop}

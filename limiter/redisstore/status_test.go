@@ -15,43 +15,11 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
 	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
-
-// statusPolicy is the engine test policy of package limiter.
-const statusPolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: test}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete, deletecollection, evict], resources: [pods]}
-    exclude: {users: ["system:serviceaccount:kube-system:generic-garbage-collector"]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 3}, {window: 1h, limit: 10}]
-    breaker: {recovery: Manual}
-    onStoreFailure: Local
-  - name: node-deletes
-    match: {verbs: [delete], resources: [nodes]}
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Auto, cooldown: 5m, halfOpenLimit: 1}
-    onStoreFailure: Deny
-  - name: svc-deletes
-    mode: Shadow
-    match: {verbs: [delete], resources: [services]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 1}]
-    onStoreFailure: Allow
-  rateLimits:
-  - name: agent-lists
-    match: {verbs: [list], userAgents: ["^node-agent/"]}
-    per: [user, userAgent]
-    qps: 1
-    burst: 2
-`
 
 const gaugesHelp = `
 # HELP kubedefender_limiter_breakers_open Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.
@@ -111,7 +79,7 @@ func TestRedisClusterStatus(t *testing.T) {
 		clk := clocktesting.NewFakeClock(storetest.Epoch)
 		store := redisFactory(opts, nil)(t, clk)
 		reg := prometheus.NewRegistry()
-		e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, statusPolicy), Store: store, Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
+		e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, limitertest.EnginePolicy), Store: store, Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,21 +3,10 @@ package storetest
 import (
 	"bytes"
 	"sync"
-	"testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
-
-// Parse compiles a policy document or fails the test.
-func Parse(t testing.TB, doc string) *policy.Compiled {
-	t.Helper()
-	c, err := policy.Parse("test.yaml", []byte(doc))
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	return c
-}
 
 // PodDelete is alice deleting pod name in namespace ns, charging budgets.
 func PodDelete(ns, name string) *limiter.Attributes {
