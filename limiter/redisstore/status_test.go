@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -20,21 +18,6 @@ import (
 	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
-
-const gaugesHelp = `
-# HELP kubedefender_limiter_breakers_open Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.
-# TYPE kubedefender_limiter_breakers_open gauge
-# HELP kubedefender_limiter_budget_remaining_ratio Per budget and window, the smallest share still free over the budget's keys (its 2000 busiest at most; 0 for a key whose breaker is Open; 1 when no key has been charged), read from the store every 15s.
-# TYPE kubedefender_limiter_budget_remaining_ratio gauge
-`
-
-func checkGauges(t *testing.T, reg prometheus.Gatherer, when, series string) {
-	t.Helper()
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(gaugesHelp+series),
-		"kubedefender_limiter_budget_remaining_ratio", "kubedefender_limiter_breakers_open"); err != nil {
-		t.Errorf("%s: %v", when, err)
-	}
-}
 
 // TestRedisClusterStatus reads status from a 3-master cluster. The Makefile's
 // test target runs it with -race: each master is read on its own goroutine.
@@ -98,14 +81,7 @@ func TestRedisClusterStatus(t *testing.T) {
 		}
 		wg.Wait()
 		e.RefreshMetrics(ctx)
-		checkGauges(t, reg, "four namespaces past their budget", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 4
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+		limitertest.CheckGauges(t, reg, "four namespaces past their budget", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 4, Node1m: 1, Pod1h: 0, Pod1m: 0, Svc1m: 1}.Series())
 		st := e.Status(ctx, 100)
 		if len(st.Errors) != 0 || len(st.Budgets[0].Keys) != 4 || len(st.RateLimits[0].Hottest) != 40 {
 			t.Fatalf("status: errors %v, %d pod-deletes keys (want 4), %d agent-lists keys (want 40)", st.Errors, len(st.Budgets[0].Keys), len(st.RateLimits[0].Hottest))
