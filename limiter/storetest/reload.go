@@ -14,19 +14,6 @@ import (
 	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 )
 
-const reloadPolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: reload}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete], resources: [pods]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Manual}
-`
-
 // testReloadCarriesOpenBreakers: an edit of a budget's
 // windows restarts its counts but never silently closes an Open Manual
 // breaker; the reload line names what carried over; only an
@@ -34,7 +21,7 @@ spec:
 func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
 	var logs LockedBuffer
-	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, reloadPolicy), Store: newStore(t, clk), Clock: clk,
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, limitertest.ReloadPolicy), Store: newStore(t, clk), Clock: clk,
 		Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +31,7 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 		e.Decide(ctx, PodDelete("prod", "p"))
 	}
 	e.Decide(ctx, PodDelete("dev", "p"))
-	edited := strings.Replace(reloadPolicy, "[{window: 1m, limit: 2}]", "[{window: 1m, limit: 3}, {window: 1h, limit: 10}]", 1)
+	edited := strings.Replace(limitertest.ReloadPolicy, "[{window: 1m, limit: 2}]", "[{window: 1m, limit: 3}, {window: 1h, limit: 10}]", 1)
 	Reload(t, e, limitertest.Parse(t, edited))
 	clk.Step(time.Minute)
 	d := e.Decide(ctx, PodDelete("prod", "p"))
@@ -63,7 +50,7 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after the override: %s", d.Message)
 	}
-	Reload(t, e, limitertest.Parse(t, reloadPolicy)) // revert: the old windows' state is gone
+	Reload(t, e, limitertest.Parse(t, limitertest.ReloadPolicy)) // revert: the old windows' state is gone
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after reverting the edit: %s, want admitted (no stale Open state)", d.Message)
 	}

@@ -43,7 +43,7 @@ func testResetIsScoped(t *testing.T, newStore NewStore) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktesting.NewFakeClock(Epoch)
 			e, err := limiter.NewEngine(limiter.EngineConfig{Store: newStore(t, clk), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk,
-				Policy: limitertest.Parse(t, strings.Replace(reloadPolicy, "per: [namespace]", "per: "+tc.per, 1))})
+				Policy: limitertest.Parse(t, strings.Replace(limitertest.ReloadPolicy, "per: [namespace]", "per: "+tc.per, 1))})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -52,6 +52,21 @@ spec:
     burst: 2
 `
 
+// ReloadPolicy is one per-namespace budget of 2 pod deletes a minute with a
+// Manual breaker, that reload tests edit.
+const ReloadPolicy = `
+apiVersion: kubedefender.io/v1alpha1
+kind: DefenderPolicy
+metadata: {name: reload}
+spec:
+  budgets:
+  - name: pod-deletes
+    match: {verbs: [delete], resources: [pods]}
+    per: [namespace]
+    windows: [{window: 1m, limit: 2}]
+    breaker: {recovery: Manual}
+`
+
 // Parse compiles a policy document or fails the test.
 func Parse(t testing.TB, doc string) *policy.Compiled {
 	t.Helper()
