@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
@@ -23,13 +22,7 @@ import (
 // test target runs it with -race: each master is read on its own goroutine.
 func TestRedisClusterStatus(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	opts := func() *redis.UniversalOptions {
-		o, err := ParseRedisURL(cl.URL())
-		if err != nil {
-			panic(err)
-		}
-		return o
-	}
+	opts := urlOpts(cl.URL())
 	ctx := context.Background()
 	t.Run("the hottest rate keys come from every master and none is lost", func(t *testing.T) {
 		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(storetest.Epoch)).(*RedisStore)
