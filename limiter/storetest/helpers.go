@@ -1,9 +1,6 @@
 package storetest
 
 import (
-	"bytes"
-	"sync"
-
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
@@ -11,24 +8,6 @@ import (
 // PodDelete is alice deleting pod name in namespace ns, charging budgets.
 func PodDelete(ns, name string) *limiter.Attributes {
 	return &limiter.Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: "pods", Namespace: ns, Name: name, User: "alice"}, Checks: limiter.CheckBudgets}
-}
-
-// LockedBuffer is a bytes.Buffer safe for a logger and a test to share.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Reload reloads e with p, both phases, as the policy watcher does.

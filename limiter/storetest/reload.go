@@ -10,6 +10,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 )
@@ -20,7 +21,7 @@ import (
 // override closes it, and reverting the edit brings back no stale state.
 func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
-	var logs LockedBuffer
+	var logs logtest.Buffer
 	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, limitertest.ReloadPolicy), Store: newStore(t, clk), Clock: clk,
 		Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
