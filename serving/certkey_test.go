@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kubedefender/kubedefender/internal/testwait"
 	"github.com/kubedefender/kubedefender/pki"
 )
 
@@ -33,7 +34,7 @@ func TestCertKeyPicksUpRotation(t *testing.T) {
 
 	t.Run("a rotated pair is served without a restart", func(t *testing.T) {
 		second := writePair(t, dir, ca)
-		waitFor(t, "the second pair to be served", func() bool { return c.Leaf().SerialNumber.Cmp(second.Cert.SerialNumber) == 0 })
+		testwait.Until(t, "the second pair is served", func() bool { return c.Leaf().SerialNumber.Cmp(second.Cert.SerialNumber) == 0 })
 		if got := testutil.ToFloat64(c.reloads.WithLabelValues(ReloadSuccess)); got < 1 {
 			t.Errorf("reloads{success} = %v, want at least 1", got)
 		}
@@ -48,7 +49,7 @@ func TestCertKeyPicksUpRotation(t *testing.T) {
 		if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "a failed reload", func() bool { return testutil.ToFloat64(c.reloads.WithLabelValues(ReloadFailure)) >= 1 })
+		testwait.Until(t, "a reload has failed", func() bool { return testutil.ToFloat64(c.reloads.WithLabelValues(ReloadFailure)) >= 1 })
 		if c.Leaf().SerialNumber.Cmp(running) != 0 {
 			t.Errorf("serving serial changed to %v after a broken write", c.Leaf().SerialNumber)
 		}

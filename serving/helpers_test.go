@@ -5,9 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
-	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kubedefender/kubedefender/pki"
 )
@@ -37,16 +34,6 @@ func newCA(t *testing.T, cn string) *pki.CA {
 
 func certFiles(dir string) (string, string) {
 	return filepath.Join(dir, pki.CertFile), filepath.Join(dir, pki.KeyFile)
-}
-
-// waitFor polls cond until it holds, failing t after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil })
-	if err != nil {
-		t.Fatalf("%s: not within 10s", what)
-	}
 }
 
 // runInBackground runs run until the test ends, and fails the test when it

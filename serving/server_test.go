@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kubedefender/kubedefender/internal/logtest"
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 var ok = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
@@ -73,7 +74,7 @@ func TestServer(t *testing.T) {
 			t.Fatalf("served serial %v, want the first pair's", got)
 		}
 		second := writePair(t, dir, ca)
-		waitFor(t, "a new connection to see the second pair", func() bool {
+		testwait.Until(t, "a new connection sees the second pair", func() bool {
 			return servedSerial(t, srv.Addr().String(), roots).Cmp(second.Cert.SerialNumber) == 0
 		})
 	})
