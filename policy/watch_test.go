@@ -49,6 +49,21 @@ func writeAtomically(t *testing.T, path, content string) {
 	}
 }
 
+// newIdleWatcher writes a valid policy (limit 10) into a new directory and
+// returns a Watcher on it that does not run, with the policy's path and the
+// registry of its metrics.
+func newIdleWatcher(t *testing.T) (*Watcher, string, *prometheus.Registry) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	reg := prometheus.NewRegistry()
+	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, path, reg
+}
+
 // watched is a running Watcher over a real directory.
 type watched struct {
 	w   *Watcher
@@ -258,13 +273,7 @@ func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
 // next to the policy, the kubelet's own files) read the same bytes, which is
 // no reload, and a refused file is not refused again every minute.
 func TestWatcherCountsNoReloadWhenTheFileDidNotChange(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	writeAtomically(t, path, policyWithLimit(10))
-	reg := prometheus.NewRegistry()
-	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, path, reg := newIdleWatcher(t)
 	metrics := func(success, failure, unchanged, ok int) string {
 		return fmt.Sprintf(`
 # HELP kubedefender_policy_last_reload_successful 1 when the policy file on disk is the running policy, 0 while its content is refused (the last good policy runs).
@@ -322,12 +331,7 @@ func TestNewWatcherRefusesToStartOnABadPolicy(t *testing.T) {
 }
 
 func TestWatcherRegistersItsMetricsOnTheGivenRegistry(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	writeAtomically(t, path, policyWithLimit(10))
-	reg := prometheus.NewRegistry()
-	if _, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg}); err != nil {
-		t.Fatal(err)
-	}
+	_, path, reg := newIdleWatcher(t)
 	expected := `
 # HELP kubedefender_policy_rules Rules in the running policy (budgets + rate limits + flow schemas).
 # TYPE kubedefender_policy_rules gauge
@@ -392,13 +396,7 @@ func TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "policy.yaml")
-			writeAtomically(t, path, policyWithLimit(10))
-			reg := prometheus.NewRegistry()
-			w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
+			w, path, _ := newIdleWatcher(t)
 			var journal []string
 			for _, name := range []string{"engine", "cascades", "proxy"} {
 				s := &recordingSubscriber{name: name, journal: &journal}
@@ -410,7 +408,7 @@ func TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits(t *testing.T) {
 			before := w.Current()
 
 			writeAtomically(t, path, policyWithLimit(20))
-			err = w.Reload()
+			err := w.Reload()
 
 			if !slices.Equal(journal, tc.wantJournal) {
 				t.Errorf("journal = %q, want %q", journal, tc.wantJournal)
