@@ -44,22 +44,8 @@ func (m *guardMetrics) register(r prometheus.Registerer) error {
 
 // forgetRemoved drops the series of rules a reload removed.
 func (m *guardMetrics) forgetRemoved(old, cur *policy.Compiled) {
-	keep := map[string]bool{}
-	for _, b := range cur.Budgets {
-		keep[b.Name] = true
-	}
-	for _, r := range cur.RateLimits {
-		keep[r.Name] = true
-	}
-	for _, b := range old.Budgets {
-		if !keep[b.Name] {
-			m.panics.DeletePartialMatch(prometheus.Labels{"rule": b.Name})
-		}
-	}
-	for _, r := range old.RateLimits {
-		if !keep[r.Name] {
-			m.panics.DeletePartialMatch(prometheus.Labels{"rule": r.Name})
-		}
+	for _, name := range removedRules(old, cur) {
+		m.panics.DeletePartialMatch(prometheus.Labels{"rule": name})
 	}
 }
 
