@@ -23,6 +23,32 @@ func writePair(t *testing.T, dir string, ca *pki.CA) *pki.Pair {
 	return pair
 }
 
+// servedPair is a pair that a new CA issued into a new directory, loaded as
+// a CertKey; writePair(t, dir, ca) rotates it.
+type servedPair struct {
+	ca           *pki.CA
+	dir, keyFile string
+	first        *pki.Pair
+	certs        *CertKey
+}
+
+// newServedPair issues the pair and loads it with NewCertKey(cfg), cfg's
+// Purpose ("serving") and files filled in.
+func newServedPair(t *testing.T, cfg CertKeyConfig) *servedPair {
+	t.Helper()
+	p := &servedPair{ca: newCA(t, "serving-ca"), dir: t.TempDir()}
+	p.first = writePair(t, p.dir, p.ca)
+	certFile, keyFile := certFiles(p.dir)
+	p.keyFile = keyFile
+	cfg.Purpose, cfg.CertFile, cfg.KeyFile = "serving", certFile, keyFile
+	certs, err := NewCertKey(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.certs = certs
+	return p
+}
+
 func newCA(t *testing.T, cn string) *pki.CA {
 	t.Helper()
 	ca, err := pki.NewCA(pki.CAOptions{CommonName: cn})
