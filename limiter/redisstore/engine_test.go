@@ -68,11 +68,7 @@ func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*
 	if cfg != nil {
 		cfg(&rc)
 	}
-	s, err := NewRedisStore(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s := openStore(t, rc)
 	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
 	if err != nil {
 		t.Fatal(err)
@@ -151,15 +147,8 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 // Redis admit exactly min(limit, requests) within a window, together.
 func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	newStore := func() *RedisStore {
-		s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:prop:", Timeout: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
-	s1, s2 := newStore(), newStore()
+	cfg := RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:prop:", Timeout: 2 * time.Second}
+	s1, s2 := openStore(t, cfg), openStore(t, cfg)
 	iter := 0
 	rapid.Check(t, func(rt *rapid.T) {
 		iter++

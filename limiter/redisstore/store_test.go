@@ -36,13 +36,19 @@ func redisFactory(opts func() *redis.UniversalOptions, extra func(*RedisConfig))
 		if extra != nil {
 			extra(&cfg)
 		}
-		s, err := NewRedisStore(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
+		return openStore(t, cfg)
 	}
+}
+
+// openStore is NewRedisStore(cfg), closed when the test ends.
+func openStore(t testing.TB, cfg RedisConfig) *RedisStore {
+	t.Helper()
+	s, err := NewRedisStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
 }
 
 // urlOpts returns the options of url, parsed afresh for each store.
