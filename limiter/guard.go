@@ -147,10 +147,12 @@ type degraded struct {
 	tryStore bool
 }
 
+// degraded describes r for degradedRule.
 func (r *budgetRule) degraded(tryStore bool) degraded {
 	return degraded{kind: KindBudget, name: r.cb.Name, per: r.per, onFail: r.onFail, shadow: r.shadow, runnable: r.err == nil, tryStore: tryStore}
 }
 
+// degraded describes r for degradedRule.
 func (r *rateRule) degraded(tryStore bool) degraded {
 	return degraded{kind: KindRateLimit, name: r.cr.Name, per: r.per, onFail: r.onFail, shadow: r.shadow, runnable: r.err == nil, tryStore: tryStore}
 }
