@@ -109,42 +109,41 @@ func BenchmarkDecide(b *testing.B) {
 // keys each made one request and went idle.
 func BenchmarkMemoryPerIdleKey(b *testing.B) {
 	const keys = 100000
-	heap := func() uint64 {
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
+	// perKey reports the heap a new memory store holds after charge(s, i)
+	// for every key i.
+	perKey := func(b *testing.B, charge func(s *MemoryStore, i int)) {
+		heap := func() uint64 {
+			runtime.GC()
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			return m.HeapAlloc
+		}
+		for b.Loop() {
+			clk := clocktesting.NewFakeClock(testEpoch)
+			s := NewMemoryStore(MemoryConfig{Clock: clk, MaxKeysPerRule: 2 * keys})
+			before := heap()
+			for i := 0; i < keys; i++ {
+				charge(s, i)
+			}
+			after := heap()
+			b.ReportMetric(float64(after-before)/keys, "B/key")
+			runtime.KeepAlive(s)
+		}
 	}
 	b.Run("budget_4_windows", func(b *testing.B) {
-		for b.Loop() {
-			clk := clocktesting.NewFakeClock(testEpoch)
-			s := NewMemoryStore(MemoryConfig{Clock: clk, MaxKeysPerRule: 2 * keys})
-			spec := testSpec([]WindowSpec{{time.Minute, 20}, {5 * time.Minute, 50}, {time.Hour, 200}, {24 * time.Hour, 1000}}, BreakerSpec{Enabled: true, Manual: true})
-			before := heap()
-			batch := &BudgetBatch{Commit: true, Checks: make([]BudgetCheck, 1)}
-			for i := 0; i < keys; i++ {
-				batch.Checks[0] = BudgetCheck{Spec: spec, Key: fmt.Sprintf("namespace=tenant-%06d", i)}
-				_ = s.Budgets(context.Background(), batch)
-			}
-			after := heap()
-			b.ReportMetric(float64(after-before)/keys, "B/key")
-			runtime.KeepAlive(s)
-		}
+		spec := testSpec([]WindowSpec{{time.Minute, 20}, {5 * time.Minute, 50}, {time.Hour, 200}, {24 * time.Hour, 1000}}, BreakerSpec{Enabled: true, Manual: true})
+		batch := &BudgetBatch{Commit: true, Checks: make([]BudgetCheck, 1)}
+		perKey(b, func(s *MemoryStore, i int) {
+			batch.Checks[0] = BudgetCheck{Spec: spec, Key: fmt.Sprintf("namespace=tenant-%06d", i)}
+			_ = s.Budgets(context.Background(), batch)
+		})
 	})
 	b.Run("rate_limit", func(b *testing.B) {
-		for b.Loop() {
-			clk := clocktesting.NewFakeClock(testEpoch)
-			s := NewMemoryStore(MemoryConfig{Clock: clk, MaxKeysPerRule: 2 * keys})
-			spec := &RateSpec{Name: "r", ID: "r@mem", QPS: 10, Burst: 20, Interval: 100 * time.Millisecond}
-			before := heap()
-			batch := &RateBatch{Checks: make([]RateCheck, 1)}
-			for i := 0; i < keys; i++ {
-				batch.Checks[0] = RateCheck{Spec: spec, Key: fmt.Sprintf("user=u%06d,userAgent=kubectl/v1.32", i)}
-				_ = s.Rates(context.Background(), batch)
-			}
-			after := heap()
-			b.ReportMetric(float64(after-before)/keys, "B/key")
-			runtime.KeepAlive(s)
-		}
+		spec := &RateSpec{Name: "r", ID: "r@mem", QPS: 10, Burst: 20, Interval: 100 * time.Millisecond}
+		batch := &RateBatch{Checks: make([]RateCheck, 1)}
+		perKey(b, func(s *MemoryStore, i int) {
+			batch.Checks[0] = RateCheck{Spec: spec, Key: fmt.Sprintf("user=u%06d,userAgent=kubectl/v1.32", i)}
+			_ = s.Rates(context.Background(), batch)
+		})
 	})
 }

@@ -16,47 +16,6 @@ import (
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-const enginePolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: test}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete, deletecollection, evict], resources: [pods]}
-    exclude: {users: ["system:serviceaccount:kube-system:generic-garbage-collector"]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 3}, {window: 1h, limit: 10}]
-    breaker: {recovery: Manual}
-    onStoreFailure: Local
-  - name: node-deletes
-    match: {verbs: [delete], resources: [nodes]}
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Auto, cooldown: 5m, halfOpenLimit: 1}
-    onStoreFailure: Deny
-  - name: svc-deletes
-    mode: Shadow
-    match: {verbs: [delete], resources: [services]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 1}]
-    onStoreFailure: Allow
-  rateLimits:
-  - name: agent-lists
-    match: {verbs: [list], userAgents: ["^node-agent/"]}
-    per: [user, userAgent]
-    qps: 1
-    burst: 2
-`
-
-func parse(t testing.TB, doc string) *policy.Compiled {
-	t.Helper()
-	c, err := policy.Parse("test.yaml", []byte(doc))
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	return c
-}
-
 func newTestEngine(t testing.TB, cfg EngineConfig) (*Engine, *clocktesting.FakeClock) {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(testEpoch)

@@ -44,22 +44,8 @@ func (m *guardMetrics) register(r prometheus.Registerer) error {
 
 // forgetRemoved drops the series of rules a reload removed.
 func (m *guardMetrics) forgetRemoved(old, cur *policy.Compiled) {
-	keep := map[string]bool{}
-	for _, b := range cur.Budgets {
-		keep[b.Name] = true
-	}
-	for _, r := range cur.RateLimits {
-		keep[r.Name] = true
-	}
-	for _, b := range old.Budgets {
-		if !keep[b.Name] {
-			m.panics.DeletePartialMatch(prometheus.Labels{"rule": b.Name})
-		}
-	}
-	for _, r := range old.RateLimits {
-		if !keep[r.Name] {
-			m.panics.DeletePartialMatch(prometheus.Labels{"rule": r.Name})
-		}
+	for _, name := range removedRules(old, cur) {
+		m.panics.DeletePartialMatch(prometheus.Labels{"rule": name})
 	}
 }
 
@@ -95,26 +81,12 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 	keyOf := func(per []string) string { return clone((&scratch{}).key(per, &a.Attributes)) }
 	if checks&CheckRateLimits != 0 {
 		for _, r := range st.rates {
-			if !safeApplies(&r.cr.Rule, &a.Attributes) {
+			if passesOver(ovs, KindRateLimit, &r.cr.Rule, r.cr.Name, a, now, &d) {
 				continue
 			}
-			if o := coveringOverride(ovs, KindRateLimit, r.cr.Name, &a.Attributes, now); o != nil {
-				d.Override = o.Name
-				continue
-			}
-			rd, final := e.degradedRule(degraded{
-				kind: KindRateLimit, name: r.cr.Name, per: r.per, onFail: r.onFail, shadow: r.shadow,
-				runnable: r.err == nil, tryStore: p == nil,
-			}, func(s Store, local bool) (Decision, bool) {
-				rr := r
-				if local {
-					l := *r
-					l.spec, l.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
-					rr = &l
-				}
-				return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-					e.decideRates(ctx, &job{store: s, st: &engineState{policy: st.policy, rates: []*rateRule{rr}}, a: a, sc: sc}, od)
-				})
+			rd, final := e.degradedRule(st, a, r.degraded(p == nil), func(s Store, local bool, sc *scratch, od *Decision) {
+				one := &engineState{policy: st.policy, rates: []*rateRule{r.onStore(local, e.replicas)}}
+				e.decideRates(ctx, &job{store: s, st: one, a: a, sc: sc}, od)
 			}, keyOf, &d)
 			if final {
 				return rd
@@ -135,35 +107,31 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 				continue // a follow-up is free for AtRoot budgets
 			}
 			rovs = ovs
-		} else {
-			if !safeApplies(&r.cb.Rule, &a.Attributes) {
-				continue
-			}
-			if o := coveringOverride(ovs, KindBudget, r.cb.Name, &a.Attributes, now); o != nil {
-				d.Override = o.Name
-				continue
-			}
+		} else if passesOver(ovs, KindBudget, &r.cb.Rule, r.cb.Name, a, now, &d) {
+			continue
 		}
-		rd, final := e.degradedRule(degraded{
-			kind: KindBudget, name: r.cb.Name, per: r.per, onFail: r.onFail, shadow: r.shadow,
-			runnable: r.err == nil, tryStore: p == nil,
-		}, func(s Store, local bool) (Decision, bool) {
-			rr := r
-			if local {
-				l := *r
-				l.spec, l.onFail = r.spec.Share(e.replicas()), policy.StoreFailureAllow
-				rr = &l
-			}
-			return e.decideOne(st, a, func(sc *scratch, od *Decision) {
-				e.decideBudgets(ctx, &job{store: s, st: &engineState{policy: st.policy, budgets: []*budgetRule{rr}}, a: a, sc: sc, ovs: rovs,
-					commit: commit, breakersOnly: breakersOnly}, od)
-			})
+		rd, final := e.degradedRule(st, a, r.degraded(p == nil), func(s Store, local bool, sc *scratch, od *Decision) {
+			one := &engineState{policy: st.policy, budgets: []*budgetRule{r.onStore(local, e.replicas)}}
+			e.decideBudgets(ctx, &job{store: s, st: one, a: a, sc: sc, ovs: rovs, commit: commit, breakersOnly: breakersOnly}, od)
 		}, keyOf, &d)
 		if final {
 			return rd
 		}
 	}
 	return d
+}
+
+// passesOver says decideDegraded skips a rule: it does not apply to a, or
+// an override in force covers it (named in d).
+func passesOver(ovs []Override, kind RuleKind, rule *policy.Rule, name string, a *Attributes, now time.Time, d *Decision) bool {
+	if !safeApplies(rule, &a.Attributes) {
+		return true
+	}
+	if o := coveringOverride(ovs, kind, name, &a.Attributes, now); o != nil {
+		d.Override = o.Name
+		return true
+	}
+	return false
 }
 
 // degraded describes one rule on the degraded path.
@@ -179,14 +147,49 @@ type degraded struct {
 	tryStore bool
 }
 
+// degraded describes r for degradedRule.
+func (r *budgetRule) degraded(tryStore bool) degraded {
+	return degraded{kind: KindBudget, name: r.cb.Name, per: r.per, onFail: r.onFail, shadow: r.shadow, runnable: r.err == nil, tryStore: tryStore}
+}
+
+// degraded describes r for degradedRule.
+func (r *rateRule) degraded(tryStore bool) degraded {
+	return degraded{kind: KindRateLimit, name: r.cr.Name, per: r.per, onFail: r.onFail, shadow: r.shadow, runnable: r.err == nil, tryStore: tryStore}
+}
+
+// onStore is r as degradedRule judges it: as it is on the shared store; on
+// the fallback store (local) with this replica's share of its limit, and
+// admitted should that store fail too.
+func (r *budgetRule) onStore(local bool, replicas func() int) *budgetRule {
+	if !local {
+		return r
+	}
+	l := *r
+	l.spec, l.onFail = r.spec.Share(replicas()), policy.StoreFailureAllow
+	return &l
+}
+
+// onStore: see budgetRule.onStore.
+func (r *rateRule) onStore(local bool, replicas func() int) *rateRule {
+	if !local {
+		return r
+	}
+	l := *r
+	l.spec, l.onFail = r.spec.Share(replicas()), policy.StoreFailureAllow
+	return &l
+}
+
 // degradedRule judges one rule of decideDegraded: on the shared store when
 // it may (a denial is the answer, warnings go into d), else as its
 // onStoreFailure says (counted as a panic fallback): Deny answers an engine
 // failure unless the rule is in Shadow, Local judges the rule's share on the
-// fallback store, Allow admits. run asks a store, with the rule's local
-// share when local is true; ok is false when it panicked. final says the
-// returned decision is the answer.
-func (e *Engine) degradedRule(r degraded, run func(s Store, local bool) (Decision, bool), keyOf func([]string) string, d *Decision) (_ Decision, final bool) {
+// fallback store, Allow admits. decide judges the rule alone on a store, with
+// the rule's local share when local is true, under decideOne's recover (a
+// panic is a failed ask). final says the returned decision is the answer.
+func (e *Engine) degradedRule(st *engineState, a *Attributes, r degraded, decide func(s Store, local bool, sc *scratch, d *Decision), keyOf func([]string) string, d *Decision) (_ Decision, final bool) {
+	run := func(s Store, local bool) (Decision, bool) {
+		return e.decideOne(st, a, func(sc *scratch, od *Decision) { decide(s, local, sc, od) })
+	}
 	if r.tryStore && r.runnable {
 		if rd, ok := run(e.store, false); ok {
 			if !rd.Allowed {

@@ -7,13 +7,13 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -157,28 +157,11 @@ func (panickingStore) HottestRates(context.Context, *RateSpec, int) ([]RateKeySt
 	panic("bug in HottestRates")
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestEngineTurnsAPanicIntoTheRulesOnStoreFailure: a panic while deciding is
 // no blanket 500: each matched rule fails the way its onStoreFailure says,
 // the panic is counted per rule and logged once per policy hash.
 func TestEngineTurnsAPanicIntoTheRulesOnStoreFailure(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	reg := prometheus.NewRegistry()
 	e, _ := newTestEngine(t, EngineConfig{Store: panickingStore{}, Registerer: reg, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()

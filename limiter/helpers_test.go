@@ -7,11 +7,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
 // The store contract itself is in package storetest; these are the few
 // helpers this package's own tests share.
+
+// enginePolicy and parse are the shared ones of limitertest.
+const enginePolicy = limitertest.EnginePolicy
+
+var parse = limitertest.Parse
 
 var testEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 

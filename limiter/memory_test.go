@@ -10,6 +10,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -127,19 +128,6 @@ spec:
 	}
 }
 
-const sweepPolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: reload}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete], resources: [pods]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Manual}
-`
-
 // TestMemorySweepJudgesWithTheCurrentSpec: after a reload that keeps a
 // budget's windows but makes its Auto breaker Manual, the sweep must judge
 // idleness with the Manual breaker (Open until an override), not with the
@@ -147,7 +135,7 @@ spec:
 func TestMemorySweepJudgesWithTheCurrentSpec(t *testing.T) {
 	clk := clocktesting.NewFakeClock(testEpoch)
 	ms := NewMemoryStore(MemoryConfig{Clock: clk})
-	auto := strings.Replace(sweepPolicy, "{recovery: Manual}", "{recovery: Auto, cooldown: 1m, halfOpenLimit: 1}", 1)
+	auto := strings.Replace(limitertest.ReloadPolicy, "{recovery: Manual}", "{recovery: Auto, cooldown: 1m, halfOpenLimit: 1}", 1)
 	e, err := NewEngine(EngineConfig{Policy: parse(t, auto), Store: ms, Clock: clk, Fallback: NewMemoryStore(MemoryConfig{Clock: clk})})
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +144,7 @@ func TestMemorySweepJudgesWithTheCurrentSpec(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		e.Decide(ctx, podDelete("prod", "p"))
 	}
-	setPolicy(t, e, parse(t, sweepPolicy)) // same windows (same ID), Manual breaker
+	setPolicy(t, e, parse(t, limitertest.ReloadPolicy)) // same windows (same ID), Manual breaker
 	clk.Step(time.Hour)
 	ms.Sweep()
 	if d := e.Decide(ctx, podDelete("prod", "p")); d.Allowed || d.Code != http.StatusForbidden {

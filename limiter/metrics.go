@@ -138,29 +138,38 @@ func (l *lazyCounter) Collect(ch chan<- prometheus.Metric) { l.resolve().Collect
 
 // forgetRemoved drops the series of rules that a reload removed.
 func (m *metrics) forgetRemoved(old, cur *policy.Compiled) {
-	keep := map[string]bool{}
-	for _, b := range cur.Budgets {
-		keep[b.Name] = true
-	}
-	for _, r := range cur.RateLimits {
-		keep[r.Name] = true
-	}
-	forget := func(name string) {
-		if keep[name] {
-			return
-		}
+	for _, name := range removedRules(old, cur) {
 		m.decisions.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.transitions.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.nearLimit.DeletePartialMatch(prometheus.Labels{"rule": name})
 		m.overridesUsed.DeletePartialMatch(prometheus.Labels{"rule": name})
 	}
-	for _, b := range old.Budgets {
-		forget(b.Name)
+	m.budgets.retain(ruleNames(cur))
+}
+
+// ruleNames is the set of the names of p's budgets and rate limits.
+func ruleNames(p *policy.Compiled) map[string]bool {
+	names := map[string]bool{}
+	for _, b := range p.Budgets {
+		names[b.Name] = true
 	}
-	for _, r := range old.RateLimits {
-		forget(r.Name)
+	for _, r := range p.RateLimits {
+		names[r.Name] = true
 	}
-	m.budgets.retain(keep)
+	return names
+}
+
+// removedRules lists the rules of old that cur no longer has, the names
+// whose series a reload drops.
+func removedRules(old, cur *policy.Compiled) []string {
+	keep := ruleNames(cur)
+	var gone []string
+	for name := range ruleNames(old) {
+		if !keep[name] {
+			gone = append(gone, name)
+		}
+	}
+	return gone
 }
 
 // MetricsRefreshInterval is how often serve refreshes the gauges read from

@@ -8,26 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/policy"
 )
-
-const gaugesHelp = `
-# HELP kubedefender_limiter_breakers_open Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.
-# TYPE kubedefender_limiter_breakers_open gauge
-# HELP kubedefender_limiter_budget_remaining_ratio Per budget and window, the smallest share still free over the budget's keys (its 2000 busiest at most; 0 for a key whose breaker is Open; 1 when no key has been charged), read from the store every 15s.
-# TYPE kubedefender_limiter_budget_remaining_ratio gauge
-`
-
-func checkGauges(t *testing.T, reg prometheus.Gatherer, when, series string) {
-	t.Helper()
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(gaugesHelp+series),
-		"kubedefender_limiter_budget_remaining_ratio", "kubedefender_limiter_breakers_open"); err != nil {
-		t.Errorf("%s: %v", when, err)
-	}
-}
 
 // TestBudgetGaugesFollowTheStore: the remaining ratio of a per-namespace
 // budget read 0 from startup and never recovered (it was only set for
@@ -39,14 +24,7 @@ func TestBudgetGaugesFollowTheStore(t *testing.T) {
 	ctx := context.Background()
 
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "before any request", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "before any request", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 0, Node1m: 1, Pod1h: 1, Pod1m: 1, Svc1m: 1}.Series())
 
 	for _, ns := range []string{"a", "a", "b"} {
 		if d := e.Decide(ctx, podDelete(ns, "p")); !d.Allowed {
@@ -54,25 +32,11 @@ kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
 		}
 	}
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "after two deletes in namespace a and one in b", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0.8
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0.3333333333333333
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "after two deletes in namespace a and one in b", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 0, Node1m: 1, Pod1h: 0.8, Pod1m: 0.3333333333333333, Svc1m: 1}.Series())
 
 	clk.Step(2 * time.Minute)
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "two minutes later the 1m window has recovered", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0.8
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "two minutes later the 1m window has recovered", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 0, Node1m: 1, Pod1h: 0.8, Pod1m: 1, Svc1m: 1}.Series())
 
 	for i := 0; i < 4; i++ { // the 4th trips namespace c's Manual breaker
 		e.Decide(ctx, podDelete("c", "p"))
@@ -82,30 +46,16 @@ kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
 		e.Decide(ctx, node)
 	}
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "with namespace c's Manual breaker and the node breaker Open", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 1
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "with namespace c's Manual breaker and the node breaker Open", limitertest.EngineGauges{NodeOpen: 1, PodOpen: 1, Node1m: 0, Pod1h: 0, Pod1m: 0, Svc1m: 1}.Series())
 
 	clk.Step(10 * time.Minute) // the Auto breaker is HalfOpen after its cooldown; the Manual one stays Open
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "after the Auto cooldown", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "after the Auto cooldown", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 1, Node1m: 1, Pod1h: 0, Pod1m: 0, Svc1m: 1}.Series())
 
 	// A reload that removes rules removes their gauges at once.
 	podOnly, _, _ := strings.Cut(enginePolicy, "  - name: node-deletes")
 	setPolicy(t, e, parse(t, strings.Replace(podOnly, "metadata: {name: test}", "metadata: {name: test2}", 1)))
-	checkGauges(t, reg, "after a reload that keeps only pod-deletes", `
+	limitertest.CheckGauges(t, reg, "after a reload that keeps only pod-deletes", `
 kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
 kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
 kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
@@ -145,14 +95,7 @@ func TestBudgetGaugesKeepTheLastReadWhileTheStoreIsUnreachable(t *testing.T) {
 	store.fail = true
 	clk.Step(2 * time.Minute)
 	e.RefreshMetrics(ctx)
-	checkGauges(t, reg, "during an outage", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+	limitertest.CheckGauges(t, reg, "during an outage", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 1, Node1m: 1, Pod1h: 0, Pod1m: 0, Svc1m: 1}.Series())
 }
 
 // TestDecisionSeriesExistOnlyForTheFrontsTheProcessRuns: a webhook-only

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 // policyWithLimit is a valid policy whose only budget allows limit deletes a minute.
@@ -31,17 +33,8 @@ spec:
 `, limit)
 }
 
-const brokenPolicy = `apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata:
-  name: watched
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete], resources: [pods]}
-    windows:
-    - {window: 1m, limit: 0}
-`
+// brokenPolicy fails validation: a window's limit must be greater than 0.
+var brokenPolicy = policyWithLimit(0)
 
 // writeAtomically replaces path the way editors and kubectl cp do: a new file
 // renamed over the old one, so the watcher never reads a half-written file.
@@ -56,16 +49,19 @@ func writeAtomically(t *testing.T, path, content string) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
+// newIdleWatcher writes a valid policy (limit 10) into a new directory and
+// returns a Watcher on it that does not run, with the policy's path and the
+// registry of its metrics.
+func newIdleWatcher(t *testing.T) (*Watcher, string, *prometheus.Registry) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeAtomically(t, path, policyWithLimit(10))
+	reg := prometheus.NewRegistry()
+	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return w, path, reg
 }
 
 // watched is a running Watcher over a real directory.
@@ -121,7 +117,7 @@ func startWatcher(t *testing.T, path string, touch func(n int)) *watched {
 		}
 	})
 	polls, n := 0, 0
-	eventually(t, "the watcher sees the directory", func() bool {
+	testwait.Until(t, "the watcher sees the directory", func() bool {
 		if h.reloads(ReloadUnchanged) > 0 && h.readTheFile(path) {
 			return true
 		}
@@ -153,11 +149,11 @@ func TestWatcherPicksUpAnEdit(t *testing.T) {
 
 	writeAtomically(t, path, policyWithLimit(20))
 
-	eventually(t, "the new policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	testwait.Until(t, "the new policy is running", func() bool { return h.w.Current().Hash != before.Hash })
 	if got := h.w.Current().Budgets[0].Windows[0].Limit; got != 20 {
 		t.Errorf("running limit = %d, want 20", got)
 	}
-	eventually(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
+	testwait.Until(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
 	if got := h.notified()[0]; got != h.w.Current() {
 		t.Errorf("subscriber got policy %s, running is %s", got.Hash, h.w.Current().Hash)
 	}
@@ -208,11 +204,11 @@ func TestWatcherPicksUpAConfigMapSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, "the swapped policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	testwait.Until(t, "the swapped policy is running", func() bool { return h.w.Current().Hash != before.Hash })
 	if got := h.w.Current().Budgets[0].Windows[0].Limit; got != 30 {
 		t.Errorf("running limit = %d, want 30", got)
 	}
-	eventually(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
+	testwait.Until(t, "the subscriber is told", func() bool { return len(h.notified()) == 1 })
 	if h.reloads(ReloadFailure) != 0 {
 		t.Errorf("the swap caused a failed reload: %s", h.w.LastError())
 	}
@@ -226,7 +222,7 @@ func TestWatcherKeepsTheRunningPolicyOnABrokenEdit(t *testing.T) {
 
 	writeAtomically(t, path, brokenPolicy)
 
-	eventually(t, "the broken edit is refused", func() bool { return h.reloads(ReloadFailure) == 1 })
+	testwait.Until(t, "the broken edit is refused", func() bool { return h.reloads(ReloadFailure) == 1 })
 	if h.w.Current() != before {
 		t.Errorf("running policy changed to %s after a broken edit", h.w.Current().Hash)
 	}
@@ -248,7 +244,7 @@ kubedefender_policy_reloads_total{result="failure"} 1
 
 	// Fixing the file clears the error and runs the fix.
 	writeAtomically(t, path, policyWithLimit(15))
-	eventually(t, "the fixed policy is running", func() bool { return h.w.Current().Hash != before.Hash })
+	testwait.Until(t, "the fixed policy is running", func() bool { return h.w.Current().Hash != before.Hash })
 	if got := h.w.LastError(); got != "" {
 		t.Errorf("LastError after the fix = %q, want none", got)
 	}
@@ -263,7 +259,7 @@ func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
 	// Same content, other formatting: the defaulted policy is the same.
 	writeAtomically(t, path, "# reformatted\n"+strings.Replace(policyWithLimit(10), "{window: 1m, limit: 10}", "{limit: 10, window: 60s}", 1))
 
-	eventually(t, "the rewrite is read", func() bool { return h.reloads(ReloadUnchanged) >= 1 })
+	testwait.Until(t, "the rewrite is read", func() bool { return h.reloads(ReloadUnchanged) >= 1 })
 	if h.w.Current() != before {
 		t.Errorf("an unchanged policy was swapped in")
 	}
@@ -277,13 +273,7 @@ func TestWatcherCountsUnchangedContentAsUnchanged(t *testing.T) {
 // next to the policy, the kubelet's own files) read the same bytes, which is
 // no reload, and a refused file is not refused again every minute.
 func TestWatcherCountsNoReloadWhenTheFileDidNotChange(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	writeAtomically(t, path, policyWithLimit(10))
-	reg := prometheus.NewRegistry()
-	w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, path, reg := newIdleWatcher(t)
 	metrics := func(success, failure, unchanged, ok int) string {
 		return fmt.Sprintf(`
 # HELP kubedefender_policy_last_reload_successful 1 when the policy file on disk is the running policy, 0 while its content is refused (the last good policy runs).
@@ -341,12 +331,7 @@ func TestNewWatcherRefusesToStartOnABadPolicy(t *testing.T) {
 }
 
 func TestWatcherRegistersItsMetricsOnTheGivenRegistry(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	writeAtomically(t, path, policyWithLimit(10))
-	reg := prometheus.NewRegistry()
-	if _, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg}); err != nil {
-		t.Fatal(err)
-	}
+	_, path, reg := newIdleWatcher(t)
 	expected := `
 # HELP kubedefender_policy_rules Rules in the running policy (budgets + rate limits + flow schemas).
 # TYPE kubedefender_policy_rules gauge
@@ -411,13 +396,7 @@ func TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "policy.yaml")
-			writeAtomically(t, path, policyWithLimit(10))
-			reg := prometheus.NewRegistry()
-			w, err := NewWatcher(WatcherConfig{Path: path, Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
+			w, path, _ := newIdleWatcher(t)
 			var journal []string
 			for _, name := range []string{"engine", "cascades", "proxy"} {
 				s := &recordingSubscriber{name: name, journal: &journal}
@@ -429,7 +408,7 @@ func TestAReloadIsPreparedByEverySubscriberBeforeAnyCommits(t *testing.T) {
 			before := w.Current()
 
 			writeAtomically(t, path, policyWithLimit(20))
-			err = w.Reload()
+			err := w.Reload()
 
 			if !slices.Equal(journal, tc.wantJournal) {
 				t.Errorf("journal = %q, want %q", journal, tc.wantJournal)

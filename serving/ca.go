@@ -65,12 +65,9 @@ func NewCA(cfg CAConfig) (*CA, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	content.AddListener(c)
-	c.reloads = newReloadCounter(cfg.MetricsSubsystem, "client_ca_reloads_total",
-		"Client CA reloads by result: success (a new bundle verifies callers) or failure (the running bundle stays).")
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(c.reloads); err != nil {
-			return nil, fmt.Errorf("failed to register client CA metrics: %w", err)
-		}
+	if c.reloads, err = newReloadCounter(cfg.Registerer, cfg.MetricsSubsystem, "client_ca_reloads_total",
+		"Client CA reloads by result: success (a new bundle verifies callers) or failure (the running bundle stays).", "client CA"); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -97,21 +97,26 @@ func NewCertKey(cfg CertKeyConfig) (*CertKey, error) {
 		return nil, err
 	}
 	content.AddListener(c)
-	c.reloads = newReloadCounter(cfg.MetricsSubsystem, "certificate_reloads_total",
-		"Serving certificate reloads by result: success (a new pair is served) or failure (the running pair stays).")
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(c.reloads); err != nil {
-			return nil, fmt.Errorf("failed to register certificate metrics: %w", err)
-		}
+	if c.reloads, err = newReloadCounter(cfg.Registerer, cfg.MetricsSubsystem, "certificate_reloads_total",
+		"Serving certificate reloads by result: success (a new pair is served) or failure (the running pair stays).", "certificate"); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
-func newReloadCounter(subsystem, name, help string) *prometheus.CounterVec {
+// newReloadCounter makes the reloads counter of one watched file, both
+// results at 0, and registers it on reg when reg is set; what names the
+// metrics in the registration error.
+func newReloadCounter(reg prometheus.Registerer, subsystem, name, help, what string) (*prometheus.CounterVec, error) {
 	v := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kubedefender", Subsystem: subsystem, Name: name, Help: help}, []string{"result"})
 	v.WithLabelValues(ReloadSuccess)
 	v.WithLabelValues(ReloadFailure)
-	return v
+	if reg != nil {
+		if err := reg.Register(v); err != nil {
+			return nil, fmt.Errorf("failed to register %s metrics: %w", what, err)
+		}
+	}
+	return v, nil
 }
 
 // parse makes the content object's current pair the one served.

@@ -10,30 +10,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kubedefender/kubedefender/internal/testwait"
 	"github.com/kubedefender/kubedefender/pki"
 )
 
 func TestCertKeyPicksUpRotation(t *testing.T) {
-	ca := newCA(t, "serving-ca")
-	dir := t.TempDir()
-	first := writePair(t, dir, ca)
-	certFile, keyFile := certFiles(dir)
 	reg := prometheus.NewRegistry()
 	// A short resync: a rotation made before the watch started is still
 	// picked up, so the test waits on the result and never on the watch.
-	c, err := NewCertKey(CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile,
-		Registerer: reg, MetricsSubsystem: "webhook", Watch: Watch{Debounce: 10 * time.Millisecond, Interval: 50 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Leaf().SerialNumber.Cmp(first.Cert.SerialNumber) != 0 {
+	p := newServedPair(t, CertKeyConfig{Registerer: reg, MetricsSubsystem: "webhook", Watch: Watch{Debounce: 10 * time.Millisecond, Interval: 50 * time.Millisecond}})
+	c := p.certs
+	if c.Leaf().SerialNumber.Cmp(p.first.Cert.SerialNumber) != 0 {
 		t.Fatalf("serving serial %v, want the first pair's", c.Leaf().SerialNumber)
 	}
 	runInBackground(t, c.Run)
 
 	t.Run("a rotated pair is served without a restart", func(t *testing.T) {
-		second := writePair(t, dir, ca)
-		waitFor(t, "the second pair to be served", func() bool { return c.Leaf().SerialNumber.Cmp(second.Cert.SerialNumber) == 0 })
+		second := writePair(t, p.dir, p.ca)
+		testwait.Until(t, "the second pair is served", func() bool { return c.Leaf().SerialNumber.Cmp(second.Cert.SerialNumber) == 0 })
 		if got := testutil.ToFloat64(c.reloads.WithLabelValues(ReloadSuccess)); got < 1 {
 			t.Errorf("reloads{success} = %v, want at least 1", got)
 		}
@@ -45,10 +39,10 @@ func TestCertKeyPicksUpRotation(t *testing.T) {
 	})
 	t.Run("a broken pair is refused and the running one stays", func(t *testing.T) {
 		running := c.Leaf().SerialNumber
-		if err := os.WriteFile(keyFile, []byte("not a key"), 0o600); err != nil {
+		if err := os.WriteFile(p.keyFile, []byte("not a key"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "a failed reload", func() bool { return testutil.ToFloat64(c.reloads.WithLabelValues(ReloadFailure)) >= 1 })
+		testwait.Until(t, "a reload has failed", func() bool { return testutil.ToFloat64(c.reloads.WithLabelValues(ReloadFailure)) >= 1 })
 		if c.Leaf().SerialNumber.Cmp(running) != 0 {
 			t.Errorf("serving serial changed to %v after a broken write", c.Leaf().SerialNumber)
 		}
@@ -64,14 +58,8 @@ func TestCertKeyPicksUpRotation(t *testing.T) {
 }
 
 func TestCertKeyCountsOnlyChanges(t *testing.T) {
-	ca := newCA(t, "serving-ca")
-	dir := t.TempDir()
-	writePair(t, dir, ca)
-	certFile, keyFile := certFiles(dir)
-	c, err := NewCertKey(CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newServedPair(t, CertKeyConfig{})
+	c := p.certs
 	// Given files that did not change, a reload is a no-op
 	if err := c.Reload(); err != nil {
 		t.Fatal(err)
@@ -80,7 +68,7 @@ func TestCertKeyCountsOnlyChanges(t *testing.T) {
 		t.Errorf("reloads{success} = %v after a reload of unchanged files, want 0", got)
 	}
 	// When a pair is rotated, one reload counts one success
-	second := writePair(t, dir, ca)
+	second := writePair(t, p.dir, p.ca)
 	if err := c.Reload(); err != nil {
 		t.Fatal(err)
 	}

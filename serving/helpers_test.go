@@ -5,9 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
-	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kubedefender/kubedefender/pki"
 )
@@ -26,6 +23,32 @@ func writePair(t *testing.T, dir string, ca *pki.CA) *pki.Pair {
 	return pair
 }
 
+// servedPair is a pair that a new CA issued into a new directory, loaded as
+// a CertKey; writePair(t, dir, ca) rotates it.
+type servedPair struct {
+	ca           *pki.CA
+	dir, keyFile string
+	first        *pki.Pair
+	certs        *CertKey
+}
+
+// newServedPair issues the pair and loads it with NewCertKey(cfg), cfg's
+// Purpose ("serving") and files filled in.
+func newServedPair(t *testing.T, cfg CertKeyConfig) *servedPair {
+	t.Helper()
+	p := &servedPair{ca: newCA(t, "serving-ca"), dir: t.TempDir()}
+	p.first = writePair(t, p.dir, p.ca)
+	certFile, keyFile := certFiles(p.dir)
+	p.keyFile = keyFile
+	cfg.Purpose, cfg.CertFile, cfg.KeyFile = "serving", certFile, keyFile
+	certs, err := NewCertKey(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.certs = certs
+	return p
+}
+
 func newCA(t *testing.T, cn string) *pki.CA {
 	t.Helper()
 	ca, err := pki.NewCA(pki.CAOptions{CommonName: cn})
@@ -37,16 +60,6 @@ func newCA(t *testing.T, cn string) *pki.CA {
 
 func certFiles(dir string) (string, string) {
 	return filepath.Join(dir, pki.CertFile), filepath.Join(dir, pki.KeyFile)
-}
-
-// waitFor polls cond until it holds, failing t after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil })
-	if err != nil {
-		t.Fatalf("%s: not within 10s", what)
-	}
 }
 
 // runInBackground runs run until the test ends, and fails the test when it

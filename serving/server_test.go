@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kubedefender/kubedefender/internal/logtest"
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 var ok = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
@@ -31,15 +32,8 @@ func servedSerial(t *testing.T, addr string, roots *x509.CertPool) *big.Int {
 }
 
 func TestServer(t *testing.T) {
-	ca := newCA(t, "serving-ca")
-	dir := t.TempDir()
-	first := writePair(t, dir, ca)
-	certFile, keyFile := certFiles(dir)
-	certs, err := NewCertKey(CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile,
-		Watch: Watch{Debounce: 10 * time.Millisecond, Interval: 50 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newServedPair(t, CertKeyConfig{Watch: Watch{Debounce: 10 * time.Millisecond, Interval: 50 * time.Millisecond}})
+	certs := p.certs
 	runInBackground(t, certs.Run)
 	srv, err := New(Config{Name: "test", Addr: "127.0.0.1:0", Handler: ok,
 		TLS: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}})
@@ -48,7 +42,7 @@ func TestServer(t *testing.T) {
 	}
 	runInBackground(t, srv.Run)
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
+	roots.AddCert(p.ca.Cert)
 
 	t.Run("a request over TLS is answered, over HTTP/1.1 although the client offers h2", func(t *testing.T) {
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true,
@@ -69,25 +63,19 @@ func TestServer(t *testing.T) {
 		}
 	})
 	t.Run("a rotated pair is served on new connections", func(t *testing.T) {
-		if got := servedSerial(t, srv.Addr().String(), roots); got.Cmp(first.Cert.SerialNumber) != 0 {
+		if got := servedSerial(t, srv.Addr().String(), roots); got.Cmp(p.first.Cert.SerialNumber) != 0 {
 			t.Fatalf("served serial %v, want the first pair's", got)
 		}
-		second := writePair(t, dir, ca)
-		waitFor(t, "a new connection to see the second pair", func() bool {
+		second := writePair(t, p.dir, p.ca)
+		testwait.Until(t, "a new connection sees the second pair", func() bool {
 			return servedSerial(t, srv.Addr().String(), roots).Cmp(second.Cert.SerialNumber) == 0
 		})
 	})
 }
 
 func TestServerWithHTTP2(t *testing.T) {
-	ca := newCA(t, "serving-ca")
-	dir := t.TempDir()
-	writePair(t, dir, ca)
-	certFile, keyFile := certFiles(dir)
-	certs, err := NewCertKey(CertKeyConfig{Purpose: "serving", CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newServedPair(t, CertKeyConfig{})
+	certs := p.certs
 	srv, err := New(Config{Name: "test", Addr: "127.0.0.1:0", Handler: ok, EnableHTTP2: true,
 		TLS: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate, NextProtos: []string{"h2", "http/1.1"}}})
 	if err != nil {
@@ -95,7 +83,7 @@ func TestServerWithHTTP2(t *testing.T) {
 	}
 	runInBackground(t, srv.Run)
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
+	roots.AddCert(p.ca.Cert)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true,
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 	defer client.CloseIdleConnections()

@@ -109,10 +109,7 @@ func (s *RedisStore) probeLoop() {
 func (s *RedisStore) ping() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() })
-	}
-	return s.client.Ping(ctx).Err()
+	return s.onEachMaster(ctx, func(ctx context.Context, c redis.Cmdable) error { return c.Ping(ctx).Err() })
 }
 
 // fallbackSeconds is the total time the breaker has been open.

@@ -21,12 +21,8 @@ import (
 func TestStoreBreakerProbesOnItsTimerClock(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	timers := clocktesting.NewFakeClock(storetest.Epoch)
-	s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:breaker:", Timeout: time.Second,
+	s := openStore(t, RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:breaker:", Timeout: time.Second,
 		FailureThreshold: 2, ProbeInterval: 500 * time.Millisecond, TimerClock: timers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 10}}, limiter.BreakerSpec{})
 	judge := func() error {
 		return s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true})

@@ -51,7 +51,7 @@ func TestBudgetKeysOfTheLayoutBeforeAreReadAndMoved(t *testing.T) {
 	minute := []limiter.WindowSpec{{Length: time.Minute, Limit: 5}}
 	newStore := func(t *testing.T) (*RedisStore, *clocktesting.FakeClock) {
 		clk := clocktesting.NewFakeClock(storetest.Epoch.Add(3 * time.Second))
-		return redisFactory(singleOpts(srv), nil)(t, clk).(*RedisStore), clk
+		return redisFactory(urlOpts(srv.URL()), nil)(t, clk).(*RedisStore), clk
 	}
 	exists := func(t *testing.T, keys ...string) int64 {
 		n, err := rc.Exists(ctx, keys...).Result()
@@ -154,7 +154,7 @@ func TestPackedLogsAgreeWithMemoryWhileTheyArePackedAgain(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktesting.NewFakeClock(storetest.Epoch)
-			rs := redisFactory(singleOpts(srv), nil)(t, clk)
+			rs := redisFactory(urlOpts(srv.URL()), nil)(t, clk)
 			ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 			spec := storetest.Spec(tc.windows, limiter.BreakerSpec{})
 			rnd := rand.New(rand.NewPCG(1, 2)) // fixed: the same run every time

@@ -19,8 +19,8 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
-	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -68,12 +68,8 @@ func newRedisEngine(t *testing.T, url, prefix string, cfg func(*RedisConfig)) (*
 	if cfg != nil {
 		cfg(&rc)
 	}
-	s, err := NewRedisStore(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
+	s := openStore(t, rc)
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, redisEnginePolicy), Store: s, Replicas: s.Replicas})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +83,32 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// decideConcurrently has workers goroutines decide each request of theirs,
+// req(worker, i), worker g on engines[g%len(engines)], and counts the
+// admitted and the fallen-back decisions.
+func decideConcurrently(engines []*limiter.Engine, workers, each int, req func(g, i int) *limiter.Attributes) (admitted, fallback int64) {
+	var nAdmitted, nFallback atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < workers; g++ {
+		e := engines[g%len(engines)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				d := e.Decide(context.Background(), req(g, i))
+				if d.Allowed {
+					nAdmitted.Add(1)
+				}
+				if d.Fallback {
+					nFallback.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return nAdmitted.Load(), nFallback.Load()
+}
+
 func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := "kdtest:two:"
@@ -96,29 +118,13 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 	e2, _ := newRedisEngine(t, srv.URL(), prefix, slow)
 	for round := 0; round < 3; round++ {
 		ns := fmt.Sprintf("ns%d", round)
-		var admitted, fallback atomic.Int64
-		var wg sync.WaitGroup
-		for g := 0; g < 16; g++ {
-			e := []*limiter.Engine{e1, e2}[g%2]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 10; i++ {
-					d := e.Decide(context.Background(), deleteOf("pods", ns, fmt.Sprintf("p%d-%d", g, i)))
-					if d.Allowed {
-						admitted.Add(1)
-					}
-					if d.Fallback {
-						fallback.Add(1)
-					}
-				}
-			}()
+		got, fallback := decideConcurrently([]*limiter.Engine{e1, e2}, 16, 10, func(g, i int) *limiter.Attributes {
+			return deleteOf("pods", ns, fmt.Sprintf("p%d-%d", g, i))
+		})
+		if fallback != 0 {
+			t.Fatalf("round %d: %d decisions fell back", round, fallback)
 		}
-		wg.Wait()
-		if fallback.Load() != 0 {
-			t.Fatalf("round %d: %d decisions fell back", round, fallback.Load())
-		}
-		if got := admitted.Load(); got != 20 {
+		if got != 20 {
 			t.Fatalf("round %d: two engines admitted %d of 160 concurrent deletes in one minute, want exactly the limit 20", round, got)
 		}
 		// The breaker tripped in Redis: the other engine sees it Open at once.
@@ -141,15 +147,8 @@ func TestTwoEnginesOnOneRedisNeverAdmitMoreThanTheLimit(t *testing.T) {
 // Redis admit exactly min(limit, requests) within a window, together.
 func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	newStore := func() *RedisStore {
-		s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:prop:", Timeout: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
-	s1, s2 := newStore(), newStore()
+	cfg := RedisConfig{URL: srv.URL(), KeyPrefix: "kdtest:prop:", Timeout: 2 * time.Second}
+	s1, s2 := openStore(t, cfg), openStore(t, cfg)
 	iter := 0
 	rapid.Check(t, func(rt *rapid.T) {
 		iter++
@@ -157,7 +156,7 @@ func TestTwoEnginesOnOneRedisPropertyUnderConcurrency(t *testing.T) {
 		hourly := limit + rapid.IntRange(0, 10).Draw(rt, "hourlyExtra")
 		workers := rapid.IntRange(2, 12).Draw(rt, "workers")
 		each := rapid.IntRange(1, 8).Draw(rt, "requestsPerWorker")
-		pol := storetest.Parse(t, fmt.Sprintf(`
+		pol := limitertest.Parse(t, fmt.Sprintf(`
 apiVersion: kubedefender.io/v1alpha1
 kind: DefenderPolicy
 metadata: {name: prop}
@@ -177,29 +176,12 @@ spec:
 			engines[i] = e
 		}
 		ns := fmt.Sprintf("prop%d", iter)
-		var admitted, fallback atomic.Int64
-		var wg sync.WaitGroup
-		for g := 0; g < workers; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < each; i++ {
-					d := engines[g%2].Decide(context.Background(), deleteOf("pods", ns, "p"))
-					if d.Allowed {
-						admitted.Add(1)
-					}
-					if d.Fallback {
-						fallback.Add(1)
-					}
-				}
-			}()
+		admitted, fallback := decideConcurrently(engines[:], workers, each, func(int, int) *limiter.Attributes { return deleteOf("pods", ns, "p") })
+		if fallback != 0 {
+			rt.Fatalf("%d decisions fell back", fallback)
 		}
-		wg.Wait()
-		if fallback.Load() != 0 {
-			rt.Fatalf("%d decisions fell back", fallback.Load())
-		}
-		if want := int64(min(limit, workers*each)); admitted.Load() != want {
-			rt.Fatalf("two engines admitted %d of %d concurrent deletes with limit %d, want %d", admitted.Load(), workers*each, limit, want)
+		if want := int64(min(limit, workers*each)); admitted != want {
+			rt.Fatalf("two engines admitted %d of %d concurrent deletes with limit %d, want %d", admitted, workers*each, limit, want)
 		}
 	})
 }

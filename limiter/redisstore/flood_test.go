@@ -23,7 +23,7 @@ func TestRateKeysAreBoundedAndAFloodNeverStarvesExistingClients(t *testing.T) {
 	const maxKeys = 64
 	srv := redistest.Start(t, redistest.Options{})
 	clk := clocktesting.NewFakeClock(storetest.Epoch)
-	rs := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.MaxKeysPerRule = maxKeys })(t, clk).(*RedisStore)
+	rs := redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.MaxKeysPerRule = maxKeys })(t, clk).(*RedisStore)
 	storetest.Flood(t, storetest.Flooded{Store: rs, Clock: clk, MaxKeys: maxKeys, Keys: func(t *testing.T) int {
 		n := 0
 		err := scanEach(context.Background(), rs.client, globEscape(rs.prefix)+"*", time.Second, func(keys []string) error {
@@ -47,7 +47,7 @@ func TestRateKeysAreBoundedAndAFloodNeverStarvesExistingClients(t *testing.T) {
 // overflow bucket is taken, or the answers would not match).
 func TestRateOverflowDecidesAlikeInBothStores(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	newRedis := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.MaxKeysPerRule = 64 })
+	newRedis := redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.MaxKeysPerRule = 64 })
 	var overflowed int64
 	defer func() { t.Logf("%d checks were judged on an overflow bucket", overflowed) }()
 	rapid.Check(t, func(rt *rapid.T) {

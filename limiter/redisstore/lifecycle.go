@@ -39,10 +39,20 @@ func (s *RedisStore) Run(ctx context.Context) {
 	}
 }
 
+// onEachMaster runs fn on every master of a cluster, concurrently
+// (ForEachMaster: one goroutine a master), or on the one server of a single
+// node or Sentinel; it returns the first error.
+func (s *RedisStore) onEachMaster(ctx context.Context, fn func(ctx context.Context, c redis.Cmdable) error) error {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return fn(ctx, c) })
+	}
+	return fn(ctx, s.client)
+}
+
 func (s *RedisStore) loadScripts(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*s.timeout)
 	defer cancel()
-	load := func(ctx context.Context, c redis.Scripter) error {
+	load := func(ctx context.Context, c redis.Cmdable) error {
 		for _, sc := range []*redis.Script{s.scripts.budget, s.scripts.rate, s.scripts.heartbeat} {
 			if err := sc.Load(ctx, c).Err(); err != nil {
 				return err
@@ -50,13 +60,7 @@ func (s *RedisStore) loadScripts(ctx context.Context) {
 		}
 		return nil
 	}
-	var err error
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
-	} else {
-		err = load(ctx, s.client)
-	}
-	if err != nil {
+	if err := s.onEachMaster(ctx, load); err != nil {
 		s.log.Debug("failed to preload redis scripts; they load on first use", "err", err)
 	}
 }

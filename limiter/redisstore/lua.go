@@ -1,6 +1,10 @@
 package redisstore
 
-import "github.com/redis/go-redis/v9"
+import (
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Lua scripts of the Redis store. Each decision is one script call, so a
 // budget batch is judged and charged atomically (Redis runs a script alone).
@@ -66,22 +70,13 @@ import "github.com/redis/go-redis/v9"
 // A committed batch whose charge-once key exists is a repeat of a request
 // already admitted and charged: the script returns nowS, nowNs, 2 and changes
 // nothing. An admitted committed batch sets the key for onceTtlMs.
-const budgetLua = `
-local E9 = 1000000000
+var budgetLua = luaNow(2) + `
 local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
 local REBASE = 4000000 * E9 -- move the base when it is more than 46 days behind
 local VERSION, HDR, HLEN = 2, '<BBBBi8i8i4i8i8', 40
 local commit = ARGV[1] == '1'
-local nowS, nowN
-if ARGV[2] == '' then
-  if redis.replicate_commands then pcall(redis.replicate_commands) end
-  local t = redis.call('TIME')
-  nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  nowS, nowN = tonumber(ARGV[2]), tonumber(ARGV[3])
-end
 local ttlFloor = tonumber(ARGV[4])
 local onceTtl = tonumber(ARGV[5])
 local n = math.floor(#KEYS / 3)
@@ -425,20 +420,21 @@ end
 return out
 `
 
-// luaNowFromArgv1 starts a script whose ARGV[1], ARGV[2] are the time
-// (seconds, nanoseconds), or ARGV[1] empty for Redis TIME: it sets E9, nowS
-// and nowN.
-const luaNowFromArgv1 = `
+// luaNow starts a script whose ARGV[i], ARGV[i+1] are the time (seconds,
+// nanoseconds), or ARGV[i] empty for Redis TIME: it sets E9, nowS and nowN.
+func luaNow(i int) string {
+	return fmt.Sprintf(`
 local E9 = 1000000000
 local nowS, nowN
-if ARGV[1] == '' then
+if ARGV[%[1]d] == '' then
   if redis.replicate_commands then pcall(redis.replicate_commands) end
   local t = redis.call('TIME')
   nowS, nowN = tonumber(t[1]), tonumber(t[2]) * 1000
 else
-  nowS, nowN = tonumber(ARGV[1]), tonumber(ARGV[2])
+  nowS, nowN = tonumber(ARGV[%[1]d]), tonumber(ARGV[%[2]d])
 end
-`
+`, i, i+1)
+}
 
 // rateLua is GCRA over one or more rate keys, in order, stopping at the
 // first non-shadow denial (later checks are reported skipped, charged nothing).
@@ -459,7 +455,7 @@ end
 // then per check: shadow, intervalS, intervalNs (0 to 1e9-1), burst.
 // Returns: nowS, nowNs, then per check: status (1 allowed, 0 denied, 2
 // skipped), retryS, retryNs, overflowed (1 when judged on the overflow bucket).
-const rateLua = luaNowFromArgv1 + `
+var rateLua = luaNow(1) + `
 local ttlFloor, idleMs, maxPerShard = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local nowMs = nowS * 1000 + math.floor(nowN / 1000000)
 -- a duration (s, n) with 0 <= n < E9
@@ -535,7 +531,7 @@ return out
 // ARGV: nowS|"" (empty: Redis TIME), nowNs, fromManual, fromCooldownNs,
 // toManual, toCooldownNs, ttlFloorMs.
 // Returns the 1-based numbers of the keys carried.
-const carryLua = luaNowFromArgv1 + `
+var carryLua = luaNow(1) + `
 local fromManual, fromCd = ARGV[3] == '1', tonumber(ARGV[4])
 local toManual, toCd = ARGV[5] == '1', tonumber(ARGV[6])
 local ttlFloor = tonumber(ARGV[7])

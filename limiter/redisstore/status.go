@@ -102,13 +102,7 @@ func (s *RedisStore) HottestRates(ctx context.Context, spec *limiter.RateSpec, l
 		mu.Unlock()
 		return nil
 	}
-	var err error
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return read(ctx, c) })
-	} else {
-		err = read(ctx, s.client)
-	}
-	if err != nil {
+	if err := s.onEachMaster(ctx, read); err != nil {
 		return nil, fmt.Errorf("failed to inspect rate limit %s: %w", spec.Name, err)
 	}
 	return limiter.TopRateKeys(out, limit), nil

@@ -4,81 +4,25 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
 	"github.com/kubedefender/kubedefender/limiter/storetest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-// statusPolicy is the engine test policy of package limiter.
-const statusPolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: test}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete, deletecollection, evict], resources: [pods]}
-    exclude: {users: ["system:serviceaccount:kube-system:generic-garbage-collector"]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 3}, {window: 1h, limit: 10}]
-    breaker: {recovery: Manual}
-    onStoreFailure: Local
-  - name: node-deletes
-    match: {verbs: [delete], resources: [nodes]}
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Auto, cooldown: 5m, halfOpenLimit: 1}
-    onStoreFailure: Deny
-  - name: svc-deletes
-    mode: Shadow
-    match: {verbs: [delete], resources: [services]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 1}]
-    onStoreFailure: Allow
-  rateLimits:
-  - name: agent-lists
-    match: {verbs: [list], userAgents: ["^node-agent/"]}
-    per: [user, userAgent]
-    qps: 1
-    burst: 2
-`
-
-const gaugesHelp = `
-# HELP kubedefender_limiter_breakers_open Per budget with a breaker, how many of its keys have the breaker Open (of its 2000 busiest keys at most), read from the store every 15s; a Manual breaker stays Open until an override resets it.
-# TYPE kubedefender_limiter_breakers_open gauge
-# HELP kubedefender_limiter_budget_remaining_ratio Per budget and window, the smallest share still free over the budget's keys (its 2000 busiest at most; 0 for a key whose breaker is Open; 1 when no key has been charged), read from the store every 15s.
-# TYPE kubedefender_limiter_budget_remaining_ratio gauge
-`
-
-func checkGauges(t *testing.T, reg prometheus.Gatherer, when, series string) {
-	t.Helper()
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(gaugesHelp+series),
-		"kubedefender_limiter_budget_remaining_ratio", "kubedefender_limiter_breakers_open"); err != nil {
-		t.Errorf("%s: %v", when, err)
-	}
-}
-
 // TestRedisClusterStatus reads status from a 3-master cluster. The Makefile's
 // test target runs it with -race: each master is read on its own goroutine.
 func TestRedisClusterStatus(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	opts := func() *redis.UniversalOptions {
-		o, err := ParseRedisURL(cl.URL())
-		if err != nil {
-			panic(err)
-		}
-		return o
-	}
+	opts := urlOpts(cl.URL())
 	ctx := context.Background()
 	t.Run("the hottest rate keys come from every master and none is lost", func(t *testing.T) {
 		s := redisFactory(opts, nil)(t, clocktesting.NewFakeClock(storetest.Epoch)).(*RedisStore)
@@ -111,7 +55,7 @@ func TestRedisClusterStatus(t *testing.T) {
 		clk := clocktesting.NewFakeClock(storetest.Epoch)
 		store := redisFactory(opts, nil)(t, clk)
 		reg := prometheus.NewRegistry()
-		e, err := limiter.NewEngine(limiter.EngineConfig{Policy: storetest.Parse(t, statusPolicy), Store: store, Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
+		e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, limitertest.EnginePolicy), Store: store, Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk, Registerer: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,14 +74,7 @@ func TestRedisClusterStatus(t *testing.T) {
 		}
 		wg.Wait()
 		e.RefreshMetrics(ctx)
-		checkGauges(t, reg, "four namespaces past their budget", `
-kubedefender_limiter_breakers_open{recovery="Auto",rule="node-deletes"} 0
-kubedefender_limiter_breakers_open{recovery="Manual",rule="pod-deletes"} 4
-kubedefender_limiter_budget_remaining_ratio{rule="node-deletes",window="1m"} 1
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1h"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="pod-deletes",window="1m"} 0
-kubedefender_limiter_budget_remaining_ratio{rule="svc-deletes",window="1m"} 1
-`)
+		limitertest.CheckGauges(t, reg, "four namespaces past their budget", limitertest.EngineGauges{NodeOpen: 0, PodOpen: 4, Node1m: 1, Pod1h: 0, Pod1m: 0, Svc1m: 1}.Series())
 		st := e.Status(ctx, 100)
 		if len(st.Errors) != 0 || len(st.Budgets[0].Keys) != 4 || len(st.RateLimits[0].Hottest) != 40 {
 			t.Fatalf("status: errors %v, %d pod-deletes keys (want 4), %d agent-lists keys (want 40)", st.Errors, len(st.Budgets[0].Keys), len(st.RateLimits[0].Hottest))

@@ -323,17 +323,11 @@ func (s *RedisStore) ResetBudget(ctx context.Context, spec *limiter.BudgetSpec, 
 }
 
 func (s *RedisStore) resetAll(ctx context.Context, spec *limiter.BudgetSpec) error {
-	node := redis.Cmdable(s.client)
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		cctx, cancel := context.WithTimeout(ctx, s.timeout)
-		m, err := cc.MasterForKey(cctx, s.prefix+"{b}")
-		cancel()
-		if err != nil {
-			return err
-		}
-		node = m
+	node, err := s.budgetNode(ctx)
+	if err != nil {
+		return err
 	}
-	pattern := globEscape(s.prefix+"{b}:"+spec.ID+":") + "*"
+	pattern := globEscape(s.budgetBase(spec)) + "*"
 	var cursor uint64
 	for {
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)

@@ -36,18 +36,25 @@ func redisFactory(opts func() *redis.UniversalOptions, extra func(*RedisConfig))
 		if extra != nil {
 			extra(&cfg)
 		}
-		s, err := NewRedisStore(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
+		return openStore(t, cfg)
 	}
 }
 
-func singleOpts(srv *redistest.Server) func() *redis.UniversalOptions {
+// openStore is NewRedisStore(cfg), closed when the test ends.
+func openStore(t testing.TB, cfg RedisConfig) *RedisStore {
+	t.Helper()
+	s, err := NewRedisStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// urlOpts returns the options of url, parsed afresh for each store.
+func urlOpts(url string) func() *redis.UniversalOptions {
 	return func() *redis.UniversalOptions {
-		o, err := ParseRedisURL(srv.URL())
+		o, err := ParseRedisURL(url)
 		if err != nil {
 			panic(err)
 		}
@@ -57,7 +64,7 @@ func singleOpts(srv *redistest.Server) func() *redis.UniversalOptions {
 
 func TestRedisStoreSemantics(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Run(t, redisFactory(singleOpts(srv), nil))
+	storetest.Run(t, redisFactory(urlOpts(srv.URL()), nil))
 }
 
 // TestRedisStoreAgreesWithMemoryStore runs the model-based checks of
@@ -65,12 +72,12 @@ func TestRedisStoreSemantics(t *testing.T) {
 // alike (store batches, the bounds of validation, random valid policies).
 func TestRedisStoreAgreesWithMemoryStore(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Agree(t, redisFactory(singleOpts(srv), nil))
+	storetest.Agree(t, redisFactory(urlOpts(srv.URL()), nil))
 }
 
 func TestRedisStoreSemanticsAutoPipelined(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Run(t, redisFactory(singleOpts(srv), func(c *RedisConfig) { c.AutoPipeline = true }))
+	storetest.Run(t, redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.AutoPipeline = true }))
 }
 
 func TestRedisStoreOverTLS(t *testing.T) {
@@ -105,13 +112,7 @@ func TestRedisStoreOverTLS(t *testing.T) {
 func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
 	sentinel := redistest.StartSentinel(t, "kdmaster", master)
-	opts := func() *redis.UniversalOptions {
-		o, err := ParseRedisURL("redis+sentinel://" + sentinel.Addr() + "/kdmaster/0")
-		if err != nil {
-			panic(err)
-		}
-		return o
-	}
+	opts := urlOpts("redis+sentinel://" + sentinel.Addr() + "/kdmaster/0")
 	storetest.Run(t, redisFactory(opts, nil))
 	n, err := master.Client(t).DBSize(context.Background()).Result()
 	if err != nil || n == 0 {
@@ -121,13 +122,7 @@ func TestRedisStoreSemanticsThroughSentinel(t *testing.T) {
 
 func TestRedisStoreSemanticsOnCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
-	opts := func() *redis.UniversalOptions {
-		o, err := ParseRedisURL(cl.URL())
-		if err != nil {
-			panic(err)
-		}
-		return o
-	}
+	opts := urlOpts(cl.URL())
 	storetest.Run(t, redisFactory(opts, nil))
 	t.Run("one round trip per decision, and scripts reload after SCRIPT FLUSH", func(t *testing.T) {
 		testOneRoundTrip(t, opts, func() {
@@ -182,7 +177,7 @@ func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 func TestRedisStoreOneRoundTripPerDecision(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	testOneRoundTrip(t, singleOpts(srv), nil)
+	testOneRoundTrip(t, urlOpts(srv.URL()), nil)
 }
 
 // testOneRoundTrip counts round trips at the client (a go-redis hook sees
@@ -233,7 +228,7 @@ func testOneRoundTrip(t *testing.T, opts func() *redis.UniversalOptions, flush f
 func TestRedisStoreMetrics(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	reg := prometheus.NewRegistry()
-	s := redisFactory(singleOpts(srv), func(c *RedisConfig) { c.Registerer = reg; c.Replicas = 3 })(t, clocktesting.NewFakeClock(storetest.Epoch))
+	s := redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.Registerer = reg; c.Replicas = 3 })(t, clocktesting.NewFakeClock(storetest.Epoch))
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
 	if err := s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "k"}}, Commit: true}); err != nil {
 		t.Fatal(err)
@@ -263,7 +258,7 @@ kubedefender_store_replicas 3
 func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	clk := clocktesting.NewFakeClock(storetest.Epoch)
-	rs := redisFactory(singleOpts(srv), nil)(t, clk)
+	rs := redisFactory(urlOpts(srv.URL()), nil)(t, clk)
 	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	day := 24 * time.Hour
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: 40 * day, Limit: 3}, {Length: 50 * day, Limit: 4}}, limiter.BreakerSpec{Enabled: true, Cooldown: 7 * day, HalfOpenLimit: 1})

@@ -117,14 +117,8 @@ func testCostSlidingWindow(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
 	s := newStore(t, clk)
 	rapid.Check(t, func(rt *rapid.T) {
-		nw := rapid.IntRange(1, 3).Draw(rt, "windows")
-		var ws []limiter.WindowSpec
-		length, limit := time.Duration(0), int64(0)
-		for i := 0; i < nw; i++ {
-			length += time.Duration(rapid.IntRange(1, 120).Draw(rt, "lengthStepSeconds")) * time.Second
-			limit += int64(rapid.IntRange(1, 20).Draw(rt, "limitStep"))
-			ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
-		}
+		ws := drawWindowSpecs(rt, 3, 1, 20)
+		length, limit := ws[len(ws)-1].Length, ws[len(ws)-1].Limit
 		spec := Spec(ws, limiter.BreakerSpec{})
 		now := Epoch.Add(time.Duration(specSeq.Load()) * 24 * time.Hour)
 		type charge struct {

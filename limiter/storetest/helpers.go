@@ -1,45 +1,13 @@
 package storetest
 
 import (
-	"bytes"
-	"sync"
-	"testing"
-
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
-// Parse compiles a policy document or fails the test.
-func Parse(t testing.TB, doc string) *policy.Compiled {
-	t.Helper()
-	c, err := policy.Parse("test.yaml", []byte(doc))
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	return c
-}
-
 // PodDelete is alice deleting pod name in namespace ns, charging budgets.
 func PodDelete(ns, name string) *limiter.Attributes {
 	return &limiter.Attributes{Attributes: policy.Attributes{Verb: "delete", Resource: "pods", Namespace: ns, Name: name, User: "alice"}, Checks: limiter.CheckBudgets}
-}
-
-// LockedBuffer is a bytes.Buffer safe for a logger and a test to share.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Reload reloads e with p, both phases, as the policy watcher does.

@@ -10,21 +10,10 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 )
-
-const reloadPolicy = `
-apiVersion: kubedefender.io/v1alpha1
-kind: DefenderPolicy
-metadata: {name: reload}
-spec:
-  budgets:
-  - name: pod-deletes
-    match: {verbs: [delete], resources: [pods]}
-    per: [namespace]
-    windows: [{window: 1m, limit: 2}]
-    breaker: {recovery: Manual}
-`
 
 // testReloadCarriesOpenBreakers: an edit of a budget's
 // windows restarts its counts but never silently closes an Open Manual
@@ -32,8 +21,8 @@ spec:
 // override closes it, and reverting the edit brings back no stale state.
 func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
-	var logs LockedBuffer
-	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: Parse(t, reloadPolicy), Store: newStore(t, clk), Clock: clk,
+	var logs logtest.Buffer
+	e, err := limiter.NewEngine(limiter.EngineConfig{Policy: limitertest.Parse(t, limitertest.ReloadPolicy), Store: newStore(t, clk), Clock: clk,
 		Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -43,8 +32,8 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 		e.Decide(ctx, PodDelete("prod", "p"))
 	}
 	e.Decide(ctx, PodDelete("dev", "p"))
-	edited := strings.Replace(reloadPolicy, "[{window: 1m, limit: 2}]", "[{window: 1m, limit: 3}, {window: 1h, limit: 10}]", 1)
-	Reload(t, e, Parse(t, edited))
+	edited := strings.Replace(limitertest.ReloadPolicy, "[{window: 1m, limit: 2}]", "[{window: 1m, limit: 3}, {window: 1h, limit: 10}]", 1)
+	Reload(t, e, limitertest.Parse(t, edited))
 	clk.Step(time.Minute)
 	d := e.Decide(ctx, PodDelete("prod", "p"))
 	if d.Allowed || d.Code != http.StatusForbidden || !strings.Contains(d.Message, "1m: 0/3, 1h: 0/10") {
@@ -62,7 +51,7 @@ func testReloadCarriesOpenBreakers(t *testing.T, newStore NewStore) {
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after the override: %s", d.Message)
 	}
-	Reload(t, e, Parse(t, reloadPolicy)) // revert: the old windows' state is gone
+	Reload(t, e, limitertest.Parse(t, limitertest.ReloadPolicy)) // revert: the old windows' state is gone
 	if d := e.Decide(ctx, PodDelete("prod", "p")); !d.Allowed {
 		t.Fatalf("prod after reverting the edit: %s, want admitted (no stale Open state)", d.Message)
 	}

@@ -9,6 +9,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kubedefender/kubedefender/limiter"
+	"github.com/kubedefender/kubedefender/limiter/internal/limitertest"
 	"github.com/kubedefender/kubedefender/policy"
 )
 
@@ -42,7 +43,7 @@ func testResetIsScoped(t *testing.T, newStore NewStore) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktesting.NewFakeClock(Epoch)
 			e, err := limiter.NewEngine(limiter.EngineConfig{Store: newStore(t, clk), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk,
-				Policy: Parse(t, strings.Replace(reloadPolicy, "per: [namespace]", "per: "+tc.per, 1))})
+				Policy: limitertest.Parse(t, strings.Replace(limitertest.ReloadPolicy, "per: [namespace]", "per: "+tc.per, 1))})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -152,22 +152,30 @@ func Take(t Fataler, s limiter.Store, commit bool, checks ...limiter.BudgetCheck
 // Epoch is where the suite's fake clocks start.
 var Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// drawWindowSpecs draws 1 to most windows for a budget: each longer than the
+// one before by 1s to 2m, its limit larger by limitStep (drawn from minStep
+// to maxStep), and at least 1.
+func drawWindowSpecs(rt *rapid.T, most, minStep, maxStep int) []limiter.WindowSpec {
+	nw := rapid.IntRange(1, most).Draw(rt, "windows")
+	var ws []limiter.WindowSpec
+	length, limit := time.Duration(0), int64(0)
+	for i := 0; i < nw; i++ {
+		length += time.Duration(rapid.IntRange(1, 120).Draw(rt, "lengthStepSeconds")) * time.Second
+		limit += int64(rapid.IntRange(minStep, maxStep).Draw(rt, "limitStep"))
+		if limit == 0 {
+			limit = 1
+		}
+		ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
+	}
+	return ws
+}
+
 func testSlidingWindowProperty(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
 	s := newStore(t, clk)
 	rapid.Check(t, func(rt *rapid.T) {
-		// Random windows: strictly longer, limits never smaller.
-		nw := rapid.IntRange(1, 4).Draw(rt, "windows")
-		var ws []limiter.WindowSpec
-		length, limit := time.Duration(0), int64(0)
-		for i := 0; i < nw; i++ {
-			length += time.Duration(rapid.IntRange(1, 120).Draw(rt, "lengthStepSeconds")) * time.Second
-			limit += int64(rapid.IntRange(0, 6).Draw(rt, "limitStep"))
-			if limit == 0 {
-				limit = 1
-			}
-			ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
-		}
+		ws := drawWindowSpecs(rt, 4, 0, 6)
+		nw, length := len(ws), ws[len(ws)-1].Length
 		spec := Spec(ws, limiter.BreakerSpec{})
 		now := Epoch.Add(time.Duration(specSeq.Load()) * 24 * time.Hour)
 		var admitted []time.Time
