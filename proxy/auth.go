@@ -145,8 +145,10 @@ func authenticateFrontProxy(a authenticator.Request, r *http.Request) (resp *aut
 	}
 	if hasClientCert(r) {
 		stripTokens()
-		if resp, ok, err = a.AuthenticateRequest(r); ok {
-			return resp, true, false, nil
+		// A certificate that fails falls through to the token, whose
+		// answer (and error) is the request's.
+		if certResp, certOK, _ := a.AuthenticateRequest(r); certOK {
+			return certResp, true, false, nil
 		}
 		restoreHeader(r.Header, "Authorization", authz)
 		restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
