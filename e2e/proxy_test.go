@@ -82,6 +82,13 @@ type runningProxy struct {
 // server unless given) and stops it when t ends.
 func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, upstream string) *runningProxy {
 	t.Helper()
+	return startProxyWith(t, cp, mode, upstream, nil)
+}
+
+// startProxyWith is startProxy with its configuration changed by change
+// (if not nil) before the proxy is built.
+func startProxyWith(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, upstream string, change func(*proxy.Config)) *runningProxy {
+	t.Helper()
 	if upstream == "" {
 		upstream = cp.URL
 	}
@@ -89,7 +96,7 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 	cert, key := cp.IssueServingCert(t, "proxy-"+string(mode)+fmt.Sprint(time.Now().UnixNano()), "127.0.0.1")
 	u, _ := url.Parse(upstream)
 	rp := &runningProxy{Registry: prometheus.NewRegistry(), Logs: &logtest.Buffer{}}
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Upstream: u, UpstreamCAFile: cp.CACertFile, Serving: servingPair(t, cert, key),
 		AuthMode: mode, ClientCAFile: cp.CACertFile,
 		FrontProxyCertFile: cp.FrontProxyClientCertFile, FrontProxyKeyFile: cp.FrontProxyClientKeyFile,
@@ -98,7 +105,11 @@ func startProxy(t *testing.T, cp *framework.ControlPlane, mode proxy.AuthMode, u
 		MaxQueueWait: 20 * time.Second,
 		Logger:       slog.New(slog.NewJSONHandler(rp.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer:   rp.Registry,
-	})
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatalf("failed to build the proxy: %v", err)
 	}
@@ -235,6 +246,7 @@ func TestProxy(t *testing.T) {
 	t.Run("watch events arrive promptly", func(t *testing.T) { watchDelayScenario(t, cp, front) })
 	t.Run("a user agent over its QPS gets 429 and clients back off and succeed", func(t *testing.T) { rateLimitScenario(t, cp, front) })
 	t.Run("a flooding flow does not starve another flow at its level", func(t *testing.T) { fairnessScenario(t, cp, front) })
+	t.Run("the API server authenticates token users itself through the front proxy", func(t *testing.T) { tokenScenario(t, cp, front) })
 	t.Run("SPDY and WebSocket upgrades stream through the proxy", func(t *testing.T) { upgradeScenario(t, cp) })
 	t.Run("an upstream dying mid-watch ends the watch promptly and leaks nothing", func(t *testing.T) { upstreamDeathScenario(t, cp) })
 	t.Run("logs hold no bearer tokens", func(t *testing.T) {

@@ -100,9 +100,7 @@ func WithAuthentication(cfg AuthConfig, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		resp, ok, err := cfg.Authenticator.AuthenticateRequest(r)
-		delete(r.Header, "Authorization")
-		stripBearerProtocol(r.Header)
+		resp, ok, token, err := authenticateFrontProxy(cfg.Authenticator, r)
 		if !ok {
 			if publicPaths[r.URL.Path] {
 				st.user = anonymous
@@ -115,9 +113,68 @@ func WithAuthentication(cfg AuthConfig, next http.Handler) http.Handler {
 			writeStatus(w, http.StatusUnauthorized, "Unauthorized", "Unauthorized", 0)
 			return
 		}
-		st.user, st.forwardIdentity = resp.User, true
+		// A user authenticated by its bearer token keeps it: the API server
+		// verifies that credential itself. Only an identity the API server
+		// cannot see (a client certificate ends at this proxy) is asserted.
+		st.user, st.forwardIdentity = resp.User, !token
 		next.ServeHTTP(w, r)
 	})
+}
+
+// authenticateFrontProxy authenticates a front-proxy mode request and
+// leaves on it only the credential the API server should see. A verified
+// client certificate comes first, as in the API server's own authenticator:
+// its identity is asserted, and any token is removed (token is false). A
+// request the certificate does not authenticate is judged by its bearer
+// token alone; when the token authenticates it, token is true and that
+// token, and only it, stays on the request (an Authorization header, or a
+// WebSocket bearer protocol), so that the API server authenticates the very
+// credential the proxy judged. Otherwise every token is removed.
+func authenticateFrontProxy(a authenticator.Request, r *http.Request) (resp *authenticator.Response, ok, token bool, err error) {
+	authz, proto := r.Header.Values("Authorization"), r.Header.Values("Sec-Websocket-Protocol")
+	hasToken := len(authz) > 0 || hasBearerProtocol(proto)
+	if !hasToken {
+		resp, ok, err = a.AuthenticateRequest(r)
+		return resp, ok, false, err
+	}
+	// The credentials are read from the request's header map; the
+	// authenticators delete the ones they accept.
+	stripTokens := func() {
+		delete(r.Header, "Authorization")
+		stripBearerProtocol(r.Header)
+	}
+	if hasClientCert(r) {
+		stripTokens()
+		// A certificate that fails falls through to the token, whose
+		// answer (and error) is the request's.
+		if certResp, certOK, _ := a.AuthenticateRequest(r); certOK {
+			return certResp, true, false, nil
+		}
+		restoreHeader(r.Header, "Authorization", authz)
+		restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
+	}
+	resp, ok, err = a.AuthenticateRequest(withoutClientCert(r))
+	if !ok {
+		stripTokens()
+		return resp, false, false, err
+	}
+	// Which token was accepted shows in what its authenticator removed.
+	authzUsed := len(authz) > 0 && len(r.Header.Values("Authorization")) == 0
+	protoUsed := hasBearerProtocol(proto) && !hasBearerProtocol(r.Header.Values("Sec-Websocket-Protocol"))
+	switch {
+	case authzUsed:
+		restoreHeader(r.Header, "Authorization", authz)
+		restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
+		stripBearerProtocol(r.Header)
+	case protoUsed:
+		delete(r.Header, "Authorization")
+		restoreHeader(r.Header, "Sec-Websocket-Protocol", proto)
+	default:
+		// Authenticated, but not visibly by a token: assert it.
+		stripTokens()
+		return resp, true, false, nil
+	}
+	return resp, true, true, nil
 }
 
 var anonymous = &user.DefaultInfo{Name: user.Anonymous, Groups: []string{user.AllUnauthenticated}}

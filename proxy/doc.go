@@ -35,10 +35,20 @@
 //
 // front-proxy mode: the proxy authenticates the client with k8s.io/apiserver's
 // delegating authenticator (client certificates against the client CA, bearer
-// tokens through a cached TokenReview), drops the client's Authorization
-// header, and forwards the identity as X-Remote-User / X-Remote-Group /
+// tokens through a cached TokenReview). A request authenticated by its
+// client certificate (even when it also carries a token) has its tokens
+// removed and its identity forwarded as X-Remote-User / X-Remote-Group /
 // X-Remote-Extra-* over a connection that presents the proxy's front-proxy
-// client certificate. An unauthenticated request gets 401 from the proxy,
+// client certificate: the certificate ends at this proxy, so only the proxy
+// can vouch for it. A request authenticated by its bearer token (an
+// Authorization header or a WebSocket bearer protocol) keeps that token, and
+// only it, and goes upstream over a connection with no client certificate:
+// the API server verifies the same credential itself (its own token cache),
+// its audit log shows the user's own authentication, a token revoked after
+// the proxy's cached review still fails there, and it does not pay for a
+// front-proxy certificate chain verification on every request. Either way
+// the user the limits judged is the user the API server sees. An
+// unauthenticated request gets 401 from the proxy,
 // except the public health and version paths (/healthz, /livez, /readyz,
 // /version), which go upstream anonymously.
 //

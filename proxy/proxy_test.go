@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,22 +28,32 @@ func decodeStatus(t *testing.T, resp *http.Response) status {
 
 func TestIdentityReachesTheUpstreamOnlyFromTheProxy(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		mode      AuthMode
-		cert      []string // CN, groups...
-		token     string
-		spoof     bool
-		wantCode  int
-		wantUser  string
-		wantGroup []string
-		wantAuthz string
+		name  string
+		mode  AuthMode
+		cert  []string // CN, groups...
+		token string
+		spoof bool
+		// foreignCert: the client presents a certificate the client CA did not sign.
+		foreignCert bool
+		wantCode    int
+		wantUser    string
+		wantGroup   []string
+		wantAuthz   string
 	}{
 		{name: "a certificate user is forwarded as X-Remote-User with its groups", mode: AuthFrontProxy, cert: []string{"alice", "dev"},
 			wantCode: 200, wantUser: "alice", wantGroup: []string{"dev", "system:authenticated"}},
 		{name: "spoofed identity headers from a certificate user are replaced", mode: AuthFrontProxy, cert: []string{"alice"}, spoof: true,
 			wantCode: 200, wantUser: "alice", wantGroup: []string{"system:authenticated"}},
-		{name: "a token user is forwarded without its Authorization header", mode: AuthFrontProxy, token: "tok-bob",
-			wantCode: 200, wantUser: "bob", wantGroup: []string{"token-users", "system:authenticated"}},
+		{name: "a token user keeps its Authorization header and reaches the upstream without a client certificate", mode: AuthFrontProxy, token: "tok-bob",
+			wantCode: 200, wantAuthz: "Bearer tok-bob"},
+		{name: "spoofed identity headers from a token user are removed", mode: AuthFrontProxy, token: "tok-bob", spoof: true,
+			wantCode: 200, wantAuthz: "Bearer tok-bob"},
+		{name: "a certificate and a token: the certificate user is asserted and the token removed", mode: AuthFrontProxy, cert: []string{"alice", "dev"}, token: "tok-bob", spoof: true,
+			wantCode: 200, wantUser: "alice", wantGroup: []string{"dev", "system:authenticated"}},
+		{name: "a certificate and an unknown token: the certificate user is asserted and the token removed", mode: AuthFrontProxy, cert: []string{"alice"}, token: "nope",
+			wantCode: 200, wantUser: "alice", wantGroup: []string{"system:authenticated"}},
+		{name: "an untrusted certificate and a token: the token user keeps its token", mode: AuthFrontProxy, foreignCert: true, token: "tok-bob",
+			wantCode: 200, wantAuthz: "Bearer tok-bob"},
 		{name: "an unknown token gets 401 from the proxy", mode: AuthFrontProxy, token: "nope", wantCode: 401},
 		{name: "no credentials and spoofed headers get 401", mode: AuthFrontProxy, spoof: true, wantCode: 401},
 		{name: "passthrough forwards the token untouched and no identity headers", mode: AuthPassthrough, token: "tok-bob", spoof: true,
@@ -57,6 +68,10 @@ func TestIdentityReachesTheUpstreamOnlyFromTheProxy(t *testing.T) {
 			c := e.client(nil, false)
 			if len(tc.cert) > 0 {
 				c = e.client(e.userCert(t, tc.cert[0], tc.cert[1:]...), false)
+			}
+			if tc.foreignCert {
+				_, _, pair := e.frontCA.issue(t, e.dir, "mallory", []string{"system:masters"}, false)
+				c = e.client(&pair, false)
 			}
 			req, _ := http.NewRequest(http.MethodGet, e.proxyURL+"/api/v1/namespaces/default/pods", nil)
 			if tc.token != "" {
@@ -97,9 +112,15 @@ func TestIdentityReachesTheUpstreamOnlyFromTheProxy(t *testing.T) {
 			if got := up.Header.Get("Authorization"); got != tc.wantAuthz {
 				t.Errorf("upstream Authorization = %q, want %q", got, tc.wantAuthz)
 			}
-			presented := up.TLS != nil && len(up.TLS.PeerCertificates) > 0 && up.TLS.PeerCertificates[0].Subject.CommonName == "front-proxy-client"
+			presented := up.TLS != nil && len(up.TLS.PeerCertificates) > 0
 			if presented != (tc.wantUser != "") {
-				t.Errorf("front-proxy certificate presented = %v, want %v", presented, tc.wantUser != "")
+				t.Errorf("client certificate presented upstream = %v, want %v", presented, tc.wantUser != "")
+			}
+			if presented && up.TLS.PeerCertificates[0].Subject.CommonName != "front-proxy-client" {
+				t.Errorf("upstream saw client certificate %q, want front-proxy-client", up.TLS.PeerCertificates[0].Subject.CommonName)
+			}
+			if got := up.Header.Get("X-Remote-User"); tc.spoof && got == "system:admin" {
+				t.Errorf("upstream got the client-sent X-Remote-User")
 			}
 		})
 	}
@@ -387,4 +408,59 @@ func (e *env) queued(level string) float64 {
 		}
 	}
 	return 0
+}
+
+func TestAFrontProxyTokenUserKeepsOnlyTheTokenThatAuthenticatedIt(t *testing.T) {
+	bearer := func(tok string) string {
+		return bearerProtocolPrefix + base64.RawURLEncoding.EncodeToString([]byte(tok))
+	}
+	for _, tc := range []struct {
+		name               string
+		authz, protocol    string
+		wantAuthz          string
+		wantProtocol       string
+		wantIdentityHeader bool
+	}{
+		{name: "a WebSocket bearer protocol that authenticates goes upstream with the other protocols",
+			protocol: bearer("tok-bob") + ", v4.channel.k8s.io", wantProtocol: bearer("tok-bob") + ", v4.channel.k8s.io"},
+		{name: "an unknown Authorization token beside an authenticating bearer protocol is removed",
+			authz: "Bearer nope", protocol: bearer("tok-bob") + ", v4.channel.k8s.io", wantProtocol: bearer("tok-bob") + ", v4.channel.k8s.io"},
+		{name: "an authenticating Authorization token goes upstream without the bearer protocol beside it",
+			authz: "Bearer tok-bob", protocol: bearer("tok-eve") + ", v4.channel.k8s.io", wantAuthz: "Bearer tok-bob", wantProtocol: "v4.channel.k8s.io"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{tokens: map[string]string{"tok-bob": "bob", "tok-eve": "eve"}})
+			req, _ := http.NewRequest(http.MethodGet, e.proxyURL+"/api/v1/namespaces/default/pods/p/exec?command=sh", nil)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-Websocket-Version", "13")
+			req.Header.Set("Sec-Websocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			req.Header.Set("Sec-Websocket-Protocol", tc.protocol)
+			req.Header.Set("X-Remote-User", "system:admin")
+			if tc.authz != "" {
+				req.Header.Set("Authorization", tc.authz)
+			}
+			resp, err := e.client(nil, false).Do(req)
+			if err != nil {
+				t.Fatalf("failed to call the proxy: %v", err)
+			}
+			resp.Body.Close()
+			up := e.upstreamSaw()
+			if up == nil {
+				t.Fatalf("the upstream saw nothing; the proxy answered %d", resp.StatusCode)
+			}
+			if got := up.Header.Get("Authorization"); got != tc.wantAuthz {
+				t.Errorf("upstream Authorization = %q, want %q", got, tc.wantAuthz)
+			}
+			if got := strings.Join(up.Header.Values("Sec-Websocket-Protocol"), ", "); got != tc.wantProtocol {
+				t.Errorf("upstream Sec-WebSocket-Protocol = %q, want %q", got, tc.wantProtocol)
+			}
+			if got := up.Header.Get("X-Remote-User"); got != "" {
+				t.Errorf("upstream X-Remote-User = %q, want none", got)
+			}
+			if up.TLS != nil && len(up.TLS.PeerCertificates) > 0 {
+				t.Errorf("upstream saw client certificate %q, want none", up.TLS.PeerCertificates[0].Subject.CommonName)
+			}
+		})
+	}
 }
