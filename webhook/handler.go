@@ -206,7 +206,12 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	}
 	op := opLabel(string(req.Operation))
 	resp, result := h.review(r.Context(), req)
-	out, err := encodeResponse(resp)
+	// The answer is written into the body's buffer: nothing decoded refers
+	// to it.
+	out, ok := appendResponse(body[:0], resp)
+	if !ok {
+		out, err = encodeResponse(resp)
+	}
 	if err != nil {
 		h.metrics.requests.WithLabelValues(op, ResultError).Inc()
 		h.log.Error("failed to answer admission request", "uid", req.UID, "err", err)
