@@ -15,9 +15,9 @@ func scanReview(body []byte, rv *review) error {
 	err := d.Object(func(k []byte) error {
 		switch string(k) {
 		case "apiVersion":
-			return d.StringInto(&rv.APIVersion)
+			return d.StringInto(&rv.APIVersion, constant)
 		case "kind":
-			return d.StringInto(&rv.Kind)
+			return d.StringInto(&rv.Kind, constant)
 		case "request":
 			switch d.Peek() {
 			case 'n':
@@ -45,32 +45,32 @@ func scanRequest(d *jsonscan.Scanner, r *request) error {
 	return d.Object(func(k []byte) error {
 		switch string(k) {
 		case "uid":
-			return d.StringInto((*string)(&r.UID))
+			return d.StringInto((*string)(&r.UID), nil)
 		case "resource":
 			return scanStruct(d, func(k []byte) error {
 				switch string(k) {
 				case "group":
-					return d.StringInto(&r.Resource.Group)
+					return d.StringInto(&r.Resource.Group, constant)
 				case "version":
-					return d.StringInto(&r.Resource.Version)
+					return d.StringInto(&r.Resource.Version, constant)
 				case "resource":
-					return d.StringInto(&r.Resource.Resource)
+					return d.StringInto(&r.Resource.Resource, constant)
 				}
 				return d.Other(k, "group", "version", "resource")
 			})
 		case "subResource":
-			return d.StringInto(&r.SubResource)
+			return d.StringInto(&r.SubResource, nil)
 		case "name":
-			return d.StringInto(&r.Name)
+			return d.StringInto(&r.Name, nil)
 		case "namespace":
-			return d.StringInto(&r.Namespace)
+			return d.StringInto(&r.Namespace, nil)
 		case "operation":
-			return d.StringInto((*string)(&r.Operation))
+			return d.StringInto((*string)(&r.Operation), constant)
 		case "userInfo":
 			return scanStruct(d, func(k []byte) (err error) {
 				switch string(k) {
 				case "username":
-					return d.StringInto(&r.UserInfo.Username)
+					return d.StringInto(&r.UserInfo.Username, nil)
 				case "groups":
 					r.UserInfo.Groups, err = d.Strings(nil)
 					return err
@@ -96,9 +96,9 @@ func scanRequest(d *jsonscan.Scanner, r *request) error {
 					return scanStruct(d, func(k []byte) (err error) {
 						switch string(k) {
 						case "uid":
-							return d.StringInto((*string)(&m.UID))
+							return d.StringInto((*string)(&m.UID), nil)
 						case "deletionTimestamp":
-							return d.StringInto(&m.DeletionTimestamp)
+							return d.StringInto(&m.DeletionTimestamp, nil)
 						case "finalizers":
 							m.Finalizers, err = d.Strings(nil)
 							return err
@@ -144,4 +144,24 @@ func scanStruct(d *jsonscan.Scanner, field func(k []byte) error) error {
 		return d.Object(field)
 	}
 	return jsonscan.ErrSlowPath
+}
+
+// constants are the values that repeat in every review: the review's
+// version and kind, the operations and the common groups, versions and
+// resources. constant returns them without allocating.
+var constants = func() map[string]string {
+	m := map[string]string{}
+	for _, s := range []string{reviewAPIVersion, reviewKind, "CREATE", "UPDATE", "DELETE", "CONNECT",
+		"v1", "v1beta1", "apps", "batch", "policy", "pods", "deployments", "replicasets", "statefulsets",
+		"daemonsets", "jobs", "namespaces", "nodes", "services", "configmaps", "secrets", "persistentvolumeclaims"} {
+		m[s] = s
+	}
+	return m
+}()
+
+func constant(b []byte) string {
+	if s, ok := constants[string(b)]; ok {
+		return s
+	}
+	return string(b)
 }

@@ -152,8 +152,9 @@ func (d *Scanner) Null() error {
 
 // StringInto reads a string into *p as encoding/json decodes one into a
 // string field: null leaves *p as it was; any other kind of value is
-// ErrSlowPath (encoding/json refuses it with its own words).
-func (d *Scanner) StringInto(p *string) error {
+// ErrSlowPath (encoding/json refuses it with its own words). intern, when
+// not nil, makes the string.
+func (d *Scanner) StringInto(p *string, intern func([]byte) string) error {
 	switch d.Peek() {
 	case 'n':
 		return d.Null()
@@ -162,7 +163,11 @@ func (d *Scanner) StringInto(p *string) error {
 		if err != nil {
 			return err
 		}
-		*p = string(s)
+		if intern != nil {
+			*p = intern(s)
+		} else {
+			*p = string(s)
+		}
 		return nil
 	}
 	return ErrSlowPath
