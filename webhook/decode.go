@@ -72,7 +72,7 @@ func scanRequest(d *jsonscan.Scanner, r *request) error {
 				case "username":
 					return d.StringInto(&r.UserInfo.Username, nil)
 				case "groups":
-					r.UserInfo.Groups, err = d.Strings(nil)
+					r.UserInfo.Groups, err = d.Strings(constant)
 					return err
 				}
 				return d.Other(k, "username", "groups")
@@ -147,13 +147,14 @@ func scanStruct(d *jsonscan.Scanner, field func(k []byte) error) error {
 }
 
 // constants are the values that repeat in every review: the review's
-// version and kind, the operations and the common groups, versions and
-// resources. constant returns them without allocating.
+// version and kind, the operations, the common API groups, versions and
+// resources, and the common groups of users. constant returns them without allocating.
 var constants = func() map[string]string {
 	m := map[string]string{}
 	for _, s := range []string{reviewAPIVersion, reviewKind, "CREATE", "UPDATE", "DELETE", "CONNECT",
 		"v1", "v1beta1", "apps", "batch", "policy", "pods", "deployments", "replicasets", "statefulsets",
-		"daemonsets", "jobs", "namespaces", "nodes", "services", "configmaps", "secrets", "persistentvolumeclaims"} {
+		"daemonsets", "jobs", "namespaces", "nodes", "services", "configmaps", "secrets", "persistentvolumeclaims",
+		"system:authenticated", "system:serviceaccounts", "system:serviceaccounts:kube-system", "system:masters", "system:nodes"} {
 		m[s] = s
 	}
 	return m

@@ -282,7 +282,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		ns = h.engine.Policy().Policy.Spec.BreakGlass.Namespace
 	}
 	if why := policy.Exemption(&a.Attributes, ns); why != "" {
-		h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
+		if h.debugging() {
+			h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
 	}
 	objUID := req.OldObject.Metadata.UID
@@ -290,7 +292,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// The object's deletion began earlier (a graceful delete, finalizers):
 		// that request was the one judged and charged. The kubelet's final
 		// DELETE can come long after, past any charge-once memory.
-		h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		if h.debugging() {
+			h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	// once is set for a delete that can be charged once: the object it
@@ -300,7 +304,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		once = &chargeKey{UID: objUID, Group: a.APIGroup, Resource: a.Resource, Namespace: a.Namespace, Name: a.Name}
 	}
 	if once != nil && h.memo.charged(*once, h.clock.Now()) {
-		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		if h.debugging() {
+			h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	switch {
@@ -360,8 +366,10 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	if d.Repeat {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
-	h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
-		"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)
+	if h.debugging() {
+		h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
+			"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)
+	}
 	return h.answer(req, a, &d)
 }
 
@@ -453,3 +461,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 		return limiter.Decision{}, false
 	}
 }
+
+// debugging says whether debug lines are written: their arguments are built
+// (and allocate) only then.
+func (h *Handler) debugging() bool { return h.log.Enabled(context.Background(), slog.LevelDebug) }
