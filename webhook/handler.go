@@ -166,13 +166,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.chain.Se
 
 // rejected counts and logs a request refused before it was decoded.
 func (h *Handler) rejected(r *http.Request, code int, msg string) {
-	h.metrics.requests.WithLabelValues("", ResultBadRequest).Inc()
+	h.metrics.count("", ResultBadRequest)
 	h.log.Warn("admission request refused", "code", code, "remote", r.RemoteAddr, "err", msg)
 }
 
 // recovered counts and logs a panic that escaped serveReview.
 func (h *Handler) recovered(r *http.Request, p any) {
-	h.metrics.requests.WithLabelValues("", ResultError).Inc()
+	h.metrics.count("", ResultError)
 	h.log.Error("panic serving admission request", "remote", r.RemoteAddr, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 }
 
@@ -213,15 +213,15 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 		out, err = encodeResponse(resp)
 	}
 	if err != nil {
-		h.metrics.requests.WithLabelValues(op, ResultError).Inc()
+		h.metrics.count(op, ResultError)
 		h.log.Error("failed to answer admission request", "uid", req.UID, "err", err)
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out)
-	h.metrics.requests.WithLabelValues(op, result).Inc()
-	h.metrics.duration.WithLabelValues(op).Observe(h.clock.Since(start).Seconds())
+	h.metrics.count(op, result)
+	h.metrics.observe(op, h.clock.Since(start).Seconds())
 }
 
 // bodyChunk is the least a body buffer grows by.

@@ -340,6 +340,10 @@ func (d *Scanner) literal(s string) error {
 func (d *Scanner) skipString() error {
 	i := d.I + 1
 	for i < len(d.B) {
+		if plain[d.B[i]] {
+			i++
+			continue
+		}
 		switch c := d.B[i]; {
 		case c == '"':
 			d.I = i + 1
@@ -372,6 +376,15 @@ func (d *Scanner) skipString() error {
 	}
 	return ErrSyntax
 }
+
+// plain marks the bytes that stand for themselves in a string: all but the
+// quote, the backslash and the control characters.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
