@@ -438,10 +438,10 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 	if timeout <= 0 {
 		return limiter.Decision{}, false
 	}
-	ctx, cancel := context.WithTimeout(parent, timeout*4/5)
+	ctx := newLazyDeadline(parent, time.Now().Add(timeout*4/5))
 	done := make(chan decided, 1)
 	go func() {
-		defer cancel()
+		defer ctx.release()
 		defer func() {
 			if p := recover(); p != nil {
 				done <- decided{panic: fmt.Sprintf("%v (in the engine)\n%s", p, debug.Stack())}
