@@ -92,6 +92,7 @@ type Handler struct {
 	metrics   *metrics
 	memo      *chargeMemo
 	bodies    sync.Pool // *[]byte
+	deciders  *deciders
 	chain     http.Handler
 	cascades  Cascades
 	resolve   func(schema.GroupResource) (schema.GroupVersionResource, bool)
@@ -139,6 +140,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		cascades:  cfg.Cascades,
 		resolve:   cfg.Resolve,
 		clock:     cfg.Clock,
+		deciders:  newDeciders(),
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -438,17 +440,8 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 	if timeout <= 0 {
 		return limiter.Decision{}, false
 	}
-	ctx := newLazyDeadline(parent, time.Now().Add(timeout*4/5))
 	done := make(chan decided, 1)
-	go func() {
-		defer ctx.release()
-		defer func() {
-			if p := recover(); p != nil {
-				done <- decided{panic: fmt.Sprintf("%v (in the engine)\n%s", p, debug.Stack())}
-			}
-		}()
-		done <- decided{d: h.engine.Decide(ctx, a)}
-	}()
+	h.deciders.start(&decideJob{engine: h.engine, ctx: newLazyDeadline(parent, time.Now().Add(timeout*4/5)), a: a, done: done})
 	t := h.clock.NewTimer(timeout)
 	defer t.Stop()
 	select {
