@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/kubedefender/kubedefender/internal/jsonscan"
 )
 
 // decodeEvent decodes one audit event line into ev. It reads only the
@@ -32,9 +33,9 @@ func decodeEvent(line []byte, ev *event, in interner) error {
 
 // decodeAny decodes line into ev; ev.Response may point into line.
 func decodeAny(line []byte, ev *event, in interner) error {
-	d := walker{b: line, in: in}
+	d := walker{Scanner: jsonscan.Scanner{B: line}, in: in}
 	if err := d.event(ev); err != nil {
-		if errors.Is(err, errSlowPath) {
+		if errors.Is(err, jsonscan.ErrSlowPath) {
 			*ev = event{}
 			return json.Unmarshal(line, ev)
 		}
@@ -49,14 +50,8 @@ func decodeAny(line []byte, ev *event, in interner) error {
 	return nil
 }
 
-var (
-	errSlowPath = errors.New("use encoding/json")
-	errSyntax   = errors.New("invalid JSON")
-)
-
 type walker struct {
-	b []byte
-	i int
+	jsonscan.Scanner
 	// in interns the strings that repeat from line to line (verbs, users,
 	// User-Agents, namespaces): fewer allocations, less heap. May be nil.
 	in interner
@@ -78,254 +73,64 @@ func (in interner) get(b []byte) string {
 	return s
 }
 
-func (d *walker) ws() {
-	for d.i < len(d.b) {
-		switch d.b[d.i] {
-		case ' ', '\t', '\n', '\r':
-			d.i++
-		default:
-			return
-		}
-	}
-}
-
-func (d *walker) peek() byte {
-	d.ws()
-	if d.i >= len(d.b) {
-		return 0
-	}
-	return d.b[d.i]
-}
-
-func (d *walker) expect(c byte) error {
-	if d.peek() != c {
-		return errSyntax
-	}
-	d.i++
-	return nil
-}
-
-// object calls field for each key of an object; field must consume the value.
-func (d *walker) object(field func(key []byte) error) error {
-	if err := d.expect('{'); err != nil {
-		return err
-	}
-	if d.peek() == '}' {
-		d.i++
-		return nil
-	}
-	for {
-		key, err := d.rawString()
-		if err != nil {
-			return err
-		}
-		if err := d.expect(':'); err != nil {
-			return err
-		}
-		if err := field(key); err != nil {
-			return err
-		}
-		switch d.peek() {
-		case ',':
-			d.i++
-		case '}':
-			d.i++
-			return nil
-		default:
-			return errSyntax
-		}
-	}
-}
-
-// rawString returns the bytes between the quotes of a string without
-// escapes; a string with escapes takes the slow path.
-func (d *walker) rawString() ([]byte, error) {
-	if d.peek() != '"' {
-		return nil, errSyntax
-	}
-	start := d.i + 1
-	i := bytes.IndexByte(d.b[start:], '"')
-	if i < 0 {
-		return nil, errSyntax
-	}
-	s := d.b[start : start+i]
-	if bytes.IndexByte(s, '\\') >= 0 {
-		return nil, errSlowPath
-	}
-	high := false
-	for _, c := range s {
-		if c < 0x20 {
-			return nil, errSyntax
-		}
-		high = high || c >= utf8.RuneSelf
-	}
-	if high && !utf8.Valid(s) {
-		return nil, errSlowPath // encoding/json replaces invalid UTF-8
-	}
-	d.i = start + i + 1
-	return s, nil
-}
-
 func (d *walker) str() (string, error) {
-	if d.peek() == 'n' {
-		return "", d.null()
+	if d.Peek() == 'n' {
+		return "", d.Null()
 	}
-	s, err := d.rawString()
+	s, err := d.RawString()
 	return string(s), err
 }
 
 // istr is str for a value that repeats across lines.
 func (d *walker) istr() (string, error) {
-	if d.peek() == 'n' {
-		return "", d.null()
+	if d.Peek() == 'n' {
+		return "", d.Null()
 	}
-	s, err := d.rawString()
+	s, err := d.RawString()
 	if err != nil {
 		return "", err
 	}
 	return d.in.get(s), nil
 }
 
-func (d *walker) null() error {
-	if !bytes.HasPrefix(d.b[d.i:], []byte("null")) {
-		return errSyntax
-	}
-	d.i += 4
-	return nil
-}
-
-func (d *walker) strings() ([]string, error) {
-	if d.peek() == 'n' {
-		return nil, d.null()
-	}
-	if err := d.expect('['); err != nil {
-		return nil, err
-	}
-	out := []string{}
-	if d.peek() == ']' {
-		d.i++
-		return out, nil
-	}
-	for {
-		s, err := d.istr()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-		switch d.peek() {
-		case ',':
-			d.i++
-		case ']':
-			d.i++
-			return out, nil
-		default:
-			return nil, errSyntax
-		}
-	}
-}
+func (d *walker) strings() ([]string, error) { return d.Strings(d.in.get) }
 
 func (d *walker) time() (time.Time, error) {
-	if d.peek() == 'n' {
-		return time.Time{}, d.null()
+	if d.Peek() == 'n' {
+		return time.Time{}, d.Null()
 	}
-	s, err := d.rawString()
+	s, err := d.RawString()
 	if err != nil {
 		return time.Time{}, err
 	}
 	t, err := time.Parse(time.RFC3339Nano, string(s))
 	if err != nil {
-		return time.Time{}, errSlowPath
+		return time.Time{}, jsonscan.ErrSlowPath
 	}
 	return t, nil
 }
 
-// skip passes over one value, checking only that it is well nested.
-func (d *walker) skip() error {
-	switch c := d.peek(); c {
-	case '"':
-		d.i++
-		for d.i < len(d.b) {
-			switch d.b[d.i] {
-			case '\\':
-				d.i += 2
-				continue
-			case '"':
-				d.i++
-				return nil
-			}
-			d.i++
-		}
-		return errSyntax
-	case '{', '[':
-		depth := 0
-		for d.i < len(d.b) {
-			switch d.b[d.i] {
-			case '"':
-				if err := d.skip(); err != nil {
-					return err
-				}
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					d.i++
-					return nil
-				}
-			}
-			d.i++
-		}
-		return errSyntax
-	case 0:
-		return errSyntax
-	default:
-		start := d.i
-		for d.i < len(d.b) {
-			switch d.b[d.i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				if d.i == start {
-					return errSyntax
-				}
-				return nil
-			}
-			d.i++
-		}
-		return nil
-	}
-}
-
-// raw returns one value's bytes (not a copy).
-func (d *walker) raw() (json.RawMessage, error) {
-	d.ws()
-	start := d.i
-	if err := d.skip(); err != nil {
-		return nil, err
-	}
-	return d.b[start:d.i:d.i], nil
-}
-
 func (d *walker) user(u *userInfo) error {
-	return d.object(func(k []byte) (err error) {
+	return d.Object(func(k []byte) (err error) {
 		switch string(k) {
 		case "username":
 			u.Username, err = d.istr()
 		case "groups":
 			u.Groups, err = d.strings()
 		default:
-			err = d.other(k, "username", "groups")
+			err = d.Other(k, "username", "groups")
 		}
 		return err
 	})
 }
 
 func (d *walker) event(ev *event) error {
-	err := d.object(func(k []byte) (err error) {
+	err := d.Object(func(k []byte) (err error) {
 		switch string(k) {
 		case "kind":
 			ev.Kind, err = d.istr()
 			if ev.Kind == "EventList" {
-				return errSlowPath
+				return jsonscan.ErrSlowPath
 			}
 		case "auditID":
 			ev.AuditID, err = d.str()
@@ -340,18 +145,18 @@ func (d *walker) event(ev *event) error {
 		case "user":
 			err = d.user(&ev.User)
 		case "impersonatedUser":
-			if d.peek() == 'n' {
-				return d.null()
+			if d.Peek() == 'n' {
+				return d.Null()
 			}
 			ev.Impersona = &userInfo{}
 			err = d.user(ev.Impersona)
 		case "objectRef":
-			if d.peek() == 'n' {
-				return d.null()
+			if d.Peek() == 'n' {
+				return d.Null()
 			}
 			ev.ObjectRef = &objectRef{}
 			r := ev.ObjectRef
-			err = d.object(func(k []byte) (err error) {
+			err = d.Object(func(k []byte) (err error) {
 				switch string(k) {
 				case "resource":
 					r.Resource, err = d.istr()
@@ -364,87 +169,71 @@ func (d *walker) event(ev *event) error {
 				case "subresource":
 					r.Subresource, err = d.istr()
 				default:
-					err = d.other(k, "resource", "namespace", "name", "apiGroup", "subresource")
+					err = d.Other(k, "resource", "namespace", "name", "apiGroup", "subresource")
 				}
 				return err
 			})
 		case "responseStatus":
-			if d.peek() == 'n' {
-				return d.null()
+			if d.Peek() == 'n' {
+				return d.Null()
 			}
 			ev.Status = &status{}
 			st := ev.Status
-			err = d.object(func(k []byte) (err error) {
+			err = d.Object(func(k []byte) (err error) {
 				switch string(k) {
 				case "code":
-					d.ws()
-					start := d.i
-					if err := d.skip(); err != nil {
+					d.WS()
+					start := d.I
+					if err := d.Skip(); err != nil {
 						return err
 					}
-					n, perr := strconv.Atoi(string(d.b[start:d.i]))
+					n, perr := strconv.Atoi(string(d.B[start:d.I]))
 					if perr != nil {
-						return errSlowPath
+						return jsonscan.ErrSlowPath
 					}
 					st.Code = n
 				case "message":
 					st.Message, err = d.str()
 				default:
-					err = d.other(k, "code", "message")
+					err = d.Other(k, "code", "message")
 				}
 				return err
 			})
 		case "responseObject":
-			if d.peek() == 'n' {
-				return d.null()
+			if d.Peek() == 'n' {
+				return d.Null()
 			}
-			ev.Response, err = d.raw()
+			ev.Response, err = d.Raw()
 		case "requestReceivedTimestamp":
 			ev.Received, err = d.time()
 		case "stageTimestamp":
 			ev.StageTime, err = d.time()
 		case "annotations":
-			if d.peek() == 'n' {
-				return d.null()
+			if d.Peek() == 'n' {
+				return d.Null()
 			}
-			err = d.object(func(k []byte) (err error) {
+			err = d.Object(func(k []byte) (err error) {
 				if string(k) == annotationDecision {
 					ev.Annotations.Decision, err = d.istr()
 					return err
 				}
-				return d.other(k, annotationDecision)
+				return d.Other(k, annotationDecision)
 			})
 		case "items":
-			return errSlowPath
+			return jsonscan.ErrSlowPath
 		default:
-			err = d.other(k, eventKeys...)
+			err = d.Other(k, eventKeys...)
 		}
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if d.peek() != 0 {
-		return fmt.Errorf("%w: data after the event", errSyntax)
+	if err := d.End(); err != nil {
+		return fmt.Errorf("%w: data after the event", err)
 	}
 	return nil
 }
 
 var eventKeys = []string{"kind", "auditID", "stage", "verb", "requestURI", "userAgent", "user", "impersonatedUser",
 	"objectRef", "responseStatus", "responseObject", "requestReceivedTimestamp", "stageTimestamp", "annotations", "items"}
-
-// other skips the value of a key the walker does not read; a key that
-// encoding/json would match to a field (it ignores case) takes the slow path.
-func (d *walker) other(k []byte, known ...string) error {
-	ascii := true
-	for _, c := range k {
-		ascii = ascii && c < utf8.RuneSelf
-	}
-	for _, name := range known {
-		// Only non-ASCII folds (the Kelvin sign, the long s) change length.
-		if (!ascii || len(name) == len(k)) && bytes.EqualFold(k, []byte(name)) {
-			return errSlowPath
-		}
-	}
-	return d.skip()
-}

@@ -189,14 +189,18 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		}
 		if why, ok := h.cascades.FollowUp(cascade.FollowUpDelete, ref); ok {
 			a.FollowUp = true
-			h.log.Debug("follow-up of a charged root", "verb", a.Verb, "namespace", req.Namespace, "name", req.Name, "why", why)
+			if h.debugging() {
+				h.log.Debug("follow-up of a charged root", "verb", a.Verb, "namespace", req.Namespace, "name", req.Name, "why", why)
+			}
 		}
 		return nil
 	case workloadDelete:
 		ref := cascade.ObjectRef{Kind: w.kind, Namespace: req.Namespace, Name: req.Name, UID: req.OldObject.Metadata.UID}
 		if why, ok := h.cascades.FollowUp(cascade.FollowUpDelete, ref); ok {
 			a.FollowUp = true
-			h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
+			if h.debugging() {
+				h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
+			}
 			return nil
 		}
 		opts := req.deleteOptions()
@@ -248,7 +252,9 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		if !a.DryRun {
 			if why, ok := h.cascades.FollowUp(cascade.FollowUpScale, ref); ok {
 				a.FollowUp = true
-				h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
+				if h.debugging() {
+					h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
+				}
 				return nil
 			}
 		}

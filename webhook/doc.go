@@ -121,6 +121,15 @@
 // "timeout" — an unjudged request is the guard's failure, and a guard that
 // fails must not block the cluster.
 //
+// The handler's own work per review is small next to TLS: the review is read
+// in one pass by internal/jsonscan, which takes only the fields the webhook
+// reads and validates and skips the rest (a DELETE's old object is most of
+// the body); whatever it declines or refuses goes to encoding/json, so both
+// accept, decode and refuse the same bodies (FuzzDecodeReviewParity). The
+// answer is written without reflection, byte for byte as encoding/json
+// writes it (FuzzEncodeResponseParity). Decisions run on reused goroutines
+// (deciders) so that a request can be answered when its decision times out.
+//
 // # Metrics
 //
 // On the injected prometheus.Registerer, namespace kubedefender, subsystem

@@ -92,6 +92,7 @@ type Handler struct {
 	metrics   *metrics
 	memo      *chargeMemo
 	bodies    sync.Pool // *[]byte
+	deciders  *deciders
 	chain     http.Handler
 	cascades  Cascades
 	resolve   func(schema.GroupResource) (schema.GroupVersionResource, bool)
@@ -139,6 +140,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		cascades:  cfg.Cascades,
 		resolve:   cfg.Resolve,
 		clock:     cfg.Clock,
+		deciders:  newDeciders(),
 	}
 	h.bodies.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	if cfg.Registerer != nil {
@@ -166,13 +168,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.chain.Se
 
 // rejected counts and logs a request refused before it was decoded.
 func (h *Handler) rejected(r *http.Request, code int, msg string) {
-	h.metrics.requests.WithLabelValues("", ResultBadRequest).Inc()
+	h.metrics.count("", ResultBadRequest)
 	h.log.Warn("admission request refused", "code", code, "remote", r.RemoteAddr, "err", msg)
 }
 
 // recovered counts and logs a panic that escaped serveReview.
 func (h *Handler) recovered(r *http.Request, p any) {
-	h.metrics.requests.WithLabelValues("", ResultError).Inc()
+	h.metrics.count("", ResultError)
 	h.log.Error("panic serving admission request", "remote", r.RemoteAddr, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 }
 
@@ -206,17 +208,22 @@ func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request) {
 	}
 	op := opLabel(string(req.Operation))
 	resp, result := h.review(r.Context(), req)
-	out, err := encodeResponse(resp)
+	// The answer is written into the body's buffer: nothing decoded refers
+	// to it.
+	out, ok := appendResponse(body[:0], resp)
+	if !ok {
+		out, err = encodeResponse(resp)
+	}
 	if err != nil {
-		h.metrics.requests.WithLabelValues(op, ResultError).Inc()
+		h.metrics.count(op, ResultError)
 		h.log.Error("failed to answer admission request", "uid", req.UID, "err", err)
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out)
-	h.metrics.requests.WithLabelValues(op, result).Inc()
-	h.metrics.duration.WithLabelValues(op).Observe(h.clock.Since(start).Seconds())
+	h.metrics.count(op, result)
+	h.metrics.observe(op, h.clock.Since(start).Seconds())
 }
 
 // bodyChunk is the least a body buffer grows by.
@@ -277,7 +284,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		ns = h.engine.Policy().Policy.Spec.BreakGlass.Namespace
 	}
 	if why := policy.Exemption(&a.Attributes, ns); why != "" {
-		h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
+		if h.debugging() {
+			h.log.Debug("admission request exempt", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace, "name", a.Name, "why", why)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultExempt
 	}
 	objUID := req.OldObject.Metadata.UID
@@ -285,7 +294,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		// The object's deletion began earlier (a graceful delete, finalizers):
 		// that request was the one judged and charged. The kubelet's final
 		// DELETE can come long after, past any charge-once memory.
-		h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		if h.debugging() {
+			h.log.Debug("delete of an object already being deleted", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	// once is set for a delete that can be charged once: the object it
@@ -295,7 +306,9 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 		once = &chargeKey{UID: objUID, Group: a.APIGroup, Resource: a.Resource, Namespace: a.Namespace, Name: a.Name}
 	}
 	if once != nil && h.memo.charged(*once, h.clock.Now()) {
-		h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		if h.debugging() {
+			h.log.Debug("repeated validation of a delete already charged", "uid", req.UID, "object", objUID, "namespace", a.Namespace, "name", a.Name)
+		}
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
 	switch {
@@ -355,8 +368,10 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	if d.Repeat {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, ResultRepeat
 	}
-	h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
-		"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)
+	if h.debugging() {
+		h.log.Debug("admission request judged", "uid", req.UID, "verb", a.Verb, "resource", a.Resource, "namespace", a.Namespace,
+			"name", a.Name, "user", a.User, "dryRun", a.DryRun, "allowed", d.Allowed, "rule", d.Rule)
+	}
 	return h.answer(req, a, &d)
 }
 
@@ -425,17 +440,8 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 	if timeout <= 0 {
 		return limiter.Decision{}, false
 	}
-	ctx, cancel := context.WithTimeout(parent, timeout*4/5)
 	done := make(chan decided, 1)
-	go func() {
-		defer cancel()
-		defer func() {
-			if p := recover(); p != nil {
-				done <- decided{panic: fmt.Sprintf("%v (in the engine)\n%s", p, debug.Stack())}
-			}
-		}()
-		done <- decided{d: h.engine.Decide(ctx, a)}
-	}()
+	h.deciders.start(&decideJob{engine: h.engine, ctx: newLazyDeadline(parent, time.Now().Add(timeout*4/5)), a: a, done: done})
 	t := h.clock.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -448,3 +454,7 @@ func (h *Handler) decide(parent context.Context, a *limiter.Attributes, timeout 
 		return limiter.Decision{}, false
 	}
 }
+
+// debugging says whether debug lines are written: their arguments are built
+// (and allocate) only then.
+func (h *Handler) debugging() bool { return h.log.Enabled(context.Background(), slog.LevelDebug) }

@@ -33,6 +33,11 @@ var results = []string{ResultAllowed, ResultDenied, ResultShadow, ResultExempt, 
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// counters and durations are the series of requests and duration, by
+	// index in operations and results: the hot path neither hashes labels
+	// nor looks them up.
+	counters  [][]prometheus.Counter
+	durations []prometheus.Observer
 }
 
 func newMetrics() *metrics {
@@ -47,12 +52,40 @@ func newMetrics() *metrics {
 			[]string{"operation"}),
 	}
 	for _, op := range operations {
-		m.duration.WithLabelValues(op)
+		m.durations = append(m.durations, m.duration.WithLabelValues(op))
+		counters := make([]prometheus.Counter, 0, len(results))
 		for _, r := range results {
-			m.requests.WithLabelValues(op, r)
+			counters = append(counters, m.requests.WithLabelValues(op, r))
 		}
+		m.counters = append(m.counters, counters)
 	}
 	return m
+}
+
+// count counts one request of the operation (an opLabel) with the result
+// (one of results).
+func (m *metrics) count(op, result string) {
+	oi := opIndex(op)
+	for ri, r := range results {
+		if r == result {
+			m.counters[oi][ri].Inc()
+			return
+		}
+	}
+	m.requests.WithLabelValues(op, result).Inc()
+}
+
+// observe records how long a request of the operation (an opLabel) took.
+func (m *metrics) observe(op string, seconds float64) { m.durations[opIndex(op)].Observe(seconds) }
+
+// opIndex is the index of op in operations; anything else is "", the last.
+func opIndex(op string) int {
+	for i, o := range operations {
+		if o == op {
+			return i
+		}
+	}
+	return len(operations) - 1
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
@@ -65,11 +98,4 @@ func (m *metrics) register(r prometheus.Registerer) error {
 }
 
 // opLabel bounds the operation label.
-func opLabel(op string) string {
-	for _, o := range operations {
-		if o == op {
-			return o
-		}
-	}
-	return ""
-}
+func opLabel(op string) string { return operations[opIndex(op)] }

@@ -132,9 +132,21 @@ func (e *decodeError) Error() string { return e.msg }
 // *decodeError whose message says what is wrong and where.
 func decodeReview(body []byte) (*request, error) {
 	var rv review
-	if err := json.Unmarshal(body, &rv); err != nil {
-		return nil, &decodeError{msg: "failed to decode AdmissionReview: " + describeJSONError(body, err)}
+	if scanReview(body, &rv) != nil {
+		// What the scanner refuses or declines, encoding/json decodes or
+		// words the error for.
+		// (Into its own variable: rv stays on the stack on the fast path.)
+		var slow review
+		if err := json.Unmarshal(body, &slow); err != nil {
+			return nil, &decodeError{msg: "failed to decode AdmissionReview: " + describeJSONError(body, err)}
+		}
+		rv = slow
 	}
+	return checkReview(&rv)
+}
+
+// checkReview checks that a decoded review is one the webhook can judge.
+func checkReview(rv *review) (*request, error) {
 	switch {
 	case rv.APIVersion != reviewAPIVersion:
 		return nil, &decodeError{msg: fmt.Sprintf("failed to decode AdmissionReview: apiVersion %q is not supported: this webhook speaks %s (admissionReviewVersions: [v1])", rv.APIVersion, reviewAPIVersion)}
