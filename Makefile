@@ -70,6 +70,9 @@ fuzz: ## run each fuzz target for a short while
 	go test ./policy -run '^$$' -fuzz FuzzParse -fuzztime 30s
 	go test ./proxy -run '^$$' -fuzz FuzzDeleteOptions -fuzztime 30s
 	go test ./webhook -run '^$$' -fuzz FuzzDecodeAdmissionReview -fuzztime 30s
+	go test ./webhook -run '^$$' -fuzz FuzzDecodeReviewParity -fuzztime 30s
+	go test ./webhook -run '^$$' -fuzz FuzzEncodeResponseParity -fuzztime 30s
+	go test ./internal/jsonscan -run '^$$' -fuzz FuzzSkip -fuzztime 30s
 	go test ./replay -run '^$$' -fuzz FuzzDecodeEvent -fuzztime 30s
 
 demo: deps ## a local control plane with KubeDefender in front, stopping a mass delete
