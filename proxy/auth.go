@@ -33,6 +33,13 @@ const (
 // proxy asserts identity to the API server.
 func WithHeaderHygiene(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h := credentialHopByHop(r.Header); h != "" {
+			// The reverse proxy drops the headers Connection names: the
+			// API server would not see the credential the proxy judged.
+			writeStatus(w, http.StatusBadRequest, "BadRequest",
+				"kubedefender: the Connection header may not name "+h+": the proxy judges a request by the credentials the API server will see", 0)
+			return
+		}
 		for k := range r.Header {
 			// Header keys are canonical ("X-Remote-User"); a non-canonical key
 			// set by a server-side hook is still caught by the fold.
@@ -42,6 +49,21 @@ func WithHeaderHygiene(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// credentialHopByHop returns a header the Connection header names that
+// carries who the client is (Authorization, Sec-WebSocket-Protocol,
+// Impersonate-*), or "".
+func credentialHopByHop(h http.Header) string {
+	for _, line := range h["Connection"] {
+		for f := range strings.SplitSeq(line, ",") {
+			f = http.CanonicalHeaderKey(strings.TrimSpace(f))
+			if f == "Authorization" || f == "Sec-Websocket-Protocol" || strings.HasPrefix(f, "Impersonate-") {
+				return f
+			}
+		}
+	}
+	return ""
 }
 
 // AuthConfig configures WithAuthentication.
@@ -216,10 +238,16 @@ func hasClientCert(r *http.Request) bool { return r.TLS != nil && len(r.TLS.Peer
 // Sec-WebSocket-Protocol.
 const bearerProtocolPrefix = "base64url.bearer.authorization.k8s.io."
 
+// hasBearerProtocol tells whether one of the offered protocols is a bearer
+// token, read as Kubernetes' WebSocket authenticator reads them (comma-split,
+// trimmed, the prefix at the start): a protocol that only contains the prefix
+// is not a token, and must not hide that the real one was used.
 func hasBearerProtocol(protos []string) bool {
-	for _, p := range protos {
-		if strings.Contains(p, bearerProtocolPrefix) {
-			return true
+	for _, line := range protos {
+		for p := range strings.SplitSeq(line, ",") {
+			if strings.HasPrefix(strings.TrimSpace(p), bearerProtocolPrefix) {
+				return true
+			}
 		}
 	}
 	return false

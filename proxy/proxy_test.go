@@ -427,6 +427,8 @@ func TestAFrontProxyTokenUserKeepsOnlyTheTokenThatAuthenticatedIt(t *testing.T) 
 			authz: "Bearer nope", protocol: bearer("tok-bob") + ", v4.channel.k8s.io", wantProtocol: bearer("tok-bob") + ", v4.channel.k8s.io"},
 		{name: "an authenticating Authorization token goes upstream without the bearer protocol beside it",
 			authz: "Bearer tok-bob", protocol: bearer("tok-eve") + ", v4.channel.k8s.io", wantAuthz: "Bearer tok-bob", wantProtocol: "v4.channel.k8s.io"},
+		{name: "a protocol that only contains the bearer prefix does not hide the bearer protocol that authenticated",
+			protocol: "v4, x" + bearer("tok-eve") + ", " + bearer("tok-bob"), wantProtocol: "v4, x" + bearer("tok-eve") + ", " + bearer("tok-bob")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOptions{tokens: map[string]string{"tok-bob": "bob", "tok-eve": "eve"}})
@@ -460,6 +462,29 @@ func TestAFrontProxyTokenUserKeepsOnlyTheTokenThatAuthenticatedIt(t *testing.T) 
 			}
 			if up.TLS != nil && len(up.TLS.PeerCertificates) > 0 {
 				t.Errorf("upstream saw client certificate %q, want none", up.TLS.PeerCertificates[0].Subject.CommonName)
+			}
+		})
+	}
+}
+
+func TestAConnectionHeaderMayNotDropTheCredentialsTheProxyJudged(t *testing.T) {
+	for _, connection := range []string{"Authorization", "keep-alive, authorization", "Upgrade, Sec-WebSocket-Protocol", "Impersonate-User", "impersonate-extra-scopes"} {
+		t.Run(connection, func(t *testing.T) {
+			e := newEnv(t, envOptions{tokens: map[string]string{"tok-bob": "bob"}})
+			req, _ := http.NewRequest(http.MethodGet, e.proxyURL+"/api/v1/namespaces/default/pods", nil)
+			req.Header.Set("Authorization", "Bearer tok-bob")
+			req.Header.Set("Connection", connection)
+			resp, err := e.client(nil, false).Do(req)
+			if err != nil {
+				t.Fatalf("failed to call the proxy: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "Connection header may not name") {
+				t.Errorf("proxy answered %d %s, want 400 naming the Connection header", resp.StatusCode, body)
+			}
+			if up := e.upstreamSaw(); up != nil {
+				t.Errorf("the upstream saw the request (Authorization %q), want it refused before", up.Header.Get("Authorization"))
 			}
 		})
 	}
