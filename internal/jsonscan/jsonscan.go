@@ -69,6 +69,21 @@ func (d *Scanner) Expect(c byte) error {
 	return nil
 }
 
+// next consumes what follows a member of an object or array that close
+// ends: a comma (another member follows) or close (done); anything else is a
+// syntax error.
+func (d *Scanner) next(close byte) (done bool, err error) {
+	switch d.Peek() {
+	case ',':
+		d.I++
+		return false, nil
+	case close:
+		d.I++
+		return true, nil
+	}
+	return false, ErrSyntax
+}
+
 // End checks that only whitespace follows.
 func (d *Scanner) End() error {
 	d.WS()
@@ -99,14 +114,10 @@ func (d *Scanner) Object(field func(key []byte) error) error {
 		if err := field(key); err != nil {
 			return err
 		}
-		switch d.Peek() {
-		case ',':
-			d.I++
-		case '}':
-			d.I++
+		if done, err := d.next('}'); err != nil {
+			return err
+		} else if done {
 			return nil
-		default:
-			return ErrSyntax
 		}
 	}
 }
@@ -203,14 +214,10 @@ func (d *Scanner) Strings(intern func([]byte) string) ([]string, error) {
 		} else {
 			out = append(out, string(s))
 		}
-		switch d.Peek() {
-		case ',':
-			d.I++
-		case ']':
-			d.I++
+		if done, err := d.next(']'); err != nil {
+			return nil, err
+		} else if done {
 			return out, nil
-		default:
-			return nil, ErrSyntax
 		}
 	}
 }
@@ -285,14 +292,10 @@ func (d *Scanner) skip(depth int) error {
 			if err := d.skip(depth + 1); err != nil {
 				return err
 			}
-			switch d.Peek() {
-			case ',':
-				d.I++
-			case '}':
-				d.I++
+			if done, err := d.next('}'); err != nil {
+				return err
+			} else if done {
 				return nil
-			default:
-				return ErrSyntax
 			}
 		}
 	case '[':
@@ -305,14 +308,10 @@ func (d *Scanner) skip(depth int) error {
 			if err := d.skip(depth + 1); err != nil {
 				return err
 			}
-			switch d.Peek() {
-			case ',':
-				d.I++
-			case ']':
-				d.I++
+			if done, err := d.next(']'); err != nil {
+				return err
+			} else if done {
 				return nil
-			default:
-				return ErrSyntax
 			}
 		}
 	case 't':
