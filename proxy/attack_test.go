@@ -133,16 +133,9 @@ func TestBudgetsAtTheProxyJudgeAttacksLikeTheAPIServer(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var bodies []string
+			up := &bodyRecorder{}
 			e := newEnv(t, envOptions{budgets: true, policy: budgetPolicyHead + "  - " + strings.Join(tc.budgets, "\n  - ") + "\n",
-				upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					b, _ := io.ReadAll(r.Body)
-					mu.Lock()
-					bodies = append(bodies, string(b))
-					mu.Unlock()
-					_, _ = w.Write([]byte(`{}`))
-				})})
+				upstream: up})
 			c := e.client(e.userCert(t, "alice"), true)
 			var sent []string
 			for i, s := range tc.steps {
@@ -154,16 +147,7 @@ func TestBudgetsAtTheProxyJudgeAttacksLikeTheAPIServer(t *testing.T) {
 					sent = append(sent, s.body)
 				}
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(bodies) != len(sent) {
-				t.Fatalf("upstream got %d requests, want %d", len(bodies), len(sent))
-			}
-			for i := range sent {
-				if bodies[i] != sent[i] {
-					t.Errorf("request %d: upstream body of %d bytes differs from the %d sent", i, len(bodies[i]), len(sent[i]))
-				}
-			}
+			up.check(t, sent)
 		})
 	}
 }
@@ -374,6 +358,17 @@ func TestDeclaredButUnsentOptionsBodiesAreAnsweredWhenTheirDeadlinePasses(t *tes
 	}
 }
 
+// frontProxyIdentityOnly is an API server without anonymous auth that
+// accepts only the readiness probe's identity over the front-proxy
+// certificate.
+func frontProxyIdentityOnly(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.Header.Get("X-Remote-User") != readinessProbeUser {
+		http.Error(w, "Unauthorized", http.StatusUnauthorized)
+		return
+	}
+	_, _ = w.Write([]byte("ok"))
+}
+
 // TestReadinessProbesWithCredentialsAndTellsAnonymousCallersNothing: an API
 // server started with --anonymous-auth=false answers an anonymous /readyz
 // with 401, so the proxy probes with the best credentials it has; and the
@@ -390,27 +385,15 @@ func TestReadinessProbesWithCredentialsAndTellsAnonymousCallersNothing(t *testin
 		wantCode int
 	}{
 		{
-			name: "in front-proxy mode the probe carries the front-proxy identity, which an API server without anonymous auth accepts",
-			mode: AuthFrontProxy,
-			upstream: func(w http.ResponseWriter, r *http.Request) {
-				if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.Header.Get("X-Remote-User") != readinessProbeUser {
-					http.Error(w, "Unauthorized", http.StatusUnauthorized)
-					return
-				}
-				_, _ = w.Write([]byte("ok"))
-			},
+			name:     "in front-proxy mode the probe carries the front-proxy identity, which an API server without anonymous auth accepts",
+			mode:     AuthFrontProxy,
+			upstream: frontProxyIdentityOnly,
 			wantCode: http.StatusOK,
 		},
 		{
-			name: "in passthrough mode with a front-proxy certificate the probe carries that identity too",
-			mode: AuthPassthrough,
-			upstream: func(w http.ResponseWriter, r *http.Request) {
-				if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.Header.Get("X-Remote-User") != readinessProbeUser {
-					http.Error(w, "Unauthorized", http.StatusUnauthorized)
-					return
-				}
-				_, _ = w.Write([]byte("ok"))
-			},
+			name:     "in passthrough mode with a front-proxy certificate the probe carries that identity too",
+			mode:     AuthPassthrough,
+			upstream: frontProxyIdentityOnly,
 			wantCode: http.StatusOK,
 		},
 		{

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -310,5 +311,35 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		func(context.Context) (bool, error) { return cond(), nil })
 	if err != nil {
 		t.Fatalf("timed out waiting until %s", what)
+	}
+}
+
+// bodyRecorder is an upstream that answers {} and keeps, in order, the body
+// of every request it gets.
+type bodyRecorder struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (u *bodyRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	u.mu.Lock()
+	u.bodies = append(u.bodies, string(b))
+	u.mu.Unlock()
+	_, _ = w.Write([]byte(`{}`))
+}
+
+// check fails t unless the upstream got exactly the bodies sent, in order.
+func (u *bodyRecorder) check(t *testing.T, sent []string) {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.bodies) != len(sent) {
+		t.Fatalf("upstream got %d requests, want %d", len(u.bodies), len(sent))
+	}
+	for i := range sent {
+		if u.bodies[i] != sent[i] {
+			t.Errorf("request %d: upstream body of %d bytes differs from the %d sent", i, len(u.bodies[i]), len(sent[i]))
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"k8s.io/utils/clock"
@@ -142,16 +141,9 @@ func TestBudgetsAtTheProxyJudgeWhatTheAPIServerWillDo(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var bodies []string
+			up := &bodyRecorder{}
 			e := newEnv(t, envOptions{budgets: true, policy: budgetPolicyHead + "  - " + tc.budget + "\n",
-				upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					b, _ := io.ReadAll(r.Body)
-					mu.Lock()
-					bodies = append(bodies, string(b))
-					mu.Unlock()
-					_, _ = w.Write([]byte(`{}`))
-				})})
+				upstream: up})
 			c := e.client(e.userCert(t, "alice"), true)
 			var sent []string
 			for i, s := range tc.steps {
@@ -163,16 +155,7 @@ func TestBudgetsAtTheProxyJudgeWhatTheAPIServerWillDo(t *testing.T) {
 					sent = append(sent, s.body)
 				}
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(bodies) != len(sent) {
-				t.Fatalf("upstream got %d requests, want %d", len(bodies), len(sent))
-			}
-			for i := range sent {
-				if bodies[i] != sent[i] {
-					t.Errorf("request %d: upstream body of %d bytes differs from the %d sent", i, len(bodies[i]), len(sent[i]))
-				}
-			}
+			up.check(t, sent)
 		})
 	}
 }
