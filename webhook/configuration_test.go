@@ -1,8 +1,6 @@
 package webhook
 
 import (
-	"bytes"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,19 +60,7 @@ func TestBuildConfigurationGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("testdata", "configuration.golden.yaml")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("failed to read %s (run with -update): %v", path, err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("configuration differs from %s:\n%s", path, got)
-	}
+	checkGolden(t, filepath.Join("testdata", "configuration.golden.yaml"), got)
 }
 
 func TestBuildConfiguration(t *testing.T) {
@@ -305,19 +291,7 @@ func TestBuildConfigurationAtRootGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("testdata", "configuration-atroot.golden.yaml")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("failed to read %s (run with -update): %v", path, err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("rules differ from %s:\n%s", path, got)
-	}
+	checkGolden(t, filepath.Join("testdata", "configuration-atroot.golden.yaml"), got)
 	// The same policy with PerObject sends only the pod deletes and evictions.
 	perObject, _, err := BuildConfiguration(mustParse(t, strings.Replace(atRootConfigPolicy, "cascades: AtRoot", "cascades: PerObject", 1)), ConfigurationOptions{URL: "https://127.0.0.1:8443/validate"})
 	if err != nil {

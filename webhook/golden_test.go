@@ -48,20 +48,26 @@ func TestGoldenWire(t *testing.T) {
 			if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type = %q, want application/json", ct)
 			}
-			got := rec.Body.Bytes()
-			path := filepath.Join("testdata", "golden", tc.name+".response.json")
-			if *update {
-				if err := os.WriteFile(path, append(got, '\n'), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("failed to read the golden response (run with -update to create it): %v", err)
-			}
-			if !bytes.Equal(got, bytes.TrimSuffix(want, []byte("\n"))) {
-				t.Errorf("response differs from %s\n got: %s\nwant: %s", path, got, want)
-			}
+			// The file ends with a newline the wire answer does not have.
+			checkGolden(t, filepath.Join("testdata", "golden", tc.name+".response.json"), append(rec.Body.Bytes(), '\n'))
 		})
+	}
+}
+
+// checkGolden fails t unless got is the content of the golden file at path;
+// with -update it writes got there first.
+func checkGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("failed to read %s (run with -update to create it): %v", path, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs:\n got: %s\nwant: %s", path, got, want)
 	}
 }
