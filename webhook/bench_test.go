@@ -52,18 +52,7 @@ var noopWebhook = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 // returns their review URLs and a client that trusts them.
 func startBenchServers(b *testing.B) (webhookURL, noopURL string, client *http.Client) {
 	b.Helper()
-	p, err := policy.Parse("bench.yaml", []byte(benchPolicy))
-	if err != nil {
-		b.Fatal(err)
-	}
-	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: p})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := NewHandler(Config{Engine: engine})
-	if err != nil {
-		b.Fatal(err)
-	}
+	h := benchHandler(b)
 	ca, err := pki.NewCA(pki.CAOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -246,18 +235,7 @@ func BenchmarkHandler(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p, err := policy.Parse("bench.yaml", []byte(benchPolicy))
-	if err != nil {
-		b.Fatal(err)
-	}
-	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: p})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := NewHandler(Config{Engine: engine})
-	if err != nil {
-		b.Fatal(err)
-	}
+	h := benchHandler(b)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -270,4 +248,23 @@ func BenchmarkHandler(b *testing.B) {
 			b.Fatal(rec.Body.String())
 		}
 	}
+}
+
+// benchHandler is the webhook handler on the bench policy and a memory
+// store, as serve builds it.
+func benchHandler(b *testing.B) *Handler {
+	b.Helper()
+	p, err := policy.Parse("bench.yaml", []byte(benchPolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	engine, err := limiter.NewEngine(limiter.EngineConfig{Policy: p})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := NewHandler(Config{Engine: engine})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return h
 }

@@ -59,14 +59,7 @@ func checkParity(t *testing.T, body []byte) (scanned bool) {
 // encoding/json refuses. Run:
 // go test ./webhook -run '^$' -fuzz FuzzDecodeReviewParity -fuzztime 60s
 func FuzzDecodeReviewParity(f *testing.F) {
-	seeds, _ := filepath.Glob(filepath.Join("testdata", "golden", "*.request.json"))
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addGoldenRequests(f)
 	for _, tc := range hostileReviews {
 		f.Add([]byte(tc.body))
 	}

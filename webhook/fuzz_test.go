@@ -14,14 +14,7 @@ import (
 // success must carry what the handler relies on. Seeds are the golden
 // requests. Run: go test ./webhook -run '^$' -fuzz FuzzDecodeAdmissionReview -fuzztime 30s
 func FuzzDecodeAdmissionReview(f *testing.F) {
-	seeds, _ := filepath.Glob(filepath.Join("testdata", "golden", "*.request.json"))
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addGoldenRequests(f)
 	f.Add([]byte(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"x","operation":"DELETE"}}`))
 	f.Add([]byte(`{"request":{"oldObject":{"metadata":{"uid":7}}}}`))
 	f.Add([]byte(``))
@@ -43,4 +36,16 @@ func FuzzDecodeAdmissionReview(f *testing.F) {
 			_ = policy.Exemption(&a.Attributes, "kubedefender-system")
 		}
 	})
+}
+
+// addGoldenRequests seeds f with the golden AdmissionReview requests.
+func addGoldenRequests(f *testing.F) {
+	seeds, _ := filepath.Glob(filepath.Join("testdata", "golden", "*.request.json"))
+	for _, s := range seeds {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 }
