@@ -10,28 +10,17 @@ import (
 	"net/url"
 	"os"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kubedefender/kubedefender/internal/benchstat"
 	"github.com/kubedefender/kubedefender/serving"
 )
 
-// loadResult is one load run: completed requests, elapsed time and latencies.
-type loadResult struct {
-	n        int
-	elapsed  time.Duration
-	lats     []time.Duration // sorted
-	p50, p99 time.Duration
-	errors   int64
-}
-
-func (r loadResult) qps() float64 { return float64(r.n) / r.elapsed.Seconds() }
-
 // runLoad sends GETs to url from workers keep-alive connections for d.
-func runLoad(url string, client *http.Client, workers int, d time.Duration) loadResult {
+func runLoad(url string, client *http.Client, workers int, d time.Duration) benchstat.Round {
 	var (
 		mu   sync.Mutex
 		lats []time.Duration
@@ -65,32 +54,7 @@ func runLoad(url string, client *http.Client, workers int, d time.Duration) load
 	}
 	wg.Wait()
 	elapsed := time.Since(began)
-	return summarize(lats, elapsed, errs.Load())
-}
-
-func summarize(lats []time.Duration, elapsed time.Duration, errors int64) loadResult {
-	slices.Sort(lats)
-	r := loadResult{n: len(lats), elapsed: elapsed, lats: lats, errors: errors}
-	if len(lats) > 0 {
-		r.p50, r.p99 = lats[len(lats)/2], lats[len(lats)*99/100]
-	}
-	return r
-}
-
-// merge pools rounds: requests over their summed time, percentiles over all
-// their latencies.
-func merge(rs []loadResult) loadResult {
-	var (
-		lats    []time.Duration
-		elapsed time.Duration
-		errors  int64
-	)
-	for _, r := range rs {
-		lats = append(lats, r.lats...)
-		elapsed += r.elapsed
-		errors += r.errors
-	}
-	return summarize(lats, elapsed, errors)
+	return benchstat.Summarize(lats, elapsed, errs.Load(), "")
 }
 
 // bareProxy serves a plain httputil.ReverseProxy, with its defaults (no
@@ -161,7 +125,7 @@ func BenchmarkProxyVersusBareReverseProxy(b *testing.B) {
 		name    string
 		url     string
 		client  *http.Client
-		results []loadResult
+		results []benchstat.Round
 	}
 	kd := &target{name: "kubedefender", url: e.proxyURL + path, client: client()}
 	bare := &target{name: "bare ReverseProxy", url: bareProxy(b, e, false) + path, client: client()}
@@ -177,38 +141,34 @@ func BenchmarkProxyVersusBareReverseProxy(b *testing.B) {
 			t := targets[(i+j)%len(targets)]
 			t.results = append(t.results, runLoad(t.url, t.client, workers, round))
 		}
-		k := kd.results[i].qps()
-		vsBare, vsPooled = append(vsBare, k/bare.results[i].qps()), append(vsPooled, k/pooled.results[i].qps())
+		k := kd.results[i].QPS()
+		vsBare, vsPooled = append(vsBare, k/bare.results[i].QPS()), append(vsPooled, k/pooled.results[i].QPS())
 	}
 	b.StopTimer()
-	median := func(xs []float64) float64 {
-		slices.Sort(xs)
-		return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
-	}
-	all := map[*target]loadResult{}
+	all := map[*target]benchstat.Round{}
 	for _, t := range targets {
-		all[t] = merge(t.results)
-		if all[t].errors > 0 {
-			b.Fatalf("%s: %d errors", t.name, all[t].errors)
+		all[t] = benchstat.Merge(t.results)
+		if all[t].Errors > 0 {
+			b.Fatalf("%s: %d errors", t.name, all[t].Errors)
 		}
 	}
 	k, r, p := all[kd], all[bare], all[pooled]
 	fmt.Printf("\nload: %d workers, HTTP/1.1 keep-alive, client certificates, %d x %s rounds each, GOMAXPROCS=%d\n", workers, rounds, round, runtime.GOMAXPROCS(0))
 	for _, t := range targets {
 		m := all[t]
-		fmt.Printf("  %-19s %8.0f req/s  p50 %8s  p99 %8s\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond))
+		fmt.Printf("  %-19s %8.0f req/s  p50 %8s  p99 %8s\n", t.name, m.QPS(), m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond))
 	}
 	fmt.Printf("  vs bare:        throughput ratio %.3fx, median per round %.3fx (target >= 0.9x), added p50 %s, added p99 %s (target <= 1ms)\n",
-		k.qps()/r.qps(), median(vsBare), (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
+		k.QPS()/r.QPS(), benchstat.Median(vsBare), (k.P50 - r.P50).Round(time.Microsecond), (k.P99 - r.P99).Round(time.Microsecond))
 	fmt.Printf("  vs bare + pool: throughput ratio %.3fx, median per round %.3fx, added p50 %s, added p99 %s\n",
-		k.qps()/p.qps(), median(vsPooled), (k.p50 - p.p50).Round(time.Microsecond), (k.p99 - p.p99).Round(time.Microsecond))
-	b.ReportMetric(k.qps(), "kd-req/s")
-	b.ReportMetric(r.qps(), "bare-req/s")
-	b.ReportMetric(k.qps()/r.qps(), "throughput-ratio")
-	b.ReportMetric(median(vsBare), "median-round-ratio")
-	b.ReportMetric(k.qps()/p.qps(), "pooled-throughput-ratio")
-	b.ReportMetric(float64(k.p99-r.p99)/1e3, "added-p99-µs")
-	b.ReportMetric(float64(k.p50-r.p50)/1e3, "added-p50-µs")
+		k.QPS()/p.QPS(), benchstat.Median(vsPooled), (k.P50 - p.P50).Round(time.Microsecond), (k.P99 - p.P99).Round(time.Microsecond))
+	b.ReportMetric(k.QPS(), "kd-req/s")
+	b.ReportMetric(r.QPS(), "bare-req/s")
+	b.ReportMetric(k.QPS()/r.QPS(), "throughput-ratio")
+	b.ReportMetric(benchstat.Median(vsBare), "median-round-ratio")
+	b.ReportMetric(k.QPS()/p.QPS(), "pooled-throughput-ratio")
+	b.ReportMetric(float64(k.P99-r.P99)/1e3, "added-p99-µs")
+	b.ReportMetric(float64(k.P50-r.P50)/1e3, "added-p50-µs")
 }
 
 // BenchmarkIdleWatchMemory opens 5,000 idle watches straight at the upstream

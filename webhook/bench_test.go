@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubedefender/kubedefender/internal/benchstat"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
@@ -123,8 +124,7 @@ func medianRatio(a, b *load) float64 {
 	for i := range rs {
 		rs[i] = a.rounds[i] / b.rounds[i]
 	}
-	slices.Sort(rs)
-	return rs[len(rs)/2]
+	return benchstat.Median(rs)
 }
 
 // BenchmarkAdmissionReviewTLS measures an AdmissionReview round trip (a pod

@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +32,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kubedefender/kubedefender/e2e/framework"
+	"github.com/kubedefender/kubedefender/internal/benchstat"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/policy"
 	"github.com/kubedefender/kubedefender/proxy"
@@ -87,8 +87,8 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	ca := caPool(b, cp.CACertFile)
 	for _, t := range targets {
 		t.clients = newClients(*flagClients, ca, *flagHTTP2)
-		if r := t.run(token, *flagWarmup); r.errors > 0 || r.n == 0 {
-			b.Fatalf("%s: warm-up: %d requests, %d errors (first: %s)", t.name, r.n, r.errors, r.firstErr)
+		if r := t.run(token, *flagWarmup); r.Errors > 0 || r.N == 0 {
+			b.Fatalf("%s: warm-up: %d requests, %d errors (first: %s)", t.name, r.N, r.Errors, r.FirstErr)
 		}
 	}
 
@@ -108,8 +108,8 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	all := map[*target]result{}
 	for _, t := range targets {
 		all[t] = merge(t.results)
-		if all[t].errors > 0 {
-			b.Fatalf("%s: %d errors (first: %s)", t.name, all[t].errors, all[t].firstErr)
+		if all[t].Errors > 0 {
+			b.Fatalf("%s: %d errors (first: %s)", t.name, all[t].Errors, all[t].FirstErr)
 		}
 	}
 	rejected := sumCounters(b, reg, "kubedefender_proxy_rejections_total", nil)
@@ -123,32 +123,32 @@ func BenchmarkAPIServerLists(b *testing.B) {
 	fmt.Printf("load average before %s, after %s\n", load0, loadAverage())
 	for _, t := range targets {
 		m := all[t]
-		fmt.Printf("  %-16s %6.0f req/s  p50 %9s  p99 %9s  (per round: %s)\n", t.name, m.qps(), m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), perRound(t.results))
+		fmt.Printf("  %-16s %6.0f req/s  p50 %9s  p99 %9s  (per round: %s)\n", t.name, m.QPS(), m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond), perRound(t.results))
 	}
 	fmt.Printf("CPU per request (µs): this process (clients and proxy), kube-apiserver, etcd\n")
 	for _, t := range targets {
 		m := all[t]
-		fmt.Printf("  %-16s %6.0f  %6.0f  %6.0f   total %6.0f\n", t.name, m.cpu.per(m.n, cpuSelf), m.cpu.per(m.n, cpuAPIServer), m.cpu.per(m.n, cpuEtcd),
-			m.cpu.per(m.n, cpuSelf)+m.cpu.per(m.n, cpuAPIServer)+m.cpu.per(m.n, cpuEtcd))
+		fmt.Printf("  %-16s %6.0f  %6.0f  %6.0f   total %6.0f\n", t.name, m.cpu.per(m.N, cpuSelf), m.cpu.per(m.N, cpuAPIServer), m.cpu.per(m.N, cpuEtcd),
+			m.cpu.per(m.N, cpuSelf)+m.cpu.per(m.N, cpuAPIServer)+m.cpu.per(m.N, cpuEtcd))
 	}
-	kdBare, kdBareMedian := k.qps()/r.qps(), medianRatio(kdT.results, bareT.results)
-	bareDirect, bareDirectMedian := r.qps()/d.qps(), medianRatio(bareT.results, direct.results)
+	kdBare, kdBareMedian := k.QPS()/r.QPS(), medianRatio(kdT.results, bareT.results)
+	bareDirect, bareDirectMedian := r.QPS()/d.QPS(), medianRatio(bareT.results, direct.results)
 	fmt.Printf("  kubedefender/bare:  %.3fx (median per round %.3fx; goal >= 0.97x)  added p50 %s, added p99 %s (goal <= 1ms)\n",
-		kdBare, kdBareMedian, (k.p50 - r.p50).Round(time.Microsecond), (k.p99 - r.p99).Round(time.Microsecond))
+		kdBare, kdBareMedian, (k.P50 - r.P50).Round(time.Microsecond), (k.P99 - r.P99).Round(time.Microsecond))
 	fmt.Printf("  bare/direct:        %.3fx (median per round %.3fx)\n", bareDirect, bareDirectMedian)
-	fmt.Printf("  kubedefender/direct: %.3fx; rate-limit decisions %.0f, rejections %.0f\n", k.qps()/d.qps(), judged, rejected)
+	fmt.Printf("  kubedefender/direct: %.3fx; rate-limit decisions %.0f, rejections %.0f\n", k.QPS()/d.QPS(), judged, rejected)
 	if frontT != nil {
 		f := all[frontT]
-		fmt.Printf("  bare front-proxy/bare: %.3fx (median per round %.3fx): the API server's front-proxy check\n", f.qps()/r.qps(), medianRatio(frontT.results, bareT.results))
+		fmt.Printf("  bare front-proxy/bare: %.3fx (median per round %.3fx): the API server's front-proxy check\n", f.QPS()/r.QPS(), medianRatio(frontT.results, bareT.results))
 		fmt.Printf("  kubedefender/bare front-proxy: %.3fx (median per round %.3fx)  added p99 %s (KubeDefender forwards this token user's own token: above 1x by the check it avoids)\n",
-			k.qps()/f.qps(), medianRatio(kdT.results, frontT.results), (k.p99 - f.p99).Round(time.Microsecond))
+			k.QPS()/f.QPS(), medianRatio(kdT.results, frontT.results), (k.P99 - f.P99).Round(time.Microsecond))
 	}
-	b.ReportMetric(k.qps(), "kd-req/s")
-	b.ReportMetric(r.qps(), "bare-req/s")
-	b.ReportMetric(d.qps(), "direct-req/s")
+	b.ReportMetric(k.QPS(), "kd-req/s")
+	b.ReportMetric(r.QPS(), "bare-req/s")
+	b.ReportMetric(d.QPS(), "direct-req/s")
 	b.ReportMetric(kdBareMedian, "kd/bare")
 	b.ReportMetric(bareDirectMedian, "bare/direct")
-	b.ReportMetric(float64(k.p99-r.p99)/1e3, "added-p99-µs")
+	b.ReportMetric(float64(k.P99-r.P99)/1e3, "added-p99-µs")
 }
 
 // profileAPIServer fetches a CPU profile of kube-apiserver for d into
@@ -461,76 +461,40 @@ func (t *target) run(token string, d time.Duration) result {
 	})
 	elapsed := time.Since(began)
 	first, _ := firstErr.Load().(string)
-	r := summarize(lats, elapsed, errs.Load(), first)
-	r.cpu = cpuTimes().sub(cpu0)
-	return r
+	return result{Round: benchstat.Summarize(lats, elapsed, errs.Load(), first), cpu: cpuTimes().sub(cpu0)}
 }
 
-// result is one or more rounds of one target.
+// result is one or more rounds of one target, with the CPU time each
+// process used over them.
 type result struct {
-	n        int
-	elapsed  time.Duration
-	lats     []time.Duration // sorted
-	p50, p99 time.Duration
-	errors   int64
-	firstErr string
-	// cpu is the CPU time each process used over the rounds.
+	benchstat.Round
 	cpu cpuUse
 }
 
-func (r result) qps() float64 { return float64(r.n) / r.elapsed.Seconds() }
-
-func summarize(lats []time.Duration, elapsed time.Duration, errors int64, firstErr string) result {
-	slices.Sort(lats)
-	r := result{n: len(lats), elapsed: elapsed, lats: lats, errors: errors, firstErr: firstErr}
-	if len(lats) > 0 {
-		r.p50, r.p99 = lats[len(lats)/2], lats[len(lats)*99/100]
-	}
-	return r
-}
-
-// merge pools rounds: requests over their summed time, percentiles over all
-// their latencies.
+// merge pools rounds (see benchstat.Merge) and their CPU times.
 func merge(rs []result) result {
-	var (
-		lats     []time.Duration
-		elapsed  time.Duration
-		errors   int64
-		firstErr string
-	)
-	for _, r := range rs {
-		lats = append(lats, r.lats...)
-		elapsed += r.elapsed
-		errors += r.errors
-		if firstErr == "" {
-			firstErr = r.firstErr
-		}
-	}
-	out := summarize(lats, elapsed, errors, firstErr)
+	out := result{Round: benchstat.Merge(rounds(rs))}
 	for _, r := range rs {
 		out.cpu = out.cpu.add(r.cpu)
 	}
 	return out
 }
 
-// medianRatio is the median over rounds of a's throughput over b's in the
-// same round: one stalled round cannot move it.
-func medianRatio(a, b []result) float64 {
-	var xs []float64
-	for i := range min(len(a), len(b)) {
-		xs = append(xs, a[i].qps()/b[i].qps())
+// medianRatio is benchstat.MedianRatio of two targets' rounds.
+func medianRatio(a, b []result) float64 { return benchstat.MedianRatio(rounds(a), rounds(b)) }
+
+func rounds(rs []result) []benchstat.Round {
+	out := make([]benchstat.Round, len(rs))
+	for i, r := range rs {
+		out[i] = r.Round
 	}
-	if len(xs) == 0 {
-		return 0
-	}
-	slices.Sort(xs)
-	return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
+	return out
 }
 
 func perRound(rs []result) string {
 	parts := make([]string, len(rs))
 	for i, r := range rs {
-		parts[i] = fmt.Sprintf("%.0f", r.qps())
+		parts[i] = fmt.Sprintf("%.0f", r.QPS())
 	}
 	return strings.Join(parts, " ")
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/kubedefender/kubedefender/internal/benchstat"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/limiter/internal/redistest"
 )
@@ -144,8 +145,7 @@ func median(rows []benchRow) benchRow {
 		for i, r := range rows {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		return v[len(v)/2]
+		return benchstat.Median(v)
 	}
 	return benchRow{
 		ops: field(func(r benchRow) float64 { return r.ops }),
