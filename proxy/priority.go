@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -30,7 +29,6 @@ type priorityLevels struct {
 	clock   clock.WithDelayedExecution
 	maxWait time.Duration
 	metrics *metrics
-	log     *slog.Logger
 
 	mu    sync.Mutex // serialises prepare and commit
 	state atomic.Pointer[levelsState]
@@ -59,11 +57,11 @@ type level struct {
 	wait prometheus.Observer
 }
 
-func newPriorityLevels(clk clock.WithDelayedExecution, maxWait time.Duration, m *metrics, log *slog.Logger) (*priorityLevels, error) {
+func newPriorityLevels(clk clock.WithDelayedExecution, maxWait time.Duration, m *metrics) (*priorityLevels, error) {
 	if maxWait <= 0 {
 		return nil, errors.New("failed to build priority levels: the maximum queue wait must be positive")
 	}
-	return &priorityLevels{factory: queueset.NewQueueSetFactory(eventClock{clk}), clock: clk, maxWait: maxWait, metrics: m, log: log, all: map[string]*level{}}, nil
+	return &priorityLevels{factory: queueset.NewQueueSetFactory(eventClock{clk}), clock: clk, maxWait: maxWait, metrics: m, all: map[string]*level{}}, nil
 }
 
 // eventClock gives the queue sets the proxy's clock (they read the time for

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"maps"
 	"strings"
 	"testing"
@@ -95,7 +94,7 @@ func TestAPolicyChangesNoLevelUntilItCommits(t *testing.T) {
 			wantErr: `failed to configure priority level "workload"`, wantSeats: map[string]int{"exempt": 0, "workload": 1, "catch-all": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pl, err := newPriorityLevels(clock.RealClock{}, time.Second, newMetrics(), slog.New(slog.DiscardHandler))
+			pl, err := newPriorityLevels(clock.RealClock{}, time.Second, newMetrics())
 			if err != nil {
 				t.Fatal(err)
 			}

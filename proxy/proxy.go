@@ -161,7 +161,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.health = &upstreamHealth{probe: p.checkUpstream, clock: p.clock, interval: cfg.UpstreamHealthInterval, log: p.log}
-	levels, err := newPriorityLevels(p.clock, cfg.MaxQueueWait, p.metrics, p.log)
+	levels, err := newPriorityLevels(p.clock, cfg.MaxQueueWait, p.metrics)
 	if err != nil {
 		return nil, err
 	}
