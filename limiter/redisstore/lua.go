@@ -520,7 +520,7 @@ return out
 `
 
 // carryLua carries Open breakers over to a budget's new store ID when a
-// reload changes its windows (breakerCarrier). For each key it copies an
+// reload changes its windows (Store.CarryBreakers). For each key it copies an
 // Open breaker (Open at now under the old spec: Manual, or Auto within its
 // cooldown), read in either layout (budgetLua), into the new ID's key unless
 // that exists in either layout, with an empty log, and deletes the old keys,
