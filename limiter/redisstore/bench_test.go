@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kubedefender/kubedefender/internal/benchstat"
@@ -41,8 +42,10 @@ func BenchmarkRedisStore(b *testing.B) {
 	results := map[string]benchRow{}
 	var mu sync.Mutex
 	stores := map[string]*RedisStore{}
+	regs := map[string]*prometheus.Registry{}
 	for _, mode := range []string{"plain", "autopipeline"} {
-		s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdbench:", Timeout: time.Second, AutoPipeline: mode == "autopipeline"})
+		regs[mode] = prometheus.NewRegistry()
+		s, err := NewRedisStore(RedisConfig{URL: srv.URL(), KeyPrefix: "kdbench:", Timeout: time.Second, AutoPipeline: mode == "autopipeline", Registerer: regs[mode]})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -91,6 +94,7 @@ func BenchmarkRedisStore(b *testing.B) {
 					var mine, theirs []benchRow
 					var ratios []float64
 					done := 0
+					calls0, decisions0 := budgetCalls(b, regs[mode])
 					b.ResetTimer()
 					for r := 0; r < rounds; r++ {
 						n := (b.N - done) / (rounds - r)
@@ -104,6 +108,9 @@ func BenchmarkRedisStore(b *testing.B) {
 					}
 					b.StopTimer()
 					r := median(mine)
+					if calls, decisions := budgetCalls(b, regs[mode]); calls > calls0 {
+						r.perCall = (decisions - decisions0) / (calls - calls0)
+					}
 					b.ReportMetric(r.ops, "decisions/s")
 					b.ReportMetric(r.p99, "p99-µs")
 					b.ReportMetric(r.cpu, "redis-cpu-µs/op")
@@ -117,7 +124,7 @@ func BenchmarkRedisStore(b *testing.B) {
 		}
 	}
 	var tb strings.Builder
-	fmt.Fprintf(&tb, "\n%-7s %-13s %7s %12s %9s %9s %20s %9s %9s %12s %12s\n", "kind", "client", "callers", "decisions/s", "p99", "cpu/op", "redis-benchmark rps", "p99", "cpu/op", "ratio (rps)", "ratio (cpu)")
+	fmt.Fprintf(&tb, "\n%-7s %-13s %7s %12s %9s %9s %9s %20s %9s %9s %12s %12s\n", "kind", "client", "callers", "decisions/s", "p99", "cpu/op", "per call", "redis-benchmark rps", "p99", "cpu/op", "ratio (rps)", "ratio (cpu)")
 	for _, kind := range []string{"budget", "rate"} {
 		for _, mode := range []string{"plain", "autopipeline"} {
 			for _, c := range concurrency {
@@ -126,17 +133,40 @@ func BenchmarkRedisStore(b *testing.B) {
 				if !ok {
 					continue
 				}
-				fmt.Fprintf(&tb, "%-7s %-13s %7d %12.0f %7.0fµs %7.1fµs %20.0f %7.0fµs %7.1fµs %12.2f %12.2f\n",
-					kind, mode, c, r.ops, r.p99, r.cpu, ref[name].ops, ref[name].p99, ref[name].cpu, ratio[name], ref[name].cpu/r.cpu)
+				perCall := "-"
+				if kind == "budget" {
+					perCall = fmt.Sprintf("%.1f", r.perCall)
+				}
+				fmt.Fprintf(&tb, "%-7s %-13s %7d %12.0f %7.0fµs %7.1fµs %9s %20.0f %7.0fµs %7.1fµs %12.2f %12.2f\n",
+					kind, mode, c, r.ops, r.p99, r.cpu, perCall, ref[name].ops, ref[name].p99, ref[name].cpu, ratio[name], ref[name].cpu/r.cpu)
 			}
 		}
 	}
 	fmt.Print(tb.String()) // b.Log of a parent benchmark is not printed
 }
 
-// benchRow is one measurement: operations per second, p99 (µs) and
-// redis-server CPU per operation (µs).
-type benchRow struct{ ops, p99, cpu float64 }
+// benchRow is one measurement: operations per second, p99 (µs),
+// redis-server CPU per operation (µs) and, for budgets, decisions per script
+// call.
+type benchRow struct{ ops, p99, cpu, perCall float64 }
+
+// budgetCalls reads the budget script calls and the decisions they judged
+// from the store's kubedefender_store_budget_decisions_per_call.
+func budgetCalls(b *testing.B, reg *prometheus.Registry) (calls, decisions float64) {
+	b.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "kubedefender_store_budget_decisions_per_call" {
+			h := mf.GetMetric()[0].GetHistogram()
+			return float64(h.GetSampleCount()), h.GetSampleSum()
+		}
+	}
+	b.Fatal("no kubedefender_store_budget_decisions_per_call")
+	return 0, 0
+}
 
 // median takes each field's median over rows.
 func median(rows []benchRow) benchRow {

@@ -132,16 +132,20 @@ type redisMetrics struct {
 	state      prometheus.Gauge
 	fallback   prometheus.CounterFunc
 	replicas   prometheus.GaugeFunc
+	perCall    prometheus.Histogram
 }
 
 func newRedisMetrics(s *RedisStore) *redisMetrics {
 	const ns, sub = "kubedefender", "store"
 	m := &redisMetrics{
 		latencyVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
-			Help:    "Time one call to Redis took (one decision is one call), by operation (budgets, rates, reset).",
+			Help:    "Time one call to Redis took, by operation (budgets: one script call judging one or more budget decisions; rates; reset).",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}}, []string{"op"}),
 		errorsVec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "errors_total",
 			Help: "Calls to Redis that failed, by operation (calls refused at once while the store breaker is open are not counted)."}, []string{"op"}),
+		perCall: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "budget_decisions_per_call",
+			Help:    "Budget decisions judged by one Redis script call: decisions that arrive while every call slot is busy share the next call.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}),
 		state: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "breaker_state",
 			Help: "State of the breaker around Redis: 0 closed (shared decisions), 1 open (onStoreFailure decides)."}),
 	}
@@ -158,7 +162,7 @@ func newRedisMetrics(s *RedisStore) *redisMetrics {
 }
 
 func (m *redisMetrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.latencyVec, m.errorsVec, m.state, m.fallback, m.replicas} {
+	for _, c := range []prometheus.Collector{m.latencyVec, m.errorsVec, m.perCall, m.state, m.fallback, m.replicas} {
 		if err := r.Register(c); err != nil {
 			return fmt.Errorf("failed to register store metrics: %w", err)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/kubedefender/kubedefender/limiter"
 )
 
-// Budget key names (lua.go has the layout). A budget key is one string,
+// Budget key names (budgetlua.go has the layout). A budget key is one string,
 // <prefix>{b}:<rule id>:<key>:v2. A key still in the layout of before (a
 // hash <key>:h and a sorted set <key>:z) is judged, carried, reset and
 // inspected alike, until the budget script writes it in v2 and deletes the
@@ -31,6 +31,11 @@ var budgetLayouts = [...]string{budgetSuffix, oldHashSuffix}
 func (s *RedisStore) budgetKeys(spec *limiter.BudgetSpec, key string) (packed, hash, log string) {
 	base := s.budgetBase(spec) + key
 	return base + budgetSuffix, base + oldHashSuffix, base + oldLogSuffix
+}
+
+// budgetKey returns the Redis key of one budget key in this layout.
+func (s *RedisStore) budgetKey(spec *limiter.BudgetSpec, key string) string {
+	return s.prefix + "{b}:" + spec.ID + ":" + key + budgetSuffix
 }
 
 // budgetBase starts every Redis key of one budget rule.
@@ -82,16 +87,19 @@ func budgetKeyNames(ctx context.Context, node redis.Cmdable, base string, timeou
 }
 
 // appendBudgetCheck packs one check as budgetLua reads it (struct.unpack,
-// little endian): shadow, breaker enabled, manual, windows (1 byte each),
-// cooldown (ns), half-open limit, cost (8 bytes each), then each window's
-// length (ns) and limit (8 bytes each). One argument instead of 8+2×windows
-// numbers that Redis would make Lua strings of and the script parse.
+// little endian): shadow (1 byte), cost (8), then the rule's spec: windows,
+// breaker enabled, manual (1 byte each), cooldown (ns), half-open limit (8
+// bytes each), each window's length (ns) and limit (8 bytes each). One
+// argument instead of 8+2×windows numbers that Redis would make Lua strings
+// of and the script parse; the script reads a spec once per call, however
+// many checks of the call name it.
 func appendBudgetCheck(buf []byte, c *limiter.BudgetCheck) []byte {
 	br := &c.Spec.Breaker
-	buf = append(buf, byte(boolArg(c.Shadow)), byte(boolArg(br.Enabled)), byte(boolArg(br.Manual)), byte(len(c.Spec.Windows)))
+	buf = append(buf, byte(boolArg(c.Shadow)))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(c.Tokens()))
+	buf = append(buf, byte(len(c.Spec.Windows)), byte(boolArg(br.Enabled)), byte(boolArg(br.Manual)))
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(br.Cooldown))
 	buf = binary.LittleEndian.AppendUint64(buf, uint64(br.HalfOpenLimit))
-	buf = binary.LittleEndian.AppendUint64(buf, uint64(c.Tokens()))
 	for _, w := range c.Spec.Windows {
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(w.Length))
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(w.Limit))

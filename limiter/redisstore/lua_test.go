@@ -24,7 +24,8 @@ func TestDecoderRefusesMoreWindowsThanAResultHolds(t *testing.T) {
 		nine = append(nine, limiter.WindowSpec{Length: time.Duration(i) * time.Minute, Limit: int64(i)})
 	}
 	b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: storetest.Spec(nine, limiter.BreakerSpec{}), Key: "k"}}}
-	if err := decodeBudgets(b, make([]int64, 3+8+9)); err == nil {
+	s := &RedisStore{}
+	if _, err := s.decodeBudgets(&budgetCall{b: b}, string(make([]byte, answerHead+answerCheck+9*answerUsed)), 0); err == nil {
 		t.Error("the Redis decoder read 9 windows into a result that holds 8")
 	}
 }

@@ -21,10 +21,11 @@ import (
 
 // RedisStore is the Store shared by every replica through Redis: single
 // node, Sentinel or Cluster (Redis 5 or later; tested with 7.0). Every
-// decision is one script call, one round trip (lua.go has the key
-// layout and the scripts; they are budget.go and rateAllow in Lua), so it
-// makes the same decisions as the MemoryStore, at one shared clock: Redis
-// TIME.
+// decision is at most one script call, one round trip (budgetlua.go has
+// the layout of budget keys and the budget script, lua.go the others; they
+// are budget.go and rateAllow in Lua), so it makes the same decisions as the
+// MemoryStore, at one shared clock: Redis TIME. Under load budget decisions
+// share script calls (coalesce.go).
 //
 // Hash tags. Every budget key of every rule lives under the one hash tag
 // {b}, so a request's whole budget batch (any number of rules) is one script
@@ -84,6 +85,7 @@ type RedisStore struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	argPool   sync.Pool
+	coal      budgetCoalescer
 }
 
 var _ limiter.Store = (*RedisStore)(nil)
@@ -214,13 +216,17 @@ func rateKeyName(redisKey string) string {
 	return ""
 }
 
-// Budgets implements Store: one EVALSHA for the whole batch.
+// Budgets implements Store: one EVALSHA for the whole batch, or a share of
+// one under load (coalesce.go).
 func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error {
 	b.Results = b.Results[:0]
 	b.Admitted = false
 	if len(b.Checks) == 0 {
 		b.Admitted, b.Now = true, s.now()
 		return nil
+	}
+	if len(b.Checks) > maxGroupChecks {
+		return fmt.Errorf("failed to judge budgets: %d checks in one batch, at most %d", len(b.Checks), maxGroupChecks)
 	}
 	for i := range b.Checks {
 		if err := b.Checks[i].Spec.Check(); err != nil {
@@ -230,73 +236,99 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	if err := s.allow(); err != nil {
 		return err
 	}
-	a := s.getArgs()
-	defer s.putArgs(a)
-	a.args = append(a.args, boolArg(b.Commit))
-	a.args = s.nowArgs(a.args)
-	a.args = append(a.args, s.ttlFloor, b.OnceTTL.Milliseconds())
-	a.buf = a.buf[:0]
-	for i := range b.Checks {
-		c := &b.Checks[i]
-		k, h, z := s.budgetKeys(c.Spec, c.Key)
-		a.keys = append(a.keys, k, h, z)
-		a.buf = appendBudgetCheck(a.buf, c)
-	}
-	// a string, not a.buf: a call given up on may still be written by the
-	// autopipeliner after a.buf went back to the pool
-	a.args = append(a.args, string(a.buf))
-	if b.Once != "" && b.Commit {
-		a.keys = append(a.keys, s.prefix+"{b}:once:"+b.Once)
-	}
-	start := s.timers.Now()
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	res, err := s.scripts.budget.Run(ctx, s.exec, a.keys, a.args...).Int64Slice()
-	cancel()
-	if err = s.done(ctx, opBudgets, start, err); err != nil {
-		return fmt.Errorf("failed to judge budgets: %w", err)
-	}
-	if err := decodeBudgets(b, res); err != nil {
-		return fmt.Errorf("failed to judge budgets: %w: %w", limiter.ErrStoreUnavailable, err)
-	}
-	return nil
+	c := s.getCall()
+	c.start = time.Now()
+	s.encode(c, b)
+	return s.judge(ctx, c)
 }
 
-func decodeBudgets(b *limiter.BudgetBatch, res []int64) error {
-	if len(res) < 3 {
-		return fmt.Errorf("script returned %d values", len(res))
+// Sizes of the budget script's answer (budgetLua): a batch's head (status,
+// nowS, nowNs), the index of a refused key, a check's result before its
+// windows, and one window's count.
+const (
+	answerHead  = 17
+	answerIndex = 2
+	answerCheck = 29
+	answerUsed  = 8
+)
+
+// decodeBudgets reads c's answer from res at p: the status, the clamped now
+// and (judged) every check's result. It returns where the next answer
+// starts.
+func (s *RedisStore) decodeBudgets(c *budgetCall, res string, p int) (int, error) {
+	b := c.b
+	if len(res) < p+answerHead {
+		return p, fmt.Errorf("script answered %d bytes, want at least %d", len(res), p+answerHead)
 	}
-	b.Now = time.Unix(res[0], res[1])
-	if res[2] == 2 {
+	b.Now = time.Unix(le64(res, p+1), le64(res, p+9))
+	status := res[p]
+	p += answerHead
+	switch status {
+	case 2:
 		b.Repeat, b.Admitted = true, true
 		for range b.Checks {
 			b.Results = append(b.Results, limiter.BudgetResult{Allowed: true, Window: -1})
 		}
-		return nil
+		return p, nil
+	case 3:
+		if len(res) < p+answerIndex {
+			return p, fmt.Errorf("script refused a budget key without naming it")
+		}
+		i := int(res[p]) | int(res[p+1])<<8
+		if i < 1 || i > len(b.Checks) {
+			return p, fmt.Errorf("script refused budget key %d of %d", i, len(b.Checks))
+		}
+		ch := &b.Checks[i-1]
+		k, _, _ := s.budgetKeys(ch.Spec, ch.Key)
+		return p + answerIndex, fmt.Errorf("%w: budget key %s is not in layout version 2", limiter.ErrStoreUnavailable, k)
 	}
-	b.Admitted = res[2] == 1
-	p := 3
+	b.Admitted = status == 1
 	for i := range b.Checks {
 		nw := len(b.Checks[i].Spec.Windows)
 		if nw > limiter.MaxWindows {
-			return fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, limiter.MaxWindows)
+			return p, fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, limiter.MaxWindows)
 		}
-		if len(res) < p+8+nw {
-			return fmt.Errorf("script returned %d values for %d checks", len(res), len(b.Checks))
+		if len(res) < p+answerCheck+answerUsed*nw {
+			return p, fmt.Errorf("script answered %d bytes for %d checks", len(res), len(b.Checks))
 		}
 		r := limiter.BudgetResult{
 			Allowed:    res[p] == 1,
 			Reason:     limiter.DenyReason(res[p+1]),
-			Window:     int(res[p+2]),
+			Window:     int(int8(res[p+2])),
 			Prev:       limiter.BreakerState(res[p+3]),
 			State:      limiter.BreakerState(res[p+4]),
-			Since:      time.Unix(res[p+5], res[p+6]),
-			RetryAfter: time.Duration(res[p+7]),
+			Since:      time.Unix(le64(res, p+5), le64(res, p+13)),
+			RetryAfter: time.Duration(le64(res, p+21)),
 		}
-		copy(r.Used[:nw], res[p+8:p+8+nw])
+		p += answerCheck
+		for j := range nw {
+			r.Used[j] = le64(res, p)
+			p += answerUsed
+		}
 		b.Results = append(b.Results, r)
-		p += 8 + nw
 	}
-	return nil
+	return p, nil
+}
+
+// le64 reads the little-endian int64 at s[p:p+8].
+func le64(s string, p int) int64 {
+	_ = s[p+7]
+	return int64(uint64(s[p]) | uint64(s[p+1])<<8 | uint64(s[p+2])<<16 | uint64(s[p+3])<<24 |
+		uint64(s[p+4])<<32 | uint64(s[p+5])<<40 | uint64(s[p+6])<<48 | uint64(s[p+7])<<56)
+}
+
+// skipBudgets steps over the answer of a decision given up on.
+func skipBudgets(c *budgetCall, res string, p int) (int, error) {
+	if len(res) < p+answerHead {
+		return p, fmt.Errorf("script answered %d bytes, want at least %d", len(res), p+answerHead)
+	}
+	switch res[p] {
+	case 2:
+		return p + answerHead, nil
+	case 3:
+		return p + answerHead + answerIndex, nil
+	}
+	return p + answerHead + c.width, nil
 }
 
 // ResetBudget implements Store: it deletes the key's breaker and log, or

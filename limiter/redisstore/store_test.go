@@ -281,7 +281,7 @@ func TestRedisStoreRebasesLongLivedLogs(t *testing.T) {
 			v, err := srv.Client(t).Get(context.Background(), k).Result()
 			var base int64
 			if err == nil && len(v) >= 12 {
-				base = int64(binary.LittleEndian.Uint64([]byte(v[4:12]))) // the header's base second (lua.go)
+				base = int64(binary.LittleEndian.Uint64([]byte(v[4:12]))) // the header's base second (budgetlua.go)
 			}
 			if err != nil || base < storetest.Epoch.Add(100*day).Unix() {
 				t.Fatalf("base second %d (%v), want it moved past +100 days", base, err)
