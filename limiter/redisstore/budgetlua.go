@@ -163,10 +163,14 @@ local function firstAfter(c, cut)
   return lo
 end
 -- the time of the k-th newest token (1 <= k <= tokens in the log): the
--- first entry whose count reaches token number last-k+1
+-- first entry whose count reaches token number last-k+1. Entry i holds
+-- c0+i tokens or more, so that entry is at most r-c0; it is that one when
+-- the entries before hold one token each (the common case: one probe).
 local function kthNewest(c, k)
   local r = c.last - k + 1
-  local log, ef, es, lo, hi = c.log, c.ef, c.es, 1, c.n
+  local log, ef, es, lo, hi = c.log, c.ef, c.es, 1, math.min(c.n, r - c.c0)
+  if hi == 1 or cumAt(c, hi - 1) < r then return (ent(c, hi)) end
+  hi = hi - 1
   while lo < hi do
     local mid = lo + hi
     mid = (mid - mid % 2) / 2
@@ -188,32 +192,41 @@ end
 local function header(tw, cw, st, base, ss, sn, ho, c0)
   return pack(HDR, VERSION, tw, cw, st, base, ss, sn, ho, c0)
 end
--- pack entries ts (times since base) and qs (cumulative counts)
-local function packLog(c, st, base, ss, sn, ho, ts, qs, c0)
+-- pack entries ts (times since base) and qs (cumulative counts) of a log
+-- under spec sp
+local function packLog(sp, st, base, ss, sn, ho, ts, qs, c0)
   local span, need = 0, 1
   if #ts > 0 then span, need = max(-ts[1], ts[#ts]), qs[#qs] end
-  local tw, cw = widths(c.sp[2 * c.sp.nw - 1], span, need)
+  local tw, cw = widths(sp[2 * sp.nw - 1], span, need)
   local parts = {header(tw, cw, st, base, ss, sn, ho, c0)}
   local ef = efOf(tw, cw)
   for i = 1, #ts do parts[i + 1] = pack(ef, ts[i], qs[i]) end
   return table.concat(parts)
 end
--- read a packed log: c.log, its entry format and size, entries, counts
-local function useLog(c, v)
-  local ver, tw, cw
-  ver, tw, cw, c.st, c.base, c.ss, c.sn, c.ho, c.c0 = unpack(HDR, v)
-  if ver ~= VERSION then return false end
-  local es = tw + cw
-  c.log, c.ef, c.es, c.tw, c.cw = v, efOf(tw, cw), es, tw, cw
-  local n = (#v - HLEN) / es
-  c.n, c.newest, c.oldest, c.last = n, false, false, c.c0
-  if n > 0 then
-    local ef = c.ef
-    c.newest, c.last = unpack(ef, v, HLEN + (n - 1) * es + 1)
-    c.oldest = (unpack(ef, v, HLEN + 1))
+-- a check's record: its key, whether it is shadow, its rule's spec, its
+-- cost, and the log as v holds it (nil: no key yet, an empty log at base
+-- now); nil when v is in another layout. Every field up front: the table
+-- is sized once.
+local function record(k, shadow, sp, cost, v, now)
+  if not v then
+    return {k = k, shadow = shadow, sp = sp, cost = cost,
+      st = CLOSED, base = now, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, n = 0, last = 0,
+      newest = false, oldest = false, d = false, dc0 = 0,
+      now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
   end
-  c.d = false
-  return true
+  local ver, tw, cw, st, base, ss, sn, ho, c0 = unpack(HDR, v)
+  if ver ~= VERSION then return nil end
+  local es, ef = tw + cw, efOf(tw, cw)
+  local n = (#v - HLEN) / es
+  local newest, last, oldest = false, c0, false
+  if n > 0 then
+    newest, last = unpack(ef, v, HLEN + (n - 1) * es + 1)
+    oldest = (unpack(ef, v, HLEN + 1))
+  end
+  return {k = k, shadow = shadow, sp = sp, cost = cost,
+    st = st, base = base, ss = ss, sn = sn, ho = ho, c0 = c0, log = v, ef = ef, es = es, tw = tw, cw = cw, n = n, last = last,
+    newest = newest, oldest = oldest, d = false, dc0 = 0,
+    now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
 end
 local batch, apply
 ` + budgetBatchLua + budgetApplyLua + `
@@ -287,14 +300,8 @@ function batch(out, kb, commit, hasOnce, onceTtl, n, p)
   -- load every check
   local cs = {}
   for i = 1, n do
-    -- every field up front: the table is sized once
-    local c = {k = KEYS[kb + i], shadow = false, sp = false, cost = 0,
-      st = CLOSED, base = nowS, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, n = 0, last = 0,
-      newest = false, oldest = false, d = false, dc0 = 0,
-      now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
-    local shadow, nw
-    shadow, c.cost, nw, p = unpack('<Bi8B', specs, p)
-    c.shadow = shadow == 1
+    local shadow, cost, nw
+    shadow, cost, nw, p = unpack('<Bi8B', specs, p)
     -- the rule's spec, read once per call
     local q = p + 18 + 16 * nw
     local key = string.sub(specs, p - 1, q - 1)
@@ -307,35 +314,37 @@ function batch(out, kb, commit, hasOnce, onceTtl, n, p)
       sp.br, sp.manual, sp.nw = br == 1, manual == 1, nw
       SPEC[key] = sp
     end
-    c.sp = sp
     p = q
-    local v = get(kb + i)
+    local k = KEYS[kb + i]
+    local v, imported = get(kb + i), false
     if not v then
       -- not in this layout yet: take a key of the hash-and-sorted-set layout
       -- of before, if any (its hash gives the base), as a packed log
-      local old = string.sub(c.k, 1, -4) -- the key without ":v2"
+      local old = string.sub(k, 1, -4) -- the key without ":v2"
       local f = redis.call('HMGET', old .. ':h', 'b', 'st', 'ss', 'sn', 'ho')
       local base = tonumber(f[1])
       if base then
         local ts, qs = {}, {}
-        c.imported = true
+        imported = true
         local all = redis.call('ZRANGE', old .. ':z', 0, -1, 'WITHSCORES')
-        for k = 2, #all, 2 do
-          local t = tonumber(all[k])
+        for j = 2, #all, 2 do
+          local t = tonumber(all[j])
           if #ts > 0 and ts[#ts] == t then
             qs[#qs] = qs[#qs] + 1
           else
             ts[#ts + 1], qs[#qs + 1] = t, (qs[#qs] or 0) + 1
           end
         end
-        v = packLog(c, tonumber(f[2]) or CLOSED, base, tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0, ts, qs, 0)
+        v = packLog(sp, tonumber(f[2]) or CLOSED, base, tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0, ts, qs, 0)
       end
     end
-    -- no v: a new key, no log, a closed breaker (the defaults above)
-    if v and not useLog(c, v) then
+    -- no v: a new key, no log, a closed breaker
+    local c = record(k, shadow == 1, sp, cost, v, nowS)
+    if not c then
       out[#out + 1] = pack('<Bi8i8H', 3, nowS, nowN, i)
       return skip(n - i, p), kb + used
     end
+    if imported then c.imported = true end
     -- clampNow: time never runs backwards for a key
     if c.n > 0 and c.newest > (nowS - c.base) * E9 + nowN then
       nowS, nowN = norm(c.base, c.newest)
@@ -364,9 +373,17 @@ function batch(out, kb, commit, hasOnce, onceTtl, n, p)
     local st, ss, sn, ho = CLOSED, c.ss, c.sn, 0
     if c.sp.br then st, ss, sn, ho = effective(c, nowS, nowN) end
     c.rst, c.rss, c.rsn = st, ss, sn
+    local ln, newest, oldest, c0 = c.n, c.newest, c.oldest, c.c0
     for j = 1, nw do
-      local f = firstAfter(c, now - w[2 * j - 1])
-      local before = cumAt(c, f - 1)
+      -- the window's first entry, and the tokens before it: the ends of the
+      -- log first (firstAfter's own test, without a call)
+      local cut, f, before = now - w[2 * j - 1], 1, c0
+      if ln == 0 or newest <= cut then
+        f, before = ln + 1, last
+      elseif oldest <= cut then
+        f = firstAfter(c, cut)
+        before = cumAt(c, f - 1)
+      end
       u[j] = last - before
       -- the longest window's first entry: what apply keeps
       if j == nw then c.d, c.dc0 = f, before end
@@ -473,7 +490,7 @@ local function applied(c, nowS, nowN, st, ss, sn, ho, push)
       ts[#ts + 1], qs[#qs + 1] = nowN, last - c0
     end
   end
-  return packLog(c, st, nowS, ss, sn, ho, ts, qs, 0)
+  return packLog(c.sp, st, nowS, ss, sn, ho, ts, qs, 0)
 end
 
 -- apply: admitted requests take a token from every window; exhaustion
@@ -486,11 +503,13 @@ function apply(cs, n, admitted, nowS, nowN)
     local w = written[c.k]
     if w ~= nil then
       -- a key an earlier check of the batch wrote: apply to what it wrote
-      if not w then w = packLog(c, CLOSED, nowS, 0, 0, 0, {}, {}, 0) end
-      useLog(c, w)
+      local nc = record(c.k, c.shadow, c.sp, c.cost, w or nil, nowS)
+      nc.allowed, nc.reason, nc.window, nc.retry, nc.used = c.allowed, c.reason, c.window, c.retry, c.used
+      nc.rst, nc.rss, nc.rsn = c.rst, c.rss, c.rsn
+      c = nc
+      cs[i] = c
       if c.n == 0 then c.base = nowS end
       c.now = diff(nowS, nowN, c.base, 0)
-      if c.imported then c.imported = false end
     end
     local st, ss, sn, ho = effective(c, nowS, nowN)
     local longest = c.sp[2 * c.sp.nw - 1]
