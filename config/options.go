@@ -110,7 +110,7 @@ func (o *ServeOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.RedisKeyFile, "redis-key-file", o.RedisKeyFile, "key of --redis-cert-file")
 	fs.BoolVar(&o.RedisInsecureSkipVerify, "redis-insecure-skip-verify", o.RedisInsecureSkipVerify, "do not verify Redis's certificate (testing only)")
 	fs.StringVar(&o.RedisKeyPrefix, "redis-key-prefix", o.RedisKeyPrefix, `prefix of every Redis key (default "kd:v1:"); give each KubeDefender deployment sharing a Redis its own`)
-	fs.BoolVar(&o.RedisAutoPipeline, "redis-autopipeline", o.RedisAutoPipeline, "pipeline concurrent decisions on shared connections (faster under load, slower for a lone caller)")
+	fs.BoolVar(&o.RedisAutoPipeline, "redis-autopipeline", o.RedisAutoPipeline, "pipeline concurrent rate-limit decisions on shared connections (faster under load, slower for a lone caller; budget decisions are coalesced by the store either way)")
 	fs.IntVar(&o.RedisReplicas, "redis-replicas", o.RedisReplicas, "replicas sharing the store, for onStoreFailure: Local shares (0: discovered through Redis heartbeats)")
 	fs.DurationVar(&o.RedisTimeout, "redis-timeout", o.RedisTimeout, "timeout of one Redis call; a decision never waits longer")
 	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address of /metrics, /healthz, /readyz and /status; empty disables it")
