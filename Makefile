@@ -40,7 +40,7 @@ helm: ## build (or reuse from the cache) the helm client the chart tests run
 
 test: deps ## every test: unit, property, fuzz seeds, Redis, end-to-end
 	go test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	go test -count=1 -race -run '^TestRedisClusterStatus' ./limiter/redisstore/  # status reads every cluster master concurrently
+	go test -count=1 -race -run '^(TestRedisClusterStatus|TestDecisionsThatQueue|TestADecisionGivenUp|TestAQueuedBatchGivenUp|TestASlowRedis)' ./limiter/redisstore/  # status reads every cluster master concurrently; budget decisions share calls across goroutines
 	cd deploy/monitoring/rulestest && go test -count=1 ./...
 
 unit: ## the fast tests only (no control plane)

@@ -66,10 +66,10 @@ package redisstore
 // and <key>:z (the key without ":v2"), are read and deleted without being
 // named in KEYS: they are in the same slot (hash tag {b}).
 // ARGV: nowS|"" (empty: Redis TIME), nowNs, ttlFloorMs, batches: every batch
-// packed (appendBudgetBatch: commit, hasOnce, onceTtlMs, nChecks, then each
-// check as appendBudgetCheck packs it: shadow, cost, then the rule's spec:
-// nWindows, breakerEnabled, manual, cooldownNs, halfOpenLimit, (lengthNs,
-// limit)×nWindows).
+// packed (budgetCall.encode: commit, hasOnce (1 byte each), onceTtlMs (8),
+// nChecks (4), then each check as appendBudgetCheck packs it: shadow, cost,
+// then the rule's spec: nWindows, breakerEnabled, manual, cooldownNs,
+// halfOpenLimit, (lengthNs, limit)×nWindows).
 // Returns one string, every batch's answer packed (little endian, sizes in
 // bytes; decodeBudgets reads it): status (1), nowS (8), nowNs (8), then
 //   - status 0 (denied) or 1 (admitted): per check: allowed (1), reason (1),
@@ -121,11 +121,19 @@ local function rfOf(nw)
   return f
 end
 
--- Every key of the call is read with one MGET up front; what the call
--- writes is kept in WRITTEN (false: deleted), so a later batch of the call
--- sees what an earlier one wrote, as it would with a call of its own.
+-- Every key of the call is read with one MGET up front (one per 1000 keys:
+-- Lua unpacks at most a few thousand values); what the call writes is kept
+-- in WRITTEN (false: deleted), so a later batch of the call sees what an
+-- earlier one wrote, as it would with a call of its own.
 local PRE, WRITTEN = {}, {}
-if #KEYS > 0 then PRE = redis.call('MGET', tunpack(KEYS)) end
+if #KEYS <= 1000 then
+  if #KEYS > 0 then PRE = redis.call('MGET', tunpack(KEYS)) end
+else
+  for i = 1, #KEYS, 1000 do
+    local vs = redis.call('MGET', tunpack(KEYS, i, math.min(i + 999, #KEYS)))
+    for j = 1, #vs do PRE[i + j - 1] = vs[j] end
+  end
+end
 -- the value of KEYS[i] now, nil when there is none
 local function get(i)
   local v = WRITTEN[KEYS[i]]
@@ -205,8 +213,8 @@ local function packLog(sp, st, base, ss, sn, ho, ts, qs, c0)
 end
 -- a check's record: its key, whether it is shadow, its rule's spec, its
 -- cost, and the log as v holds it (nil: no key yet, an empty log at base
--- now); nil when v is in another layout. Every field up front: the table
--- is sized once.
+-- now); nil when v is in another layout (or not a whole header and whole
+-- entries). Every field up front: the table is sized once.
 local function record(k, shadow, sp, cost, v, now)
   if not v then
     return {k = k, shadow = shadow, sp = sp, cost = cost,
@@ -214,8 +222,9 @@ local function record(k, shadow, sp, cost, v, now)
       newest = false, oldest = false, d = false, dc0 = 0,
       now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
   end
+  if #v < HLEN then return nil end
   local ver, tw, cw, st, base, ss, sn, ho, c0 = unpack(HDR, v)
-  if ver ~= VERSION then return nil end
+  if ver ~= VERSION or tw < 4 or tw > 8 or cw < 1 or cw > 7 or (#v - HLEN) % (tw + cw) ~= 0 then return nil end
   local es, ef = tw + cw, efOf(tw, cw)
   local n = (#v - HLEN) / es
   local newest, last, oldest = false, c0, false
@@ -234,7 +243,7 @@ local out = {}
 local p, kb = 1, 0
 while p <= #specs do
   local commit, hasOnce, onceTtl, n
-  commit, hasOnce, onceTtl, n, p = unpack('<BBi8H', specs, p)
+  commit, hasOnce, onceTtl, n, p = unpack('<BBi8I4', specs, p)
   p, kb = batch(out, kb, commit == 1, hasOnce == 1, onceTtl, n, p)
 end
 return table.concat(out)

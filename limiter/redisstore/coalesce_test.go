@@ -3,6 +3,8 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,10 +84,10 @@ func TestCoalescedBatchesAreJudgedOneAfterAnother(t *testing.T) {
 			group := make([]*budgetCall, len(rbs))
 			for i, rb := range rbs {
 				group[i] = rs.getCall()
-				group[i].start = time.Now()
+				group[i].deadline = time.Now().Add(10 * time.Second)
 				rs.encode(group[i], rb)
 			}
-			rs.runGroup(group)
+			rs.runGroup(nil, group)
 			for i, c := range group {
 				if c.err != nil {
 					rt.Fatalf("batch %d of %d: %v", i, len(group), c.err)
@@ -172,19 +174,22 @@ func (g *gate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 }
 
 // coalescingStore is a store whose budget script calls wait at g (armed),
-// with its metrics in reg; one decision has loaded the script already.
-func coalescingStore(t *testing.T, g *gate) (*RedisStore, *prometheus.Registry) {
+// with its metrics in reg and its timers on timers (calls in flight never
+// look slow unless the test steps it); one decision has loaded the script
+// already.
+func coalescingStore(t *testing.T, g *gate) (s *RedisStore, reg *prometheus.Registry, timers *clocktesting.FakeClock) {
 	t.Helper()
 	srv := redistest.Start(t, redistest.Options{})
-	reg := prometheus.NewRegistry()
+	reg = prometheus.NewRegistry()
 	clk := clocktesting.NewFakeClock(storetest.Epoch)
-	s := redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.Hooks, c.Registerer = []redis.Hook{g}, reg })(t, clk).(*RedisStore)
+	timers = clocktesting.NewFakeClock(time.Now())
+	s = redisFactory(urlOpts(srv.URL()), func(c *RedisConfig) { c.Hooks, c.Registerer, c.TimerClock = []redis.Hook{g}, reg, timers })(t, clk).(*RedisStore)
 	warm := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
 	if err := s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: warm, Key: "k"}}}); err != nil {
 		t.Fatal(err)
 	}
 	g.arm()
-	return s, reg
+	return s, reg, timers
 }
 
 func queued(s *RedisStore) int {
@@ -198,7 +203,7 @@ func queued(s *RedisStore) int {
 // budget is kept exactly.
 func TestDecisionsThatQueueShareScriptCalls(t *testing.T) {
 	g := newGate(false)
-	s, reg := coalescingStore(t, g)
+	s, reg, _ := coalescingStore(t, g)
 	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 50}}, limiter.BreakerSpec{Enabled: true, Manual: true})
 	const n = 200
 	results := make([]*limiter.BudgetBatch, n)
@@ -252,7 +257,7 @@ func TestADecisionGivenUpOnIsDroppedFromItsCall(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			g := newGate(after)
-			s, _ := coalescingStore(t, g)
+			s, _, _ := coalescingStore(t, g)
 			spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 100}}, limiter.BreakerSpec{})
 			decide := func(ctx context.Context, key string) (*limiter.BudgetBatch, <-chan error) {
 				b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: key}}, Commit: true}
@@ -324,4 +329,171 @@ func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, flo
 	}
 	t.Fatalf("no %s", name)
 	return 0, 0
+}
+
+// TestABatchOfManyChecksIsJudgedWhole: a batch of more checks than a shared
+// call takes (and more keys than one MGET reads) still goes, alone, and is
+// judged as the memory store judges it.
+func TestABatchOfManyChecksIsJudgedWhole(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clk := clocktesting.NewFakeClock(storetest.Epoch)
+	rs := redisFactory(urlOpts(srv.URL()), nil)(t, clk)
+	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 2}}, limiter.BreakerSpec{Enabled: true, Manual: true})
+	var checks []limiter.BudgetCheck
+	for i := range 1500 {
+		checks = append(checks, limiter.BudgetCheck{Spec: spec, Key: fmt.Sprintf("k%d", i%1499)}) // k0 twice
+	}
+	for round := range 3 {
+		mb := &limiter.BudgetBatch{Checks: checks, Commit: true}
+		rb := &limiter.BudgetBatch{Checks: checks, Commit: true}
+		if err := ms.Budgets(context.Background(), mb); err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.Budgets(context.Background(), rb); err != nil {
+			t.Fatal(err)
+		}
+		if mb.Admitted != rb.Admitted || len(rb.Results) != len(checks) {
+			t.Fatalf("round %d: memory admitted=%v, redis admitted=%v with %d results", round, mb.Admitted, rb.Admitted, len(rb.Results))
+		}
+		for k := range mb.Results {
+			if m, r := mb.Results[k], rb.Results[k]; m.Allowed != r.Allowed || m.Used != r.Used || m.State != r.State || m.Reason != r.Reason {
+				t.Fatalf("round %d, check %d: memory %+v, redis %+v", round, k, m, r)
+			}
+		}
+	}
+}
+
+// TestARefusedBatchLeavesTheOthersOfItsCallAlone: a batch whose key the
+// script refuses (another layout, or not a whole header) gets its error; the
+// batches before and after it in the same call are judged, charged and
+// answered.
+func TestARefusedBatchLeavesTheOthersOfItsCallAlone(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rc := srv.Client(t)
+	clk := clocktesting.NewFakeClock(storetest.Epoch)
+	s := redisFactory(urlOpts(srv.URL()), nil)(t, clk).(*RedisStore)
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 5}}, limiter.BreakerSpec{})
+	v3 := make([]byte, 48)
+	v3[0] = 3
+	for name, bad := range map[string]string{"another layout": string(v3), "short": "x", "torn entry": string(make([]byte, 41))} {
+		t.Run(name, func(t *testing.T) {
+			if err := rc.Set(context.Background(), s.budgetKey(spec, "bad"), bad, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if name == "torn entry" {
+				// a v2 header (widths 4 and 1) and one byte of an entry
+				torn := []byte(bad)
+				torn[0], torn[1], torn[2] = 2, 4, 1
+				if err := rc.Set(context.Background(), s.budgetKey(spec, "bad"), string(torn), 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var group []*budgetCall
+			var batches []*limiter.BudgetBatch
+			for _, key := range []string{"before-" + name, "bad", "after-" + name} {
+				b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: key}}, Commit: true}
+				c := s.getCall()
+				c.deadline = time.Now().Add(10 * time.Second)
+				s.encode(c, b)
+				group, batches = append(group, c), append(batches, b)
+			}
+			s.runGroup(nil, group)
+			if err := group[1].err; !errors.Is(err, limiter.ErrStoreUnavailable) || !strings.Contains(err.Error(), "not in layout version 2") {
+				t.Errorf("the refused batch: %v", err)
+			}
+			for _, i := range []int{0, 2} {
+				if group[i].err != nil || !batches[i].Admitted || batches[i].Results[0].Used[0] != 1 {
+					t.Errorf("batch %d of the call: %v, %+v", i, group[i].err, batches[i].Results)
+				}
+			}
+		})
+	}
+}
+
+// TestAQueuedBatchGivenUpOnIsNotReadAgain: once its caller has given up, a
+// queued decision's batch is the caller's again (the engine reuses it); the
+// slots that take the queue never read it (run with -race).
+func TestAQueuedBatchGivenUpOnIsNotReadAgain(t *testing.T) {
+	g := newGate(false)
+	s, _, _ := coalescingStore(t, g)
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 100}}, limiter.BreakerSpec{})
+	var holders []chan error
+	for range maxBudgetGroups {
+		d := make(chan error, 1)
+		go func() {
+			d <- s.Budgets(context.Background(), &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "h"}}, Commit: true})
+		}()
+		holders = append(holders, d)
+	}
+	testwait.Until(t, "both slots are held", func() bool { return g.held.Load() == maxBudgetGroups })
+	b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: "x"}}, Commit: true}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := make(chan error, 1)
+	go func() { d <- s.Budgets(ctx, b) }()
+	testwait.Until(t, "it queues", func() bool { return queued(s) == 1 })
+	cancel()
+	if err := <-d; !errors.Is(err, context.Canceled) {
+		t.Fatalf("given up on: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { // the caller reuses its batch
+		defer close(done)
+		for i := 0; queued(s) > 0 || i < 100; i++ {
+			b.Reset()
+			for range 600 {
+				b.Checks = append(b.Checks, limiter.BudgetCheck{Spec: spec, Key: "y"})
+			}
+		}
+	}()
+	g.open(true)
+	for _, h := range holders {
+		if err := <-h; err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	testwait.Until(t, "the slots are free", func() bool {
+		s.coal.mu.Lock()
+		defer s.coal.mu.Unlock()
+		return s.coal.inflight == 0
+	})
+}
+
+// TestASlowRedisGetsMoreCallSlots: when both slots are busy and no call has
+// started for Timeout/4, a new decision opens another slot and takes the
+// queue with it, so decisions do not time out waiting for a slow Redis.
+func TestASlowRedisGetsMoreCallSlots(t *testing.T) {
+	g := newGate(false)
+	s, _, timers := coalescingStore(t, g)
+	spec := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 100}}, limiter.BreakerSpec{})
+	decide := func(key string) (*limiter.BudgetBatch, chan error) {
+		b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: spec, Key: key}}, Commit: true}
+		d := make(chan error, 1)
+		go func() { d <- s.Budgets(context.Background(), b) }()
+		return b, d
+	}
+	var waits []chan error
+	for range maxBudgetGroups {
+		_, d := decide("h")
+		waits = append(waits, d)
+	}
+	testwait.Until(t, "both slots are held", func() bool { return g.held.Load() == maxBudgetGroups })
+	first, d1 := decide("a")
+	testwait.Until(t, "the next decision queues", func() bool { return queued(s) == 1 })
+	timers.Step(s.timeout/4 - 1)
+	_, d2 := decide("b")
+	testwait.Until(t, "another queues while the calls are young", func() bool { return queued(s) == 2 })
+	timers.Step(1)
+	last, d3 := decide("a")
+	testwait.Until(t, "a third slot takes the queue", func() bool { return g.held.Load() == maxBudgetGroups+1 && queued(s) == 0 })
+	g.open(true)
+	for _, d := range append(waits, d1, d2, d3) {
+		if err := <-d; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first.Results[0].Used[0] != 1 || last.Results[0].Used[0] != 2 {
+		t.Errorf("key a: %d then %d used, want 1 then 2 (the queue's order)", first.Results[0].Used[0], last.Results[0].Used[0])
+	}
 }

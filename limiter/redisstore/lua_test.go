@@ -25,7 +25,39 @@ func TestDecoderRefusesMoreWindowsThanAResultHolds(t *testing.T) {
 	}
 	b := &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: storetest.Spec(nine, limiter.BreakerSpec{}), Key: "k"}}}
 	s := &RedisStore{}
-	if _, err := s.decodeBudgets(&budgetCall{b: b}, string(make([]byte, answerHead+answerCheck+9*answerUsed)), 0); err == nil {
+	c := &budgetCall{b: b}
+	c.width = answerCheck + 9*answerUsed
+	res := string(make([]byte, answerHead+c.width))
+	if err := walkAnswers([]*budgetCall{c}, res); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.decodeBudgets(c, res, 0); err == nil {
 		t.Error("the Redis decoder read 9 windows into a result that holds 8")
+	}
+}
+
+// TestWalkAnswersRefusesAnswersOfAnotherShape: a short answer, an unknown
+// status or bytes left over are an error for the whole call, never a
+// panic.
+func TestWalkAnswersRefusesAnswersOfAnotherShape(t *testing.T) {
+	one := storetest.Spec([]limiter.WindowSpec{{Length: time.Minute, Limit: 1}}, limiter.BreakerSpec{})
+	c := &budgetCall{b: &limiter.BudgetBatch{Checks: []limiter.BudgetCheck{{Spec: one, Key: "k"}}}}
+	c.width = answerCheck + answerUsed
+	ok := string(make([]byte, answerHead+c.width))
+	for name, res := range map[string]string{
+		"empty":         "",
+		"short head":    ok[:answerHead-1],
+		"short result":  ok[:len(ok)-1],
+		"left over":     ok + "x",
+		"status 4":      "\x04" + ok[1:],
+		"repeat, more":  "\x02" + ok[1:],
+		"refused, less": "\x03" + ok[1:answerHead],
+	} {
+		if err := walkAnswers([]*budgetCall{c}, res); err == nil {
+			t.Errorf("%s: walkAnswers accepted %d bytes", name, len(res))
+		}
+	}
+	if err := walkAnswers([]*budgetCall{c}, ok); err != nil {
+		t.Errorf("a well-formed answer: %v", err)
 	}
 }

@@ -220,13 +220,10 @@ func rateKeyName(redisKey string) string {
 // one under load (coalesce.go).
 func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error {
 	b.Results = b.Results[:0]
-	b.Admitted = false
+	b.Admitted, b.Repeat = false, false
 	if len(b.Checks) == 0 {
 		b.Admitted, b.Now = true, s.now()
 		return nil
-	}
-	if len(b.Checks) > maxGroupChecks {
-		return fmt.Errorf("failed to judge budgets: %d checks in one batch, at most %d", len(b.Checks), maxGroupChecks)
 	}
 	for i := range b.Checks {
 		if err := b.Checks[i].Spec.Check(); err != nil {
@@ -236,8 +233,9 @@ func (s *RedisStore) Budgets(ctx context.Context, b *limiter.BudgetBatch) error 
 	if err := s.allow(); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	c := s.getCall()
-	c.start = time.Now()
 	s.encode(c, b)
 	return s.judge(ctx, c)
 }
@@ -252,14 +250,42 @@ const (
 	answerUsed  = 8
 )
 
-// decodeBudgets reads c's answer from res at p: the status, the clamped now
-// and (judged) every check's result. It returns where the next answer
-// starts.
-func (s *RedisStore) decodeBudgets(c *budgetCall, res string, p int) (int, error) {
-	b := c.b
-	if len(res) < p+answerHead {
-		return p, fmt.Errorf("script answered %d bytes, want at least %d", len(res), p+answerHead)
+// answerLen is the length of an answer whose status is st to c's batch.
+func answerLen(c *budgetCall, st byte) int {
+	switch st {
+	case 2:
+		return answerHead
+	case 3:
+		return answerHead + answerIndex
 	}
+	return answerHead + c.width
+}
+
+// walkAnswers checks that res holds one answer of a known status to each of
+// live's batches, and nothing more.
+func walkAnswers(live []*budgetCall, res string) error {
+	p := 0
+	for i, c := range live {
+		if len(res) < p+answerHead {
+			return fmt.Errorf("script answered %d bytes for %d batches, the %d-th starting at %d", len(res), len(live), i+1, p)
+		}
+		if st := res[p]; st > 3 {
+			return fmt.Errorf("script answered status %d", st)
+		}
+		p += answerLen(c, res[p])
+	}
+	if p != len(res) {
+		return fmt.Errorf("script answered %d bytes for %d batches, want %d", len(res), len(live), p)
+	}
+	return nil
+}
+
+// decodeBudgets reads c's answer from res at p (walkAnswers checked its
+// length): the status, the clamped now and (judged) every check's result.
+// An error is this batch's alone: a key the script refused, or more windows
+// than a result holds.
+func (s *RedisStore) decodeBudgets(c *budgetCall, res string, p int) error {
+	b := c.b
 	b.Now = time.Unix(le64(res, p+1), le64(res, p+9))
 	status := res[p]
 	p += answerHead
@@ -269,27 +295,21 @@ func (s *RedisStore) decodeBudgets(c *budgetCall, res string, p int) (int, error
 		for range b.Checks {
 			b.Results = append(b.Results, limiter.BudgetResult{Allowed: true, Window: -1})
 		}
-		return p, nil
+		return nil
 	case 3:
-		if len(res) < p+answerIndex {
-			return p, fmt.Errorf("script refused a budget key without naming it")
-		}
 		i := int(res[p]) | int(res[p+1])<<8
 		if i < 1 || i > len(b.Checks) {
-			return p, fmt.Errorf("script refused budget key %d of %d", i, len(b.Checks))
+			return fmt.Errorf("%w: script refused budget key %d of %d", limiter.ErrStoreUnavailable, i, len(b.Checks))
 		}
 		ch := &b.Checks[i-1]
-		k, _, _ := s.budgetKeys(ch.Spec, ch.Key)
-		return p + answerIndex, fmt.Errorf("%w: budget key %s is not in layout version 2", limiter.ErrStoreUnavailable, k)
+		return fmt.Errorf("%w: budget key %s is not in layout version 2", limiter.ErrStoreUnavailable, s.budgetKey(ch.Spec, ch.Key))
 	}
 	b.Admitted = status == 1
 	for i := range b.Checks {
 		nw := len(b.Checks[i].Spec.Windows)
 		if nw > limiter.MaxWindows {
-			return p, fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, limiter.MaxWindows)
-		}
-		if len(res) < p+answerCheck+answerUsed*nw {
-			return p, fmt.Errorf("script answered %d bytes for %d checks", len(res), len(b.Checks))
+			b.Results = b.Results[:0]
+			return fmt.Errorf("budget %s has %d windows, at most %d fit a result", b.Checks[i].Spec.Name, nw, limiter.MaxWindows)
 		}
 		r := limiter.BudgetResult{
 			Allowed:    res[p] == 1,
@@ -307,7 +327,7 @@ func (s *RedisStore) decodeBudgets(c *budgetCall, res string, p int) (int, error
 		}
 		b.Results = append(b.Results, r)
 	}
-	return p, nil
+	return nil
 }
 
 // le64 reads the little-endian int64 at s[p:p+8].
@@ -315,20 +335,6 @@ func le64(s string, p int) int64 {
 	_ = s[p+7]
 	return int64(uint64(s[p]) | uint64(s[p+1])<<8 | uint64(s[p+2])<<16 | uint64(s[p+3])<<24 |
 		uint64(s[p+4])<<32 | uint64(s[p+5])<<40 | uint64(s[p+6])<<48 | uint64(s[p+7])<<56)
-}
-
-// skipBudgets steps over the answer of a decision given up on.
-func skipBudgets(c *budgetCall, res string, p int) (int, error) {
-	if len(res) < p+answerHead {
-		return p, fmt.Errorf("script answered %d bytes, want at least %d", len(res), p+answerHead)
-	}
-	switch res[p] {
-	case 2:
-		return p + answerHead, nil
-	case 3:
-		return p + answerHead + answerIndex, nil
-	}
-	return p + answerHead + c.width, nil
 }
 
 // ResetBudget implements Store: it deletes the key's breaker and log, or
