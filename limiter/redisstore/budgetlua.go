@@ -80,7 +80,7 @@ package redisstore
 //     (an admitted committed batch sets the key for onceTtlMs);
 //   - status 3: the check whose key is in another layout (2, 1-based),
 //     nothing changed.
-var budgetLua = luaNow(1) + `
+var budgetLua = recordsByIndex(luaNow(1) + `
 local MAXCOST = 16384 -- MaxCost (store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
@@ -214,10 +214,11 @@ end
 -- a check's record: its key, whether it is shadow, its rule's spec, its
 -- cost, and the log as v holds it (nil: no key yet, an empty log at base
 -- now); nil when v is in another layout (or not a whole header and whole
--- entries). Every field up front: the table is sized once.
+-- entries). Every field up front, in the order of recordFields (records.go,
+-- which makes the table an array).
 local function record(k, shadow, sp, cost, v, now)
   if not v then
-    return {k = k, shadow = shadow, sp = sp, cost = cost,
+    return --[[record]]{k = k, shadow = shadow, sp = sp, cost = cost,
       st = CLOSED, base = now, ss = 0, sn = 0, ho = 0, c0 = 0, log = '', ef = '', es = 0, tw = 0, cw = 0, n = 0, last = 0,
       newest = false, oldest = false, d = false, dc0 = 0,
       now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
@@ -232,7 +233,7 @@ local function record(k, shadow, sp, cost, v, now)
     newest, last = unpack(ef, v, HLEN + (n - 1) * es + 1)
     oldest = (unpack(ef, v, HLEN + 1))
   end
-  return {k = k, shadow = shadow, sp = sp, cost = cost,
+  return --[[record]]{k = k, shadow = shadow, sp = sp, cost = cost,
     st = st, base = base, ss = ss, sn = sn, ho = ho, c0 = c0, log = v, ef = ef, es = es, tw = tw, cw = cw, n = n, last = last,
     newest = newest, oldest = oldest, d = false, dc0 = 0,
     now = 0, allowed = 0, reason = 0, window = -1, retry = 0, used = false, rst = 0, rss = 0, rsn = 0}
@@ -247,7 +248,7 @@ while p <= #specs do
   p, kb = batch(out, kb, commit == 1, hasOnce == 1, onceTtl, n, p)
 end
 return table.concat(out)
-`
+`)
 
 // budgetBatchLua is the script's batch: it loads and judges one batch's
 // checks at one clamped now and (commit) applies them, appending the
