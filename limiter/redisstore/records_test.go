@@ -9,7 +9,7 @@ import (
 // TestTheBudgetScriptIndexesItsRecords: no record field is read by name in
 // the script Redis runs, and both constructors are positional.
 func TestTheBudgetScriptIndexesItsRecords(t *testing.T) {
-	if m := regexp.MustCompile(`\bn?c\.(`+strings.Join(recordFields[:], "|")+`)\b`).FindString(budgetLua); m != "" {
+	if m := regexp.MustCompile(`\bn?c\.(` + strings.Join(recordFields[:], "|") + `)\b`).FindString(budgetLua); m != "" {
 		t.Errorf("the budget script still reads %s by name", m)
 	}
 	if strings.Contains(budgetLua, "--[[record]]") {
