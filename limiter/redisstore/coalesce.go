@@ -129,7 +129,7 @@ func (s *RedisStore) judge(ctx context.Context, c *budgetCall) error {
 			q.queue = append(q.queue, c)
 			group := q.takeLocked()
 			q.mu.Unlock()
-			s.runGroup(nil, group)
+			s.runGroup(context.Background(), group)
 		}
 		if next := s.nextGroup(); next != nil {
 			go s.drain(next)
@@ -188,13 +188,13 @@ func (q *budgetCoalescer) takeLocked() []*budgetCall {
 // drain runs groups on one slot until the queue is empty.
 func (s *RedisStore) drain(group []*budgetCall) {
 	for group != nil {
-		s.runGroup(nil, group)
+		s.runGroup(context.Background(), group)
 		group = s.nextGroup()
 	}
 }
 
-// runGroup judges the group's batches in one script call, under ctx (nil:
-// the newest decision's deadline), and answers each.
+// runGroup judges the group's batches in one script call, under ctx (with
+// the newest decision's deadline when ctx has none), and answers each.
 func (s *RedisStore) runGroup(ctx context.Context, group []*budgetCall) {
 	live := group[:0] // the group is this slot's: filtered in place
 	var deadline time.Time
@@ -227,9 +227,9 @@ func (s *RedisStore) runGroup(ctx context.Context, group []*budgetCall) {
 	// a string, not a.buf: a call given up on may still be written by the
 	// client after a.buf went back to the pool
 	a.args = append(a.args, string(a.buf))
-	if ctx == nil {
+	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(context.Background(), deadline)
+		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
 	start := s.timers.Now()

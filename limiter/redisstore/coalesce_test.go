@@ -87,7 +87,7 @@ func TestCoalescedBatchesAreJudgedOneAfterAnother(t *testing.T) {
 				group[i].deadline = time.Now().Add(10 * time.Second)
 				rs.encode(group[i], rb)
 			}
-			rs.runGroup(nil, group)
+			rs.runGroup(context.Background(), group)
 			for i, c := range group {
 				if c.err != nil {
 					rt.Fatalf("batch %d of %d: %v", i, len(group), c.err)
@@ -398,7 +398,7 @@ func TestARefusedBatchLeavesTheOthersOfItsCallAlone(t *testing.T) {
 				s.encode(c, b)
 				group, batches = append(group, c), append(batches, b)
 			}
-			s.runGroup(nil, group)
+			s.runGroup(context.Background(), group)
 			if err := group[1].err; !errors.Is(err, limiter.ErrStoreUnavailable) || !strings.Contains(err.Error(), "not in layout version 2") {
 				t.Errorf("the refused batch: %v", err)
 			}
