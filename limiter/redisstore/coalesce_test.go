@@ -32,25 +32,7 @@ func TestCoalescedBatchesAreJudgedOneAfterAnother(t *testing.T) {
 	rs := redisFactory(urlOpts(srv.URL()), nil)(t, clk).(*RedisStore)
 	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	rapid.Check(t, func(rt *rapid.T) {
-		var specs []*limiter.BudgetSpec
-		for i := rapid.IntRange(1, 3).Draw(rt, "rules"); i > 0; i-- {
-			var ws []limiter.WindowSpec
-			length, limit := time.Duration(0), int64(0)
-			for j := rapid.IntRange(1, 3).Draw(rt, "windows"); j > 0; j-- {
-				length += time.Duration(rapid.IntRange(1, 90).Draw(rt, "lengthS")) * time.Second
-				limit += int64(rapid.IntRange(1, 4).Draw(rt, "limitStep"))
-				ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
-			}
-			br := limiter.BreakerSpec{}
-			switch rapid.IntRange(0, 2).Draw(rt, "breaker") {
-			case 1:
-				br = limiter.BreakerSpec{Enabled: true, Manual: true}
-			case 2:
-				br = limiter.BreakerSpec{Enabled: true, Cooldown: time.Duration(rapid.IntRange(1, 120).Draw(rt, "cooldownS")) * time.Second,
-					HalfOpenLimit: int64(rapid.IntRange(1, 3).Draw(rt, "halfOpen"))}
-			}
-			specs = append(specs, storetest.Spec(ws, br))
-		}
+		specs := storetest.DrawSpecs(rt)
 		once := []string{"", "", "r1-" + specs[0].ID, "r2-" + specs[0].ID}
 		now := clk.Now().Add(24 * time.Hour)
 		for round := rapid.IntRange(1, 12).Draw(rt, "rounds"); round > 0; round-- {
@@ -98,9 +80,7 @@ func TestCoalescedBatchesAreJudgedOneAfterAnother(t *testing.T) {
 						i, len(group), mb.Admitted, mb.Repeat, mb.Now, rb.Admitted, rb.Repeat, rb.Now)
 				}
 				for k := range mb.Results {
-					m, r := mb.Results[k], rb.Results[k]
-					if m.Allowed != r.Allowed || m.Reason != r.Reason || m.Window != r.Window || m.Used != r.Used ||
-						m.RetryAfter != r.RetryAfter || m.Prev != r.Prev || m.State != r.State || (m.State != limiter.Closed && !m.Since.Equal(r.Since)) {
+					if m, r := mb.Results[k], rb.Results[k]; !storetest.SameResult(m, r) {
 						rt.Fatalf("batch %d of %d, check %d (%s key %s):\nmemory %+v\nredis  %+v", i, len(group), k, mb.Checks[k].Spec.ID, mb.Checks[k].Key, m, r)
 					}
 				}

@@ -30,25 +30,7 @@ func storesMatchOnRandomBatches(t *testing.T, newRedis NewStore) {
 	rs := newRedis(t, clk)
 	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	rapid.Check(t, func(rt *rapid.T) {
-		var specs []*limiter.BudgetSpec
-		for i := rapid.IntRange(1, 3).Draw(rt, "rules"); i > 0; i-- {
-			var ws []limiter.WindowSpec
-			length, limit := time.Duration(0), int64(0)
-			for j := rapid.IntRange(1, 3).Draw(rt, "windows"); j > 0; j-- {
-				length += time.Duration(rapid.IntRange(1, 90).Draw(rt, "lengthS")) * time.Second
-				limit += int64(rapid.IntRange(1, 4).Draw(rt, "limitStep"))
-				ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
-			}
-			br := limiter.BreakerSpec{}
-			switch rapid.IntRange(0, 2).Draw(rt, "breaker") {
-			case 1:
-				br = limiter.BreakerSpec{Enabled: true, Manual: true}
-			case 2:
-				br = limiter.BreakerSpec{Enabled: true, Cooldown: time.Duration(rapid.IntRange(1, 120).Draw(rt, "cooldownS")) * time.Second,
-					HalfOpenLimit: int64(rapid.IntRange(1, 3).Draw(rt, "halfOpen"))}
-			}
-			specs = append(specs, Spec(ws, br))
-		}
+		specs := DrawSpecs(rt)
 		now := clk.Now().Add(24 * time.Hour)
 		for i := rapid.IntRange(1, 60).Draw(rt, "ops"); i > 0; i-- {
 			// Nanosecond steps too: the Redis store keeps exact nanoseconds.
@@ -87,12 +69,44 @@ func storesMatchOnRandomBatches(t *testing.T, newRedis NewStore) {
 				rt.Fatalf("batch: memory admitted=%v now=%v, redis admitted=%v now=%v", mb.Admitted, mb.Now, rb.Admitted, rb.Now)
 			}
 			for k := range mb.Results {
-				m, r := mb.Results[k], rb.Results[k]
-				if m.Allowed != r.Allowed || m.Reason != r.Reason || m.Window != r.Window || m.Used != r.Used ||
-					m.RetryAfter != r.RetryAfter || m.Prev != r.Prev || m.State != r.State || (m.State != limiter.Closed && !m.Since.Equal(r.Since)) {
+				if m, r := mb.Results[k], rb.Results[k]; !SameResult(m, r) {
 					rt.Fatalf("check %d (%s key %s shadow %v commit %v):\nmemory %+v\nredis  %+v", k, checks[k].Spec.ID, checks[k].Key, checks[k].Shadow, commit, m, r)
 				}
 			}
 		}
 	})
+}
+
+// DrawSpecs draws one to three budget specs of one to three windows (a
+// minute and a half apart at most, limits 1 to 4 apart), each without a
+// breaker, with a Manual one or with an Auto one, with unique IDs.
+func DrawSpecs(rt *rapid.T) []*limiter.BudgetSpec {
+	var specs []*limiter.BudgetSpec
+	for i := rapid.IntRange(1, 3).Draw(rt, "rules"); i > 0; i-- {
+		var ws []limiter.WindowSpec
+		length, limit := time.Duration(0), int64(0)
+		for j := rapid.IntRange(1, 3).Draw(rt, "windows"); j > 0; j-- {
+			length += time.Duration(rapid.IntRange(1, 90).Draw(rt, "lengthS")) * time.Second
+			limit += int64(rapid.IntRange(1, 4).Draw(rt, "limitStep"))
+			ws = append(ws, limiter.WindowSpec{Length: length, Limit: limit})
+		}
+		br := limiter.BreakerSpec{}
+		switch rapid.IntRange(0, 2).Draw(rt, "breaker") {
+		case 1:
+			br = limiter.BreakerSpec{Enabled: true, Manual: true}
+		case 2:
+			br = limiter.BreakerSpec{Enabled: true, Cooldown: time.Duration(rapid.IntRange(1, 120).Draw(rt, "cooldownS")) * time.Second,
+				HalfOpenLimit: int64(rapid.IntRange(1, 3).Draw(rt, "halfOpen"))}
+		}
+		specs = append(specs, Spec(ws, br))
+	}
+	return specs
+}
+
+// SameResult reports whether two stores judged a check alike, field by
+// field (Since only while the breaker is not Closed: both stores forget an
+// idle key, the memory store at its next Sweep, Redis when the key expires).
+func SameResult(m, r limiter.BudgetResult) bool {
+	return m.Allowed == r.Allowed && m.Reason == r.Reason && m.Window == r.Window && m.Used == r.Used &&
+		m.RetryAfter == r.RetryAfter && m.Prev == r.Prev && m.State == r.State && (m.State == limiter.Closed || m.Since.Equal(r.Since))
 }
