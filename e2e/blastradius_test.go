@@ -189,13 +189,21 @@ func scaleDownScenario(t *testing.T, cp *framework.ControlPlane) {
 	waitCounted(t, ctr, cp, ns, 30)
 
 	// When it is scaled 30 → 25
+	updates := map[string]string{"operation": "UPDATE", "result": "allowed"}
+	before := int64(counter(t, d.Registry, "kubedefender_webhook_requests_total", updates))
 	if _, stderr, err := cp.Kubectl(t, cp.AdminKubeconfig, "scale", "-n", ns, "deployment/web", "--replicas=25"); err != nil {
 		t.Fatalf("kubectl scale 30→25: %v: %s", err, stderr)
 	}
-	// Then it is charged 5, and the ReplicaSet controller's 5 pod deletes are free
+	// Then it is charged 5, and the ReplicaSet controller's 5 pod deletes are
+	// free. (The API server validates an update again when its write
+	// conflicts — here with the Deployment controller's status writes: the
+	// retry is a new review, charged again, so a scale that conflicted costs
+	// 5 per validation; docs/blast-radius.md.)
 	waitPods(t, cp.Client, ns, 25)
-	if u := used(t, d, ns); u != 5 {
-		t.Errorf("pods-down used %d after 30→25, want 5", u)
+	scales := int64(counter(t, d.Registry, "kubedefender_webhook_requests_total", updates)) - before // the ReplicaSet's scale is a free follow-up (cascade)
+	charged := used(t, d, ns)
+	if scales < 1 || scales > 2 || charged != 5*scales {
+		t.Errorf("pods-down used %d after 30→25 validated %d times, want 5 per validation (one, or two when the write conflicted)", charged, scales)
 	}
 
 	// When it is scaled 25 → 0 (25 pods, 15 left)
@@ -218,8 +226,8 @@ func scaleDownScenario(t *testing.T, cp *framework.ControlPlane) {
 		return apierrors.IsNotFound(err), nil
 	})
 	waitPods(t, cp.Client, ns, 25)
-	if u := used(t, d, ns); u != 5 {
-		t.Errorf("pods-down used %d at the end, want 5", u)
+	if u := used(t, d, ns); u != charged {
+		t.Errorf("pods-down used %d at the end, want the scale's %d", u, charged)
 	}
 }
 
