@@ -116,7 +116,7 @@ func (l *denialLog) flushLocked() {
 	l.untracked = 0
 }
 
-// runDenialLog writes the summaries of each interval that ends until ctx is
+// run writes the summaries of each interval that ends until ctx is
 // done, and those pending then. The timer only wakes it: which interval
 // ended is judged on the engine's clock.
 func (l *denialLog) run(ctx context.Context) {

@@ -24,8 +24,9 @@ var (
 	ErrEngineFailure = errors.New("engine failure")
 )
 
-// Store keeps the counters behind budgets, breakers and rate limits. One call
-// is one decision: a Redis implementation makes one round trip per call.
+// Store keeps the counters behind budgets, breakers and rate limits. One
+// Budgets or Rates call is one decision: a Redis implementation makes at most
+// one round trip for it (decisions may share one).
 // Every method is part of the contract (a store that has nothing to do for
 // one says why and returns): the engine never asks a store what it is.
 //
@@ -120,7 +121,7 @@ type BudgetCheck struct {
 // written. Only an override lets a larger root through.
 const MaxCost = 1 << 14
 
-// cost is the tokens the check takes: Cost, at least 1.
+// Tokens is the tokens the check takes: Cost, at least 1.
 func (c *BudgetCheck) Tokens() int64 {
 	if c.Cost < 1 {
 		return 1

@@ -81,7 +81,7 @@ package redisstore
 //   - status 3: the check whose key is in another layout (2, 1-based),
 //     nothing changed.
 var budgetLua = recordsByIndex(luaNow(1) + `
-local MAXCOST = 16384 -- MaxCost (store.go)
+local MAXCOST = 16384 -- MaxCost (limiter/store.go)
 local CLOSED, OPEN, HALF = 0, 1, 2
 local EXHAUSTED, ISOPEN, HOFULL = 1, 2, 3
 local REBASE = 4000000 * E9 -- move the base when it is more than 46 days behind

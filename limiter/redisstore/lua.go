@@ -29,7 +29,7 @@ end
 
 // rateLua is GCRA over one or more rate keys, in order, stopping at the
 // first non-shadow denial (later checks are reported skipped, charged nothing).
-// It is rateAllow (budget.go) with durations kept as (seconds, nanoseconds)
+// It is rateAllow (limiter/budget.go) with durations kept as (seconds, nanoseconds)
 // pairs: burst×interval reaches 10^18 ns, beyond the 2^53 a Lua number holds
 // exactly, and the memory store computes it exactly in int64.
 //

@@ -52,7 +52,7 @@ import (
 // so each replica's Local share stays what it was when Redis went away.
 type RedisStore struct {
 	client    redis.UniversalClient
-	exec      redis.Scripter // client, or its autopipeliner
+	exec      redis.Scripter // the rate calls' client, or its autopipeliner (budget calls use client)
 	cluster   bool
 	scripts   redisScripts
 	prefix    string

@@ -342,7 +342,7 @@ func newWebhookComponents(cfg *config.Config, engine *limiter.Engine, reg promet
 	} else {
 		log.Warn("the webhook does not authenticate its callers: anyone who can reach --webhook-listen can post AdmissionReviews "+
 			"that charge budgets, trip breakers (a Manual breaker then denies every real delete it covers) and mark objects as already charged; "+
-			"set --webhook-client-ca-file to the CA of the API server's client certificate (see the README's install section)",
+			"set --webhook-client-ca-file to the CA of the API server's client certificate (see docs/install.md)",
 			"addr", cfg.Options.WebhookListen)
 	}
 	srv, err := webhook.NewServer(webhook.ServerConfig{
