@@ -108,6 +108,36 @@ func testCosts(t *testing.T, newStore NewStore) {
 			t.Fatalf("cost 3 > limit 2 on a 55-day-old key: %+v, want denied, retry in exactly 50d", res)
 		}
 	})
+	t.Run("a charge on a key whose base is over 104 days old is logged at now exactly", func(t *testing.T) {
+		// A Manual breaker that is Open keeps its key, log and base second
+		// for good; a reload that removes the breaker (same windows, same
+		// ID) lets a charge through 105 days on. The Redis script packs the
+		// log again at base now: the entry must be now to the nanosecond,
+		// though now from the old base is past 2^53 ns, where a Lua number
+		// holds only even nanoseconds (found by the random valid policies
+		// property as a 1 ns difference). An odd nanosecond rounds down (5)
+		// or up (7): a retry 1 ns short, or a clock 1 ns ahead.
+		for _, odd := range []time.Duration{5, 7} {
+			clk := clocktesting.NewFakeClock(Epoch)
+			s := newStore(t, clk)
+			window := 50 * 24 * time.Hour
+			manual := Spec([]limiter.WindowSpec{{Length: window, Limit: 1}}, limiter.BreakerSpec{Enabled: true, Manual: true})
+			Take(t, s, true, limiter.BudgetCheck{Spec: manual, Key: "k"})
+			if res := Take(t, s, true, limiter.BudgetCheck{Spec: manual, Key: "k"}).Results[0]; res.State != limiter.Open {
+				t.Fatalf("the second charge of a budget of 1: %+v, want its breaker Open", res)
+			}
+			removed := *manual
+			removed.Breaker = limiter.BreakerSpec{}
+			clk.SetTime(Epoch.Add(105*24*time.Hour + odd))
+			if res := Take(t, s, true, limiter.BudgetCheck{Spec: &removed, Key: "k"}).Results[0]; !res.Allowed {
+				t.Fatalf("+%dns: a charge 105 days on, the breaker removed: %+v, want admitted", odd, res)
+			}
+			b := Take(t, s, false, limiter.BudgetCheck{Spec: &removed, Key: "k"})
+			if res := b.Results[0]; res.Allowed || res.Used[0] != 1 || res.RetryAfter != window || !b.Now.Equal(clk.Now()) {
+				t.Fatalf("+%dns: the next check at %v: %+v at %v, want denied, 1 used, retry in exactly %s", odd, clk.Now(), res, b.Now, window)
+			}
+		}
+	})
 	t.Run("no window ever holds more than its limit with random costs", func(t *testing.T) {
 		testCostSlidingWindow(t, newStore)
 	})
