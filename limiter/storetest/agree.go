@@ -20,14 +20,14 @@ func Agree(t *testing.T, newStore NewStore) {
 	t.Run("random valid policies never crash and both stores decide alike", func(t *testing.T) { randomValidPoliciesDecideAlike(t, newStore) })
 }
 
-// storesMatchOnRandomBatches drives a memory store and newRedis
+// storesMatchOnRandomBatches drives a memory store and newStore
 // with the same random operations on the same fake clock and wants every
 // result field equal: the Lua script is budget.go, line by line. (Since of a
 // Closed breaker is compared only while it is not Closed: both stores forget
 // an idle key, the memory store at its next Sweep, Redis when the key expires.)
-func storesMatchOnRandomBatches(t *testing.T, newRedis NewStore) {
+func storesMatchOnRandomBatches(t *testing.T, newStore NewStore) {
 	clk := clocktesting.NewFakeClock(Epoch)
-	rs := newRedis(t, clk)
+	other := newStore(t, clk)
 	ms := limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk})
 	rapid.Check(t, func(rt *rapid.T) {
 		specs := DrawSpecs(rt)
@@ -42,7 +42,7 @@ func storesMatchOnRandomBatches(t *testing.T, newRedis NewStore) {
 				if err := ms.ResetBudget(context.Background(), sp, key); err != nil {
 					rt.Fatal(err)
 				}
-				if err := rs.ResetBudget(context.Background(), sp, key); err != nil {
+				if err := other.ResetBudget(context.Background(), sp, key); err != nil {
 					rt.Fatal(err)
 				}
 				continue
@@ -62,15 +62,15 @@ func storesMatchOnRandomBatches(t *testing.T, newRedis NewStore) {
 			if err := ms.Budgets(context.Background(), mb); err != nil {
 				rt.Fatal(err)
 			}
-			if err := rs.Budgets(context.Background(), rb); err != nil {
+			if err := other.Budgets(context.Background(), rb); err != nil {
 				rt.Fatal(err)
 			}
 			if mb.Admitted != rb.Admitted || !mb.Now.Equal(rb.Now) {
-				rt.Fatalf("batch: memory admitted=%v now=%v, redis admitted=%v now=%v", mb.Admitted, mb.Now, rb.Admitted, rb.Now)
+				rt.Fatalf("batch: memory admitted=%v now=%v, store admitted=%v now=%v", mb.Admitted, mb.Now, rb.Admitted, rb.Now)
 			}
 			for k := range mb.Results {
 				if m, r := mb.Results[k], rb.Results[k]; !SameResult(m, r) {
-					rt.Fatalf("check %d (%s key %s shadow %v commit %v):\nmemory %+v\nredis  %+v", k, checks[k].Spec.ID, checks[k].Key, checks[k].Shadow, commit, m, r)
+					rt.Fatalf("check %d (%s key %s shadow %v commit %v):\nmemory %+v\nstore  %+v", k, checks[k].Spec.ID, checks[k].Key, checks[k].Shadow, commit, m, r)
 				}
 			}
 		}

@@ -250,9 +250,9 @@ func noPanic(t *rapid.T, what string, f func()) {
 	f()
 }
 
-// randomValidPoliciesDecideAlike is the property above: newRedis is the
+// randomValidPoliciesDecideAlike is the property above: newStore is the
 // store held against the memory store.
-func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
+func randomValidPoliciesDecideAlike(t *testing.T, newStore NewStore) {
 	var decisions, denied, rootDenied, followUps int
 	defer func() {
 		t.Logf("%d decisions, %d denied (%d roots denied by an AtRoot budget), %d follow-ups admitted free", decisions, denied, rootDenied, followUps)
@@ -266,7 +266,7 @@ func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
 		if err != nil {
 			rt.Fatal(err)
 		}
-		red, err := limiter.NewEngine(limiter.EngineConfig{Policy: c, Store: newRedis(t, clk), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk})
+		tested, err := limiter.NewEngine(limiter.EngineConfig{Policy: c, Store: newStore(t, clk), Fallback: limiter.NewMemoryStore(limiter.MemoryConfig{Clock: clk}), Clock: clk})
 		if err != nil {
 			rt.Fatal(err)
 		}
@@ -278,27 +278,27 @@ func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
 				noPanic(rt, "a reload", func() {
 					c = compilePolicy(rt, p)
 					Reload(rt, mem, c)
-					Reload(rt, red, c)
+					Reload(rt, tested, c)
 				})
 				continue
 			case 1: // an override, maybe resetting breakers
 				o := drawOverride(rt, c, clk.Now())
 				noPanic(rt, "an override", func() {
 					mem.SetOverrides([]limiter.Override{o})
-					red.SetOverrides([]limiter.Override{o})
+					tested.SetOverrides([]limiter.Override{o})
 					if o.ResetBreaker {
 						if err := mem.ResetBreakers(context.Background(), &o); err != nil {
 							rt.Fatalf("memory reset: %v", err)
 						}
-						if err := red.ResetBreakers(context.Background(), &o); err != nil {
-							rt.Fatalf("redis reset: %v", err)
+						if err := tested.ResetBreakers(context.Background(), &o); err != nil {
+							rt.Fatalf("store reset: %v", err)
 						}
 					}
 				})
 				continue
 			case 2: // status, what /status serves
 				noPanic(rt, "status", func() {
-					for _, e := range []*limiter.Engine{mem, red} {
+					for _, e := range []*limiter.Engine{mem, tested} {
 						if st := e.Status(context.Background(), 5); len(st.Errors) > 0 {
 							rt.Fatalf("status errors: %v", st.Errors)
 						}
@@ -309,9 +309,9 @@ func randomValidPoliciesDecideAlike(t *testing.T, newRedis NewStore) {
 			a := drawAttributes(rt)
 			var dm, dr limiter.Decision
 			noPanic(rt, "Decide on the memory store", func() { dm = mem.Decide(context.Background(), a) })
-			noPanic(rt, "Decide on Redis", func() { dr = red.Decide(context.Background(), a) })
+			noPanic(rt, "Decide on the store", func() { dr = tested.Decide(context.Background(), a) })
 			if !reflect.DeepEqual(dm, dr) {
-				rt.Fatalf("%s %s ns=%q user=%q dryRun=%v checks=%d once=%q at +%s:\nmemory %+v\nredis  %+v",
+				rt.Fatalf("%s %s ns=%q user=%q dryRun=%v checks=%d once=%q at +%s:\nmemory %+v\nstore  %+v",
 					a.Verb, a.Resource, a.Namespace, a.User, a.DryRun, a.Checks, a.ChargeOnce, clk.Now().Sub(Epoch), dm, dr)
 			}
 			decisions++
