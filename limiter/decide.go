@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -155,7 +156,7 @@ func (e *Engine) decideRates(ctx context.Context, j *job, d *Decision) {
 			r.counter[a.Front][resultDenied].Inc()
 			key := sc.rate.Checks[i].Key
 			*d = Decision{
-				Allowed: false, Err: ErrRateLimited, Kind: KindRateLimit, Rule: r.cr.Name, Key: clone(key), RetryAfter: res.RetryAfter,
+				Allowed: false, Err: ErrRateLimited, Kind: KindRateLimit, Rule: r.cr.Name, Key: strings.Clone(key), RetryAfter: res.RetryAfter,
 				Message: rateMessage(r, key, res, &a.Attributes, false), Warnings: d.Warnings, Fallback: d.Fallback,
 			}
 			d.Code, d.Reason = denialStatus(d.Err, false)
@@ -243,7 +244,7 @@ func (e *Engine) decideBudgets(ctx context.Context, j *job, d *Decision) {
 		if commit && res.Prev != res.State {
 			e.metrics.transitions.WithLabelValues(r.cb.Name, res.State.String()).Inc()
 			// Keys live in the pooled arena: a log record gets a copy.
-			e.log.Warn("breaker "+res.State.String(), "rule", r.cb.Name, "key", clone(b.Checks[i].Key), "from", res.Prev.String())
+			e.log.Warn("breaker "+res.State.String(), "rule", r.cb.Name, "key", strings.Clone(b.Checks[i].Key), "from", res.Prev.String())
 		}
 		if breakersOnly && res.Reason != BreakerIsOpen && res.Reason != HalfOpenFull {
 			continue
@@ -275,7 +276,7 @@ func (e *Engine) decideBudgets(ctx context.Context, j *job, d *Decision) {
 	r := sc.rules[deny]
 	key := b.Checks[deny].Key
 	nd := Decision{
-		Allowed: false, Kind: KindBudget, Rule: r.cb.Name, Key: clone(key), RetryAfter: res.RetryAfter,
+		Allowed: false, Kind: KindBudget, Rule: r.cb.Name, Key: strings.Clone(key), RetryAfter: res.RetryAfter,
 		State: res.State, Warnings: d.Warnings, Override: d.Override, Fallback: d.Fallback, Cost: b.Checks[deny].Cost,
 		Message: budgetMessage(r, &b.Checks[deny], res, b.Now, a, false),
 	}
@@ -396,7 +397,7 @@ func (e *Engine) noteStoreFailure(op string, err error) {
 
 func storeDownDecision(kind RuleKind, rule, key string) Decision {
 	d := Decision{
-		Allowed: false, Err: ErrStoreUnavailable, Kind: kind, Rule: rule, Key: clone(key), RetryAfter: time.Second, Fallback: true,
+		Allowed: false, Err: ErrStoreUnavailable, Kind: kind, Rule: rule, Key: strings.Clone(key), RetryAfter: time.Second, Fallback: true,
 		Message: fmt.Sprintf("kubedefender: %s %q (key %s) cannot be checked: the shared store is unreachable and the rule says onStoreFailure: Deny; retry shortly",
 			kind, rule, displayKey(key)),
 	}
@@ -433,11 +434,4 @@ func (e *Engine) askRates(ctx context.Context, s Store, b *RateBatch) error {
 		err = fmt.Errorf("failed to judge rate limits: store returned %d results for %d checks", len(b.Results), len(b.Checks))
 	}
 	return err
-}
-
-func clone(s string) string {
-	if s == "" {
-		return ""
-	}
-	return string([]byte(s))
 }

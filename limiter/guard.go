@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,7 +79,7 @@ func (e *Engine) decideDegraded(ctx context.Context, st *engineState, a *Attribu
 	d := Decision{Allowed: true}
 	ovs := *e.overrides.Load()
 	now := e.clock.Now()
-	keyOf := func(per []string) string { return clone((&scratch{}).key(per, &a.Attributes)) }
+	keyOf := func(per []string) string { return strings.Clone((&scratch{}).key(per, &a.Attributes)) }
 	if checks&CheckRateLimits != 0 {
 		for _, r := range st.rates {
 			if passesOver(ovs, KindRateLimit, &r.cr.Rule, r.cr.Name, a, now, &d) {
