@@ -3,6 +3,8 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -150,4 +152,27 @@ func (s *RedisStore) ratesPipelined(ctx context.Context, b *limiter.RateBatch) e
 		b.Results = append(b.Results, r)
 	}
 	return nil
+}
+
+// rateKeys returns the bucket, index and overflow keys of one rate key:
+// <prefix>{r:<rule id>:<shard>}k:<key>, …}i and …}o, the shard (the hash tag)
+// being the memory store's (limiter.RateShard).
+func (s *RedisStore) rateKeys(spec *limiter.RateSpec, key string) (bucket, index, overflow string) {
+	base := s.prefix + "{r:" + spec.ID + ":" + strconv.Itoa(limiter.RateShard(key)) + "}"
+	return base + "k:" + key, base + "i", base + "o"
+}
+
+// rateKeyName returns the rate key a Redis bucket key holds, "(overflow)" for
+// a shard's overflow bucket, "" for anything else.
+func rateKeyName(redisKey string) string {
+	_, rest, ok := strings.Cut(redisKey, "}")
+	switch {
+	case !ok:
+		return ""
+	case strings.HasPrefix(rest, "k:"):
+		return rest[2:]
+	case rest == "o":
+		return "(overflow)"
+	}
+	return ""
 }
