@@ -302,10 +302,6 @@ func CheckResources(p *DefenderPolicy, served ResourceTable) (errs, warnings fie
 // or "" when it is served or cannot be known from the built-in table (a
 // group outside the standard ones: a CRD or an aggregated API).
 func ResourceProblem(group, resource string) string {
-	entry := resource
-	if group != "" {
-		entry = group + "/" + resource
-	}
-	msg, _ := resourceProblem(entry, builtinResources, false)
+	msg, _ := resourceProblem(ResourceEntry(group, resource, ""), builtinResources, false)
 	return msg
 }
