@@ -162,6 +162,49 @@ func TestDocsServeFlags(t *testing.T) {
 	}
 }
 
+// TestDocsExplainSample: the policy explain sample in docs/cli.md is what
+// the command prints for examples/production.yaml; "..." stands for lines
+// left out, every other line is printed, in that order.
+func TestDocsExplainSample(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "cli.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prompt = "$ kubedefender policy explain "
+	s := string(data)
+	i := strings.Index(s, prompt)
+	if i < 0 {
+		t.Fatal("docs/cli.md has no policy explain sample")
+	}
+	sample := s[i:]
+	sample = sample[:strings.Index(sample, "```")]
+	lines := strings.Split(strings.TrimRight(sample, "\n"), "\n")
+	args := strings.Fields(strings.TrimPrefix(lines[0], "$ kubedefender "))
+	for j, a := range args {
+		if a == "examples/production.yaml" {
+			args[j] = filepath.Join("..", "..", "..", a)
+		}
+	}
+	code, out, errOut := run(t, args...)
+	if code != 0 {
+		t.Fatalf("%s exited %d: %s", lines[0], code, errOut)
+	}
+	printed := strings.Split(out, "\n")
+	k := 0
+	for _, want := range lines[1:] {
+		if want == "..." {
+			continue
+		}
+		for k < len(printed) && printed[k] != want {
+			k++
+		}
+		if k == len(printed) {
+			t.Fatalf("docs/cli.md's explain sample shows %q, which %s does not print (in that order):\n%s", want, lines[0], out)
+		}
+		k++
+	}
+}
+
 // TestDocsLinksResolve checks every relative link of the README and docs/:
 // the file exists and, with a #fragment, so does a heading of that anchor.
 func TestDocsLinksResolve(t *testing.T) {
