@@ -44,6 +44,7 @@ func (e *Engine) PreparePolicy(p *policy.Compiled) (commit func(), err error) {
 			r.near = append(r.near, &lazyCounter{vec: e.metrics.nearLimit, labels: []string{cb.Name, policy.FormatDuration(w.Window.Duration)}})
 		}
 		r.err = r.spec.Check()
+		st.broken = st.broken || r.err != nil
 		st.budgets = append(st.budgets, r)
 		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
 	}
@@ -52,14 +53,9 @@ func (e *Engine) PreparePolicy(p *policy.Compiled) (commit func(), err error) {
 		r := &rateRule{cr: cr, spec: NewRateSpec(cr.RateLimit), per: cr.Per, shadow: cr.Mode == policy.ModeShadow, onFail: cr.OnStoreFailure}
 		r.counter = e.metrics.ruleCounters(KindRateLimit, cr.Name)
 		r.err = r.spec.checkBounds()
+		st.broken = st.broken || r.err != nil
 		st.rates = append(st.rates, r)
 		keep[r.spec.ID], keep[r.spec.ID+"/local"] = true, true
-	}
-	for _, r := range st.budgets {
-		st.broken = st.broken || r.err != nil
-	}
-	for _, r := range st.rates {
-		st.broken = st.broken || r.err != nil
 	}
 	return func() { e.commit(st, keep) }, nil
 }
