@@ -102,11 +102,18 @@ func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server 
 		if settled(m, limiter.KindRateLimit, &a) {
 			continue
 		}
+		m.Live = "the server runs no rate limit of this name"
 		for _, rs := range st.Engine.RateLimits {
 			if rs.Name != m.Name {
 				continue
 			}
-			m.Live = "not among the hottest keys: tokens left"
+			// the hottest keys, the emptiest bucket first (as budgets)
+			if len(rs.Hottest) < statusKeys {
+				m.Live = "no request counted for this key: a full bucket"
+			} else {
+				m.Live = fmt.Sprintf("not among the %d emptiest buckets the server reports: at least as many tokens left as those", statusKeys)
+				sv.Certain = false
+			}
 			for _, k := range rs.Hottest {
 				if k.Key == m.Key {
 					m.Live = fmt.Sprintf("%.1f tokens left", k.Tokens)
@@ -124,7 +131,7 @@ func judgeLive(ex *Explanation, c *policy.Compiled, a policy.Attributes, server 
 	case len(denials) > 0:
 		sv.Allowed, sv.Message = false, "denied now: "+strings.Join(denials, "; ")
 	case !sv.Certain:
-		sv.Message = "allowed now, unless a key the server did not report is full"
+		sv.Message = "allowed now, unless a key the server did not report is full (or out of tokens)"
 	default:
 		sv.Message = "allowed now"
 	}

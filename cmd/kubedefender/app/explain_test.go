@@ -198,6 +198,12 @@ func TestPolicyExplainJudgesAgainstALiveReplicaWithoutCharging(t *testing.T) {
 		}}},
 		Overrides: []limiter.OverrideStatus{{Name: "fix-staging", Budgets: []string{"pod-deletes"}, Namespaces: []string{"staging"}, Active: true, ExpiresAt: time.Now().Add(time.Hour)}},
 	}
+	// the agents rate limit: as many keys as /status reports, the emptiest first
+	agents := limiter.RateStatus{Name: "agents", Mode: "Enforce", QPS: 5, Burst: 5, Hottest: []limiter.RateKeyStatus{{Key: "userAgent=agent/1", Tokens: 0.2}}}
+	for len(agents.Hottest) < statusKeys {
+		agents.Hottest = append(agents.Hottest, limiter.RateKeyStatus{Key: fmt.Sprintf("userAgent=agent/busy-%d", len(agents.Hottest)), Tokens: 0.5})
+	}
+	full.RateLimits = []limiter.RateStatus{agents}
 	requests := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests++
@@ -221,6 +227,10 @@ func TestPolicyExplainJudgesAgainstALiveReplicaWithoutCharging(t *testing.T) {
 			[]string{"live: no request counted for this key", "allowed now\n"}},
 		{"an active override bypasses the budget", []string{"--namespace", "staging", "--user", "dave"},
 			[]string{"live: bypassed by active override fix-staging"}},
+		{"an empty bucket denies now", []string{"--verb", "list", "--user-agent", "agent/1"},
+			[]string{"live: 0.2 tokens left", "denied now: rate limit agents key userAgent=agent/1: no token left"}},
+		{"a key past the buckets reported is not certain", []string{"--verb", "list", "--user-agent", "agent/2"},
+			[]string{"live: not among the 20 emptiest buckets the server reports", "allowed now, unless a key the server did not report is full (or out of tokens)"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
