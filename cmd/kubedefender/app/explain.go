@@ -279,7 +279,7 @@ func explain(ctx context.Context, c *policy.Compiled, a policy.Attributes) (*Exp
 	spec := &c.Policy.Spec
 	ex.Exempt = policy.Exemption(&wa, spec.BreakGlass.Namespace)
 	if ex.Exempt == "" && spec.Excludes(a.Namespace) {
-		ex.Exempt = fmt.Sprintf("namespace %s is in spec.exemptions.excludeNamespaces (kube-system when unset): the generated webhook configuration never sends its requests and the proxy skips its budgets and breakers", a.Namespace)
+		ex.Exempt = fmt.Sprintf("namespace %s is in spec.exemptions.excludeNamespaces (kube-system when unset): the webhook configuration `webhook config` generates never sends its requests (one generated with --exclude-namespaces naming other namespaces, or written by hand, may: the webhook then judges them) and the proxy skips its budgets and breakers", a.Namespace)
 	}
 	if a.Namespace != "" && ex.Exempt == "" && spec.NamespaceLabelHonoured() {
 		where := "this namespace"
