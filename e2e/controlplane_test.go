@@ -2,11 +2,8 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -91,19 +88,7 @@ func TestControlPlaneSmoke(t *testing.T) {
 
 	t.Run("the API server takes identity headers only from the front-proxy client", func(t *testing.T) {
 		listPodsAs := func(certFile, keyFile string) int {
-			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				t.Fatalf("failed to load %s: %v", certFile, err)
-			}
-			caPEM, err := os.ReadFile(cp.CACertFile)
-			if err != nil {
-				t.Fatalf("failed to read the CA: %v", err)
-			}
-			roots := x509.NewCertPool()
-			roots.AppendCertsFromPEM(caPEM)
-			client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-				RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12,
-			}}}
+			client := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(t, cp.CACertFile, certFile, keyFile)}}
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, cp.URL+"/api/v1/namespaces/"+ns+"/pods", nil)
 			if err != nil {
 				t.Fatalf("failed to build request: %v", err)

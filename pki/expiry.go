@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,20 +23,4 @@ func ExpiryGauge(listener string, leaf func() *x509.Certificate) prometheus.Gaug
 		}
 		return float64(c.NotAfter.Unix())
 	})
-}
-
-// Leaf returns the leaf certificate of a pair, parsing it when the pair was
-// built without one; nil for an empty or unparsable pair.
-func Leaf(pair *tls.Certificate) *x509.Certificate {
-	if pair == nil || len(pair.Certificate) == 0 {
-		return nil
-	}
-	if pair.Leaf != nil {
-		return pair.Leaf
-	}
-	c, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return nil
-	}
-	return c
 }

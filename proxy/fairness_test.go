@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 // TestAFloodingFlowDoesNotStarveAnotherFlowAtItsLevel counts dispatches on a
@@ -43,10 +45,10 @@ func TestAFloodingFlowDoesNotStarveAnotherFlowAtItsLevel(t *testing.T) {
 	if who := <-arrivals; who != "flooder" {
 		t.Fatalf("the first request upstream came from %q", who)
 	}
-	eventually(t, "the flooder's backlog is queued", func() bool { return e.queued("workload") == backlog })
+	testwait.Until(t, "the flooder's backlog is queued", func() bool { return e.queued("workload") == backlog })
 	// And the steady flow sends one request
 	go send(steady)
-	eventually(t, "the steady request is queued", func() bool { return e.queued("workload") == backlog+1 })
+	testwait.Until(t, "the steady request is queued", func() bool { return e.queued("workload") == backlog+1 })
 	// Then it is among the next few requests the seat serves
 	dispatches := 0
 	for {

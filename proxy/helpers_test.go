@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,9 +17,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/apimachinery/pkg/util/wait"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kubedefender/kubedefender/internal/logtest"
 	"github.com/kubedefender/kubedefender/limiter"
 	"github.com/kubedefender/kubedefender/pki"
 	"github.com/kubedefender/kubedefender/policy"
@@ -128,7 +127,7 @@ type env struct {
 	proxy      *Proxy
 	policy     *testPolicy
 	engine     *limiter.Engine
-	logs       *syncBuffer
+	logs       *logtest.Buffer
 	registry   *prometheus.Registry
 	cancel     context.CancelFunc
 	served     chan error
@@ -149,23 +148,6 @@ type envOptions struct {
 	bodyReadTimeout time.Duration
 	// clock is Config.Clock (nil: real time).
 	clock *clocktesting.FakeClock
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const basePolicy = `
@@ -192,7 +174,7 @@ spec:
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	dir := t.TempDir()
-	e := &env{dir: dir, logs: &syncBuffer{}, registry: prometheus.NewRegistry()}
+	e := &env{dir: dir, logs: &logtest.Buffer{}, registry: prometheus.NewRegistry()}
 	e.clientCA = newTestCA(t, dir, "client-ca")
 	e.frontCA = newTestCA(t, dir, "front-proxy-ca")
 	e.serverCA = newTestCA(t, dir, "server-ca")
@@ -302,16 +284,6 @@ func (e *env) upstreamSaw() *http.Request {
 	e.upstreamMu.Lock()
 	defer e.upstreamMu.Unlock()
 	return e.lastUpstream
-}
-
-// eventually waits until cond holds, failing the test after 10s.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil })
-	if err != nil {
-		t.Fatalf("timed out waiting until %s", what)
-	}
 }
 
 // bodyRecorder is an upstream that answers {} and keeps, in order, the body

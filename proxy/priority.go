@@ -237,10 +237,14 @@ func WithPriorityLevels(pl *priorityLevels, next http.Handler) http.Handler {
 var oneSeat = fcrequest.WorkEstimate{InitialSeats: 1}
 
 // queueWait is the context a request waits for a seat with: the request's
-// own, whose Done is armed (the request's end or the maximum wait, whichever
-// comes first) only if the queue set actually queues the request. A request
-// dispatched at once, the common case, costs no timer. The queue set reads
-// Done only when Finish waits for its decision, after arm.
+// own, whose Done is armed (the request's end or the maximum wait counted
+// from arrival, whichever comes first) only when the request has to wait:
+// when the queue set queues it (serve arms it after StartRequest), or when
+// the queue set dispatched it at once but the level's seat gate has no free
+// seat for it (the gate calls waitDone, which arms it then). A request
+// dispatched at once that finds a free seat, the common case, costs no
+// timer. The queue set reads Done only when Finish waits for its decision,
+// after arm.
 type queueWait struct {
 	context.Context
 	// queued is set by the queue set (under its lock) while the request

@@ -251,7 +251,8 @@ func (p *Proxy) PreparePolicy(c *policy.Compiled) (commit func(), err error) {
 
 var _ policy.Subscriber = (*Proxy)(nil)
 
-// Handler returns the whole chain: what Run serves.
+// Handler returns the whole chain: what the listener of ServerConfig serves
+// (the serving.Server built from it; Run serves nothing).
 func (p *Proxy) Handler() http.Handler { return p.handler }
 
 // buildChain writes the order of the filters once. Outermost first: the

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 func decodeStatus(t *testing.T, resp *http.Response) status {
@@ -339,13 +341,13 @@ func TestPriorityLevelsQueueRejectAndReleaseSeats(t *testing.T) {
 		}
 		// When one holds the seat and the others are queued (each with its
 		// wait's timer) or refused, and the maximum wait passes
-		eventually(t, "one request runs and the others queue or are refused", func() bool {
+		testwait.Until(t, "one request runs and the others queue or are refused", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return inflight == 1 && clk.Waiters()+len(results) == 3
 		})
 		clk.Step(maxWait)
-		eventually(t, "the queued requests are answered", func() bool { return len(results) == 3 })
+		testwait.Until(t, "the queued requests are answered", func() bool { return len(results) == 3 })
 		close(release)
 		counts := map[int]int{}
 		for range 4 {
@@ -382,7 +384,7 @@ func TestAReloadKeepsQueuedRequests(t *testing.T) {
 		}()
 	}
 	// Given one running and two queued requests
-	eventually(t, "two requests are queued", func() bool { return e.queued("workload") == 2 })
+	testwait.Until(t, "two requests are queued", func() bool { return e.queued("workload") == 2 })
 	// When the policy reloads with more seats and other queue sizes
 	e.policy.push(t, strings.Replace(strings.Replace(basePolicy, "concurrency: 2", "concurrency: 20", 1),
 		"queues: 4, handSize: 2, queueLengthLimit: 2", "queues: 2, handSize: 1, queueLengthLimit: 5", 1))

@@ -9,24 +9,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kubedefender/kubedefender/internal/testwait"
 )
 
 func testGate(limit int) (*seatGate, prometheus.Gauge, prometheus.Gauge) {
 	executing := prometheus.NewGauge(prometheus.GaugeOpts{Name: "executing"})
 	waiting := prometheus.NewGauge(prometheus.GaugeOpts{Name: "waiting"})
 	return newSeatGate(limit, executing, waiting), executing, waiting
-}
-
-// waitFor yields until cond holds (the goroutines it waits for run on their own).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for range 1_000_000 {
-		if cond() {
-			return
-		}
-		runtime.Gosched()
-	}
-	t.Fatalf("never saw %s", what)
 }
 
 func never() <-chan struct{} { return nil }
@@ -68,7 +58,7 @@ func TestSeatGate(t *testing.T) {
 			g.tryFast()
 			got := make(chan bool)
 			go func() { got <- g.acquire(never) }()
-			waitFor(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
+			testwait.Until(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
 			if w := testutil.ToFloat64(waiting); w != 1 {
 				t.Errorf("waiting = %v, want 1", w)
 			}
@@ -89,7 +79,7 @@ func TestSeatGate(t *testing.T) {
 			done := make(chan struct{})
 			got := make(chan bool)
 			go func() { got <- g.acquire(func() <-chan struct{} { return done }) }()
-			waitFor(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
+			testwait.Until(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
 			close(done)
 			if <-got {
 				t.Fatal("a request whose wait ended got a seat no one freed")
@@ -110,7 +100,7 @@ func TestSeatGate(t *testing.T) {
 					g.acquire(never)
 					order <- i
 				}()
-				waitFor(t, "the request waiting", func() bool { _, w := g.load(); return w == i+1 })
+				testwait.Until(t, "the request waiting", func() bool { _, w := g.load(); return w == i+1 })
 			}
 			g.release()
 			if first := <-order; first != 0 {
@@ -124,7 +114,7 @@ func TestSeatGate(t *testing.T) {
 			g.tryFast()
 			got := make(chan bool)
 			go func() { got <- g.acquire(never) }()
-			waitFor(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
+			testwait.Until(t, "the request waiting", func() bool { _, w := g.load(); return w == 1 })
 			g.setLimit(3)
 			if !<-got {
 				t.Fatal("no seat from the larger limit")

@@ -4,12 +4,12 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kubedefender/kubedefender/internal/errtest"
 	"github.com/kubedefender/kubedefender/pki"
 )
 
@@ -18,26 +18,18 @@ func TestParseCABundle(t *testing.T) {
 	cases := []struct {
 		name    string
 		data    string
-		wantErr string
+		wantErr []string
 	}{
 		{name: "one certificate parses", data: string(ca.CertPEM)},
-		{name: "an empty file holds no certificate", data: "", wantErr: "holds no PEM certificate"},
-		{name: "a key is not a CA", data: string(ca.KeyPEM), wantErr: `want CERTIFICATE`},
-		{name: "text after the certificates is refused", data: string(ca.CertPEM) + "garbage", wantErr: "not PEM"},
-		{name: "a corrupt certificate is refused", data: "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n", wantErr: "certificate 1"},
+		{name: "an empty file holds no certificate", data: "", wantErr: []string{"holds no PEM certificate"}},
+		{name: "a key is not a CA", data: string(ca.KeyPEM), wantErr: []string{`want CERTIFICATE`}},
+		{name: "text after the certificates is refused", data: string(ca.CertPEM) + "garbage", wantErr: []string{"not PEM"}},
+		{name: "a corrupt certificate is refused", data: "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n", wantErr: []string{"certificate 1"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseCABundle([]byte(tc.data))
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("err = %v, want %q", err, tc.wantErr)
-			}
+			errtest.Want(t, err, tc.wantErr...)
 		})
 	}
 }

@@ -16,11 +16,16 @@
 //   - Run watches the files' directories (package filewatch: a Secret
 //     volume's symlink swap and cert-manager's two writes are one debounced
 //     event; a resync catches a missed one) and loads them through the
-//     content object's RunOnce. The content objects' own Run is not used: it
-//     reports a refused file only to klog and retries it with backoff, while
-//     kubedefender counts every reload by result
+//     content object's RunOnce. The wrapped content objects' own Run is not
+//     used: it reports a refused file only to klog and retries it with
+//     backoff, while CertKey and CA count every reload by result
 //     (kubedefender_webhook_certificate_reloads_total,
-//     kubedefender_webhook_client_ca_reloads_total) and logs it once.
+//     kubedefender_webhook_client_ca_reloads_total) and log it once.
+//     The proxy's client CA (--client-ca-file) is not a CA of this package:
+//     proxy's buildAuthenticator builds a bare
+//     dynamiccertificates.DynamicFileCAContent and proxy.Proxy.Run runs that
+//     object's own Run, so its reloads are reported the way that Run
+//     reports them (klog) and are not counted.
 //   - A bad edit is refused and the running pair or bundle stays; the files
 //     are read again on their next change or at the resync.
 //   - The parsed pair is kept for handshakes (GetCertificate,

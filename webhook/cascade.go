@@ -188,19 +188,13 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 			ref.UID = req.OldObject.Metadata.UID
 		}
 		if why, ok := h.cascades.FollowUp(cascade.FollowUpDelete, ref); ok {
-			a.FollowUp = true
-			if h.debugging() {
-				h.log.Debug("follow-up of a charged root", "verb", a.Verb, "namespace", req.Namespace, "name", req.Name, "why", why)
-			}
+			h.markFollowUp(a, req, "", why)
 		}
 		return nil
 	case workloadDelete:
 		ref := cascade.ObjectRef{Kind: w.kind, Namespace: req.Namespace, Name: req.Name, UID: req.OldObject.Metadata.UID}
 		if why, ok := h.cascades.FollowUp(cascade.FollowUpDelete, ref); ok {
-			a.FollowUp = true
-			if h.debugging() {
-				h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
-			}
+			h.markFollowUp(a, req, w.kind, why)
 			return nil
 		}
 		opts := req.deleteOptions()
@@ -251,10 +245,7 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		}
 		if !a.DryRun {
 			if why, ok := h.cascades.FollowUp(cascade.FollowUpScale, ref); ok {
-				a.FollowUp = true
-				if h.debugging() {
-					h.log.Debug("follow-up of a charged root", "verb", a.Verb, "kind", w.kind, "namespace", req.Namespace, "name", req.Name, "why", why)
-				}
+				h.markFollowUp(a, req, w.kind, why)
 				return nil
 			}
 		}
@@ -262,6 +253,21 @@ func (h *Handler) classify(req *request, a *limiter.Attributes) cascadeRoot {
 		return cascadeRoot{{Op: cascade.RootScaleDown, Object: ref, Pods: n}}
 	}
 	return nil
+}
+
+// markFollowUp marks a as the follow-up of a charged root (why says why it
+// is one) and logs it at debug level with the request's verb, the workload's
+// kind (none for a pod's removal: kind is empty), namespace and name.
+func (h *Handler) markFollowUp(a *limiter.Attributes, req *request, kind string, why cascade.Reason) {
+	a.FollowUp = true
+	if !h.debugging() {
+		return
+	}
+	args := []any{"verb", a.Verb}
+	if kind != "" {
+		args = append(args, "kind", kind)
+	}
+	h.log.Debug("follow-up of a charged root", append(args, "namespace", req.Namespace, "name", req.Name, "why", why)...)
 }
 
 // namespaceRoot sets what a namespace delete removes: its pods and the

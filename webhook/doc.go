@@ -143,9 +143,13 @@
 //     (a recovered panic);
 //   - request_duration_seconds{operation}: from the body being read to the
 //     response being written;
-//   - certificate_reloads_total{result}: success or failure;
-//   - client_ca_reloads_total{result}: success or failure (with ClientAuth);
 //   - client_certificate_rejections_total{reason}: handshakes refused by
 //     ClientAuth: no_certificate, untrusted (another CA, expired, not for
 //     client authentication) or name_not_allowed.
+//
+// The reloads of the serving pair and of the client CA are counted under the
+// same subsystem, certificate_reloads_total{result} and
+// client_ca_reloads_total{result} (success or failure), but not by this
+// package: serving.CertKey and serving.CA register them, given subsystem
+// "webhook" by the command that builds them (cmd/kubedefender/app/serve.go).
 package webhook

@@ -57,7 +57,8 @@ const (
 // NewServer builds the webhook's listener: TLS 1.2 or later with the
 // reloading serving pair, client certificates checked by ClientAuth, and the
 // timeouts above. It listens at once, so that a port taken or a bad address
-// fails at startup; its URL plus Path is what a webhook configuration calls.
+// fails at startup; a webhook configuration calls Path on the address it
+// listens at (serving.Server.Addr).
 func NewServer(cfg ServerConfig) (*serving.Server, error) {
 	if cfg.Handler == nil || cfg.Certificates == nil {
 		return nil, errors.New("failed to build webhook server: a handler and certificates are required")
