@@ -176,8 +176,10 @@ func TestDocsExplainSample(t *testing.T) {
 	if i < 0 {
 		t.Fatal("docs/cli.md has no policy explain sample")
 	}
-	sample := s[i:]
-	sample = sample[:strings.Index(sample, "```")]
+	sample, _, ok := strings.Cut(s[i:], "```")
+	if !ok {
+		t.Fatal("docs/cli.md's policy explain sample has no end")
+	}
 	lines := strings.Split(strings.TrimRight(sample, "\n"), "\n")
 	args := strings.Fields(strings.TrimPrefix(lines[0], "$ kubedefender "))
 	for j, a := range args {
